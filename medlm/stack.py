@@ -1,0 +1,199 @@
+"""The embedded local stack: a Ray head on 127.0.0.1 and an S3-compatible server (moto).
+
+``local_stack()`` starts both in one call and stops both on exit; ``medlm stack up/down`` does
+the same across commands (pid files under ``~/.medlm/stack``) so that ``ray job submit`` and
+``serve run`` can target it. When ``RAY_ADDRESS`` or ``AWS_ENDPOINT_URL``/real AWS credentials are
+already configured, the existing services are used instead and nothing is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = Path(os.environ.get("MEDLM_HOME", Path.home() / ".medlm")) / "stack"
+DEFAULT_S3_PORT = 5555
+DEFAULT_BUCKET = "medlm"
+
+# Ray Train's MASTER_ADDR otherwise follows the machine's first interface, not 127.0.0.1.
+RAY_LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+# Dummy credentials for the local moto server; real deployments use IAM roles instead.
+S3_LOCAL_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+class S3Server:
+    """moto's S3-compatible server on 127.0.0.1, in-process (threaded)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self._server = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {**S3_LOCAL_ENV, "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    def start(self) -> "S3Server":
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request access log
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        _wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def configure_env(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
+             env: dict[str, str] | None = None):
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray on 127.0.0.1.
+
+    ``env`` is forwarded to every worker through the runtime environment (e.g. the S3 endpoint).
+    """
+    configure_env(RAY_LOCAL_ENV)
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    runtime_env = {"env_vars": dict(env)} if env else None
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
+                 runtime_env=runtime_env, log_to_driver=True)
+    return ray
+
+
+@dataclass
+class Stack:
+    s3_endpoint: str | None
+    bucket: str
+    ray_address: str | None
+
+    @property
+    def root(self) -> str:
+        return f"s3://{self.bucket}"
+
+
+@contextlib.contextmanager
+def local_stack(bucket: str = DEFAULT_BUCKET, num_cpus: int | None = None, ray: bool = True,
+                s3: bool = True):
+    """Start (or reuse) the local S3 server and Ray; stop what was started on exit."""
+    server = None
+    started_ray = False
+    try:
+        if s3 and not os.environ.get("AWS_ENDPOINT_URL"):
+            server = S3Server().start()
+            configure_env(server.env())
+        if s3:
+            from medlm import storage
+
+            storage.makedirs(f"s3://{bucket}")
+        env = {k: os.environ[k] for k in (*S3_LOCAL_ENV, "AWS_ENDPOINT_URL") if k in os.environ}
+        address = None
+        if ray:
+            import ray as _ray
+
+            started_ray = not _ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+            init_ray(num_cpus=num_cpus, env=env)
+            address = _ray.get_runtime_context().gcs_address
+        yield Stack(os.environ.get("AWS_ENDPOINT_URL"), bucket, address)
+    finally:
+        if started_ray:
+            import ray as _ray
+
+            _ray.shutdown()
+        if server is not None:
+            server.stop()
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+# --- persistent stack across commands (medlm stack up / down) -----------------------------------
+
+def _state_file() -> Path:
+    return STATE_DIR / "state.json"
+
+
+def stack_up(s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict:
+    """Start ``ray start --head`` (with dashboard, for job submission) and ``moto_server``."""
+    if _state_file().exists():
+        raise RuntimeError(f"a local stack is already up ({_state_file()}); run `medlm stack down` first")
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **RAY_LOCAL_ENV}
+    moto_log = open(STATE_DIR / "moto.log", "ab")
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+                            stdout=moto_log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_port(s3_port)
+    s3_env = {**S3_LOCAL_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+           "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
+    if num_cpus:
+        cmd.append(f"--num-cpus={num_cpus}")
+    subprocess.run(cmd, check=True, env={**env, **s3_env}, capture_output=True)
+    state = {"moto_pid": moto.pid, "s3_endpoint": s3_env["AWS_ENDPOINT_URL"], "bucket": bucket,
+             "ray_address": "127.0.0.1:6379", "dashboard": "http://127.0.0.1:8265"}
+    _state_file().write_text(json.dumps(state, indent=2))
+    os.environ.update(s3_env)
+    from medlm import storage
+
+    storage.makedirs(f"s3://{bucket}")
+    return state
+
+
+def stack_down() -> bool:
+    """Stop what ``stack_up`` started; returns False when nothing was up."""
+    if not _state_file().exists():
+        return False
+    state = json.loads(_state_file().read_text())
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(state["moto_pid"], signal.SIGTERM)
+    _state_file().unlink()
+    return True
+
+
+def stack_env() -> dict[str, str]:
+    """Shell exports that point clients at the running local stack (``eval $(medlm stack env)``)."""
+    if not _state_file().exists():
+        return {}
+    state = json.loads(_state_file().read_text())
+    return {**RAY_LOCAL_ENV, **S3_LOCAL_ENV, "AWS_ENDPOINT_URL": state["s3_endpoint"],
+            "RAY_ADDRESS": state["dashboard"], "RAY_AUTH_MODE": "token"}

@@ -1,0 +1,125 @@
+"""One storage layer for ``s3://`` URIs and local paths, built on ``pyarrow.fs``.
+
+The S3 endpoint comes from the standard ``AWS_ENDPOINT_URL`` variable (set by the local stack to
+its moto server, unset on AWS), so the same code path runs against moto, MinIO and AWS S3.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """An S3 filesystem for the configured endpoint (``AWS_ENDPOINT_URL``) or AWS itself."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {"region": os.environ.get("AWS_DEFAULT_REGION", os.environ.get("AWS_REGION", "us-east-1"))}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "http"
+        kwargs["allow_bucket_creation"] = True
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """``uri`` -> (filesystem, path inside it). ``s3://bucket/key`` or a local path."""
+    uri = str(uri)
+    if is_s3(uri):
+        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    base = str(base)
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{str(p).strip('/')}"
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str) -> None:
+    """Create a local directory, or an S3 bucket (and nothing else: S3 has no directories)."""
+    fs, path = resolve(uri)
+    if is_s3(uri):
+        bucket = path.split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            fs.create_dir(bucket)
+    else:
+        fs.create_dir(path, recursive=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    if not is_s3(uri):
+        fs.create_dir(str(Path(path).parent), recursive=True)
+    else:
+        makedirs(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """All files under ``uri`` (recursive), as URIs of the same kind, sorted."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = sorted(i.path for i in info if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    return [f"s3://{p}" for p in files] if is_s3(uri) else files
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy a directory tree between any two of local / S3."""
+    sfs, spath = resolve(src)
+    dfs, dpath = resolve(dst)
+    if is_s3(dst):
+        makedirs(dst)
+    else:
+        Path(dpath).mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
+
+
+def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A local directory holding ``uri``'s tree: the path itself when local, else a downloaded copy."""
+    if not is_s3(uri):
+        return str(Path(uri).expanduser().resolve())
+    import hashlib
+    import tempfile
+
+    root = Path(cache_dir or os.environ.get("MEDLM_CACHE", Path(tempfile.gettempdir()) / "medlm-cache"))
+    dest = root / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    if not (dest / ".complete").exists():
+        copy_tree(uri, str(dest))
+        (dest / ".complete").touch()
+    return str(dest)
+
+
+def open_input(uri: str) -> io.BufferedIOBase:
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)

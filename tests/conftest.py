@@ -1,0 +1,27 @@
+"""Shared fixtures: one local stack (moto S3 + Ray on 127.0.0.1) per test session."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """A running local stack: ``stack.root`` is an ``s3://`` bucket on the moto server, Ray is up."""
+    from medlm.stack import local_stack
+
+    with local_stack(bucket="medlm-test", num_cpus=2) as st:
+        yield st
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """Only the local S3 server (no Ray): ``s3.root`` is an ``s3://`` bucket."""
+    from medlm.stack import local_stack
+
+    with local_stack(bucket="medlm-test", ray=False) as st:
+        yield st
