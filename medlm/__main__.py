@@ -1,0 +1,3 @@
+from medlm.cli import app
+
+app(prog_name="medlm")

@@ -1,0 +1,163 @@
+"""The ``medlm`` command line (typer). Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Optional
+
+import typer
+
+from medlm.jobs import JOBS, run_job
+
+app = typer.Typer(help="medlm: train and serve medical speech language models on Ray.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Synthesise and inspect data shards.", no_args_is_help=True)
+train_app = typer.Typer(help="Training jobs (Ray Train + DeepSpeed).", no_args_is_help=True)
+stack_app = typer.Typer(help="The local Ray + S3 (moto) stack.", no_args_is_help=True)
+config_app = typer.Typer(help="Show and check job configs.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(stack_app, name="stack")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the job's file in configs/)")
+OverridesArg = typer.Argument(None, help="overrides like train.lr=3e-4 model.preset=small", show_default=False)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(job: str, config: Optional[str], overrides: Optional[list[str]]) -> None:
+    from medlm.config import ConfigError
+
+    _setup_logging()
+    try:
+        summary = run_job(job, config, overrides)
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def job_app(job: str) -> typer.Typer:
+    """A one-command typer app for ``ray_jobs/<job>.py`` (same flags as ``medlm``)."""
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @one.command(help=JOBS[job].help)
+    def main(config: Optional[str] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+        _run(job, config, overrides)
+
+    return one
+
+
+def _register(group: typer.Typer, job: str, name: str) -> None:
+    def command(config: Optional[str] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+        _run(job, config, overrides)
+
+    group.command(name=name, help=JOBS[job].help)(command)
+
+
+_register(data_app, "make_data", "make")
+for _job in ("stage1", "stage2", "joint_sft", "multitask"):
+    _register(train_app, _job, _job.replace("_", "-"))
+_register(train_app, "ct_clip", "ct-clip")
+_register(app, "evaluate", "eval")
+
+
+@app.command()
+def serve(model: Optional[str] = typer.Option(None, help="an exported model dir or s3:// URI (default: "
+                                                          "build the tiny preset and serve it)"),
+          port: int = typer.Option(8000, help="HTTP port on 127.0.0.1"),
+          api_key: Optional[str] = typer.Option(None, envvar="MEDLM_API_KEY", help="bearer key (generated if unset)")) -> None:
+    """Serve the OpenAI-compatible API (Ray Serve) on the local stack until Ctrl-C."""
+    import secrets
+    import time
+
+    from medlm.serving import run_local
+    from medlm.stack import local_stack
+
+    _setup_logging()
+    key = api_key or secrets.token_urlsafe(24)
+    with local_stack(s3=False):
+        url = run_local(model, port=port, api_key=key)
+        typer.echo(f"serving on {url}")
+        if not api_key:
+            typer.echo(f"generated API key (set MEDLM_API_KEY to choose one): {key}")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def demo(preset: str = typer.Option("tiny", help="model/data size preset: tiny (seconds) or small (minutes)"),
+         workdir: Optional[str] = typer.Option(None, help="where to keep the run's local files")) -> None:
+    """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve -> a spoken question over HTTP."""
+    from medlm.demo import run_demo
+
+    _setup_logging()
+    summary = run_demo(preset=preset, workdir=workdir)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def reproduce(preset: str = typer.Option("tiny", help="tiny (CPU, CI) or small/base (GPU)"),
+              only: Optional[list[str]] = typer.Option(None, help="subset of: speechmedassist, voicetextblender, "
+                                                                   "speechllm, speechct")) -> None:
+    """Reproduce the papers' claims in miniature and write their tables."""
+    from medlm.eval.reproduce import run_reproductions
+
+    _setup_logging()
+    typer.echo(json.dumps(run_reproductions(preset=preset, only=only), indent=2, default=str))
+
+
+@stack_app.command("up")
+def stack_up_cmd(s3_port: int = typer.Option(5555), num_cpus: Optional[int] = typer.Option(None)) -> None:
+    """Start a Ray head (127.0.0.1, dashboard for `ray job submit`) and a moto S3 server."""
+    from medlm.stack import stack_up
+
+    state = stack_up(s3_port=s3_port, num_cpus=num_cpus)
+    typer.echo(json.dumps(state, indent=2))
+    typer.echo("point your shell at it with:  eval \"$(medlm stack env)\"")
+
+
+@stack_app.command("down")
+def stack_down_cmd() -> None:
+    """Stop what `medlm stack up` started."""
+    from medlm.stack import stack_down
+
+    typer.echo("stopped" if stack_down() else "no local stack was up")
+
+
+@stack_app.command("env")
+def stack_env_cmd() -> None:
+    """Print shell exports that point Ray and S3 clients at the running local stack."""
+    from medlm.stack import stack_env
+
+    env = stack_env()
+    if not env:
+        typer.secho("no local stack is up (medlm stack up)", fg="red", err=True)
+        raise typer.Exit(1)
+    for k, v in env.items():
+        typer.echo(f"export {k}={v}")
+
+
+@config_app.command("show")
+def config_show(job: str = typer.Argument(..., help=f"one of: {', '.join(JOBS)}"),
+                config: Optional[str] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+    """Print a job's resolved config (file + overrides) as YAML; bad keys are rejected."""
+    from medlm.config import ConfigError, dump_config
+
+    if job not in JOBS:
+        typer.secho(f"unknown job {job!r}; choose from {', '.join(JOBS)}", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        typer.echo(dump_config(JOBS[job].load(config, overrides)), nl=False)
+    except ConfigError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2) from None
+

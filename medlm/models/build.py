@@ -1,0 +1,108 @@
+"""``ModelSpec`` -> (SpeechLM, SpeechLMProcessor). Nothing is downloaded: weights come from the preset's config
+(random init), from ``encoder_path``/``llm_path`` (HF checkpoints, local or ``s3://``), or from ``init_from``
+(a medlm export holding both the model and its processor)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, Qwen2Config, \
+    Wav2Vec2Config, WhisperConfig
+
+from medlm.models.audio import build_audio_encoder
+from medlm.models.modeling import SpeechLM, SpeechLMConfig
+from medlm.models.processor import SpeechLMProcessor
+from medlm.models.spec import PRESETS, ModelSpec
+from medlm.models.tokenizer import AUDIO_TOKEN, build_byte_tokenizer
+from medlm.storage import local_copy
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def encoder_config(spec: ModelSpec) -> PretrainedConfig:
+    if spec.encoder_path:
+        return AutoConfig.from_pretrained(local_copy(spec.encoder_path))
+    preset = PRESETS[spec.preset]
+    if spec.encoder_type == "whisper":
+        return WhisperConfig(**preset["whisper"])
+    return Wav2Vec2Config(**preset["wav2vec2"])
+
+
+def build_tokenizer(spec: ModelSpec):
+    """The LLM's tokenizer with ``<|audio|>`` added (real LLMs), or the preset byte-level BPE."""
+    if not spec.llm_path:
+        return build_byte_tokenizer()
+    tok = AutoTokenizer.from_pretrained(local_copy(spec.llm_path))
+    if AUDIO_TOKEN not in tok.get_vocab():
+        tok.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_processor(spec: ModelSpec) -> SpeechLMProcessor:
+    """The processor alone (cheap: no model weights), e.g. for Ray Data featurizing actors."""
+    if spec.init_from:
+        return SpeechLMProcessor.from_pretrained(spec.init_from)
+    return SpeechLMProcessor(build_tokenizer(spec), encoder_config(spec), _stack_factor(spec),
+                             spec.audio_window_seconds)
+
+
+def _stack_factor(spec: ModelSpec) -> int:
+    return spec.stack_factor or PRESETS[spec.preset]["stack_factor"]
+
+
+def speechlm_config(spec: ModelSpec, processor: SpeechLMProcessor, text_config: PretrainedConfig | None = None
+                    ) -> SpeechLMConfig:
+    """The SpeechLMConfig for ``spec`` (``text_config`` defaults to ``llm_path``'s config or the preset's Qwen2)."""
+    tok = processor.tokenizer
+    if text_config is None:
+        if spec.llm_path:
+            text_config = AutoConfig.from_pretrained(local_copy(spec.llm_path))
+        else:
+            shape = dict(PRESETS[spec.preset]["llm"])
+            shape["vocab_size"] = shape["vocab_size"] or len(tok)
+            text_config = Qwen2Config(**shape, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                      bos_token_id=None)
+    return SpeechLMConfig(
+        encoder_config=processor.encoder_config, text_config=text_config, audio_token_id=processor.audio_token_id,
+        audio_window_seconds=spec.audio_window_seconds, stack_factor=processor.stack_factor,
+        adapter_hidden=spec.adapter_hidden or PRESETS[spec.preset]["adapter_hidden"],
+        lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, lora_targets=spec.lora_targets,
+        encoder_lora_r=spec.encoder_lora_r, encoder_lora_targets=spec.encoder_lora_targets,
+        num_classes=spec.num_classes, classifier_weight=spec.classifier_weight, kd_weight=spec.kd_weight,
+        kd_temperature=spec.kd_temperature, trainable=spec.trainable)
+
+
+def build_model(spec: ModelSpec | None = None, device: str | torch.device | None = None
+                ) -> tuple[SpeechLM, SpeechLMProcessor]:
+    """Build (or load) the SpeechLM and its processor for ``spec``.
+
+    ``device="meta"`` builds the shapes without memory (parameter counting for base/large).
+    With ``init_from`` the structure comes from the export and only ``spec.trainable`` and ``dtype`` apply.
+    """
+    spec = spec or ModelSpec()
+    dtype = _DTYPES[spec.dtype]
+    if spec.init_from:
+        local = local_copy(spec.init_from)
+        model = SpeechLM.from_pretrained(local, dtype=dtype)
+        processor = SpeechLMProcessor.from_pretrained(local)
+        model.configure_trainable(spec.trainable)
+        return model, processor
+    processor = build_processor(spec)
+    tok = processor.tokenizer
+    ctx = torch.device(device) if device is not None else contextlib.nullcontext()
+    with ctx:
+        llm = None
+        if spec.llm_path:
+            llm = AutoModelForCausalLM.from_pretrained(local_copy(spec.llm_path), dtype=dtype)
+            if len(tok) > llm.config.vocab_size:
+                llm.resize_token_embeddings(len(tok))
+        config = speechlm_config(spec, processor, llm.config if llm is not None else None)
+        encoder = build_audio_encoder(config.encoder_config, spec.encoder_path) if spec.encoder_path else None
+        model = SpeechLM(config, encoder=encoder, llm=llm)
+    model.to(dtype)
+    gen = model.llm.generation_config
+    gen.eos_token_id, gen.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    return model, processor

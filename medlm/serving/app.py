@@ -1,0 +1,458 @@
+"""The FastAPI ingress (OpenAI-compatible API) and the application builder.
+
+Request path: the ingress authenticates, enforces limits, parses and validates the body, decodes audio
+(soundfile + soxr -> float32 mono 16 kHz) and then composes the model deployments through handles:
+
+    audio parts --SpeechEncoder.embed (batched)--> adapter-space embeddings (n_i, D)
+    messages with embeddings --LLM.generate (batched, LoRA multiplexed by `model`)--> streamed text
+    text / embeddings --CTRetriever--> CT search hits / finding scores
+
+Every client error is a 4xx JSON body in OpenAI's error format; nothing a client sends can crash a
+replica. Audio and transcripts are never logged unless ``log_payloads`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections import Counter
+from typing import Any, AsyncIterator, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from medlm.serving.audio import decode_audio, decode_base64
+from medlm.serving.config import AppArgs
+from medlm.serving.errors import APIError
+from medlm.serving.schemas import (
+    AudioOrText, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
+    CTClassifyRequest, CTClassifyResponse, CTSearchRequest, CTSearchResponse, Delta, ModelCard, ModelList,
+    ResponseMessage, Transcription, UnderstandRequest, Understanding, Usage, completion_id,
+)
+from medlm.serving.tasks import TRANSCRIBE_PROMPT, UNDERSTAND_PROMPT, parse_understanding
+
+log = logging.getLogger("medlm.serving")
+
+M = TypeVar("M", bound=BaseModel)
+
+PUBLIC_PATHS = {"/healthz"}
+JSON_TYPES = ("application/json",)
+
+api = FastAPI(title="medlm", description="OpenAI-compatible medical speech LLM API", docs_url=None,
+              redoc_url=None, openapi_url=None)
+
+
+# --- errors -------------------------------------------------------------------------------------------------
+
+@api.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return exc.response()
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return APIError(exc.status_code, str(exc.detail)).response()
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    return validation_error(exc.errors()).response()
+
+
+@api.exception_handler(Exception)
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.error("internal error: %s", type(exc).__name__)  # no message: it could carry request content
+    return APIError(500, "internal server error").response()
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    first = errors[0]
+    loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+    detail = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or '<body>'}: {e['msg']}"
+                       for e in errors[:5])
+    return APIError(400, f"invalid request: {detail}", param=loc or None, code="invalid_request")
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The APIError a deployment raised, from inside Ray's wrapper; else the exception itself."""
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    return cause if isinstance(cause, APIError) else exc
+
+
+# --- request parsing ---------------------------------------------------------------------------------------
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (by header, then while reading)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > limit):
+        raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"request body exceeds {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def require_content_type(request: Request, accepted: tuple[str, ...]) -> None:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in accepted:
+        raise APIError(415, f"content type {ctype or '(none)'!r} is not supported; send {' or '.join(accepted)}",
+                       code="unsupported_media_type")
+
+
+async def parse_json(request: Request, schema: type[M], limit: int) -> M:
+    require_content_type(request, JSON_TYPES)
+    body = await read_body(request, limit)
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise APIError(400, f"body is not valid JSON: {e.msg if hasattr(e, 'msg') else 'bad encoding'}",
+                       code="invalid_json") from None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as e:
+        raise validation_error(e.errors()) from None
+
+
+def sse(payload: BaseModel | str) -> bytes:
+    data = payload if isinstance(payload, str) else payload.model_dump_json(exclude_none=True)
+    return f"data: {data}\n\n".encode()
+
+
+# --- the ingress deployment ------------------------------------------------------------------------------
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1},
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32})
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, encoder: DeploymentHandle, llm: DeploymentHandle, ct: DeploymentHandle | None,
+                 args: AppArgs):
+        self.encoder, self.llm, self.ct = encoder, llm, ct
+        self.args = args
+        self.limits = args.limits
+        self.key_digest = bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
+        self.counters: Counter[str] = Counter()
+        self._models: tuple[float, list[str]] = (0.0, [])
+
+    @staticmethod
+    def _key_from_env(args: AppArgs) -> bytes:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise RuntimeError(f"no API key: set {args.api_key_env} (or api_key_sha256) for the ingress")
+        return hashlib.sha256(key.encode()).digest()
+
+    # --- middleware-level checks (run by FastAPI before every route) ---
+
+    async def authenticate(self, request: Request) -> None:
+        if request.url.path in PUBLIC_PATHS:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), self.key_digest):
+            raise APIError(401, "invalid API key", code="invalid_api_key")
+
+    def count(self, name: str, value: float = 1) -> None:
+        self.counters[name] += value
+
+    # --- models ---
+
+    async def model_ids(self) -> list[str]:
+        stamp, ids = self._models
+        if time.monotonic() - stamp > 30 or not ids:
+            ids = await self.llm.model_ids.remote()
+            self._models = (time.monotonic(), ids)
+        return ids
+
+    async def check_model(self, model: str | None) -> str:
+        if model is None:
+            return self.args.served_model_name
+        if model not in await self.model_ids():
+            raise APIError(404, f"The model '{model}' does not exist", param="model", code="model_not_found")
+        return model
+
+    # --- audio ---
+
+    def decode(self, data: str, fmt: str | None, param: str) -> np.ndarray:
+        wave = decode_audio(decode_base64(data, param), self.limits.max_audio_seconds, param, fmt)
+        self.count("audio_seconds_total", len(wave) / 16000)
+        return wave
+
+    async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """Adapter-space embeddings of each waveform, computed by the (batching) SpeechEncoder deployment."""
+        return list(await asyncio.gather(*(self.encoder.embed.remote(w) for w in waves)))
+
+    async def to_model_messages(self, req: ChatCompletionRequest) -> list[dict[str, Any]]:
+        """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts)."""
+        if len(req.messages) > self.limits.max_turns:
+            raise APIError(400, f"{len(req.messages)} messages; the limit is {self.limits.max_turns}",
+                           param="messages", code="too_many_turns")
+        out, waves, slots, chars = [], [], [], 0
+        for i, msg in enumerate(req.messages):
+            if isinstance(msg.content, str) or msg.content is None:
+                text = msg.content or ""
+                chars += len(text)
+                out.append({"role": "system" if msg.role == "developer" else msg.role, "content": text})
+                continue
+            parts = []
+            for j, part in enumerate(msg.content):
+                if part.type == "text":
+                    chars += len(part.text)
+                    parts.append({"type": "text", "text": part.text})
+                else:
+                    param = f"messages.{i}.content.{j}.input_audio"
+                    if len(waves) >= self.limits.max_audio_parts:
+                        raise APIError(400, f"more than {self.limits.max_audio_parts} audio inputs", param=param,
+                                       code="too_many_audio_inputs")
+                    waves.append(self.decode(part.input_audio.data, part.input_audio.format, param))
+                    slots.append((len(out), len(parts)))
+                    parts.append(None)
+            if msg.role != "user":  # system / assistant turns are text
+                parts = "".join(p["text"] for p in parts)
+            out.append({"role": "system" if msg.role == "developer" else msg.role, "content": parts})
+        if chars > self.limits.max_text_chars:
+            raise APIError(400, f"{chars} characters of text; the limit is {self.limits.max_text_chars}",
+                           param="messages", code="too_much_text")
+        for (m, p), emb in zip(slots, await self.embed(waves)):
+            out[m]["content"][p] = {"type": "audio_embeds", "embeds": emb}
+        return out
+
+    def token_limit(self, requested: int | None) -> int:
+        n = requested or self.limits.default_max_tokens
+        if n > self.limits.max_tokens:
+            raise APIError(400, f"max_tokens {n} exceeds the limit of {self.limits.max_tokens}",
+                           param="max_tokens", code="too_many_tokens")
+        return n
+
+    # --- generation ---
+
+    def generation(self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+                   top_p: float = 1.0):
+        """A streaming call to the LLM deployment (LoRA adapter selected by ``model``)."""
+        from medlm.serving.deployments import GenerationRequest
+
+        request = GenerationRequest(messages=messages, max_new_tokens=max_tokens, temperature=temperature,
+                                    top_p=top_p)
+        if self.args.log_payloads:
+            log.info("generation request: %s", messages)
+        return self.llm.options(stream=True, multiplexed_model_id=model).generate.remote(request)
+
+    async def complete(self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
+                       top_p: float = 1.0) -> tuple[str, str, Usage]:
+        """Run a generation to the end: (text, finish_reason, usage)."""
+        text, finish, usage = [], "stop", None
+        try:
+            async for chunk in self.generation(model, messages, max_tokens, temperature, top_p):
+                text.append(chunk.text)
+                finish, usage = chunk.finish_reason or finish, chunk.usage or usage
+        except Exception as e:
+            raise unwrap(e) from None
+        self.count("completion_tokens_total", usage.completion_tokens if usage else 0)
+        return "".join(text), finish, usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+
+    async def stream_chat(self, req: ChatCompletionRequest, model: str, messages: list[dict],
+                          max_tokens: int) -> StreamingResponse:
+        chunks = self.generation(model, messages, max_tokens, req.temperature, req.top_p).__aiter__()
+        try:
+            first = await chunks.__anext__()  # errors before the first token still become a 4xx response
+        except StopAsyncIteration:
+            first = None
+        except Exception as e:
+            raise unwrap(e) from None
+        cid, created = completion_id(), int(time.time())
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def event(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True):
+            return sse(ChatCompletionChunk(id=cid, created=created, model=model, usage=usage,
+                                           choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices
+                                           else []))
+
+        async def events() -> AsyncIterator[bytes]:
+            yield event(Delta(role="assistant", content=""))
+            chunk, usage, finish = first, None, "stop"
+            try:
+                while chunk is not None:
+                    if chunk.text:
+                        yield event(Delta(content=chunk.text))
+                    finish, usage = chunk.finish_reason or finish, chunk.usage or usage
+                    chunk = await anext(chunks, None)
+            except Exception as e:  # the stream has started: report in-band, as OpenAI does
+                err = unwrap(e)
+                body = err.body() if isinstance(err, APIError) else APIError(500, "internal server error").body()
+                yield sse(body.model_dump_json())
+                return
+            yield event(Delta(), finish=finish)
+            if include_usage and usage is not None:
+                yield event(Delta(), usage=usage, choices=False)
+            self.count("completion_tokens_total", usage.completion_tokens if usage else 0)
+            yield sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    # --- routes ---
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """Liveness of the ingress and every model deployment (no auth)."""
+        handles = [self.encoder, self.llm] + ([self.ct] if self.ct is not None else [])
+        try:
+            await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in handles)), timeout=10)
+        except Exception:
+            raise APIError(503, "a model deployment is not ready", code="not_ready") from None
+        return {"status": "ok"}
+
+    @api.get("/metrics")
+    async def metrics(self, request: Request) -> PlainTextResponse:
+        """Prometheus text counters of this ingress replica (Ray Serve exports its own metrics too)."""
+        await self.authenticate(request)
+        lines = []
+        for name, value in sorted(self.counters.items()):
+            metric, _, label = name.partition("|")
+            labels = "{" + label + "}" if label else ""
+            lines.append(f"medlm_{metric}{labels} {value:g}")
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/models")
+    async def list_models(self, request: Request) -> ModelList:
+        await self.authenticate(request)
+        return ModelList(data=[ModelCard(id=m) for m in await self.model_ids()])
+
+    @api.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, request: Request) -> ChatCompletion | StreamingResponse:
+        await self.authenticate(request)
+        req = await parse_json(request, ChatCompletionRequest, self.limits.max_body_bytes)
+        model = await self.check_model(req.model)
+        max_tokens = self.token_limit(req.max_completion_tokens or req.max_tokens)
+        messages = await self.to_model_messages(req)
+        if req.stream:
+            return await self.stream_chat(req, model, messages, max_tokens)
+        text, finish, usage = await self.complete(model, messages, max_tokens, req.temperature, req.top_p)
+        return ChatCompletion(model=model, usage=usage, choices=[
+            Choice(message=ResponseMessage(content=text), finish_reason=finish)])
+
+    @api.post("/v1/audio/transcriptions", response_model=None)
+    async def transcriptions(self, request: Request) -> Transcription | PlainTextResponse:
+        """OpenAI's multipart upload (``file``, ``model``, ``response_format`` json | text)."""
+        await self.authenticate(request)
+        require_content_type(request, ("multipart/form-data",))
+        await read_body(request, self.limits.max_body_bytes)  # enforce the limit before parsing the form
+        try:
+            form = await request.form(max_files=1, max_fields=16)
+        except Exception:
+            raise APIError(400, "body is not a valid multipart form", code="invalid_form") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise APIError(400, "the form needs an audio 'file' part", param="file", code="missing_file")
+        model = await self.check_model(str(form.get("model") or self.args.served_model_name))
+        response_format = str(form.get("response_format") or "json")
+        if response_format not in ("json", "text"):
+            raise APIError(400, f"response_format {response_format!r} is not supported (json | text)",
+                           param="response_format", code="invalid_request")
+        wave = decode_audio(await upload.read(), self.limits.max_audio_seconds, "file")
+        self.count("audio_seconds_total", len(wave) / 16000)
+        text = await self.transcribe(model, wave)
+        return PlainTextResponse(text) if response_format == "text" else Transcription(text=text)
+
+    async def transcribe(self, model: str, wave: np.ndarray) -> str:
+        (emb,) = await self.embed([wave])
+        messages = [{"role": "user", "content": [{"type": "audio_embeds", "embeds": emb},
+                                                 {"type": "text", "text": TRANSCRIBE_PROMPT}]}]
+        text, _, _ = await self.complete(model, messages, self.limits.default_max_tokens)
+        return text.strip()
+
+    async def spoken_or_written(self, req: AudioOrText, model: str) -> str:
+        """The text of a request: its ``text``, or the transcript of its ``audio``."""
+        if req.text is not None:
+            if len(req.text) > self.limits.max_text_chars:
+                raise APIError(400, f"text longer than {self.limits.max_text_chars} characters", param="text",
+                               code="too_much_text")
+            return req.text
+        return await self.transcribe(model, self.decode(req.audio.data, req.audio.format, "audio.data"))
+
+    @api.post("/v1/understand")
+    async def understand(self, request: Request) -> Understanding:
+        """Medical entities + sentiment of a spoken or written utterance (the SpeechLM answers in JSON)."""
+        await self.authenticate(request)
+        req = await parse_json(request, UnderstandRequest, self.limits.max_body_bytes)
+        model = await self.check_model(req.model)
+        if req.audio is not None:
+            emb = (await self.embed([self.decode(req.audio.data, req.audio.format, "audio.data")]))[0]
+            content = [{"type": "audio_embeds", "embeds": emb}, {"type": "text", "text": UNDERSTAND_PROMPT}]
+        else:
+            content = f"{UNDERSTAND_PROMPT}\n{(await self.spoken_or_written(req, model))}"
+        text, _, _ = await self.complete(model, [{"role": "user", "content": content}],
+                                         self.limits.default_max_tokens)
+        entities, sentiment = parse_understanding(text)
+        return Understanding(model=model, entities=entities, sentiment=sentiment)
+
+    def ct_handle(self) -> DeploymentHandle:
+        if self.ct is None:
+            raise APIError(404, "CT retrieval is not enabled on this server", code="not_enabled")
+        return self.ct
+
+    async def ct_call(self, method: str, *args):
+        try:
+            return await getattr(self.ct_handle(), method).remote(*args)
+        except RayTaskError as e:
+            raise unwrap(e) from None
+
+    async def ct_query(self, req: AudioOrText) -> tuple[str, Any]:
+        """('text', str) or ('audio', waveform): the CT student embeds speech itself."""
+        if req.text is not None:
+            if len(req.text) > self.limits.max_text_chars:
+                raise APIError(400, f"text longer than {self.limits.max_text_chars} characters", param="text",
+                               code="too_much_text")
+            return "text", req.text
+        return "audio", self.decode(req.audio.data, req.audio.format, "audio.data")
+
+    @api.post("/v1/ct/search")
+    async def ct_search(self, request: Request) -> CTSearchResponse:
+        """The CT volumes closest to a spoken or written report."""
+        await self.authenticate(request)
+        req = await parse_json(request, CTSearchRequest, self.limits.max_body_bytes)
+        self.ct_handle()
+        kind, query = await self.ct_query(req)
+        return CTSearchResponse(results=await self.ct_call("search", kind, query, req.k))
+
+    @api.post("/v1/ct/classify")
+    async def ct_classify(self, request: Request) -> CTClassifyResponse:
+        """Zero-shot finding scores for a spoken or written report."""
+        await self.authenticate(request)
+        req = await parse_json(request, CTClassifyRequest, self.limits.max_body_bytes)
+        self.ct_handle()
+        kind, query = await self.ct_query(req)
+        return CTClassifyResponse(scores=await self.ct_call("classify", kind, query, req.labels))
+
+
+@api.middleware("http")
+async def _count_requests(request: Request, call_next) -> Response:
+    """Per-route request counters by status (rendered by /metrics); never logs bodies."""
+    response = await call_next(request)
+    replica = _replica()
+    if replica is not None:
+        route = request.url.path if request.url.path.startswith(("/v1/", "/healthz", "/metrics")) else "other"
+        replica.count(f'requests_total|route="{route}",status="{response.status_code}"')
+    return response
+
+
+def _replica() -> "Ingress | None":
+    """The ingress replica object serving this request (Serve keeps one per replica process)."""
+    try:
+        return serve.get_replica_context().servable_object
+    except Exception:
+        return None

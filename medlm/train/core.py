@@ -1,0 +1,299 @@
+"""The training core: Ray Train ``TorchTrainer`` + DeepSpeed ZeRO over a SpeechLM, fed by Ray Data.
+
+One function per side:
+
+* :func:`train` (driver) builds the datasets, the ``TorchTrainer`` and runs it; the run is named
+  ``run.name`` under ``run.storage_path``, so relaunching with the same name resumes it.
+* :func:`train_loop` (every worker) builds the model, wraps it with ``deepspeed.initialize``,
+  resumes from ``ray.train.get_checkpoint()`` (weights, optimizer, scheduler *and* data position),
+  trains, checkpoints on every rank, and exports a consolidated ``save_pretrained`` model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from medlm import storage
+from medlm.train.config import OptimSpec, TrainJobConfig
+
+log = logging.getLogger("medlm.train")
+
+FAULT_ENV = "MEDLM_FAULT_AT_STEP"  # fault injection for recovery tests: "<step>" kills the last rank once
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}  # dense bf16
+
+
+# --- pure helpers -----------------------------------------------------------------------------
+
+def deepspeed_config(o: OptimSpec, micro_batch: int) -> dict[str, Any]:
+    """The DeepSpeed config for our optimisation settings (the optimizer itself is passed in)."""
+    zero: dict[str, Any] = {"stage": o.zero_stage}
+    if o.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if o.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": o.grad_accum,
+        "gradient_clipping": o.clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": o.bf16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def lr_lambda(o: OptimSpec):
+    """Linear warmup, then cosine decay to ``min_lr_ratio`` (or constant)."""
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / max(1, o.warmup_steps)
+        if o.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
+def export_dir(cfg: TrainJobConfig) -> str:
+    return storage.join(cfg.run.storage_path, cfg.run.name, "export")
+
+
+# --- worker side ------------------------------------------------------------------------------
+
+def _batches(cfg: TrainJobConfig, shard, processor, skip: int) -> Iterator[dict]:
+    """Endless stream of padded batches from this worker's shard; the first ``skip`` are dropped
+    (that is how a resumed run continues at its data position)."""
+    from medlm.data import iter_train_batches
+
+    seen = 0
+    while True:
+        for batch in iter_train_batches(shard, processor, cfg.data):
+            seen += 1
+            if seen > skip:
+                yield batch
+
+
+def _count_tokens(batch: dict) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import torch
+
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    import deepspeed
+    import ray.train
+
+    from medlm.models import build_model
+
+    cfg = TrainJobConfig.model_validate(config)
+    o = cfg.optim
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    seed_everything(o.seed)
+
+    model, processor = build_model(cfg.model)
+    if o.bf16:
+        model = model.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(o, cfg.data.batch_size))
+    device = engine.device
+
+    state = {"step": 0, "batches": 0, "tokens": 0}
+    resumed = False
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            engine.load_checkpoint(d, tag="ds", load_module_strict=False)
+            state = json.loads((Path(d) / "trainer_state.json").read_text())
+        resumed = True
+        if rank == 0:
+            log.info("resumed at step %d (data position: %d batches)", state["step"], state["batches"])
+
+    fault_step = int(os.environ.get(FAULT_ENV, "-1"))
+    writer = None
+    tb_dir = Path(tempfile.mkdtemp(prefix="medlm-tb-"))
+    if rank == 0 and cfg.run.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(tb_dir))
+
+    val_ds = ray.train.get_dataset_shard("val") if cfg.data.val else None
+    batches = _batches(cfg, ray.train.get_dataset_shard("train"), processor, skip=state["batches"])
+    flops_peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+
+    engine.train()
+    window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "t0": time.perf_counter()}
+    parts: dict[str, float] = {}
+    while state["step"] < o.steps:
+        for _ in range(o.grad_accum):
+            t = time.perf_counter()
+            batch = next(batches)
+            window["wait"] += time.perf_counter() - t
+            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            if o.bf16 and "input_features" in batch:
+                batch["input_features"] = batch["input_features"].to(torch.bfloat16)
+            out = engine(**batch)
+            engine.backward(out.loss)
+            engine.step()
+            state["batches"] += 1
+            ntok = _count_tokens(batch)
+            state["tokens"] += ntok
+            window["tokens"] += ntok
+            window["loss"] += float(out.loss.detach())
+            window["n"] += 1
+            for k in ("lm_loss", "cls_loss", "kd_loss"):
+                v = getattr(out, k, None)
+                if v is not None:
+                    parts[k] = float(v.detach())
+        state["step"] += 1
+        step = state["step"]
+
+        if step == fault_step and rank == world - 1 and not resumed:
+            log.error("fault injection: killing rank %d at step %d", rank, step)
+            os._exit(1)
+
+        metrics: dict[str, float] = {}
+        if step % o.log_every == 0 or step == o.steps:
+            dt = time.perf_counter() - window["t0"]
+            tok_s = window["tokens"] * world / dt  # ranks see similar token counts
+            metrics = {"step": step, "loss": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
+                       "tokens_per_s": tok_s, "data_wait_frac": window["wait"] / dt, **parts}
+            if flops_peak:
+                metrics["mfu"] = 6 * n_params * tok_s / (flops_peak * world)
+            window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "t0": time.perf_counter()}
+            if rank == 0:
+                log.info("step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
+                         step, o.steps)
+                if writer:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+        if val_ds is not None and ((o.eval_every and step % o.eval_every == 0) or step == o.steps):
+            metrics["val_loss"] = evaluate_loss(engine, val_ds, processor, cfg)
+            if rank == 0:
+                log.info("step %d val_loss=%.4f", step, metrics["val_loss"])
+                if writer:
+                    writer.add_scalar("val/loss", metrics["val_loss"], step)
+
+        if step % o.checkpoint_every == 0 or step == o.steps:
+            _checkpoint(engine, state, metrics, rank)
+        elif metrics:
+            ray.train.report(metrics)
+
+    if writer:
+        writer.close()
+        storage.copy_tree(str(tb_dir), storage.join(cfg.run.storage_path, cfg.run.name, "tensorboard"))
+    _export(engine, processor, cfg, rank)
+
+
+def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig) -> float:
+    """Mean loss over the whole val set, on every rank (ZeRO-3 forwards need all ranks)."""
+    import torch
+
+    from medlm.data import iter_train_batches
+
+    engine.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in iter_train_batches(val_ds, processor, cfg.data):
+            batch = {k: (v.to(engine.device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            total += float(engine(**batch).loss)
+            n += 1
+    engine.train()
+    return total / max(1, n)
+
+
+def _checkpoint(engine, state: dict, metrics: dict, rank: int) -> None:
+    """Every rank writes its DeepSpeed shard, then reports; Ray merges them into one checkpoint."""
+    import ray.train
+
+    tmp = tempfile.mkdtemp(prefix="medlm-ckpt-")
+    engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
+    if rank == 0:
+        (Path(tmp) / "trainer_state.json").write_text(json.dumps(state))
+    ray.train.report({**metrics, "step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _export(engine, processor, cfg: TrainJobConfig, rank: int) -> None:
+    """Consolidate the weights (gathering ZeRO-3 shards) and write a ``from_pretrained`` model."""
+    state_dict = engine._zero3_consolidated_16bit_state_dict() if cfg.optim.zero_stage == 3 else None
+    if rank != 0:
+        return
+    module = engine.module
+    tmp = tempfile.mkdtemp(prefix="medlm-export-")
+    if state_dict is not None:
+        module.save_pretrained(tmp, state_dict=state_dict)
+    else:
+        module.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    storage.copy_tree(tmp, export_dir(cfg))
+    log.info("exported model to %s", export_dir(cfg))
+
+
+# --- driver side ------------------------------------------------------------------------------
+
+def train(cfg: TrainJobConfig) -> dict[str, Any]:
+    """Run one training job on the current Ray cluster; returns a summary."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from medlm.data import build_dataset
+
+    if cfg.run.name is None:
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{cfg.job}-{time.strftime('%Y%m%d-%H%M%S')}"})})
+    datasets = {"train": build_dataset(cfg.data, cfg.model, split="train")}
+    if cfg.data.val:
+        datasets["val"] = build_dataset(cfg.data, cfg.model, split="val")
+
+    storage_path, fs = cfg.run.storage_path, None
+    if storage.is_s3(storage_path):
+        storage.makedirs(storage_path)
+        fs, storage_path = storage.s3_filesystem(), storage_path[len("s3://"):]
+
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=cfg.model_dump(mode="json"),
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
+                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    t0 = time.time()
+    result = trainer.fit()
+    summary = {"job": cfg.job, "run": cfg.run.name, "export": export_dir(cfg),
+               "checkpoint": result.checkpoint.path if result.checkpoint else None,
+               "metrics": result.metrics, "wall_s": round(time.time() - t0, 1)}
+    return summary

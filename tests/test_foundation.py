@@ -1,0 +1,137 @@
+"""The foundation: configs, storage, the local stack and the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medlm import storage
+from medlm.config import ConfigError, Section, apply_overrides, build_config, dump_config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Inner(Section):
+    lr: float = 1e-3
+    layers: list[int] = [1, 2]
+
+
+class Outer(Section):
+    name: str = "x"
+    inner: Inner = Inner()
+    flag: bool = False
+
+
+def test_yaml_roundtrip_with_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: run\ninner:\n  lr: 0.5\n")
+    cfg = load_config(Outer, path, ["inner.lr=3e-4", "flag=true", "inner.layers=[4, 5]"])
+    assert cfg.inner.lr == 3e-4 and cfg.flag is True and cfg.inner.layers == [4, 5] and cfg.name == "run"
+    again = build_config(Outer, yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+    assert yaml.safe_load(dump_config(again)) == yaml.safe_load(dump_config(cfg))
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (["inner.lrr=1"], "inner.lrr: unknown key"),
+    (["nope=1"], "nope: unknown key"),
+    (["inner.lr=fast"], "inner.lr"),
+    (["name"], "not of the form"),
+])
+def test_bad_keys_and_values_are_rejected_clearly(bad, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(Outer, None, bad)
+
+
+def test_override_into_scalar_is_an_error():
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("inner:\n  depth: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml") as e:
+        load_config(Outer, path)
+    assert "inner.depth: unknown key" in str(e.value)
+
+
+def test_every_job_config_in_configs_loads():
+    from medlm.jobs import JOBS
+
+    for name, job in JOBS.items():
+        if (ROOT / "configs" / job.config_file).exists():
+            cfg = job.load()
+            assert yaml.safe_load(dump_config(cfg)) == cfg.model_dump(mode="json"), name
+
+
+def test_local_storage_roundtrip(tmp_path):
+    uri = str(tmp_path / "a" / "b.txt")
+    storage.write_text(uri, "hello")
+    assert storage.read_text(uri) == "hello"
+    assert storage.exists(uri) and not storage.exists(str(tmp_path / "missing"))
+    storage.copy_tree(str(tmp_path / "a"), str(tmp_path / "copy"))
+    assert storage.list_files(str(tmp_path / "copy")) == [str(tmp_path / "copy" / "b.txt")]
+
+
+def test_s3_storage_roundtrip(s3, tmp_path):
+    root = storage.join(s3.root, "foundation")
+    storage.write_bytes(storage.join(root, "x/y.bin"), b"\x00\x01")
+    assert storage.read_bytes(storage.join(root, "x/y.bin")) == b"\x00\x01"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.txt").write_text("f")
+    storage.copy_tree(str(tmp_path / "d"), storage.join(root, "tree"))
+    assert storage.list_files(storage.join(root, "tree")) == [storage.join(root, "tree/f.txt")]
+    local = storage.local_copy(storage.join(root, "tree"), cache_dir=tmp_path / "cache")
+    assert Path(local, "f.txt").read_text() == "f"
+
+
+def _medlm(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "medlm", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def test_cli_lists_the_jobs():
+    out = _medlm("--help")
+    assert out.returncode == 0, out.stderr
+    for cmd in ("demo", "serve", "train", "data", "eval", "stack", "reproduce", "config"):
+        assert cmd in out.stdout
+    out = _medlm("train", "--help")
+    for cmd in ("stage1", "stage2", "joint-sft", "multitask", "ct-clip"):
+        assert cmd in out.stdout
+
+
+def test_cli_config_show_rejects_bad_keys():
+    out = _medlm("config", "show", "stage1", "optim.lrr=1")
+    assert out.returncode == 2
+    assert "optim.lrr: unknown key" in out.stderr
+    out = _medlm("config", "show", "stage1", "optim.lr=0.25")
+    assert out.returncode == 0, out.stderr
+    assert yaml.safe_load(out.stdout)["optim"]["lr"] == 0.25
+
+
+@pytest.mark.slow
+def test_stack_up_and_down_from_one_call(tmp_path):
+    """`medlm stack up` starts Ray (with the job API) + S3; clients reach both; `down` stops both."""
+    env = {"MEDLM_HOME": str(tmp_path), "RAY_ADDRESS": "", "AWS_ENDPOINT_URL": ""}
+    port = str(__import__("medlm.stack", fromlist=["free_port"]).free_port())
+    up = _medlm("stack", "up", "--s3-port", port, "--num-cpus", "1", env=env, timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr
+        exports = _medlm("stack", "env", env=env).stdout
+        assert f"AWS_ENDPOINT_URL=http://127.0.0.1:{port}" in exports
+        client_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+        probe = subprocess.run(
+            [sys.executable, "-c", "import ray, boto3; ray.init(address='auto'); "
+             "print(len([n for n in ray.nodes() if n['Alive']])); "
+             "print([b['Name'] for b in boto3.client('s3').list_buckets()['Buckets']])"],
+            capture_output=True, text=True, env={**os.environ, **client_env, "RAY_ADDRESS": "auto"}, timeout=120)
+        assert probe.returncode == 0, probe.stderr
+        assert probe.stdout.split("\n")[0] == "1" and "medlm" in probe.stdout
+    finally:
+        down = _medlm("stack", "down", env=env, timeout=120)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert _medlm("stack", "env", env=env).returncode == 1
