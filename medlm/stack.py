@@ -94,6 +94,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         return ray
     runtime_env = {"env_vars": dict(env)} if env else None
     address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith(("http://", "https://")):
+        address = "auto"  # a dashboard URL (what `ray job submit` uses): join the cluster running here
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:

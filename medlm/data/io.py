@@ -59,8 +59,7 @@ class ShardWriter:
 
     def write(self, row: dict) -> None:
         self._rows.append(row)
-        self._bytes += sum(len(v) for v in row.values() if isinstance(v, (bytes, str)))
-        self._bytes += sum(len(t.get("audio") or b"") for t in row.get("turns") or [])
+        self._bytes += _nbytes(row)
         if len(self._rows) >= self.rows_per_shard or self._bytes >= self.target_bytes:
             self.flush()
 
@@ -80,6 +79,17 @@ class ShardWriter:
     def __exit__(self, *exc: Any) -> None:
         if exc[0] is None:
             self.close()
+
+
+def _nbytes(value: Any) -> int:
+    """Rough encoded size of a row (bytes and strings, nested)."""
+    if isinstance(value, (bytes, str)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    return 8
 
 
 def write_rows(rows: Iterable[dict], uri: str, kind: str, **kwargs: Any) -> list[str]:

@@ -93,7 +93,7 @@ CONDITIONS: tuple[Condition, ...] = (
 )
 
 ATTRIBUTES = ("symptoms", "test", "drug", "advice")
-DURATIONS = ("two days", "three days", "a week", "two weeks", "a month", "since yesterday")
+DURATIONS = ("two days", "three days", "a week", "two weeks", "a month", "one day")
 
 QUESTIONS = {
     "symptoms": ("What are the typical symptoms of {name}?", "How do I know if I have {name}?"),
@@ -139,8 +139,14 @@ def short_answer(c: Condition, attribute: str) -> str:
     }[attribute]
 
 
-def long_answer(c: Condition, attribute: str) -> str:
-    """A written-style, long answer (the input of the rewrite-to-spoken step)."""
+def long_answer(c: Condition, attribute: str, reference_only: bool = False) -> str:
+    """A written-style, long answer (the input of the rewrite-to-spoken step).
+
+    ``reference_only`` answers only point at a table, which the spoken-style filter rejects.
+    """
+    if reference_only:
+        return (f"| Condition | {attribute.capitalize()} |\n|---|---|\n| {c.name} | {fact_value(c, attribute)} |\n"
+                f"(Source: guideline table {len(c.name)}.{len(attribute)}, see https://example.org/guidelines)")
     core = short_answer(c, attribute)
     return (f"Thank you for your question. {core} "
             f"Please note (see the table below) that every case differs; according to current guidelines, "
@@ -149,15 +155,19 @@ def long_answer(c: Condition, attribute: str) -> str:
             f"If symptoms persist or worsen, consult your physician, who may adjust the plan accordingly.")
 
 
-def qa_pairs(seed: int = 0) -> list[dict]:
-    """One QA per fact: ``{fact_id, condition, attribute, question, answer, long_answer}``."""
+def qa_pairs(seed: int = 0, reference_share: float = 0.1) -> list[dict]:
+    """One QA per fact: ``{fact_id, condition, attribute, question, answer, long_answer}``.
+
+    About ``reference_share`` of the long answers are table-only references (not speakable).
+    """
     rng = random.Random(seed)
     out = []
     for c in CONDITIONS:
         for a in ATTRIBUTES:
             q = rng.choice(QUESTIONS[a]).format(name=c.name)
             out.append({"fact_id": f"{c.id}.{a}", "condition": c.id, "attribute": a, "question": q,
-                        "answer": short_answer(c, a), "long_answer": long_answer(c, a)})
+                        "answer": short_answer(c, a),
+                        "long_answer": long_answer(c, a, reference_only=rng.random() < reference_share)})
     return out
 
 

@@ -112,15 +112,17 @@ def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float
     if not sample_rate:
         raise BadRecord("missing_field", "sample_rate")
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
-            rate, frames = f.samplerate, f.frames
-            if max_seconds is not None and frames / rate > max_seconds:
-                raise BadRecord("audio_too_long", f"{frames / rate:.1f}s > {max_seconds}s")
-            audio = f.read(dtype="float32", always_2d=True)
-    except BadRecord:
-        raise
-    except Exception as e:  # soundfile raises several types for corrupt / truncated input
+        f = sf.SoundFile(io.BytesIO(data))
+    except Exception as e:  # soundfile raises several types for undecodable input
         raise BadRecord("corrupt_audio", type(e).__name__) from None
+    with f:
+        rate, frames = f.samplerate, f.frames
+        if max_seconds is not None and frames / rate > max_seconds:
+            raise BadRecord("audio_too_long", f"{frames / rate:.1f}s > {max_seconds}s")
+        try:
+            audio = f.read(dtype="float32", always_2d=True)
+        except Exception as e:  # the header is fine but the stream ends early / is damaged
+            raise BadRecord("truncated_audio", type(e).__name__) from None
     if audio.shape[0] < frames:
         raise BadRecord("truncated_audio", f"{audio.shape[0]} of {frames} frames")
     if rate != int(sample_rate):
@@ -239,15 +241,13 @@ def entities_text(row: dict) -> str:
     return "\n".join(f"{e['label']}: {text[e['start']:e['end']]}" for e in ents) or "none"
 
 
-def utterance_class_label(row: dict) -> dict[str, np.ndarray]:
-    """Classifier-head targets: sentiment index and multi-hot entity labels."""
+def utterance_class_label(row: dict) -> int:
+    """Classifier-head target of an utterance: its sentiment index in :data:`SENTIMENTS`."""
     sentiment = row.get("sentiment")
     if sentiment not in SENTIMENTS:
         raise BadRecord("unknown_label", f"sentiment {sentiment!r}")
-    multi = np.zeros(len(ENTITY_LABELS), dtype=np.int8)
-    for e in check_entities(row):
-        multi[ENTITY_LABELS.index(e["label"])] = 1
-    return {"sentiment": np.int64(SENTIMENTS.index(sentiment)), "entities": multi}
+    check_entities(row)
+    return SENTIMENTS.index(sentiment)
 
 
 def utterance_to_messages(row: dict, task: str = "asr", max_audio_seconds: float | None = None) -> list[dict]:
@@ -317,8 +317,8 @@ def to_messages(row: dict, kind: str, task: str | None = None,
     if base == "dialogue":
         return dialogue_to_messages(row, max_audio_seconds), None
     if base == "utterance":
-        label = utterance_class_label(row) if task == "multitask" else None
-        return utterance_to_messages(row, task, max_audio_seconds), label
+        messages = utterance_to_messages(row, task, max_audio_seconds)
+        return messages, utterance_class_label(row) if task == "multitask" else None
     return ct_to_messages(row, task, max_audio_seconds), None
 
 

@@ -24,7 +24,7 @@ MEL_HOP = 160  # 10 ms mel hop at 16 kHz
 
 
 def as_waveform(audio, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """A mono float32 16 kHz waveform from a numpy array (resampled with soxr when needed); clear errors otherwise."""
+    """Mono float32 16 kHz samples from a numpy array (resampled with soxr if needed); clear errors."""
     wav = np.asarray(audio)
     if wav.ndim == 2 and 1 in wav.shape:
         wav = wav.reshape(-1)
@@ -61,20 +61,28 @@ class AudioFrontend:
             mel_frames = self.max_frames * 2  # conv2 has stride 2
             self.window_samples = mel_frames * MEL_HOP
             if self.window_samples % SAMPLING_RATE:
-                raise ValueError(f"Whisper max_source_positions={self.max_frames} is not a whole number of seconds")
+                raise ValueError(
+                    f"Whisper max_source_positions={self.max_frames} is not a whole number of seconds"
+                )
             self.extractor = WhisperFeatureExtractor(
-                feature_size=encoder_config.num_mel_bins, sampling_rate=SAMPLING_RATE, hop_length=MEL_HOP,
-                chunk_length=self.window_samples // SAMPLING_RATE)
+                feature_size=encoder_config.num_mel_bins,
+                sampling_rate=SAMPLING_RATE,
+                hop_length=MEL_HOP,
+                chunk_length=self.window_samples // SAMPLING_RATE,
+            )
         elif self.encoder_type in ("wav2vec2", "hubert"):
             from transformers import Wav2Vec2FeatureExtractor
 
             self.window_samples = int(window_seconds * SAMPLING_RATE)
             self.conv = list(zip(encoder_config.conv_kernel, encoder_config.conv_stride))
             self.max_frames = self._conv_frames(self.window_samples)
-            self.extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLING_RATE, do_normalize=True,
-                                                      return_attention_mask=False)
+            self.extractor = Wav2Vec2FeatureExtractor(
+                feature_size=1, sampling_rate=SAMPLING_RATE, do_normalize=True, return_attention_mask=False
+            )
         else:
-            raise ValueError(f"unsupported audio encoder type {self.encoder_type!r} (whisper | wav2vec2 | hubert)")
+            raise ValueError(
+                f"unsupported audio encoder type {self.encoder_type!r} (whisper | wav2vec2 | hubert)"
+            )
 
     def _conv_frames(self, samples: int) -> int:
         for kernel, stride in self.conv:
@@ -91,12 +99,14 @@ class AudioFrontend:
 
     def split(self, wav: np.ndarray) -> list[np.ndarray]:
         """Consecutive windows covering all of ``wav`` (the last one may be shorter)."""
-        return [wav[i:i + self.window_samples] for i in range(0, len(wav), self.window_samples)]
+        return [wav[i : i + self.window_samples] for i in range(0, len(wav), self.window_samples)]
 
     def features(self, waveforms: list[np.ndarray], return_lengths: bool = False):
-        """``(features, chunks_per_item)`` for 16 kHz mono waveforms; features is float32 (chunks, mels|1, frames|samples).
+        """``(features, chunks_per_item)`` for 16 kHz mono waveforms.
 
-        With ``return_lengths`` also the valid sample count of each chunk (the model uses it to drop padding frames).
+        ``features`` is float32 (chunks, mels | 1, frames | samples).
+
+        With ``return_lengths`` also each chunk's valid sample count (the model drops padding frames).
         """
         chunks, per_item, lengths = [], [], []
         for wav in waveforms:
@@ -107,11 +117,21 @@ class AudioFrontend:
         if not chunks:
             feats = np.zeros((0, *self.feature_shape), dtype=np.float32)
         elif self.encoder_type == "whisper":
-            feats = self.extractor(chunks, sampling_rate=SAMPLING_RATE, padding="max_length",
-                                   max_length=self.window_samples, return_tensors="np").input_features
+            feats = self.extractor(
+                chunks,
+                sampling_rate=SAMPLING_RATE,
+                padding="max_length",
+                max_length=self.window_samples,
+                return_tensors="np",
+            ).input_features
         else:
-            feats = self.extractor(chunks, sampling_rate=SAMPLING_RATE, padding="max_length",
-                                   max_length=self.window_samples, return_tensors="np").input_values[:, None, :]
+            feats = self.extractor(
+                chunks,
+                sampling_rate=SAMPLING_RATE,
+                padding="max_length",
+                max_length=self.window_samples,
+                return_tensors="np",
+            ).input_values[:, None, :]
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if return_lengths:
             return feats, per_item, lengths
@@ -125,7 +145,7 @@ class AudioFrontend:
 
 
 class AudioEncoder(nn.Module):
-    """An HF audio encoder behind one call: features (chunks, mels|1, frames|samples) -> frames (chunks, T, d)."""
+    """An HF audio encoder behind one call: features (chunks, mels | 1, ...) -> frames (chunks, T, d)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -141,7 +161,7 @@ class AudioEncoder(nn.Module):
 
 
 def build_audio_encoder(encoder_config: PretrainedConfig, path: str | None = None) -> AudioEncoder:
-    """The encoder for ``encoder_config`` (random init), or real weights from an HF checkpoint dir / ``s3://`` URI."""
+    """The encoder for ``encoder_config`` (random init), or real weights from an HF checkpoint / s3:// URI."""
     from transformers import AutoModel, WhisperModel
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 

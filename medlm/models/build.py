@@ -1,4 +1,6 @@
-"""``ModelSpec`` -> (SpeechLM, SpeechLMProcessor). Nothing is downloaded: weights come from the preset's config
+"""``ModelSpec`` -> (SpeechLM, SpeechLMProcessor).
+
+Nothing is downloaded: weights come from the preset's config
 (random init), from ``encoder_path``/``llm_path`` (HF checkpoints, local or ``s3://``), or from ``init_from``
 (a medlm export holding both the model and its processor)."""
 
@@ -7,8 +9,15 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, Qwen2Config, \
-    Wav2Vec2Config, WhisperConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    Qwen2Config,
+    Wav2Vec2Config,
+    WhisperConfig,
+)
 
 from medlm.models.audio import build_audio_encoder
 from medlm.models.modeling import SpeechLM, SpeechLMConfig
@@ -35,7 +44,9 @@ def build_tokenizer(spec: ModelSpec):
         return build_byte_tokenizer()
     tok = AutoTokenizer.from_pretrained(local_copy(spec.llm_path))
     if AUDIO_TOKEN not in tok.get_vocab():
-        tok.add_special_tokens({"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False)
+        tok.add_special_tokens(
+            {"additional_special_tokens": [AUDIO_TOKEN]}, replace_extra_special_tokens=False
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -45,17 +56,19 @@ def build_processor(spec: ModelSpec) -> SpeechLMProcessor:
     """The processor alone (cheap: no model weights), e.g. for Ray Data featurizing actors."""
     if spec.init_from:
         return SpeechLMProcessor.from_pretrained(spec.init_from)
-    return SpeechLMProcessor(build_tokenizer(spec), encoder_config(spec), _stack_factor(spec),
-                             spec.audio_window_seconds)
+    return SpeechLMProcessor(
+        build_tokenizer(spec), encoder_config(spec), _stack_factor(spec), spec.audio_window_seconds
+    )
 
 
 def _stack_factor(spec: ModelSpec) -> int:
     return spec.stack_factor or PRESETS[spec.preset]["stack_factor"]
 
 
-def speechlm_config(spec: ModelSpec, processor: SpeechLMProcessor, text_config: PretrainedConfig | None = None
-                    ) -> SpeechLMConfig:
-    """The SpeechLMConfig for ``spec`` (``text_config`` defaults to ``llm_path``'s config or the preset's Qwen2)."""
+def speechlm_config(
+    spec: ModelSpec, processor: SpeechLMProcessor, text_config: PretrainedConfig | None = None
+) -> SpeechLMConfig:
+    """The SpeechLMConfig for ``spec``; ``text_config`` defaults to ``llm_path``'s or the preset's."""
     tok = processor.tokenizer
     if text_config is None:
         if spec.llm_path:
@@ -63,20 +76,33 @@ def speechlm_config(spec: ModelSpec, processor: SpeechLMProcessor, text_config: 
         else:
             shape = dict(PRESETS[spec.preset]["llm"])
             shape["vocab_size"] = shape["vocab_size"] or len(tok)
-            text_config = Qwen2Config(**shape, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                      bos_token_id=None)
+            text_config = Qwen2Config(
+                **shape, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None
+            )
     return SpeechLMConfig(
-        encoder_config=processor.encoder_config, text_config=text_config, audio_token_id=processor.audio_token_id,
-        audio_window_seconds=spec.audio_window_seconds, stack_factor=processor.stack_factor,
+        encoder_config=processor.encoder_config,
+        text_config=text_config,
+        audio_token_id=processor.audio_token_id,
+        audio_window_seconds=spec.audio_window_seconds,
+        stack_factor=processor.stack_factor,
         adapter_hidden=spec.adapter_hidden or PRESETS[spec.preset]["adapter_hidden"],
-        lora_r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout, lora_targets=spec.lora_targets,
-        encoder_lora_r=spec.encoder_lora_r, encoder_lora_targets=spec.encoder_lora_targets,
-        num_classes=spec.num_classes, classifier_weight=spec.classifier_weight, kd_weight=spec.kd_weight,
-        kd_temperature=spec.kd_temperature, trainable=spec.trainable)
+        lora_r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=spec.lora_dropout,
+        lora_targets=spec.lora_targets,
+        encoder_lora_r=spec.encoder_lora_r,
+        encoder_lora_targets=spec.encoder_lora_targets,
+        num_classes=spec.num_classes,
+        classifier_weight=spec.classifier_weight,
+        kd_weight=spec.kd_weight,
+        kd_temperature=spec.kd_temperature,
+        trainable=spec.trainable,
+    )
 
 
-def build_model(spec: ModelSpec | None = None, device: str | torch.device | None = None
-                ) -> tuple[SpeechLM, SpeechLMProcessor]:
+def build_model(
+    spec: ModelSpec | None = None, device: str | torch.device | None = None
+) -> tuple[SpeechLM, SpeechLMProcessor]:
     """Build (or load) the SpeechLM and its processor for ``spec``.
 
     ``device="meta"`` builds the shapes without memory (parameter counting for base/large).
@@ -89,6 +115,7 @@ def build_model(spec: ModelSpec | None = None, device: str | torch.device | None
         model = SpeechLM.from_pretrained(local, dtype=dtype)
         processor = SpeechLMProcessor.from_pretrained(local)
         model.configure_trainable(spec.trainable)
+        _stop_at_end_of_turn(model, processor.tokenizer)
         return model, processor
     processor = build_processor(spec)
     tok = processor.tokenizer
@@ -103,6 +130,11 @@ def build_model(spec: ModelSpec | None = None, device: str | torch.device | None
         encoder = build_audio_encoder(config.encoder_config, spec.encoder_path) if spec.encoder_path else None
         model = SpeechLM(config, encoder=encoder, llm=llm)
     model.to(dtype)
-    gen = model.llm.generation_config
-    gen.eos_token_id, gen.pad_token_id = tok.eos_token_id, tok.pad_token_id
+    _stop_at_end_of_turn(model, tok)
     return model, processor
+
+
+def _stop_at_end_of_turn(model: SpeechLM, tokenizer) -> None:
+    """``generate`` stops at the chat template's end-of-turn token (the tokenizer's eos)."""
+    gen = model.llm.generation_config
+    gen.eos_token_id, gen.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id

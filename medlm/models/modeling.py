@@ -4,7 +4,7 @@ Picture::
 
     waveform --chunks--> encoder (Whisper / wav2vec2, frozen by default, optional LoRA)   50 Hz frames
              --stack k--> RMSNorm -> Linear -> SwiGLU -> Linear -> RMSNorm                  50/k Hz, LLM width
-             --splice at <|audio|>--> causal LLM (Qwen2 / Llama, LoRA or full FT)  -> LM loss on assistant tokens
+             --splice at <|audio|>--> causal LLM (Qwen2 / Llama, LoRA or full FT) -> LM loss (assistant)
     pooled adapter output -> classifier head (optional auxiliary loss)
     same LLM fed the transcript (no LoRA, no grad) -> KL teacher (optional KD loss)
 
@@ -40,15 +40,28 @@ class SpeechLMConfig(PretrainedConfig):
     """Everything needed to rebuild a SpeechLM: encoder + LLM configs, adapter, LoRA, heads and losses."""
 
     model_type = "medlm_speechlm"
-    sub_configs = {"encoder_config": AutoConfig, "text_config": AutoConfig}
 
-    def __init__(self, encoder_config=None, text_config=None, audio_token_id: int | None = None,
-                 audio_window_seconds: float = 20.0, stack_factor: int = 4, adapter_hidden: int = 1024,
-                 lora_r: int = 0, lora_alpha: int = 16, lora_dropout: float = 0.0,
-                 lora_targets: list[str] | None = None, encoder_lora_r: int = 0,
-                 encoder_lora_targets: list[str] | None = None, num_classes: int = 0,
-                 classifier_weight: float = 0.1, kd_weight: float = 0.0, kd_temperature: float = 2.0,
-                 trainable: list[str] | None = None, **kwargs):
+    def __init__(
+        self,
+        encoder_config=None,
+        text_config=None,
+        audio_token_id: int | None = None,
+        audio_window_seconds: float = 20.0,
+        stack_factor: int = 4,
+        adapter_hidden: int = 1024,
+        lora_r: int = 0,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.0,
+        lora_targets: list[str] | None = None,
+        encoder_lora_r: int = 0,
+        encoder_lora_targets: list[str] | None = None,
+        num_classes: int = 0,
+        classifier_weight: float = 0.1,
+        kd_weight: float = 0.0,
+        kd_temperature: float = 2.0,
+        trainable: list[str] | None = None,
+        **kwargs,
+    ):
         self.encoder_config = _as_config(encoder_config)
         self.text_config = _as_config(text_config)
         self.audio_token_id = audio_token_id
@@ -65,12 +78,14 @@ class SpeechLMConfig(PretrainedConfig):
         self.classifier_weight = classifier_weight
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
-        self.trainable = list(trainable if trainable is not None else [r"^adapter\.", r"lora_", r"^classifier\."])
+        self.trainable = list(
+            trainable if trainable is not None else [r"^adapter\.", r"lora_", r"^classifier\."]
+        )
         super().__init__(**kwargs)
 
 
 class StackingAdapter(nn.Module):
-    """Stack ``k`` consecutive encoder frames, then RMSNorm -> Linear -> SwiGLU -> Linear -> RMSNorm (Ultravox)."""
+    """Stack ``k`` encoder frames, then RMSNorm -> Linear -> SwiGLU -> Linear -> RMSNorm (Ultravox)."""
 
     def __init__(self, in_dim: int, out_dim: int, stack_factor: int, hidden: int):
         super().__init__()
@@ -94,8 +109,13 @@ class StackingAdapter(nn.Module):
 
 
 def replace_placeholders_and_build_targets(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, text_embeds: torch.Tensor,
-    audio_embeds: list[torch.Tensor], audio_token_id: int, labels: torch.Tensor | None = None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    text_embeds: torch.Tensor,
+    audio_embeds: list[torch.Tensor],
+    audio_token_id: int,
+    labels: torch.Tensor | None = None,
+    padding_side: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Splice audio embeddings into the text embeddings, expanding each placeholder to its audio's length.
 
@@ -105,13 +125,18 @@ def replace_placeholders_and_build_targets(
         audio_embeds: one (n_i, D) tensor per audio item, in reading order (row by row, left to right).
         labels: optional (B, L) targets aligned with ``input_ids``; audio slots get ``-100``.
 
-    Returns ``(inputs_embeds, attention_mask, labels)`` of length ``L' = max expanded row length``, padded on
-    the same side as the input (left padding stays left padding, for generation).
+        padding_side: output padding, "left" (generation) or "right"; None = as the input (right if none).
+
+    Returns ``(inputs_embeds, attention_mask, labels)`` of length ``L' = max expanded row length``.
     """
     n_placeholders = int((input_ids == audio_token_id).sum())
     if n_placeholders != len(audio_embeds):
-        raise ValueError(f"{n_placeholders} audio placeholders in input_ids but {len(audio_embeds)} audio items")
-    left_padded = bool((attention_mask[:, 0] == 0).any())
+        raise ValueError(
+            f"{n_placeholders} audio placeholders in input_ids but {len(audio_embeds)} audio items"
+        )
+    if padding_side is None:
+        padding_side = "left" if bool((attention_mask[:, 0] == 0).any()) else "right"
+    left_padded = padding_side == "left"
     rows_e, rows_l = [], []
     item = 0
     for b in range(input_ids.shape[0]):
@@ -152,7 +177,7 @@ class SpeechLMOutput(ModelOutput):
     cls_loss: torch.Tensor | None = None
     kd_loss: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
-    labels: torch.Tensor | None = None          # targets after placeholder expansion (aligned with logits)
+    labels: torch.Tensor | None = None  # targets after placeholder expansion (aligned with logits)
     attention_mask: torch.Tensor | None = None  # mask after placeholder expansion
     past_key_values: object | None = None
 
@@ -164,45 +189,68 @@ def _lora_config(r: int, alpha: int, dropout: float, targets: list[str]):
 
 
 class SpeechLM(PreTrainedModel):
-    """Audio encoder + adapter + causal LLM. ``SpeechLM(config)`` builds everything (LoRA included) from config;
-    ``encoder``/``llm`` may be passed in already loaded with real weights (see ``medlm.models.build_model``)."""
+    """Audio encoder + adapter + causal LLM.
+
+    ``SpeechLM(config)`` builds everything (LoRA included) from config; ``encoder`` / ``llm`` may be passed
+    in already loaded with real weights (see ``medlm.models.build_model``).
+    """
 
     config_class = SpeechLMConfig
     base_model_prefix = "speechlm"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    _no_split_modules = ["WhisperEncoderLayer", "Qwen2DecoderLayer", "LlamaDecoderLayer"]
 
-    def __init__(self, config: SpeechLMConfig, encoder: AudioEncoder | None = None, llm: PreTrainedModel | None = None):
+    def __init__(
+        self, config: SpeechLMConfig, encoder: AudioEncoder | None = None, llm: PreTrainedModel | None = None
+    ):
         super().__init__(config)
         if config.encoder_config is None or config.text_config is None or config.audio_token_id is None:
             raise ValueError("SpeechLMConfig needs encoder_config, text_config and audio_token_id")
         self.encoder = encoder if encoder is not None else build_audio_encoder(config.encoder_config)
         self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
-        self.adapter = StackingAdapter(self.encoder.hidden_size, config.text_config.hidden_size,
-                                       config.stack_factor, config.adapter_hidden)
-        self.classifier = nn.Linear(config.text_config.hidden_size, config.num_classes) if config.num_classes else None
+        self.adapter = StackingAdapter(
+            self.encoder.hidden_size,
+            config.text_config.hidden_size,
+            config.stack_factor,
+            config.adapter_hidden,
+        )
+        self.classifier = (
+            nn.Linear(config.text_config.hidden_size, config.num_classes) if config.num_classes else None
+        )
         self.frontend = AudioFrontend(config.encoder_config, config.audio_window_seconds)
         self.post_init()
         if config.lora_r:
             from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(_lora_config(config.lora_r, config.lora_alpha, config.lora_dropout,
-                                                 config.lora_targets), self.llm)
+            inject_adapter_in_model(
+                _lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_targets),
+                self.llm,
+            )
         if config.encoder_lora_r:
             from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(_lora_config(config.encoder_lora_r, config.lora_alpha, config.lora_dropout,
-                                                 config.encoder_lora_targets), self.encoder)
+            inject_adapter_in_model(
+                _lora_config(
+                    config.encoder_lora_r, config.lora_alpha, config.lora_dropout, config.encoder_lora_targets
+                ),
+                self.encoder,
+            )
         self.configure_trainable(config.trainable)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> SpeechLM:
+        """HF loading (local dir; ``medlm.storage.local_copy`` for s3://), then the trainable set."""
+        model = super().from_pretrained(*args, **kwargs)
+        model.configure_trainable(model.config.trainable)
+        return model
 
     def _init_weights(self, module):  # adapter/classifier init themselves; sub-models use their own init
         pass
 
-    # ---- trainable parameters -------------------------------------------------------------------------------
+    # ---- trainable parameters --------------------------------------------------------------------
     def configure_trainable(self, patterns: list[str]) -> list[str]:
-        """Train exactly the parameters whose name matches one of ``patterns`` (re.search); returns their names."""
+        """Train exactly the parameters whose name matches a pattern (re.search); returns their names."""
         regexes = [re.compile(p) for p in patterns]
         names = []
         for name, p in self.named_parameters():
@@ -213,7 +261,7 @@ class SpeechLM(PreTrainedModel):
         return names
 
     def parameter_report(self) -> dict[str, dict[str, float]]:
-        """Parameter counts per part (encoder / adapter / llm / lora / classifier / total), trainable counts and shares."""
+        """Counts per part (encoder / adapter / llm / lora / classifier / total), trainable, shares."""
         parts: dict[str, dict[str, float]] = {}
         for name, p in self.named_parameters():
             part = "lora" if "lora_" in name else name.split(".", 1)[0]
@@ -233,36 +281,58 @@ class SpeechLM(PreTrainedModel):
     def set_input_embeddings(self, value):
         self.llm.set_input_embeddings(value)
 
-    # ---- audio ----------------------------------------------------------------------------------------------
-    def embed_audio(self, input_features: torch.Tensor, audio_chunks: torch.Tensor,
-                    audio_chunk_lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Features (chunks, ...) -> one (n_i, D) embedding tensor per audio item (valid frames of its chunks, in order)."""
-        audio_chunks = [int(c) for c in audio_chunks.tolist()] if torch.is_tensor(audio_chunks) else list(audio_chunks)
+    # ---- audio -----------------------------------------------------------------------------------
+    def embed_audio(
+        self,
+        input_features: torch.Tensor,
+        audio_chunks: torch.Tensor,
+        audio_chunk_lengths: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """Features (chunks, ...) -> one (n_i, D) tensor per audio item (valid frames of its chunks)."""
+        audio_chunks = (
+            [int(c) for c in audio_chunks.tolist()] if torch.is_tensor(audio_chunks) else list(audio_chunks)
+        )
         if sum(audio_chunks) != input_features.shape[0]:
-            raise ValueError(f"audio_chunks sum to {sum(audio_chunks)} but input_features has "
-                             f"{input_features.shape[0]} chunks")
+            raise ValueError(
+                f"audio_chunks sum to {sum(audio_chunks)} but input_features has "
+                f"{input_features.shape[0]} chunks"
+            )
         if input_features.shape[0] == 0:
             return [input_features.new_zeros((0, self.config.text_config.hidden_size))] * len(audio_chunks)
         tokens = self.adapter(self.encoder(input_features))  # (chunks, T_tok, D)
         if audio_chunk_lengths is None:
             keep = [tokens.shape[1]] * tokens.shape[0]
         else:
-            keep = [num_audio_tokens(self.frontend.encoder_frames(int(n)), self.config.stack_factor)
-                    for n in audio_chunk_lengths.tolist()]
+            keep = [
+                num_audio_tokens(self.frontend.encoder_frames(int(n)), self.config.stack_factor)
+                for n in audio_chunk_lengths.tolist()
+            ]
         per_chunk = [tokens[c, :k] for c, k in enumerate(keep)]
         out, start = [], 0
         for count in audio_chunks:
-            out.append(torch.cat(per_chunk[start:start + count]))
+            out.append(torch.cat(per_chunk[start : start + count]))
             start += count
         return out
 
-    def _inputs_embeds(self, input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths):
-        text_embeds = self.get_input_embeddings()(input_ids.masked_fill(input_ids == self.config.audio_token_id, 0))
+    def _inputs_embeds(
+        self,
+        input_ids,
+        attention_mask,
+        labels,
+        input_features,
+        audio_chunks,
+        audio_chunk_lengths,
+        padding_side=None,
+    ):
+        text_embeds = self.get_input_embeddings()(
+            input_ids.masked_fill(input_ids == self.config.audio_token_id, 0)
+        )
         audio = []
         if input_features is not None and audio_chunks is not None and len(audio_chunks):
             audio = self.embed_audio(input_features, audio_chunks, audio_chunk_lengths)
         embeds, mask, labels = replace_placeholders_and_build_targets(
-            input_ids, attention_mask, text_embeds, audio, self.config.audio_token_id, labels)
+            input_ids, attention_mask, text_embeds, audio, self.config.audio_token_id, labels, padding_side
+        )
         return embeds, mask, labels, audio
 
     @contextlib.contextmanager
@@ -279,40 +349,60 @@ class SpeechLM(PreTrainedModel):
             for m in layers:
                 m.enable_adapters(True)
 
-    # ---- forward / generate -----------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
-                audio_chunks: torch.Tensor | None = None, audio_chunk_lengths: torch.Tensor | None = None,
-                class_labels: torch.Tensor | None = None, teacher_input_ids: torch.Tensor | None = None,
-                teacher_attention_mask: torch.Tensor | None = None, teacher_labels: torch.Tensor | None = None,
-                **kwargs) -> SpeechLMOutput:
-        """LM loss on ``labels`` (+ classifier_weight * CE on ``class_labels`` + kd_weight * KL to the text teacher).
+    # ---- forward / generate ----------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        audio_chunks: torch.Tensor | None = None,
+        audio_chunk_lengths: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
+        teacher_input_ids: torch.Tensor | None = None,
+        teacher_attention_mask: torch.Tensor | None = None,
+        teacher_labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> SpeechLMOutput:
+        """LM loss on ``labels`` + classifier_weight * CE(``class_labels``) + kd_weight * KL(text teacher).
 
-        ``audio_chunks`` holds the chunk count of every audio item in reading order; ``input_features`` their chunks.
+        ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
         Extra keys that trainers carry (``num_tokens``, ...) are ignored.
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeds, mask, labels, audio = self._inputs_embeds(input_ids, attention_mask, labels, input_features,
-                                                          audio_chunks, audio_chunk_lengths)
+        embeds, mask, labels, audio = self._inputs_embeds(
+            input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths
+        )
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
-                       use_cache=kwargs.get("use_cache", False), past_key_values=kwargs.get("past_key_values"))
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=kwargs.get("use_cache", False),
+            past_key_values=kwargs.get("past_key_values"),
+        )
         logits = out.logits
         losses = {}
         if labels is not None:
-            losses["lm_loss"] = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                                ignore_index=IGNORE_INDEX)
+            losses["lm_loss"] = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+            )
         class_logits = None
         if self.classifier is not None:
             class_logits = self.classifier(self._pool_audio(input_ids, audio, embeds.dtype))
             if class_labels is not None:
                 has_audio = (input_ids == self.config.audio_token_id).any(-1)
                 targets = class_labels.long().masked_fill(~has_audio, IGNORE_INDEX)
-                losses["cls_loss"] = (F.cross_entropy(class_logits.float(), targets, ignore_index=IGNORE_INDEX)
-                                      if (targets != IGNORE_INDEX).any() else class_logits.sum() * 0.0)
+                losses["cls_loss"] = (
+                    F.cross_entropy(class_logits.float(), targets, ignore_index=IGNORE_INDEX)
+                    if (targets != IGNORE_INDEX).any()
+                    else class_logits.sum() * 0.0
+                )
         if teacher_input_ids is not None and labels is not None and self.config.kd_weight > 0:
-            losses["kd_loss"] = self._kd_loss(logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels)
+            losses["kd_loss"] = self._kd_loss(
+                logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels
+            )
         loss = None
         if losses:
             loss = losses.get("lm_loss", 0.0)
@@ -320,23 +410,33 @@ class SpeechLM(PreTrainedModel):
                 loss = loss + self.config.classifier_weight * losses["cls_loss"]
             if "kd_loss" in losses:
                 loss = loss + self.config.kd_weight * losses["kd_loss"]
-        return SpeechLMOutput(loss=loss, logits=logits, class_logits=class_logits, labels=labels, attention_mask=mask,
-                              past_key_values=out.past_key_values, **losses)
+        return SpeechLMOutput(
+            loss=loss,
+            logits=logits,
+            class_logits=class_logits,
+            labels=labels,
+            attention_mask=mask,
+            past_key_values=out.past_key_values,
+            **losses,
+        )
 
     def _pool_audio(self, input_ids: torch.Tensor, audio: list[torch.Tensor], dtype) -> torch.Tensor:
         """Mean of each example's audio embeddings (zeros for text-only examples): (B, D)."""
-        pooled = torch.zeros((input_ids.shape[0], self.config.text_config.hidden_size), dtype=dtype,
-                             device=input_ids.device)
+        pooled = torch.zeros(
+            (input_ids.shape[0], self.config.text_config.hidden_size), dtype=dtype, device=input_ids.device
+        )
         counts = (input_ids == self.config.audio_token_id).sum(-1).tolist()
         start = 0
         for b, n in enumerate(counts):
             if n:
-                pooled[b] = torch.cat(audio[start:start + n]).mean(0)
+                pooled[b] = torch.cat(audio[start : start + n]).mean(0)
             start += n
         return pooled
 
-    def _kd_loss(self, logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels) -> torch.Tensor:
-        """KL(teacher || student) over assistant tokens at temperature T (times T^2), teacher = LLM fed the transcript."""
+    def _kd_loss(
+        self, logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels
+    ) -> torch.Tensor:
+        """KL(teacher || student) on assistant tokens at temperature T (x T^2); teacher = LLM fed the text."""
         if teacher_labels is None:
             raise ValueError("teacher_input_ids given without teacher_labels")
         if teacher_attention_mask is None:
@@ -345,8 +445,12 @@ class SpeechLM(PreTrainedModel):
             raise ValueError("teacher_input_ids must be text only (transcripts in place of audio)")
         with torch.no_grad(), self._adapters_disabled():
             t_pos = (teacher_attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            t_logits = self.llm(input_ids=teacher_input_ids, attention_mask=teacher_attention_mask,
-                                position_ids=t_pos, use_cache=False).logits
+            t_logits = self.llm(
+                input_ids=teacher_input_ids,
+                attention_mask=teacher_attention_mask,
+                position_ids=t_pos,
+                use_cache=False,
+            ).logits
         s = logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
         t = t_logits[:, :-1][teacher_labels[:, 1:] != IGNORE_INDEX]
         if s.shape[0] != t.shape[0]:
@@ -354,26 +458,51 @@ class SpeechLM(PreTrainedModel):
         if s.shape[0] == 0:
             return logits.sum() * 0.0
         temp = self.config.kd_temperature
-        return F.kl_div(F.log_softmax(s.float() / temp, -1), F.log_softmax(t.float() / temp, -1),
-                        log_target=True, reduction="batchmean") * temp * temp
+        return (
+            F.kl_div(
+                F.log_softmax(s.float() / temp, -1),
+                F.log_softmax(t.float() / temp, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temp
+            * temp
+        )
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 input_features: torch.Tensor | None = None, audio_chunks: torch.Tensor | None = None,
-                 audio_chunk_lengths: torch.Tensor | None = None, **generate_kwargs) -> torch.Tensor:
-        """Generate with the LLM's ``generate`` (KV cache) from spliced embeddings; returns only the new tokens.
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        input_features: torch.Tensor | None = None,
+        audio_chunks: torch.Tensor | None = None,
+        audio_chunk_lengths: torch.Tensor | None = None,
+        **generate_kwargs,
+    ) -> torch.Tensor:
+        """The LLM's ``generate`` (KV cache) on the spliced embeddings; returns only the new tokens.
 
         Use left-padded inputs for batches (``SpeechLMProcessor.prepare_generation``).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeds, mask, _, _ = self._inputs_embeds(input_ids, attention_mask, None, input_features, audio_chunks,
-                                                 audio_chunk_lengths)
-        if bool((mask[:, -1] == 0).any()):
+        if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding (use processor.prepare_generation)")
-        for key in ("labels", "class_labels", "num_tokens", "teacher_input_ids", "teacher_attention_mask",
-                    "teacher_labels"):
+        embeds, mask, _, _ = self._inputs_embeds(
+            input_ids,
+            attention_mask,
+            None,
+            input_features,
+            audio_chunks,
+            audio_chunk_lengths,
+            padding_side="left",
+        )
+        for key in (
+            "labels",
+            "class_labels",
+            "num_tokens",
+            "teacher_input_ids",
+            "teacher_attention_mask",
+            "teacher_labels",
+        ):
             generate_kwargs.pop(key, None)
-        generate_kwargs.setdefault("pad_token_id", self.config.text_config.pad_token_id
-                                   if self.config.text_config.pad_token_id is not None else 0)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)

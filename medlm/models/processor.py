@@ -25,8 +25,13 @@ _ROLES = ("system", "user", "assistant")
 class SpeechLMProcessor:
     """Tokenizer (with chat template and ``<|audio|>``) + the audio front end that matches the encoder."""
 
-    def __init__(self, tokenizer, encoder_config: PretrainedConfig, stack_factor: int,
-                 audio_window_seconds: float = 20.0):
+    def __init__(
+        self,
+        tokenizer,
+        encoder_config: PretrainedConfig,
+        stack_factor: int,
+        audio_window_seconds: float = 20.0,
+    ):
         if AUDIO_TOKEN not in tokenizer.get_vocab():
             raise ValueError(f"tokenizer has no {AUDIO_TOKEN} token")
         if tokenizer.pad_token_id is None:
@@ -40,16 +45,22 @@ class SpeechLMProcessor:
         self.frontend = AudioFrontend(encoder_config, audio_window_seconds)
         self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
 
-    # ---- one example ------------------------------------------------------------------------------------------
-    def featurize(self, messages: list[dict], class_label: int | None = None,
-                  add_generation_prompt: bool = False) -> dict[str, np.ndarray]:
-        """One conversation -> ``input_ids``, ``attention_mask``, ``labels``, ``input_features``, ``audio_chunks``,
-        ``audio_chunk_lengths``, ``num_tokens``, ``class_label`` (+ ``teacher_input_ids``/``teacher_attention_mask``/
-        ``teacher_labels`` when every audio part has a ``"transcript"``)."""
+    # ---- one example -----------------------------------------------------------------------------
+    def featurize(
+        self, messages: list[dict], class_label: int | None = None, add_generation_prompt: bool = False
+    ) -> dict[str, np.ndarray]:
+        """One conversation -> numpy arrays for the model.
+
+        Keys: ``input_ids``, ``attention_mask``, ``labels``, ``input_features``, ``audio_chunks``,
+        ``audio_chunk_lengths``, ``num_tokens``, ``class_label``; plus ``teacher_input_ids``,
+        ``teacher_attention_mask``, ``teacher_labels`` when every audio part has a ``"transcript"``.
+        """
         chat, waves, transcripts = self._flatten(messages)
         ids, labels = self._tokenize(chat, add_generation_prompt)
         feats, chunks, lengths = self.frontend.features(waves, return_lengths=True)
-        audio_slots = sum(num_audio_tokens(self.frontend.encoder_frames(n), self.stack_factor) for n in lengths)
+        audio_slots = sum(
+            num_audio_tokens(self.frontend.encoder_frames(n), self.stack_factor) for n in lengths
+        )
         out = {
             "input_ids": ids,
             "attention_mask": np.ones_like(ids),
@@ -58,12 +69,16 @@ class SpeechLMProcessor:
             "audio_chunks": np.asarray(chunks, dtype=np.int64),
             "audio_chunk_lengths": np.asarray(lengths, dtype=np.int64),
             "num_tokens": np.asarray(len(ids) - len(waves) + audio_slots, dtype=np.int64),
-            "class_label": np.asarray(IGNORE_INDEX if class_label is None else int(class_label), dtype=np.int64),
+            "class_label": np.asarray(
+                IGNORE_INDEX if class_label is None else int(class_label), dtype=np.int64
+            ),
         }
         if waves and all(t is not None for t in transcripts):
             t_chat, _, _ = self._flatten(messages, transcripts_for_audio=True)
             t_ids, t_labels = self._tokenize(t_chat, add_generation_prompt)
-            out.update(teacher_input_ids=t_ids, teacher_attention_mask=np.ones_like(t_ids), teacher_labels=t_labels)
+            out.update(
+                teacher_input_ids=t_ids, teacher_attention_mask=np.ones_like(t_ids), teacher_labels=t_labels
+            )
         return out
 
     def _flatten(self, messages: list[dict], transcripts_for_audio: bool = False):
@@ -94,7 +109,9 @@ class SpeechLMProcessor:
                     if part.get("audio") is None:
                         raise ValueError(f"message {i}: audio part without 'audio' samples")
                     try:
-                        waves.append(as_waveform(part["audio"], int(part.get("sampling_rate", SAMPLING_RATE))))
+                        waves.append(
+                            as_waveform(part["audio"], int(part.get("sampling_rate", SAMPLING_RATE)))
+                        )
                     except ValueError as e:
                         raise ValueError(f"message {i}: {e}") from None
                     transcripts.append(part.get("transcript"))
@@ -105,9 +122,10 @@ class SpeechLMProcessor:
         return chat, waves, transcripts
 
     def _tokenize(self, chat: list[dict], add_generation_prompt: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Render with the chat template; label the characters of each assistant turn (through its end-of-turn)."""
-        render = lambda msgs, gen=False: self.tokenizer.apply_chat_template(  # noqa: E731
-            msgs, tokenize=False, add_generation_prompt=gen)
+        """Render with the chat template; label each assistant turn's tokens through its end-of-turn."""
+        render = lambda msgs, gen=False: self.tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=gen
+        )
         full = render(chat, add_generation_prompt)
         spans = []
         eos = self.tokenizer.eos_token
@@ -116,8 +134,10 @@ class SpeechLMProcessor:
                 continue
             prefix, upto = render(chat[:i], True) if i else "", render(chat[: i + 1])
             if not (full.startswith(upto) and upto.startswith(prefix)):
-                raise ValueError("the chat template does not render conversations prefix-consistently; "
-                                 "cannot locate assistant turns")
+                raise ValueError(
+                    "the chat template does not render conversations prefix-consistently; "
+                    "cannot locate assistant turns"
+                )
             end = upto.rfind(eos) + len(eos) if eos and upto.rfind(eos) >= len(prefix) else len(upto)
             spans.append((len(prefix), end))
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -128,22 +148,29 @@ class SpeechLMProcessor:
                 labels[j] = ids[j]
         return ids, labels
 
-    # ---- batches ------------------------------------------------------------------------------------------------
+    # ---- batches ---------------------------------------------------------------------------------
     def collate(self, examples: list[dict[str, Any]], padding_side: str = "right") -> dict[str, torch.Tensor]:
-        """Pad featurized examples into a batch for ``model(**batch)`` (right padding) or ``generate`` (left)."""
+        """Pad featurized examples into a batch: right for ``model(**batch)``, left for ``generate``."""
         if not examples:
             raise ValueError("collate needs at least one example")
         pad = self.tokenizer.pad_token_id
         batch = {
             "input_ids": _pad([e["input_ids"] for e in examples], pad, padding_side),
             "attention_mask": _pad([e["attention_mask"] for e in examples], 0, padding_side),
-            "input_features": torch.from_numpy(np.concatenate([np.asarray(e["input_features"], np.float32)
-                                                               .reshape(-1, *self.frontend.feature_shape)
-                                                               for e in examples])),
-            "audio_chunks": torch.from_numpy(np.concatenate([np.asarray(e["audio_chunks"], np.int64).reshape(-1)
-                                                             for e in examples])),
-            "audio_chunk_lengths": torch.from_numpy(np.concatenate(
-                [np.asarray(e["audio_chunk_lengths"], np.int64).reshape(-1) for e in examples])),
+            "input_features": torch.from_numpy(
+                np.concatenate(
+                    [
+                        np.asarray(e["input_features"], np.float32).reshape(-1, *self.frontend.feature_shape)
+                        for e in examples
+                    ]
+                )
+            ),
+            "audio_chunks": torch.from_numpy(
+                np.concatenate([np.asarray(e["audio_chunks"], np.int64).reshape(-1) for e in examples])
+            ),
+            "audio_chunk_lengths": torch.from_numpy(
+                np.concatenate([np.asarray(e["audio_chunk_lengths"], np.int64).reshape(-1) for e in examples])
+            ),
         }
         if all("labels" in e for e in examples):
             batch["labels"] = _pad([e["labels"] for e in examples], IGNORE_INDEX, padding_side)
@@ -153,28 +180,41 @@ class SpeechLMProcessor:
             batch["num_tokens"] = torch.tensor([int(e["num_tokens"]) for e in examples], dtype=torch.long)
         if all("teacher_input_ids" in e for e in examples):
             batch["teacher_input_ids"] = _pad([e["teacher_input_ids"] for e in examples], pad, padding_side)
-            batch["teacher_attention_mask"] = _pad([e["teacher_attention_mask"] for e in examples], 0, padding_side)
-            batch["teacher_labels"] = _pad([e["teacher_labels"] for e in examples], IGNORE_INDEX, padding_side)
+            batch["teacher_attention_mask"] = _pad(
+                [e["teacher_attention_mask"] for e in examples], 0, padding_side
+            )
+            batch["teacher_labels"] = _pad(
+                [e["teacher_labels"] for e in examples], IGNORE_INDEX, padding_side
+            )
         return batch
 
     def prepare_generation(self, messages_batch: list[list[dict]]) -> dict[str, torch.Tensor]:
         """Left-padded model inputs ending in the assistant prompt, for ``model.generate(**inputs)``."""
         examples = [self.featurize(m, add_generation_prompt=True) for m in messages_batch]
         batch = self.collate(examples, padding_side="left")
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "input_features", "audio_chunks",
-                                      "audio_chunk_lengths")}
+        return {
+            k: batch[k]
+            for k in ("input_ids", "attention_mask", "input_features", "audio_chunks", "audio_chunk_lengths")
+        }
 
     def decode(self, token_ids, skip_special_tokens: bool = True) -> list[str]:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=skip_special_tokens)
 
-    # ---- persistence ----------------------------------------------------------------------------------------------
+    # ---- persistence -----------------------------------------------------------------------------
     def save_pretrained(self, directory: str) -> None:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(path)
-        (path / "medlm_processor.json").write_text(json.dumps({
-            "encoder_config": self.encoder_config.to_dict(), "stack_factor": self.stack_factor,
-            "audio_window_seconds": self.audio_window_seconds}, indent=2))
+        (path / "medlm_processor.json").write_text(
+            json.dumps(
+                {
+                    "encoder_config": self.encoder_config.to_dict(),
+                    "stack_factor": self.stack_factor,
+                    "audio_window_seconds": self.audio_window_seconds,
+                },
+                indent=2,
+            )
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str) -> SpeechLMProcessor:
@@ -185,8 +225,12 @@ class SpeechLMProcessor:
         meta = json.loads((path / "medlm_processor.json").read_text())
         enc = dict(meta["encoder_config"])
         encoder_config = AutoConfig.for_model(enc.pop("model_type"), **enc)
-        return cls(AutoTokenizer.from_pretrained(path), encoder_config, meta["stack_factor"],
-                   meta["audio_window_seconds"])
+        return cls(
+            AutoTokenizer.from_pretrained(path),
+            encoder_config,
+            meta["stack_factor"],
+            meta["audio_window_seconds"],
+        )
 
 
 def _pad(rows: list[np.ndarray], value: int, side: str) -> torch.Tensor:
@@ -199,5 +243,5 @@ def _pad(rows: list[np.ndarray], value: int, side: str) -> torch.Tensor:
         if side == "right":
             out[i, : len(r)] = r
         else:
-            out[i, length - len(r):] = r
+            out[i, length - len(r) :] = r
     return out

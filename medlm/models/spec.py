@@ -17,39 +17,118 @@ from medlm.config import Section
 
 # Whisper encoder shapes. max_source_positions fixes the window: 50 positions per second.
 _WHISPER = {
-    "tiny": dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=80,
-                 max_source_positions=500),   # 10 s window
-    "small": dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024, num_mel_bins=80,
-                  max_source_positions=500),  # 10 s window
-    "base": dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072, num_mel_bins=80,
-                 max_source_positions=1500),  # whisper-small, 30 s window
-    "large": dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, num_mel_bins=128,
-                  max_source_positions=1500),  # whisper-large-v3
+    "tiny": {
+        "d_model": 64,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 128,
+        "num_mel_bins": 80,
+        "max_source_positions": 500,
+    },  # 10 s window
+    "small": {
+        "d_model": 256,
+        "encoder_layers": 4,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 1024,
+        "num_mel_bins": 80,
+        "max_source_positions": 500,
+    },  # 10 s window
+    "base": {
+        "d_model": 768,
+        "encoder_layers": 12,
+        "encoder_attention_heads": 12,
+        "encoder_ffn_dim": 3072,
+        "num_mel_bins": 80,
+        "max_source_positions": 1500,
+    },  # whisper-small, 30 s window
+    "large": {
+        "d_model": 1280,
+        "encoder_layers": 32,
+        "encoder_attention_heads": 20,
+        "encoder_ffn_dim": 5120,
+        "num_mel_bins": 128,
+        "max_source_positions": 1500,
+    },  # whisper-large-v3
 }
 
 # wav2vec2 / HuBERT-style encoder shapes (raw waveform in, 50 Hz frames out).
 _WAV2VEC2 = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-                  conv_dim=(128,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8),
-    "base": dict(),  # wav2vec2-base / hubert-base
-    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-                  feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),  # hubert-large
+    "tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "conv_dim": (32,) * 7,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+    },
+    "small": {
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "conv_dim": (128,) * 7,
+        "num_conv_pos_embeddings": 32,
+        "num_conv_pos_embedding_groups": 8,
+    },
+    "base": {},  # wav2vec2-base / hubert-base
+    "large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "feat_extract_norm": "layer",
+        "do_stable_layer_norm": True,
+        "conv_bias": True,
+    },  # hubert-large
 }
 
 # Qwen2 causal LM shapes. vocab_size None = the size of the preset tokenizer.
 _QWEN2 = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=128, vocab_size=None, max_position_embeddings=2048, tie_word_embeddings=False),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                  intermediate_size=704, vocab_size=None, max_position_embeddings=4096, tie_word_embeddings=False),
-    "base": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
-                 intermediate_size=4864, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
-                 rms_norm_eps=1e-6, tie_word_embeddings=True),   # Qwen2.5-0.5B-Instruct
-    "large": dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                  intermediate_size=18944, vocab_size=152064, max_position_embeddings=32768, rope_theta=1000000.0,
-                  rms_norm_eps=1e-6, tie_word_embeddings=False),  # Qwen2.5-7B-Instruct
+    "tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "vocab_size": None,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    },
+    "small": {
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 704,
+        "vocab_size": None,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    },
+    "base": {
+        "hidden_size": 896,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True,
+    },  # Qwen2.5-0.5B-Instruct
+    "large": {
+        "hidden_size": 3584,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "intermediate_size": 18944,
+        "vocab_size": 152064,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+    },  # Qwen2.5-7B-Instruct
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -58,7 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "wav2vec2": _WAV2VEC2[name],
         "llm": _QWEN2[name],
         "stack_factor": {"tiny": 4, "small": 4, "base": 4, "large": 8}[name],
-        "adapter_hidden": {"tiny": 128, "small": 1024, "base": 2048, "large": 4096}[name],
+        "adapter_hidden": {"tiny": 128, "small": 512, "base": 2048, "large": 4096}[name],
     }
     for name in ("tiny", "small", "base", "large")
 }
@@ -68,24 +147,28 @@ class ModelSpec(Section):
     """Which SpeechLM to build and which of its parameters train."""
 
     preset: Literal["tiny", "small", "base", "large"] = "tiny"
-    encoder_path: str | None = None   # HF Whisper / wav2vec2 checkpoint dir or s3:// URI
-    llm_path: str | None = None       # HF causal LM checkpoint dir or s3:// URI (its tokenizer is used)
-    init_from: str | None = None      # a medlm export (SpeechLM.save_pretrained + processor); structure comes from it
+    encoder_path: str | None = None  # HF Whisper / wav2vec2 checkpoint dir or s3:// URI
+    llm_path: str | None = None  # HF causal LM checkpoint dir or s3:// URI (its tokenizer is used)
+    init_from: str | None = (
+        None  # a medlm export (SpeechLM.save_pretrained + processor); structure comes from it
+    )
     encoder_type: Literal["whisper", "wav2vec2"] = "whisper"
-    audio_window_seconds: float = 20.0  # chunk length for wav2vec2 encoders (Whisper's window comes from its config)
-    stack_factor: int | None = Field(default=None, ge=1)     # None = preset (50 Hz / 4 = 12.5 Hz)
-    adapter_hidden: int | None = Field(default=None, ge=2)   # None = preset
-    lora_r: int = Field(default=0, ge=0)                     # LLM LoRA rank; 0 = no LoRA
+    audio_window_seconds: float = (
+        20.0  # chunk length for wav2vec2 encoders (Whisper's window comes from its config)
+    )
+    stack_factor: int | None = Field(default=None, ge=1)  # None = preset (50 Hz / 4 = 12.5 Hz)
+    adapter_hidden: int | None = Field(default=None, ge=2)  # None = preset
+    lora_r: int = Field(default=0, ge=0)  # LLM LoRA rank; 0 = no LoRA
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_targets: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     encoder_lora_r: int = Field(default=0, ge=0)
-    encoder_lora_targets: list[str] = ["q_proj", "v_proj"]
-    num_classes: int = Field(default=0, ge=0)                # classifier head on pooled adapter output; 0 = none
+    encoder_lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    num_classes: int = Field(default=0, ge=0)  # classifier head on pooled adapter output; 0 = none
     classifier_weight: float = 0.1
-    kd_weight: float = Field(default=0.0, ge=0.0)             # KL to the same LLM fed the transcript; 0 = off
+    kd_weight: float = Field(default=0.0, ge=0.0)  # KL to the same LLM fed the transcript; 0 = off
     kd_temperature: float = Field(default=2.0, gt=0.0)
     # Regexes (re.search) over parameter names; matching parameters train, all others are frozen.
     # Names start with encoder. / adapter. / llm. / classifier.; LoRA weights contain "lora_".
-    trainable: list[str] = [r"^adapter\.", r"lora_", r"^classifier\."]
+    trainable: list[str] = Field(default_factory=lambda: [r"^adapter\.", r"lora_", r"^classifier\."])
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -43,10 +43,12 @@ def _cache_dir() -> Path:
 
 
 def build_byte_tokenizer(vocab_size: int = 512):
-    """The preset tokenizer: byte-level BPE, ChatML template, pad = ``<|endoftext|>``, ``<|audio|>`` special."""
+    """The preset tokenizer: byte-level BPE, ChatML, pad ``<|endoftext|>``, special ``<|audio|>``."""
     from transformers import PreTrainedTokenizerFast
 
-    key = hashlib.sha256(json.dumps([_CORPUS, SPECIAL_TOKENS, CHATML_TEMPLATE, vocab_size]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([_CORPUS, SPECIAL_TOKENS, CHATML_TEMPLATE, vocab_size]).encode()
+    ).hexdigest()[:16]
     path = _cache_dir() / key / "tokenizer.json"
     if not path.exists():
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -54,16 +56,24 @@ def build_byte_tokenizer(vocab_size: int = 512):
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tok.save(str(tmp))
         os.replace(tmp, path)  # atomic: concurrent builders write identical content
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_file=str(path), eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
-        additional_special_tokens=[AUDIO_TOKEN], padding_side="right",
+        tokenizer_file=str(path),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        additional_special_tokens=[AUDIO_TOKEN],
+        padding_side="right",
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer

@@ -11,8 +11,6 @@ Every client error is a 4xx JSON body in OpenAI's error format; nothing a client
 replica. Audio and transcripts are never logged unless ``log_payloads`` is set.
 """
 
-from __future__ import annotations
-
 import asyncio
 import hashlib
 import hmac
@@ -31,17 +29,20 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartParser
 
 from medlm.serving.audio import decode_audio, decode_base64
 from medlm.serving.config import AppArgs
+from medlm.serving.defaults import default_ct_index_dir, default_model_dir
 from medlm.serving.errors import APIError
 from medlm.serving.schemas import (
     AudioOrText, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
     CTClassifyRequest, CTClassifyResponse, CTSearchRequest, CTSearchResponse, Delta, ModelCard, ModelList,
     ResponseMessage, Transcription, UnderstandRequest, Understanding, Usage, completion_id,
 )
-from medlm.serving.tasks import TRANSCRIBE_PROMPT, UNDERSTAND_PROMPT, parse_understanding
+from medlm.serving.tasks import ASR_PROMPT, NER_PROMPT, SENTIMENT_PROMPT, parse_entities, parse_sentiment, task_messages
 
 log = logging.getLogger("medlm.serving")
 
@@ -128,9 +129,36 @@ async def parse_json(request: Request, schema: type[M], limit: int) -> M:
         raise validation_error(e.errors()) from None
 
 
+async def parse_form(request: Request, body: bytes) -> FormData:
+    """A multipart form from an already size-checked body."""
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    return await MultiPartParser(request.headers, stream(), max_files=1, max_fields=16).parse()
+
+
 def sse(payload: BaseModel | str) -> bytes:
     data = payload if isinstance(payload, str) else payload.model_dump_json(exclude_none=True)
     return f"data: {data}\n\n".encode()
+
+
+@api.middleware("http")
+async def _guard(request: Request, call_next) -> Response:
+    """Authenticate every route but /healthz, and count requests by route and status (never logs bodies)."""
+    replica: "Ingress" = serve.get_replica_context().servable_object
+    try:
+        replica.authenticate(request)
+    except APIError as e:
+        response = e.response()
+    else:
+        response = await call_next(request)
+    route = request.url.path if request.url.path in ROUTES else "other"
+    replica.count(f'requests_total|route="{route}",status="{response.status_code}"')
+    return response
+
+
+ROUTES = {"/healthz", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/audio/transcriptions",
+          "/v1/understand", "/v1/ct/search", "/v1/ct/classify"}
 
 
 # --- the ingress deployment ------------------------------------------------------------------------------
@@ -155,9 +183,8 @@ class Ingress:
             raise RuntimeError(f"no API key: set {args.api_key_env} (or api_key_sha256) for the ingress")
         return hashlib.sha256(key.encode()).digest()
 
-    # --- middleware-level checks (run by FastAPI before every route) ---
-
-    async def authenticate(self, request: Request) -> None:
+    def authenticate(self, request: Request) -> None:
+        """Bearer API key check (constant-time, on the key's SHA-256); run by the middleware for every route."""
         if request.url.path in PUBLIC_PATHS:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -317,9 +344,8 @@ class Ingress:
         return {"status": "ok"}
 
     @api.get("/metrics")
-    async def metrics(self, request: Request) -> PlainTextResponse:
+    async def metrics(self) -> PlainTextResponse:
         """Prometheus text counters of this ingress replica (Ray Serve exports its own metrics too)."""
-        await self.authenticate(request)
         lines = []
         for name, value in sorted(self.counters.items()):
             metric, _, label = name.partition("|")
@@ -328,13 +354,11 @@ class Ingress:
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models")
-    async def list_models(self, request: Request) -> ModelList:
-        await self.authenticate(request)
+    async def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(id=m) for m in await self.model_ids()])
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> ChatCompletion | StreamingResponse:
-        await self.authenticate(request)
         req = await parse_json(request, ChatCompletionRequest, self.limits.max_body_bytes)
         model = await self.check_model(req.model)
         max_tokens = self.token_limit(req.max_completion_tokens or req.max_tokens)
@@ -348,11 +372,10 @@ class Ingress:
     @api.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(self, request: Request) -> Transcription | PlainTextResponse:
         """OpenAI's multipart upload (``file``, ``model``, ``response_format`` json | text)."""
-        await self.authenticate(request)
         require_content_type(request, ("multipart/form-data",))
-        await read_body(request, self.limits.max_body_bytes)  # enforce the limit before parsing the form
+        body = await read_body(request, self.limits.max_body_bytes)
         try:
-            form = await request.form(max_files=1, max_fields=16)
+            form = await parse_form(request, body)
         except Exception:
             raise APIError(400, "body is not a valid multipart form", code="invalid_form") from None
         upload = form.get("file")
@@ -370,35 +393,31 @@ class Ingress:
 
     async def transcribe(self, model: str, wave: np.ndarray) -> str:
         (emb,) = await self.embed([wave])
-        messages = [{"role": "user", "content": [{"type": "audio_embeds", "embeds": emb},
-                                                 {"type": "text", "text": TRANSCRIBE_PROMPT}]}]
+        messages = task_messages(ASR_PROMPT, {"type": "audio_embeds", "embeds": emb})
         text, _, _ = await self.complete(model, messages, self.limits.default_max_tokens)
         return text.strip()
 
-    async def spoken_or_written(self, req: AudioOrText, model: str) -> str:
-        """The text of a request: its ``text``, or the transcript of its ``audio``."""
-        if req.text is not None:
-            if len(req.text) > self.limits.max_text_chars:
-                raise APIError(400, f"text longer than {self.limits.max_text_chars} characters", param="text",
-                               code="too_much_text")
-            return req.text
-        return await self.transcribe(model, self.decode(req.audio.data, req.audio.format, "audio.data"))
-
     @api.post("/v1/understand")
     async def understand(self, request: Request) -> Understanding:
-        """Medical entities + sentiment of a spoken or written utterance (the SpeechLM answers in JSON)."""
-        await self.authenticate(request)
+        """Medical entities + sentiment of a spoken or written utterance (two task prompts, answered in parallel)."""
         req = await parse_json(request, UnderstandRequest, self.limits.max_body_bytes)
         model = await self.check_model(req.model)
         if req.audio is not None:
-            emb = (await self.embed([self.decode(req.audio.data, req.audio.format, "audio.data")]))[0]
-            content = [{"type": "audio_embeds", "embeds": emb}, {"type": "text", "text": UNDERSTAND_PROMPT}]
+            wave = self.decode(req.audio.data, req.audio.format, "audio.data")
+            (emb,) = await self.embed([wave])
+            content: dict | str = {"type": "audio_embeds", "embeds": emb}
         else:
-            content = f"{UNDERSTAND_PROMPT}\n{(await self.spoken_or_written(req, model))}"
-        text, _, _ = await self.complete(model, [{"role": "user", "content": content}],
-                                         self.limits.default_max_tokens)
-        entities, sentiment = parse_understanding(text)
-        return Understanding(model=model, entities=entities, sentiment=sentiment)
+            content = self.check_text(req.text)
+        (ner, _, _), (sentiment, _, _) = await asyncio.gather(
+            self.complete(model, task_messages(NER_PROMPT, content), self.limits.default_max_tokens),
+            self.complete(model, task_messages(SENTIMENT_PROMPT, content), 8))
+        return Understanding(model=model, entities=parse_entities(ner), sentiment=parse_sentiment(sentiment))
+
+    def check_text(self, text: str) -> str:
+        if len(text) > self.limits.max_text_chars:
+            raise APIError(400, f"text longer than {self.limits.max_text_chars} characters", param="text",
+                           code="too_much_text")
+        return text
 
     def ct_handle(self) -> DeploymentHandle:
         if self.ct is None:
@@ -411,48 +430,69 @@ class Ingress:
         except RayTaskError as e:
             raise unwrap(e) from None
 
-    async def ct_query(self, req: AudioOrText) -> tuple[str, Any]:
-        """('text', str) or ('audio', waveform): the CT student embeds speech itself."""
+    def ct_query(self, req: AudioOrText) -> tuple[str, Any]:
+        """('text', str) or ('audio', waveform): the CT speech student embeds speech itself."""
         if req.text is not None:
-            if len(req.text) > self.limits.max_text_chars:
-                raise APIError(400, f"text longer than {self.limits.max_text_chars} characters", param="text",
-                               code="too_much_text")
-            return "text", req.text
+            return "text", self.check_text(req.text)
         return "audio", self.decode(req.audio.data, req.audio.format, "audio.data")
 
     @api.post("/v1/ct/search")
     async def ct_search(self, request: Request) -> CTSearchResponse:
         """The CT volumes closest to a spoken or written report."""
-        await self.authenticate(request)
         req = await parse_json(request, CTSearchRequest, self.limits.max_body_bytes)
         self.ct_handle()
-        kind, query = await self.ct_query(req)
+        kind, query = self.ct_query(req)
         return CTSearchResponse(results=await self.ct_call("search", kind, query, req.k))
 
     @api.post("/v1/ct/classify")
     async def ct_classify(self, request: Request) -> CTClassifyResponse:
         """Zero-shot finding scores for a spoken or written report."""
-        await self.authenticate(request)
         req = await parse_json(request, CTClassifyRequest, self.limits.max_body_bytes)
         self.ct_handle()
-        kind, query = await self.ct_query(req)
+        kind, query = self.ct_query(req)
         return CTClassifyResponse(scores=await self.ct_call("classify", kind, query, req.labels))
 
 
-@api.middleware("http")
-async def _count_requests(request: Request, call_next) -> Response:
-    """Per-route request counters by status (rendered by /metrics); never logs bodies."""
-    response = await call_next(request)
-    replica = _replica()
-    if replica is not None:
-        route = request.url.path if request.url.path.startswith(("/v1/", "/healthz", "/metrics")) else "other"
-        replica.count(f'requests_total|route="{route}",status="{response.status_code}"')
-    return response
+# --- the application -------------------------------------------------------------------------------------------
+
+def build_app(args: AppArgs | dict) -> serve.Application:
+    """The Serve application (``serve run serve/config.yaml`` calls this with the config's ``args``)."""
+    from medlm.serving.deployments import LLM, CTRetriever, SpeechEncoder
+
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    enc, gen = args.encoder_batching, args.llm_batching
+    encoder = SpeechEncoder.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.model_dir, enc)
+    llm = LLM.options(max_ongoing_requests=2 * gen.max_batch_size).bind(
+        args.model_dir, args.served_model_name, args.adapters_dir, gen)
+    ct = CTRetriever.bind(args.ct_index_dir) if args.ct_index_dir else None
+    return Ingress.bind(encoder, llm, ct, args)
 
 
-def _replica() -> "Ingress | None":
-    """The ingress replica object serving this request (Serve keeps one per replica process)."""
-    try:
-        return serve.get_replica_context().servable_object
-    except Exception:
-        return None
+def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) -> str:
+    """Start the app on the connected Ray (HTTP on 127.0.0.1:``port``); returns the base URL (``.../v1``).
+
+    ``model_dir=None`` serves the embedded defaults (tiny SpeechLM + tiny CT index, exported locally once).
+    ``overrides`` are further ``AppArgs`` fields (``adapters_dir``, ``ct_index_dir``, ``limits``, ...).
+    """
+    if model_dir is None:  # embedded defaults: tiny exports, served like any other export
+        model_dir = default_model_dir()
+        overrides.setdefault("ct_index_dir", default_ct_index_dir())
+    args = AppArgs(model_dir=model_dir, api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(), **overrides)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(args), name="medlm", route_prefix="/", blocking=False)
+    _wait_healthy(f"http://127.0.0.1:{port}/healthz")
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def _wait_healthy(url: str, timeout: float = 300.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not become healthy within {timeout:.0f}s")

@@ -44,5 +44,4 @@ class AppArgs(Section):
     limits: Limits = Limits()
     encoder_batching: BatchOptions = BatchOptions()
     llm_batching: BatchOptions = BatchOptions()
-    max_adapters_per_replica: int = Field(default=4, ge=1)
     log_payloads: bool = False  # never log audio / transcripts unless explicitly turned on

@@ -22,6 +22,9 @@ class APIError(Exception):
         self.param = param
         self.code = code
 
+    def __reduce__(self):  # crosses process boundaries (deployment -> ingress) intact
+        return APIError, (self.status, self.message, self.param, self.code)
+
     def body(self) -> ErrorResponse:
         return ErrorResponse(error=ErrorBody(message=self.message, type=ERROR_TYPES.get(self.status, "api_error"),
                                              param=self.param, code=self.code))

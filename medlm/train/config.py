@@ -53,5 +53,6 @@ class TrainJobConfig(Section):
     job: Literal["stage1", "stage2", "joint_sft", "multitask"] = "stage1"
     model: ModelSpec = ModelSpec()
     data: DataSpec = DataSpec()
+    val: DataSpec | None = None              # evaluated (loss) every optim.eval_every steps and at the end
     optim: OptimSpec = OptimSpec()
     run: RunSpec = RunSpec()

@@ -87,14 +87,15 @@ def export_dir(cfg: TrainJobConfig) -> str:
 def _batches(cfg: TrainJobConfig, shard, processor, skip: int) -> Iterator[dict]:
     """Endless stream of padded batches from this worker's shard; the first ``skip`` are dropped
     (that is how a resumed run continues at its data position)."""
-    from medlm.data import iter_train_batches
+    from medlm.data.pipeline import iter_train_batches
 
-    seen = 0
+    seen, epoch = 0, 0
     while True:
-        for batch in iter_train_batches(shard, processor, cfg.data):
+        for batch in iter_train_batches(shard, processor, cfg.data, epoch=epoch):
             seen += 1
             if seen > skip:
                 yield batch
+        epoch += 1
 
 
 def _count_tokens(batch: dict) -> int:
@@ -111,6 +112,7 @@ def train_loop(config: dict) -> None:
 
     from medlm.models import build_model
 
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # workers start with WARNING
     cfg = TrainJobConfig.model_validate(config)
     o = cfg.optim
     ctx = ray.train.get_context()
@@ -126,7 +128,7 @@ def train_loop(config: dict) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(o, cfg.data.batch_size))
+        config=deepspeed_config(o, cfg.data.batch_rows))
     device = engine.device
 
     state = {"step": 0, "batches": 0, "tokens": 0}
@@ -148,7 +150,7 @@ def train_loop(config: dict) -> None:
 
         writer = SummaryWriter(str(tb_dir))
 
-    val_ds = ray.train.get_dataset_shard("val") if cfg.data.val else None
+    val_ds = ray.train.get_dataset_shard("val") if cfg.val else None
     batches = _batches(cfg, ray.train.get_dataset_shard("train"), processor, skip=state["batches"])
     flops_peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
 
@@ -220,12 +222,12 @@ def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig) -> float:
     """Mean loss over the whole val set, on every rank (ZeRO-3 forwards need all ranks)."""
     import torch
 
-    from medlm.data import iter_train_batches
+    from medlm.data.pipeline import iter_train_batches
 
     engine.eval()
     total, n = 0.0, 0
     with torch.no_grad():
-        for batch in iter_train_batches(val_ds, processor, cfg.data):
+        for batch in iter_train_batches(val_ds, processor, cfg.val):
             batch = {k: (v.to(engine.device) if hasattr(v, "to") else v) for k, v in batch.items()}
             total += float(engine(**batch).loss)
             n += 1
@@ -267,13 +269,13 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from medlm.data import build_dataset
+    from medlm.data.pipeline import build_dataset
 
     if cfg.run.name is None:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{cfg.job}-{time.strftime('%Y%m%d-%H%M%S')}"})})
-    datasets = {"train": build_dataset(cfg.data, cfg.model, split="train")}
-    if cfg.data.val:
-        datasets["val"] = build_dataset(cfg.data, cfg.model, split="val")
+    datasets = {"train": build_dataset(cfg.data, cfg.model)}
+    if cfg.val:
+        datasets["val"] = build_dataset(cfg.val, cfg.model)
 
     storage_path, fs = cfg.run.storage_path, None
     if storage.is_s3(storage_path):
@@ -293,7 +295,9 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     )
     t0 = time.time()
     result = trainer.fit()
-    summary = {"job": cfg.job, "run": cfg.run.name, "export": export_dir(cfg),
-               "checkpoint": result.checkpoint.path if result.checkpoint else None,
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and fs is not None:
+        checkpoint = f"s3://{checkpoint}"
+    summary = {"job": cfg.job, "run": cfg.run.name, "export": export_dir(cfg), "checkpoint": checkpoint,
                "metrics": result.metrics, "wall_s": round(time.time() - t0, 1)}
     return summary

@@ -1,0 +1,276 @@
+"""The synthetic data factory: knowledge base -> text / speech dialogues, utterances, CT cases.
+
+``make_data(cfg)`` fans the work out as Ray tasks (one per output shard) and writes, under
+``cfg.output``::
+
+    consult_text/        text consultations about every condition (stage-1 corpus)      dialogue
+    qa_text/             one written question + answer per fact (meta: fact_id)           dialogue
+    consult_speech/      consultations about the *speech* conditions, patient turns spoken dialogue
+    qa_speech/           spoken-style QA (LLM rewrite + filter) for speech facts, spoken  dialogue
+    qa_speech_heldout/   the same for facts never heard as speech (evaluation)            dialogue
+    utterances/          patient sentences, LLM-annotated entities + sentiment, spoken    utterance
+    ct/                  synthetic CT volumes, 18 CT-RATE labels, report (+ spoken report) ct
+    facts.jsonl          the knowledge base facts with their ``speech`` split
+    manifest.json        the summary (rows, shards, audio hours, voices, filtered, quarantined)
+
+Every row is validated (decoded and converted to messages) before it is written; rows that fail go
+to ``_quarantine/`` with the reason. Everything is deterministic given ``cfg.seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from typing import Any
+
+from pydantic import Field
+
+from medlm import storage
+from medlm.config import Section
+from medlm.data import kb
+from medlm.data.io import shard_uri, write_shard
+from medlm.data.llm import LLMConfig, build_llm
+from medlm.data.quarantine import bad_record, summarize_quarantine, write_quarantine
+from medlm.data.schema import BadRecord, audio_seconds, dumps_meta, encode_flac, encode_volume, to_messages
+from medlm.data.tts import TTSConfig, Voice, build_tts, voice_bank
+
+
+class MakeDataConfig(Section):
+    output: str = "s3://medlm/data"
+    seed: int = 0
+    consultations: int = Field(default=40, ge=0)         # text consultations
+    speech_consultations: int = Field(default=16, ge=0)  # spoken consultations (speech conditions only)
+    utterances: int = Field(default=32, ge=0)
+    ct_cases: int = Field(default=6, ge=0)
+    ct_shape: tuple[int, int, int] = (16, 32, 32)
+    spoken_ct_reports: bool = True
+    speech_fraction: float = Field(default=0.5, ge=0, le=1)  # share of conditions whose facts are spoken
+    rows_per_shard: int = Field(default=2000, ge=1)
+    max_audio_seconds: float = 60.0
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+
+
+DATASETS = ("consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances", "ct")
+KIND_OF = {"consult_text": "text_dialogue", "qa_text": "text_dialogue", "consult_speech": "speech_dialogue",
+           "qa_speech": "speech_dialogue", "qa_speech_heldout": "speech_dialogue", "utterances": "utterance",
+           "ct": "ct"}
+
+
+def speech_conditions(cfg: MakeDataConfig) -> set[str]:
+    """The conditions whose facts are spoken in training (the rest stay text-only)."""
+    ids = [c.id for c in kb.CONDITIONS]
+    random.Random(cfg.seed).shuffle(ids)
+    return set(ids[: round(len(ids) * cfg.speech_fraction)])
+
+
+def _rng(cfg: MakeDataConfig, dataset: str, i: int) -> random.Random:
+    return random.Random(f"{cfg.seed}/{dataset}/{i}")
+
+
+class _Speaker:
+    """TTS with a seeded voice per item; records the seconds and voices it produced."""
+
+    def __init__(self, cfg: MakeDataConfig):
+        self.tts = build_tts(cfg.tts)
+        self.voices = voice_bank(cfg.tts.num_voices, cfg.seed)
+
+    def voice(self, rng: random.Random) -> Voice:
+        return rng.choice(self.voices)
+
+    def say(self, text: str, voice: Voice) -> tuple[bytes, int]:
+        audio, rate = self.tts.synthesize(text, voice)
+        return encode_flac(audio, rate), rate
+
+
+def _items(cfg: MakeDataConfig, dataset: str) -> list[Any]:
+    """The work items of a dataset (indices or QA pairs), in their final order."""
+    speech = speech_conditions(cfg)
+    if dataset == "consult_text":
+        return list(range(cfg.consultations))
+    if dataset == "qa_text":
+        return kb.qa_pairs(cfg.seed)
+    if dataset == "consult_speech":
+        return list(range(cfg.speech_consultations)) if speech else []
+    if dataset == "qa_speech":
+        return [q for q in kb.qa_pairs(cfg.seed + 1) if q["condition"] in speech]
+    if dataset == "qa_speech_heldout":
+        return [q for q in kb.qa_pairs(cfg.seed + 1) if q["condition"] not in speech]
+    if dataset == "utterances":
+        return list(range(cfg.utterances))
+    if dataset == "ct":
+        return []  # planned by count in plan()
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Counter,
+               voices: set[str]) -> list[dict]:
+    llm = build_llm(cfg.llm)
+    spoken = dataset not in ("consult_text", "qa_text", "ct") or (dataset == "ct" and cfg.spoken_ct_reports)
+    speaker = _Speaker(cfg) if spoken else None
+    speech = sorted(speech_conditions(cfg))
+    rows: list[dict] = []
+    for item in items:
+        if dataset in ("consult_text", "consult_speech"):
+            rng = _rng(cfg, dataset, item)
+            cond = kb.CONDITIONS[item % len(kb.CONDITIONS)] if dataset == "consult_text" else \
+                kb.condition(speech[item % len(speech)])
+            turns = kb.consultation(cond, rng)
+            meta = {"condition": cond.id}
+            if dataset == "consult_speech":
+                voice = speaker.voice(rng)
+                voices.add(voice.id)
+                meta["voice"] = voice.meta()
+                for t in turns:
+                    if t["role"] == "user":
+                        t["audio"], t["sample_rate"] = speaker.say(t["text"], voice)
+                        t["transcript"], t["text"] = t.pop("text"), None
+            rows.append({"id": f"{dataset}-{item:06d}", "source": "kb", "turns": turns, "meta": dumps_meta(meta)})
+        elif dataset == "qa_text":
+            rows.append({"id": f"qa_text-{item['fact_id']}", "source": "kb",
+                         "turns": [{"role": "user", "text": item["question"]},
+                                   {"role": "assistant", "text": item["answer"]}],
+                         "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"]})})
+        elif dataset in ("qa_speech", "qa_speech_heldout"):
+            spoken = llm.rewrite_spoken(item["question"], item["long_answer"])
+            if spoken is None:
+                stats["filtered"] += 1
+                continue
+            question, answer = spoken
+            rng = _rng(cfg, dataset, item["fact_id"])
+            voice = speaker.voice(rng)
+            voices.add(voice.id)
+            audio, rate = speaker.say(question, voice)
+            rows.append({"id": f"{dataset}-{item['fact_id']}", "source": "kb-rewrite",
+                         "turns": [{"role": "user", "audio": audio, "sample_rate": rate, "transcript": question},
+                                   {"role": "assistant", "text": answer}],
+                         "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"],
+                                             "written_question": item["question"], "voice": voice.meta()})})
+        elif dataset == "utterances":
+            rng = _rng(cfg, dataset, item)
+            cond = kb.CONDITIONS[rng.randrange(len(kb.CONDITIONS))]
+            utt = kb.patient_utterance(cond, rng)
+            ann = llm.annotate(utt["text"])
+            voice = speaker.voice(rng)
+            voices.add(voice.id)
+            audio, rate = speaker.say(utt["text"], voice)
+            rows.append({"id": f"utt-{item:06d}", "source": f"kb/{cfg.llm.backend}", "audio": audio,
+                         "sample_rate": rate, "transcript": utt["text"], "entities": ann["entities"],
+                         "sentiment": ann["sentiment"], "speaker": json.dumps(voice.meta()),
+                         "meta": dumps_meta({"condition": cond.id, "planted_sentiment": utt["sentiment"]})})
+        elif dataset == "ct":
+            from medlm.ct.synth import generate_ct_cases
+
+            count, seed = item
+            for case in generate_ct_cases(count, tuple(cfg.ct_shape), seed):
+                audio, rate = None, None
+                if cfg.spoken_ct_reports:
+                    voice = speaker.voice(_rng(cfg, dataset, case["id"]))
+                    voices.add(voice.id)
+                    audio, rate = speaker.say(case["report"], voice)
+                rows.append({"id": str(case["id"]), "volume": encode_volume(case["volume"]),
+                             "shape": list(case["volume"].shape), "spacing": [float(s) for s in case["spacing"]],
+                             "labels": [int(v) for v in case["labels"]], "report": case["report"],
+                             "report_audio": audio, "sample_rate": rate, "split": case["split"]})
+    return rows
+
+
+def _row_audio_seconds(row: dict) -> float:
+    total = audio_seconds(row.get("audio")) + audio_seconds(row.get("report_audio"))
+    return total + sum(audio_seconds(t.get("audio")) for t in row.get("turns") or [])
+
+
+def make_shard(cfg: MakeDataConfig, dataset: str, index: int, items: list[Any]) -> dict:
+    """Generate, validate and write one shard; returns its stats (runs as a Ray task)."""
+    stats: Counter = Counter()
+    voices: set[str] = set()
+    rows = _make_rows(cfg, dataset, items, stats, voices)
+    kind, good, bad = KIND_OF[dataset], [], []
+    task = "spoken_report" if dataset == "ct" and cfg.spoken_ct_reports else None
+    for row in rows:
+        try:
+            to_messages(row, kind, task, cfg.max_audio_seconds)
+            good.append(row)
+        except BadRecord as e:
+            bad.append(bad_record(dataset, row.get("id"), e.reason, e.detail, source="make_data"))
+    write_quarantine(storage.join(cfg.output, "_quarantine"), bad, prefix=f"make_data-{dataset}")
+    if good:
+        write_shard(good, shard_uri(storage.join(cfg.output, dataset), index), kind)
+    return {"dataset": dataset, "rows": len(good), "quarantined": len(bad), "filtered": stats["filtered"],
+            "audio_seconds": sum(_row_audio_seconds(r) for r in good), "voices": sorted(voices)}
+
+
+def plan(cfg: MakeDataConfig) -> list[tuple[str, int, list[Any]]]:
+    """(dataset, shard index, items) for every shard to write."""
+    out = []
+    for name in DATASETS:
+        items = _items(cfg, name)
+        if name == "ct":
+            n, per = cfg.ct_cases, cfg.rows_per_shard  # CT cases are generated by count, split into shards
+            items = [min(per, n - s) for s in range(0, n, per)]
+            out += [(name, i, [(k, cfg.seed + 1000 * i)]) for i, k in enumerate(items)]
+            continue
+        out += [(name, i, items[s:s + cfg.rows_per_shard])
+                for i, s in enumerate(range(0, len(items), cfg.rows_per_shard))]
+    return out
+
+
+def make_data(cfg: MakeDataConfig, progress: bool = True) -> dict:
+    """Write every dataset under ``cfg.output`` with one Ray task per shard; returns the summary."""
+    import ray
+    from tqdm import tqdm
+
+    if storage.is_s3(cfg.output):
+        storage.makedirs(cfg.output)
+    quarantine_uri = storage.join(cfg.output, "_quarantine")
+    for name in DATASETS:  # a rerun replaces the previous output
+        for f in (storage.list_files(storage.join(cfg.output, name)) if storage.exists(storage.join(cfg.output, name)) else []):
+            fs, path = storage.resolve(f)
+            fs.delete_file(path)
+    for f in storage.list_files(quarantine_uri) if storage.exists(quarantine_uri) else []:
+        if f.rsplit("/", 1)[-1].startswith("make_data-"):
+            fs, path = storage.resolve(f)
+            fs.delete_file(path)
+    remote = ray.remote(num_cpus=1)(make_shard)
+    pending = [remote.remote(cfg, name, idx, items) for name, idx, items in plan(cfg)]
+    results = []
+    with tqdm(total=len(pending), desc="make_data shards", disable=not progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results.extend(ray.get(done))
+            bar.update(len(done))
+    datasets: dict[str, dict] = {}
+    for r in sorted(results, key=lambda r: DATASETS.index(r["dataset"])):
+        d = datasets.setdefault(r["dataset"], {"uri": storage.join(cfg.output, r["dataset"]), "kind": KIND_OF[r["dataset"]],
+                                               "rows": 0, "shards": 0, "audio_hours": 0.0, "filtered": 0})
+        d["rows"] += r["rows"]
+        d["shards"] += 1 if r["rows"] else 0
+        d["audio_hours"] += r["audio_seconds"] / 3600
+        d["filtered"] += r["filtered"]
+    speech = speech_conditions(cfg)
+    storage.write_text(storage.join(cfg.output, "facts.jsonl"), "".join(
+        json.dumps({**f, "speech": f["condition"] in speech}) + "\n" for f in kb.facts()))
+    summary = {
+        "output": cfg.output,
+        "datasets": datasets,
+        "audio_hours": sum(d["audio_hours"] for d in datasets.values()),
+        "voices": sorted({v for r in results for v in r["voices"]}),
+        "facts": len(kb.facts()),
+        "speech_conditions": sorted(speech),
+        "quarantine": summarize_quarantine(quarantine_uri),
+    }
+    storage.write_text(storage.join(cfg.output, "manifest.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"make_data -> {summary['output']}", "| dataset | kind | rows | shards | audio h | filtered |",
+             "|---|---|---|---|---|---|"]
+    for name, d in summary["datasets"].items():
+        lines.append(f"| {name} | {d['kind']} | {d['rows']} | {d['shards']} | {d['audio_hours']:.4f} | {d['filtered']} |")
+    q = summary["quarantine"]
+    lines.append(f"audio: {summary['audio_hours']:.3f} h; voices used: {len(summary['voices'])} "
+                 f"({', '.join(summary['voices'])}); facts: {summary['facts']}; quarantined: {q['total']} "
+                 f"{q['by_reason'] or ''}")
+    return "\n".join(lines)

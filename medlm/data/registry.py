@@ -1,0 +1,117 @@
+"""Dataset registry (name -> path, kind, task) and ``DataSpec``, the ``data:`` section of job configs.
+
+Registered paths are relative to ``DataSpec.root`` (where ``make_data`` writes); an entry's ``uri``
+overrides the path with any ``s3://`` or local location, so external shards plug in the same way::
+
+    data:
+      root: s3://medlm/data
+      datasets:
+        - {name: consult_text, weight: 2}
+        - {name: utterances_asr, weight: 1}
+        - {name: my_corpus, uri: s3://bucket/corpus, kind: speech_dialogue, weight: 1}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import Field, model_validator
+
+from medlm import storage
+from medlm.config import Section
+from medlm.data.schema import KINDS, TASKS
+
+
+@dataclass(frozen=True)
+class RegisteredDataset:
+    path: str   # relative to DataSpec.root, or an absolute URI
+    kind: str
+    task: str
+
+
+REGISTRY: dict[str, RegisteredDataset] = {
+    "consult_text": RegisteredDataset("consult_text", "text_dialogue", "chat"),
+    "qa_text": RegisteredDataset("qa_text", "text_dialogue", "chat"),
+    "consult_speech": RegisteredDataset("consult_speech", "speech_dialogue", "chat"),
+    "qa_speech": RegisteredDataset("qa_speech", "speech_dialogue", "chat"),
+    "qa_speech_heldout": RegisteredDataset("qa_speech_heldout", "speech_dialogue", "chat"),
+    "utterances_asr": RegisteredDataset("utterances", "utterance", "asr"),
+    "utterances_ner": RegisteredDataset("utterances", "utterance", "ner"),
+    "utterances_sentiment": RegisteredDataset("utterances", "utterance", "sentiment"),
+    "utterances_multitask": RegisteredDataset("utterances", "utterance", "multitask"),
+    "ct_reports": RegisteredDataset("ct", "ct", "report"),
+    "ct_spoken_reports": RegisteredDataset("ct", "ct", "spoken_report"),
+}
+
+
+def register_dataset(name: str, path: str, kind: str, task: str | None = None) -> None:
+    """Add (or replace) a named dataset."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(KINDS)}")
+    task = task or TASKS[KINDS[kind]][0]
+    if task not in TASKS[KINDS[kind]]:
+        raise ValueError(f"task {task!r} does not apply to kind {kind!r}")
+    REGISTRY[name] = RegisteredDataset(path, kind, task)
+
+
+class DatasetEntry(Section):
+    name: str
+    uri: str | None = None       # overrides the registry path
+    kind: str | None = None      # needed when the name is not registered
+    task: str | None = None
+    weight: float = Field(default=1.0, gt=0)
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    name: str
+    uri: str
+    kind: str
+    task: str
+    weight: float
+
+
+class DataSpec(Section):
+    """Which shards to stream, how to mix them and how to batch them."""
+
+    root: str = "s3://medlm/data"
+    datasets: list[DatasetEntry] = Field(default_factory=lambda: [DatasetEntry(name="consult_text")])
+    seed: int = 0
+    max_audio_seconds: float = Field(default=60.0, gt=0)
+    batch_tokens: int | None = Field(default=None, ge=1)  # token budget per batch (max len x rows); None = by rows
+    batch_rows: int = Field(default=8, ge=1)              # rows per batch (also the cap with batch_tokens)
+    bucketing: bool = True                                # sort a buffer by length before cutting batches
+    bucket_buffer: int = Field(default=256, ge=1)         # examples per bucketing buffer
+    featurize_batch: int = Field(default=16, ge=1)        # rows per featurizer call
+    featurizers: int = Field(default=1, ge=1)             # actor pool size (CPU actors)
+    featurizer_cpus: float = Field(default=1.0, gt=0)
+    read_cpus: float = Field(default=0.25, gt=0)          # per shard-reading task (I/O bound)
+    quarantine_uri: str | None = None                     # None = <root>/_quarantine
+
+    @model_validator(mode="after")
+    def _check(self) -> "DataSpec":
+        if not self.datasets:
+            raise ValueError("data.datasets is empty")
+        for d in self.datasets:
+            if d.name not in REGISTRY and not (d.uri and d.kind):
+                raise ValueError(f"dataset {d.name!r} is not registered; give it a uri and a kind "
+                                 f"(registered: {sorted(REGISTRY)})")
+            if d.kind is not None and d.kind not in KINDS:
+                raise ValueError(f"dataset {d.name!r}: unknown kind {d.kind!r}; expected one of {sorted(KINDS)}")
+        return self
+
+    def resolved(self) -> list[ResolvedDataset]:
+        out = []
+        for d in self.datasets:
+            reg = REGISTRY.get(d.name)
+            kind = d.kind or reg.kind
+            task = d.task or (reg.task if reg and (d.kind is None or d.kind == reg.kind) else TASKS[KINDS[kind]][0])
+            if task not in TASKS[KINDS[kind]]:
+                raise ValueError(f"dataset {d.name!r}: task {task!r} does not apply to kind {kind!r}")
+            uri = d.uri or (reg.path if "://" in reg.path or reg.path.startswith("/")
+                            else storage.join(self.root, reg.path))
+            out.append(ResolvedDataset(d.name, uri, kind, task, d.weight))
+        return out
+
+    def quarantine(self) -> str:
+        return self.quarantine_uri or storage.join(self.root, "_quarantine")

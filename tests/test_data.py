@@ -1,0 +1,214 @@
+"""Data plane unit tests: schemas, shard I/O (local + S3), audio validation, converters, factory pieces."""
+
+import io
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from medlm.data import kb
+from medlm.data.io import iter_rows, read_table, shard_files, write_rows
+from medlm.data.llm import RuleBackend, spoken_ok
+from medlm.data.pipeline import decode_example, encode_example, padding_fraction, plan_batches
+from medlm.data.quarantine import read_quarantine, summarize_quarantine, write_quarantine
+from medlm.data.registry import DataSpec
+from medlm.data.schema import (ENTITY_LABELS, SENTIMENTS, BadRecord, decode_audio, encode_flac, encode_volume,
+                               to_messages)
+from medlm.data.tts import EspeakTTS, voice_bank
+from medlm.config import ConfigError, load_config
+
+
+def tone(seconds=1.0, rate=22050, freq=220.0):
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def utt_row(i=0, **kw):
+    text = "I have had fever for two days. I feel terrible."
+    row = {"id": f"u{i}", "source": "test", "audio": encode_flac(tone(), 22050), "sample_rate": 22050,
+           "transcript": text, "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"},
+                                            {"start": 21, "end": 29, "label": "DURATION"}],
+           "sentiment": "negative", "speaker": "{}", "meta": "{}"}
+    row.update(kw)
+    return row
+
+
+# --- audio validation -----------------------------------------------------------------------------
+
+def test_decode_audio_resamples_to_16k():
+    audio = decode_audio(encode_flac(tone(2.0, 22050), 22050), 22050)
+    assert audio.dtype == np.float32 and abs(len(audio) - 32000) <= 2
+    stereo = io.BytesIO()
+    sf.write(stereo, np.stack([tone(1.0, 8000), tone(1.0, 8000)], 1), 8000, format="FLAC")
+    assert abs(len(decode_audio(stereo.getvalue(), 8000)) - 16000) <= 2
+
+
+@pytest.mark.parametrize("data,rate,max_s,reason", [
+    (None, 16000, None, "missing_audio"),
+    (b"not audio at all" * 10, 16000, None, "corrupt_audio"),
+    ("truncated", 22050, None, "truncated_audio"),
+    ("silence", 22050, None, "empty_audio"),
+    ("ok", 16000, None, "sample_rate_mismatch"),
+    ("ok", 22050, 0.5, "audio_too_long"),
+    ("ok", None, None, "missing_field"),
+])
+def test_decode_audio_rejects_bad_input(data, rate, max_s, reason):
+    good = encode_flac(tone(), 22050)
+    data = {"ok": good, "truncated": good[: len(good) // 2],
+            "silence": encode_flac(np.zeros(22050, np.float32), 22050)}.get(data, data)
+    with pytest.raises(BadRecord) as e:
+        decode_audio(data, rate, max_s)
+    assert e.value.reason == reason
+
+
+def test_low_sample_rate_rejected():
+    with pytest.raises(BadRecord, match="sample_rate_too_low"):
+        decode_audio(encode_flac(tone(1.0, 4000), 4000), 4000)
+
+
+# --- converters -------------------------------------------------------------------------------------
+
+def test_utterance_tasks():
+    row = utt_row()
+    asr, label = to_messages(row, "utterance", "asr")
+    assert label is None and asr[-1] == {"role": "assistant", "content": row["transcript"]}
+    audio = asr[1]["content"][0]
+    assert audio["type"] == "audio" and audio["sampling_rate"] == 16000 and audio["transcript"] == row["transcript"]
+    ner, _ = to_messages(row, "utterance", "ner")
+    assert ner[-1]["content"] == "SYMPTOM: fever\nDURATION: two days"
+    sent, _ = to_messages(row, "utterance", "sentiment")
+    assert sent[-1]["content"] == "negative"
+    _, label = to_messages(row, "utterance", "multitask")
+    assert label == SENTIMENTS.index("negative")
+    with pytest.raises(ValueError, match="does not apply"):
+        to_messages(row, "utterance", "chat")
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"sentiment": "furious"}, "unknown_label"),
+    ({"entities": [{"start": 0, "end": 3, "label": "ALIEN"}]}, "unknown_label"),
+    ({"entities": [{"start": 5, "end": 500, "label": "SYMPTOM"}]}, "bad_span"),
+    ({"transcript": None}, "missing_field"),
+])
+def test_utterance_bad_labels(change, reason):
+    with pytest.raises(BadRecord) as e:
+        to_messages(utt_row(**change), "utterance", "multitask")
+    assert e.value.reason == reason
+
+
+def test_dialogue_messages_mixed_modal():
+    row = {"id": "d", "source": "t", "meta": "{}", "turns": [
+        {"role": "user", "audio": encode_flac(tone(), 22050), "sample_rate": 22050, "transcript": "hello",
+         "text": "Is this serious?"},
+        {"role": "assistant", "text": "No."}]}
+    msgs, _ = to_messages(row, "speech_dialogue")
+    assert msgs[0]["role"] == "system"
+    assert [p["type"] for p in msgs[1]["content"]] == ["audio", "text"]
+    bad = {**row, "turns": [{"role": "doctor", "text": "x"}]}
+    with pytest.raises(BadRecord, match="unknown_label"):
+        to_messages(bad, "text_dialogue")
+    with pytest.raises(BadRecord, match="no assistant"):
+        to_messages({**row, "turns": row["turns"][:1]}, "speech_dialogue")
+
+
+def test_ct_messages():
+    from medlm.ct.synth import CT_RATE_CLASSES
+
+    labels = [0] * 18
+    labels[2] = 1
+    row = {"id": "c", "volume": encode_volume(np.zeros((8, 8, 8), np.int16)), "shape": [8, 8, 8],
+           "spacing": [1.5, 1.0, 1.0], "labels": labels, "report": "The heart is enlarged.",
+           "report_audio": encode_flac(tone(), 22050), "sample_rate": 22050, "split": "train"}
+    msgs, _ = to_messages(row, "ct", "spoken_report")
+    assert msgs[-1]["content"] == CT_RATE_CLASSES[2]
+    with pytest.raises(BadRecord, match="unknown_label"):
+        to_messages({**row, "labels": [2] * 18}, "ct")
+
+
+# --- shard I/O ----------------------------------------------------------------------------------------
+
+def test_shards_roundtrip_local(tmp_path):
+    rows = [utt_row(i) for i in range(25)]
+    files = write_rows(rows, str(tmp_path / "utt"), "utterance", rows_per_shard=10)
+    assert len(files) == 3 and shard_files(str(tmp_path / "utt")) == files
+    back = list(iter_rows(str(tmp_path / "utt")))
+    assert [r["id"] for r in back] == [r["id"] for r in rows]
+    assert back[3]["audio"] == rows[3]["audio"] and back[3]["entities"] == rows[3]["entities"]
+    with pytest.raises(ValueError, match="schema"):
+        write_rows([{"id": "x", "turns": "nope"}], str(tmp_path / "bad"), "dialogue")
+
+
+def test_shards_roundtrip_s3(s3):
+    uri = f"{s3.root}/unit/utt"
+    write_rows([utt_row(i) for i in range(5)], uri, "utterance")
+    assert read_table(uri).num_rows == 5
+    q = f"{s3.root}/unit/_quarantine"
+    write_quarantine(q, [{"dataset": "a", "id": "x", "reason": "corrupt_audio", "detail": "", "source": ""}])
+    assert summarize_quarantine(q) == {"total": 1, "by_reason": {"corrupt_audio": 1}, "by_dataset": {"a": 1}}
+    assert read_quarantine(f"{s3.root}/unit/none") == []
+
+
+# --- knowledge base, annotation, TTS -------------------------------------------------------------------
+
+def test_kb_deterministic_and_quizzable():
+    assert kb.qa_pairs(3) == kb.qa_pairs(3)
+    facts = {f["fact_id"]: f for f in kb.facts()}
+    assert len(facts) == len(kb.CONDITIONS) * len(kb.ATTRIBUTES)
+    for qa in kb.qa_pairs(0):
+        assert facts[qa["fact_id"]]["value"].split(",")[0] in qa["answer"]
+    c = kb.CONDITIONS[0]
+    assert kb.consultation(c, random.Random(1)) == kb.consultation(c, random.Random(1))
+    assert any(c.drug in t["text"] for t in kb.consultation(c, random.Random(1)))
+
+
+def test_rule_backend_annotates_and_filters():
+    b = RuleBackend()
+    text = "I started taking metformin for the excessive thirst. I'm really worried."
+    ann = b.annotate(text)
+    assert {(text[e["start"]:e["end"]], e["label"]) for e in ann["entities"]} == {
+        ("metformin", "DRUG"), ("excessive thirst", "SYMPTOM")}
+    assert ann["sentiment"] == "negative" and all(e["label"] in ENTITY_LABELS for e in ann["entities"])
+    c = kb.CONDITIONS[1]
+    q, a = b.rewrite_spoken("Which test confirms asthma?", kb.long_answer(c, "test"))
+    assert spoken_ok(a) and c.test in a and "|" not in a
+    assert b.rewrite_spoken("Which test?", kb.long_answer(c, "test", reference_only=True)) is None
+
+
+def test_espeak_voices_differ():
+    voices = voice_bank(4, seed=0)
+    assert len({v.id for v in voices}) == 4 and {v.gender for v in voices} == {"female", "male"}
+    tts = EspeakTTS()
+    a, rate = tts.synthesize("I have a headache.", voices[0])
+    b, _ = tts.synthesize("I have a headache.", voices[1])
+    assert rate > 8000 and len(a) > rate * 0.3 and (len(a) != len(b) or not np.allclose(a, b))
+
+
+# --- batching and config ------------------------------------------------------------------------------
+
+def test_bucketing_reduces_padding():
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 500) for _ in range(256)]
+    plain = plan_batches(lengths, batch_rows=8, bucketing=False)
+    bucketed = plan_batches(lengths, batch_rows=8, bucketing=True, rng=random.Random(1))
+    assert sorted(i for b in bucketed for i in b) == list(range(256))
+    assert padding_fraction(lengths, bucketed) < padding_fraction(lengths, plain) / 3
+    budget = plan_batches(lengths, batch_rows=64, batch_tokens=1024)
+    assert all(max(lengths[i] for i in b) * len(b) <= 1024 for b in budget)
+
+
+def test_example_encoding_roundtrip():
+    ex = {"input_ids": np.arange(5), "input_features": np.zeros((0, 80, 100), np.float32), "num_tokens": np.int64(5)}
+    back = decode_example(encode_example(ex))
+    assert back["input_features"].shape == (0, 80, 100) and int(back["num_tokens"]) == 5
+
+
+def test_data_spec_resolution():
+    spec = DataSpec(root="s3://b/data", datasets=[{"name": "utterances_ner", "weight": 2},
+                                                  {"name": "x", "uri": "/tmp/x", "kind": "speech_dialogue"}])
+    a, b = spec.resolved()
+    assert (a.uri, a.kind, a.task, a.weight) == ("s3://b/data/utterances", "utterance", "ner", 2.0)
+    assert (b.uri, b.task) == ("/tmp/x", "chat")
+    assert spec.quarantine() == "s3://b/data/_quarantine"
+    with pytest.raises(ConfigError, match="not registered"):
+        load_config(DataSpec, None, ["datasets=[{name: nope}]"])

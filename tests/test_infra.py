@@ -1,0 +1,426 @@
+"""Infra: images, KubeRay manifests (schema-validated), the AWS launcher config, the local cluster script."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.util
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "infra" / "k8s"
+DOCKERFILES = [ROOT / "infra" / "docker" / "Dockerfile", ROOT / "infra" / "docker" / "Dockerfile.cpu"]
+AWS_LAUNCHER = ROOT / "cluster" / "aws.yaml"
+CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay"
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
+             "RayService": "ray.io_rayservices.yaml"}
+K8S_VERSION = "1.33"  # core Kubernetes schemas to validate against (kubernetes-validate)
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.cache
+def render():
+    spec = importlib.util.spec_from_file_location("medlm_infra_render", ROOT / "infra" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the models' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def manifest_files() -> list[Path]:
+    return sorted(K8S.rglob("*.yaml"))
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.load_all(path.read_text(), Loader=LOADER) if d]
+
+
+def all_docs() -> list[tuple[Path, dict]]:
+    return [(p, d) for p in manifest_files() for d in docs(p)]
+
+
+def cluster_specs() -> list[tuple[str, dict]]:
+    """Every RayCluster spec: standalone, inside each RayJob, inside the RayService."""
+    out = []
+    for path, d in all_docs():
+        spec = {"RayCluster": lambda s: s, "RayJob": lambda s: s["rayClusterSpec"],
+                "RayService": lambda s: s["rayClusterConfig"]}.get(d["kind"])
+        if spec:
+            out.append((f"{path.relative_to(ROOT)}:{d['kind']}", spec(d["spec"])))
+    return out
+
+
+def pod_templates(spec: dict) -> list[tuple[str, dict]]:
+    return [("head", spec["headGroupSpec"]["template"])] + [
+        (g["groupName"], g["template"]) for g in spec["workerGroupSpecs"]]
+
+
+def pyproject_ray_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', text)
+    assert m, "pyproject.toml must pin ray exactly (ray[...]==X.Y.Z)"
+    return m.group(1)
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+def test_manifests_are_rendered_and_up_to_date():
+    rendered = render().render_all()  # fails with a clear error when serve/config.yaml is missing
+    assert rendered, "nothing rendered"
+    assert render().stale(rendered) == [], "infra/k8s/ is stale: run `python infra/render.py`"
+    envs = {p.relative_to(K8S).parts[0] for p in manifest_files()}
+    assert envs == {"dev", "prod"}
+
+
+def test_render_rejects_bad_values_and_missing_serve_config(tmp_path):
+    r = render()
+    values = yaml.safe_load((ROOT / "infra" / "values" / "dev.yaml").read_text())
+    values["gpu_worker"] = values.pop("gpu_workers")  # a typo
+    with pytest.raises(r.ConfigError, match="gpu_worker"):
+        r.build_config(r.Values, values)
+    with pytest.raises(r.ConfigError, match="missing"):
+        r.serve_config(r.load_values("dev"), tmp_path / "config.yaml")
+    dev = r.load_values("dev")
+    dev.serve.deployments = {"NoSuchDeployment": {"num_replicas": 2}}
+    with pytest.raises(r.ConfigError, match="NoSuchDeployment"):
+        r.serve_config(dev)
+    dev = r.load_values("dev")
+    dev.serve.args = {"model_dirr": "s3://x"}  # a typo in the app's arguments
+    with pytest.raises(r.ConfigError, match="model_dirr"):
+        r.serve_config(dev)
+
+
+# --- schema validation --------------------------------------------------------------------------
+
+def strict(schema: dict) -> dict:
+    """An OpenAPI schema that rejects unknown fields, as `kubectl apply` (field validation Strict) does.
+
+    Structural CRD schemas prune unknown fields instead of listing them as errors, so without this a
+    misspelled field (``minReplica``) would pass silently.
+    """
+    schema = dict(schema)
+    if "properties" in schema:
+        schema["properties"] = {k: strict(v) for k, v in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = strict(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [strict(s) for s in schema[key]]
+    return schema
+
+
+@functools.cache
+def crd_validator(kind: str) -> jsonschema.protocols.Validator:
+    if not CRD_DIR.is_dir():
+        pytest.skip(f"KubeRay CRD schemas not found at {CRD_DIR} (the shared/ folder beside the repo)")
+    crd = yaml.load((CRD_DIR / CRD_FILES[kind]).read_text(), Loader=LOADER)
+    assert crd["spec"]["names"]["kind"] == kind
+    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    return jsonschema.Draft202012Validator(schema)
+
+
+def crd_errors(doc: dict) -> list[str]:
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in crd_validator(doc["kind"]).iter_errors(doc)]
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
+def test_every_manifest_validates(path):
+    """KubeRay CRs against the CRD schemas; core objects against Kubernetes' own schemas."""
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (test extra)")
+    found = docs(path)
+    assert found, f"{path} holds no manifest"
+    for d in found:
+        assert d.get("apiVersion") and d.get("kind") and d.get("metadata", {}).get("name"), d
+        # What the API server requires of names (no schema states it): DNS-1123 labels.
+        name = d["metadata"]["name"]
+        assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name), name
+        if d["apiVersion"] == "ray.io/v1":
+            assert crd_errors(d) == []
+        else:
+            kv.validate(d, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("where,spec", cluster_specs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_pod_templates_validate_against_core_schema(where, spec):
+    """The pod templates inside the CRs, also against the core PodTemplate schema (strict)."""
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (test extra)")
+    for group, template in pod_templates(spec):
+        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": group},
+                     "template": template}, K8S_VERSION, strict=True)
+
+
+def test_schema_validation_catches_mistakes():
+    cluster = next(d for _, d in all_docs() if d["kind"] == "RayCluster")
+    assert crd_errors(cluster) == []
+    typo = copy.deepcopy(cluster)
+    typo["spec"]["workerGroupSpecs"][0]["minReplica"] = typo["spec"]["workerGroupSpecs"][0].pop("minReplicas")
+    assert any("minReplica" in e for e in crd_errors(typo))
+    wrong_type = copy.deepcopy(cluster)
+    wrong_type["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0  # must be a string
+    assert crd_errors(wrong_type)
+    bad_enum = copy.deepcopy(cluster)
+    bad_enum["spec"]["authOptions"]["mode"] = "password"
+    assert crd_errors(bad_enum)
+    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (test extra)")
+    template = copy.deepcopy(cluster["spec"]["workerGroupSpecs"][-1]["template"])
+    template["spec"]["tolerationz"] = template["spec"].pop("tolerations")
+    with pytest.raises(kv.ValidationError, match="tolerationz"):
+        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
+                     "template": template}, K8S_VERSION, strict=True)
+
+
+# --- what the manifests must say ----------------------------------------------------------------
+
+def test_ray_versions_agree_across_pyproject_images_and_manifests():
+    import ray
+
+    want = pyproject_ray_version()
+    assert ray.__version__ == want, "the installed Ray differs from pyproject's pin"
+    for dockerfile, variant in zip(DOCKERFILES, ("-gpu", "")):
+        bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), re.M)
+        assert bases == [f"rayproject/ray:{want}-py311{variant}"], (dockerfile.name, bases, want)
+    images = []
+    for where, spec in cluster_specs():
+        assert spec["rayVersion"] == want, where
+        images += [c["image"] for _, t in pod_templates(spec) for c in t["spec"]["containers"]]
+    launcher = yaml.safe_load(AWS_LAUNCHER.read_text())
+    images += [launcher["docker"]["head_image"], launcher["docker"]["worker_image"]]
+    images += [t["docker"]["worker_image"]
+               for t in launcher["available_node_types"].values() if "docker" in t]
+    for img in images:
+        assert re.search(rf"-ray{re.escape(want)}-(gpu|cpu)$", img), f"image {img} does not name Ray {want}"
+
+
+def test_dockerfiles_ship_what_the_jobs_run():
+    for dockerfile in DOCKERFILES:
+        text = dockerfile.read_text()
+        assert re.search(rf"^WORKDIR\s+{re.escape(render().APP_DIR)}$", text, re.M)
+        # The build context is the repository: its allow-list must let through everything COPY names.
+        allowed = Path(f"{dockerfile}.dockerignore").read_text().splitlines()
+        for line in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):
+            for src in line.split():
+                assert f"!{src}" in allowed, f"{dockerfile.name}.dockerignore keeps out {src}"
+        for needed in ("medlm", "ray_jobs", "configs", "serve", "pyproject.toml", "constraints.txt"):
+            assert re.search(rf"^COPY\b.*\s{needed}\b", text, re.M), f"{dockerfile.name}: no COPY of {needed}"
+        assert "pip install" in text and "-c constraints.txt" in text
+        assert "espeak-ng" in text  # the data factory's TTS
+        assert re.search(rf"^ENV PYTHONPATH={re.escape(render().APP_DIR)}\b", text, re.M)  # serve.* imports
+    assert "cu" in re.search(r"TORCH_INDEX_URL=(\S+)", DOCKERFILES[0].read_text()).group(1)
+    assert re.search(r"TORCH_INDEX_URL=\S+/cpu\b", DOCKERFILES[1].read_text())
+
+
+def test_ray_clusters_follow_production_practice():
+    accounts = {d["metadata"]["name"]: d for _, d in all_docs() if d["kind"] == "ServiceAccount"}
+    for where, spec in cluster_specs():
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", where
+        assert spec["enableInTreeAutoscaling"] is True and spec["autoscalerOptions"]["version"] == "v2", where
+        assert spec["authOptions"] == {"mode": "token"}, where
+        groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+        assert "cpu" in groups, where
+        for g in groups.values():
+            assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"] and g["maxReplicas"] >= 1, where
+        for group, template in pod_templates(spec):
+            pod = template["spec"]
+            account = accounts[pod["serviceAccountName"]]
+            role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+            assert role.startswith("arn:aws:iam::"), (where, group)
+            assert pod["nodeSelector"], (where, group)
+            shm = [v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
+            assert shm, (where, group, "no in-memory emptyDir")
+            ray = pod["containers"][0]
+            assert {"name": shm[0]["name"], "mountPath": "/dev/shm"} in ray["volumeMounts"], (where, group)
+            assert ray["resources"]["requests"] == ray["resources"]["limits"], (where, group)
+            assert ray["workingDir"] == render().APP_DIR
+            gpus = int(ray["resources"]["limits"].get("nvidia.com/gpu", 0))
+            if group == "gpu":
+                assert gpus >= 1, where
+                assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"]), where
+                assert ray["image"].endswith("-gpu")
+            else:
+                assert gpus == 0 and ray["image"].endswith("-cpu"), (where, group)
+
+
+def test_rayjobs_run_the_registered_jobs_with_existing_entry_points():
+    from medlm.jobs import JOBS
+
+    for env in ("dev", "prod"):
+        jobs = {d["metadata"]["name"]: d for p in (K8S / env / "jobs").glob("*.yaml") for d in docs(p)}
+        commands = set()
+        for name, job in jobs.items():
+            spec = job["spec"]
+            argv = shlex.split(spec["entrypoint"])
+            assert argv[0] == "python" and argv[2] == "--config" and len(argv) == 4, spec["entrypoint"]
+            assert (ROOT / argv[1]).is_file(), f"{name}: entry point {argv[1]} does not exist"
+            config = ROOT / argv[3]
+            assert config.is_file(), f"{name}: config {argv[3]} does not exist"
+            parsed = yaml.safe_load(config.read_text())
+            assert isinstance(parsed, dict), f"{name}: {argv[3]} is not a YAML mapping"
+            assert spec["submissionMode"] == "SidecarMode"
+            assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] >= 0
+            assert spec["backoffLimit"] >= 0 and spec["activeDeadlineSeconds"] > 0
+            assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
+            commands.add(spec["entrypoint"])
+        # One RayJob per registered job, with the job's own entry point and default config.
+        want = {f"python ray_jobs/{j.name}.py --config configs/{j.config_file}" for j in JOBS.values()}
+        assert commands == want
+
+
+def test_rayservice_serve_config_is_generated_from_serve_config_yaml():
+    source = ROOT / "serve" / "config.yaml"
+    assert source.is_file(), "serve/config.yaml is missing: the RayService's Serve config comes from it"
+    for env in ("dev", "prod"):
+        (service,) = docs(K8S / env / "rayservice.yaml")
+        values = yaml.safe_load((ROOT / "infra" / "values" / f"{env}.yaml").read_text())
+        want = yaml.safe_load(source.read_text())
+        want.setdefault("http_options", {})["host"] = "0.0.0.0"
+        for app in want["applications"]:
+            app.setdefault("args", {}).update(values["serve"].get("args", {}))
+            for dep in app.get("deployments", []):
+                dep.update(values["serve"].get("deployments", {}).get(dep["name"], {}))
+        assert yaml.safe_load(service["spec"]["serveConfigV2"]) == want
+        assert service["spec"]["excludeHeadPodFromServeSvc"] is True
+        # The ingress reads its API key from the variable its args name, filled from a Secret.
+        for app in want["applications"]:
+            var = app["args"].get("api_key_env", "MEDLM_API_KEY")
+            for _, template in pod_templates(service["spec"]["rayClusterConfig"]):
+                env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+                assert "secretKeyRef" in env[var]["valueFrom"], var
+        for app in want["applications"]:
+            path = app["import_path"]
+            module = path.split(":")[0] if ":" in path else path.rsplit(".", 1)[0]
+            assert _module_exists(module), f"{env}: import_path {path}: no module {module}"
+
+
+def _module_exists(module: str) -> bool:
+    if (ROOT / (module.replace(".", "/") + ".py")).is_file():
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def test_no_static_credentials_anywhere():
+    """S3 access is IRSA (service account) or an instance profile: no AWS keys in any file."""
+    values = sorted((ROOT / "infra" / "values").glob("*.yaml"))
+    files = [*manifest_files(), *DOCKERFILES, AWS_LAUNCHER, *values]
+    for f in files:
+        text = f.read_text()
+        for pattern in (r"AWS_ACCESS_KEY_ID", r"AWS_SECRET_ACCESS_KEY", r"AWS_SESSION_TOKEN",
+                        r"\bAKIA[0-9A-Z]{16}\b", r"aws_secret_access_key"):
+            assert not re.search(pattern, text), f"{f.relative_to(ROOT)} holds {pattern}"
+    for where, spec in cluster_specs():
+        for _, template in pod_templates(spec):
+            for var in template["spec"]["containers"][0].get("env", []):
+                assert "value" in var or "secretKeyRef" in var.get("valueFrom", {}), (where, var)
+                if re.search(r"KEY|TOKEN|SECRET|PASSWORD", var["name"]):
+                    assert "valueFrom" in var, f"{where}: {var['name']} must come from a Secret"
+
+
+# --- AWS cluster launcher -----------------------------------------------------------------------
+
+def test_aws_launcher_config_validates_against_rays_schema():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load(AWS_LAUNCHER.read_text())
+    config = prepare_config(copy.deepcopy(raw))  # what `ray up` does before validating
+    validate_config(config)  # ray/autoscaler/ray-schema.json
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0, "GPU": 0}
+    assert any(t["node_config"]["InstanceType"].startswith(("p", "g")) for t in types.values())
+    markets = [t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") for t in types.values()]
+    assert "spot" in markets
+    for name, t in types.items():
+        assert t["node_config"]["IamInstanceProfile"]["Arn"].startswith("arn:aws:iam::"), name
+    broken = copy.deepcopy(raw)
+    gpu = broken["available_node_types"]["gpu"]
+    gpu["node_confg"] = gpu.pop("node_config")  # a typo
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(broken))
+
+
+# --- local multi-node cluster -------------------------------------------------------------------
+
+def _free_port_block(n: int = 12) -> int:
+    """A base port with ``n`` free ports after it, away from Ray's defaults and the ephemeral range."""
+    import random
+
+    for _ in range(50):
+        base = random.randrange(21000, 29000)
+        try:
+            for p in range(base, base + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    pytest.skip("no block of free ports found")
+
+
+def test_local_cluster_rejects_bad_input(tmp_path):
+    spec = importlib.util.spec_from_file_location("medlm_cluster_local", ROOT / "cluster" / "local.py")
+    local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local)
+    with pytest.raises(ValueError, match="--nodes >= 2"):
+        local.up_multi(1, 1, state_dir=tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"port {port} is in use"):
+            local.up_multi(2, 1, port=port, s3_port=None, state_dir=tmp_path)
+    assert not (tmp_path / "state.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_local_multi_node_cluster_up_and_down(tmp_path):
+    port = _free_port_block()
+    env = {**os.environ, "MEDLM_HOME": str(tmp_path)}  # its own state dir: never touches `medlm stack`
+    env.pop("RAY_ADDRESS", None)
+    script = [sys.executable, str(ROOT / "cluster" / "local.py")]
+    up = subprocess.run([*script, "up", "--nodes", "2", "--cpus", "1", f"--port={port}", "--no-s3",
+                         "--no-dashboard"], env=env, capture_output=True, text=True, timeout=180)
+    state_file = tmp_path / "cluster" / "state.json"
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = json.loads(state_file.read_text())
+        probe = (f"import json, ray; ray.init(address={state['address']!r}, log_to_driver=False); "
+                 "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))")
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_AUTH_MODE": "token"},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        alive = json.loads(out.stdout.strip().splitlines()[-1])
+        assert sorted(alive) == ["127.0.0.2", "127.0.0.3"]
+    finally:
+        down = subprocess.run([*script, "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    assert not state_file.exists()
+    assert not Path(state["temp_dir"]).exists()
+    import psutil
+
+    leftovers = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in state["sessions"] and proc.status() != psutil.STATUS_ZOMBIE:
+                leftovers.append((proc.pid, proc.name()))
+        except (OSError, psutil.Error):
+            continue
+    assert leftovers == [], f"processes of the cluster still alive: {leftovers}"

@@ -1,0 +1,459 @@
+"""SpeechLM: shapes, placeholder expansion, trainable sets, save/load, generate, losses, presets."""
+
+import io
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from medlm.models import (
+    PRESETS,
+    ModelSpec,
+    SpeechLM,
+    SpeechLMProcessor,
+    build_model,
+    build_processor,
+    replace_placeholders_and_build_targets,
+)
+from medlm.models.audio import num_audio_tokens
+
+SR = 16000
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(int(seconds * SR)) * 0.1).astype(np.float32)
+
+
+def audio_part(wav, transcript=None):
+    part = {"type": "audio", "audio": wav, "sampling_rate": SR}
+    if transcript is not None:
+        part["transcript"] = transcript
+    return part
+
+
+def mixed_conversations():
+    """Audio in the first turn, audio (twice, interleaved with text) in a later turn, and text only."""
+    return [
+        [
+            {"role": "system", "content": "You are a careful medical assistant."},
+            {
+                "role": "user",
+                "content": [audio_part(noise(1.3, 1)), {"type": "text", "text": "Is this serious?"}],
+            },
+            {"role": "assistant", "content": "No."},
+        ],
+        [
+            {"role": "user", "content": "Hello there."},
+            {"role": "assistant", "content": "Hi, how can I help?"},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Listen:"},
+                    audio_part(noise(3.7, 2)),
+                    {"type": "text", "text": "and"},
+                    audio_part(noise(0.4, 3)),
+                ],
+            },
+            {"role": "assistant", "content": "Both recordings mention chest pain."},
+        ],
+        [
+            {"role": "user", "content": "Text only question."},
+            {"role": "assistant", "content": "Text answer."},
+        ],
+    ]
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return build_model(ModelSpec(**kw))
+
+
+def test_placeholder_expansion_pure_function():
+    ph = 9
+    ids = torch.tensor([[5, ph, 6, 7, ph, 8], [5, 6, 7, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, 7, -100, 8], [-100, 6, 7, -100, -100, -100]])
+    text = torch.arange(12, dtype=torch.float32).reshape(2, 6, 1).repeat(1, 1, 2)
+    audio = [torch.full((3, 2), -1.0), torch.full((2, 2), -2.0)]
+    emb, m, lab = replace_placeholders_and_build_targets(ids, mask, text, audio, ph, labels)
+    assert emb.shape == (2, 9, 2) and m.tolist() == [[1] * 9, [1, 1, 1] + [0] * 6]
+    assert emb[0, :, 0].tolist() == [0, -1, -1, -1, 2, 3, -2, -2, 5]
+    assert lab[0].tolist() == [-100, -100, -100, -100, -100, 7, -100, -100, 8]
+    assert lab[1].tolist() == [-100, 6, 7] + [-100] * 6
+    # left padding stays left padding (generation)
+    left_ids, left_mask = (
+        torch.tensor([[0, 0, 5, ph], [5, ph, 6, 7]]),
+        torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+    )
+    emb, m, _ = replace_placeholders_and_build_targets(left_ids, left_mask, text[:, :4], audio, ph)
+    assert m.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert emb[0, :, 0].tolist() == [0, 2, -1, -1, -1] and emb[1, :, 0].tolist() == [6, -2, -2, 8, 9]
+    with pytest.raises(ValueError, match="2 audio placeholders.*1 audio items"):
+        replace_placeholders_and_build_targets(ids[:1], mask[:1], text[:1], audio[:1], ph)
+
+
+def test_mixed_batch_shapes_and_expansion():
+    model, proc = tiny()
+    model.eval()
+    feats = [proc.featurize(m) for m in mixed_conversations()]
+    assert [len(f["audio_chunks"]) for f in feats] == [1, 2, 0]
+    assert feats[2]["input_features"].shape == (0, 80, 1000)
+    # labels: exactly the assistant turns, each through its end-of-turn token
+    decoded = [proc.tokenizer.decode(f["input_ids"][f["labels"] != -100]) for f in feats]
+    assert decoded == [
+        "No.<|im_end|>",
+        "Hi, how can I help?<|im_end|>Both recordings mention chest pain.<|im_end|>",
+        "Text answer.<|im_end|>",
+    ]
+    batch = proc.collate(feats)
+    assert batch["input_features"].shape == (3, 80, 1000) and batch["audio_chunks"].tolist() == [1, 1, 1]
+    out = model(**batch)
+    lengths = [int(f["num_tokens"]) for f in feats]
+    assert out.logits.shape == (3, max(lengths), len(proc.tokenizer))
+    assert out.attention_mask.sum(-1).tolist() == lengths
+    assert lengths[0] == len(feats[0]["input_ids"]) - 1 + num_audio_tokens(math_frames(1.3), 4)
+    # the expanded labels keep every assistant token, in order
+    for b, f in enumerate(feats):
+        assert out.labels[b][out.labels[b] != -100].tolist() == f["labels"][f["labels"] != -100].tolist()
+    # audio slots hold exactly the adapter output of each audio item, in reading order
+    embeds, _mask, _, audio = model._inputs_embeds(
+        batch["input_ids"],
+        batch["attention_mask"],
+        None,
+        batch["input_features"],
+        batch["audio_chunks"],
+        batch["audio_chunk_lengths"],
+    )
+    assert [a.shape[0] for a in audio] == [num_audio_tokens(math_frames(s), 4) for s in (1.3, 3.7, 0.4)]
+    ids = feats[1]["input_ids"].tolist()
+    first = ids.index(proc.audio_token_id)
+    torch.testing.assert_close(embeds[1, first : first + audio[1].shape[0]], audio[1])
+    second = ids.index(proc.audio_token_id, first + 1) + audio[1].shape[0] - 1
+    torch.testing.assert_close(embeds[1, second : second + audio[2].shape[0]], audio[2])
+    # a text-only example gives the same logits alone as inside the padded mixed batch
+    alone = model(**proc.collate([feats[2]])).logits[0]
+    torch.testing.assert_close(out.logits[2, : alone.shape[0]], alone, atol=1e-5, rtol=1e-4)
+
+
+def math_frames(seconds: float) -> int:
+    """Whisper encoder frames for a clip shorter than one window: 100 mel frames/s, conv stride 2."""
+    return int(np.ceil(np.ceil(seconds * SR / 160) / 2))
+
+
+def test_long_audio_is_chunked_not_truncated():
+    model, proc = tiny()
+    model.eval()
+    wav = noise(23.0, 4)  # tiny preset window is 10 s
+    conv = [{"role": "user", "content": [audio_part(wav)]}, {"role": "assistant", "content": "ok"}]
+    f = proc.featurize(conv)
+    assert f["audio_chunks"].tolist() == [3] and f["audio_chunk_lengths"].tolist() == [160000, 160000, 48000]
+    assert f["input_features"].shape == (3, 80, 1000)
+    expected = 125 + 125 + num_audio_tokens(math_frames(3.0), 4)
+    assert int(f["num_tokens"]) == len(f["input_ids"]) - 1 + expected
+    batch = proc.collate([f])
+    emb = model.embed_audio(batch["input_features"], batch["audio_chunks"], batch["audio_chunk_lengths"])
+    assert emb[0].shape[0] == expected
+    # the last second of audio reaches the embeddings (nothing is cut off)
+    wav2 = wav.copy()
+    wav2[-SR:] = noise(1.0, 5)
+    b2 = proc.collate([proc.featurize([{"role": "user", "content": [audio_part(wav2)]}, conv[1]])])
+    emb2 = model.embed_audio(b2["input_features"], b2["audio_chunks"], b2["audio_chunk_lengths"])
+    assert torch.equal(emb[0][:250], emb2[0][:250]) and not torch.allclose(emb[0][250:], emb2[0][250:])
+
+
+@pytest.mark.parametrize(
+    "kw,expect",
+    [
+        ({"lora_r": 4, "num_classes": 3}, {"adapter", "lora:llm", "classifier"}),
+        (
+            {"encoder_lora_r": 2, "trainable": [r"^adapter\.", r"^encoder\..*lora_"]},
+            {"adapter", "lora:encoder"},
+        ),
+        ({"trainable": [r"^llm\.", r"^adapter\."]}, {"adapter", "llm"}),
+    ],
+)
+def test_gradients_reach_exactly_the_configured_parameters(kw, expect):
+    model, proc = tiny(**kw)
+    with torch.no_grad():  # LoRA B starts at zero, which would zero the A gradients
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    batch = proc.collate([proc.featurize(m, class_label=i) for i, m in enumerate(mixed_conversations())])
+    model(**batch).loss.backward()
+    got = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert got == trainable
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    parts = {("lora:" + n.split(".")[0]) if "lora_" in n else n.split(".")[0] for n in got}
+    assert parts == expect
+    report = model.parameter_report()
+    assert report["total"]["trainable"] == sum(
+        p.numel() for n, p in model.named_parameters() if n in trainable
+    )
+
+
+def test_save_load_identical_logits(tmp_path, s3):
+    model, proc = tiny(lora_r=4, encoder_lora_r=2, num_classes=3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or name.startswith("classifier"):
+                p.normal_(0, 0.1)
+    model.eval()
+    batch = proc.collate([proc.featurize(m) for m in mixed_conversations()])
+    ref = model(**batch)
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    loaded = SpeechLM.from_pretrained(tmp_path).eval()
+    proc2 = SpeechLMProcessor.from_pretrained(str(tmp_path))
+    batch2 = proc2.collate([proc2.featurize(m) for m in mixed_conversations()])
+    assert batch2.keys() == batch.keys() and all(torch.equal(batch[k], batch2[k]) for k in batch)
+    out = loaded(**batch2)
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.class_logits, ref.class_logits)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        n for n, p in model.named_parameters() if p.requires_grad
+    }
+    # the same export through S3 (init_from) with the trainable set taken from the new spec
+    from medlm.storage import copy_tree
+
+    uri = f"{s3.root}/exports/tiny-lora"
+    copy_tree(str(tmp_path), uri)
+    again, _proc3 = build_model(ModelSpec(init_from=uri, trainable=[r"^classifier\."]))
+    assert torch.equal(again.eval()(**batch).logits, ref.logits)
+    assert {n for n, p in again.named_parameters() if p.requires_grad} == {
+        "classifier.weight",
+        "classifier.bias",
+    }
+    assert build_processor(ModelSpec(init_from=uri)).audio_token_id == proc.audio_token_id
+
+
+def test_greedy_generate_equals_stepwise_reference():
+    model, proc = tiny(lora_r=4)
+    model.eval()
+    convs = [c[:-1] for c in mixed_conversations()]  # end on the user turn
+    steps = 6
+    batched = model.generate(
+        **proc.prepare_generation(convs), max_new_tokens=steps, min_new_tokens=steps, do_sample=False
+    )
+    assert batched.shape == (3, steps)
+    for b, conv in enumerate(convs):
+        inputs = proc.prepare_generation([conv])
+        ids = inputs["input_ids"]
+        for _ in range(steps):  # no cache: full forward each step, append the argmax
+            logits = model(**{**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}).logits
+            ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert ids[0, -steps:].tolist() == batched[b].tolist()
+
+
+def test_kd_loss_zero_on_teacher_path_positive_otherwise():
+    model, proc = tiny(lora_r=4, kd_weight=1.0)
+    model.eval()
+    text = [
+        {"role": "user", "content": "The patient reports chest pain."},
+        {"role": "assistant", "content": "Go now."},
+    ]
+    f = proc.featurize(text)
+    same = proc.collate(
+        [
+            {
+                **f,
+                "teacher_input_ids": f["input_ids"],
+                "teacher_attention_mask": f["attention_mask"],
+                "teacher_labels": f["labels"],
+            }
+        ]
+    )
+    assert model(**same).kd_loss.item() < 1e-6
+    spoken = [
+        {"role": "user", "content": [audio_part(noise(2.0, 6), "The patient reports chest pain.")]},
+        {"role": "assistant", "content": "Go now."},
+    ]
+    fs = proc.featurize(spoken)
+    assert proc.tokenizer.decode(fs["teacher_input_ids"]) == proc.tokenizer.decode(f["input_ids"])
+    out = model(**proc.collate([fs]))
+    assert out.kd_loss.item() > 1e-3
+    torch.testing.assert_close(out.loss, out.lm_loss + out.kd_loss)
+    with torch.no_grad():  # the teacher is the LLM without LoRA: a non-zero LoRA makes the text path differ
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    assert model(**same).kd_loss.item() > 1e-3
+
+
+def test_presets_build_on_meta_with_expected_sizes():
+    sizes = {}
+    for preset in ("base", "large"):
+        model, _ = build_model(ModelSpec(preset=preset, lora_r=8), device="meta")
+        report = model.parameter_report()
+        sizes[preset] = report
+        assert report["adapter"]["share"] < 0.02 and report["lora"]["share"] < 0.01
+        assert report["total"]["trainable"] == report["adapter"]["params"] + report["lora"]["params"]
+    assert 0.45e9 < sizes["base"]["llm"]["params"] < 0.55e9  # Qwen2.5-0.5B
+    assert 80e6 < sizes["base"]["encoder"]["params"] < 95e6  # whisper-small encoder
+    assert 7.0e9 < sizes["large"]["llm"]["params"] < 8.0e9  # Qwen2.5-7B
+    assert 600e6 < sizes["large"]["encoder"]["params"] < 660e6  # whisper-large-v3 encoder
+    assert set(PRESETS) == {"tiny", "small", "base", "large"}
+
+
+def test_real_weights_load_from_paths(tmp_path):
+    """encoder_path / llm_path load HF checkpoints (tiny ones saved here); <|audio|> is added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        WhisperConfig,
+        WhisperModel,
+    )
+
+    from medlm.models.tokenizer import CHATML_TEMPLATE
+
+    torch.manual_seed(1)
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer, raw.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    raw.train_from_iterator(
+        ["a real llm tokenizer without an audio token"],
+        trainer=trainers.BpeTrainer(
+            vocab_size=300,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    llm = Qwen2ForCausalLM(
+        Qwen2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+            vocab_size=len(tok),
+        )
+    )
+    llm.save_pretrained(tmp_path / "llm")
+    tok.save_pretrained(tmp_path / "llm")
+    whisper = WhisperModel(
+        WhisperConfig(
+            d_model=32,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_source_positions=250,
+            vocab_size=100,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+    )
+    whisper.save_pretrained(tmp_path / "enc")
+    model, proc = build_model(ModelSpec(llm_path=str(tmp_path / "llm"), encoder_path=str(tmp_path / "enc")))
+    assert proc.audio_token_id == len(tok) and model.llm.config.vocab_size == len(tok) + 1
+    torch.testing.assert_close(
+        model.llm.model.layers[0].mlp.up_proj.weight, llm.model.layers[0].mlp.up_proj.weight
+    )
+    torch.testing.assert_close(model.encoder.model.layers[0].fc1.weight, whisper.encoder.layers[0].fc1.weight)
+    f = proc.featurize(mixed_conversations()[1])  # 5 s window
+    assert f["input_features"].shape == (2, 80, 500)
+    assert model(**proc.collate([f])).loss.isfinite()
+
+
+def test_wav2vec2_encoder_chunks_and_runs():
+    model, proc = tiny(encoder_type="wav2vec2", audio_window_seconds=2.0)
+    f = proc.featurize(
+        [{"role": "user", "content": [audio_part(noise(5.0, 7))]}, {"role": "assistant", "content": "ok"}]
+    )
+    assert f["input_features"].shape == (3, 1, 32000) and f["audio_chunk_lengths"].tolist() == [
+        32000,
+        32000,
+        16000,
+    ]
+    out = model(**proc.collate([f]))
+    assert out.logits.shape[1] == int(f["num_tokens"]) and out.loss.isfinite()
+
+
+@pytest.mark.parametrize(
+    "messages,match",
+    [
+        ([{"role": "user", "content": [audio_part(np.zeros((2, 16000), np.float32))]}], "mono"),
+        ([{"role": "user", "content": [audio_part(np.zeros(16000, np.int16))]}], "float"),
+        ([{"role": "user", "content": [audio_part(np.zeros(0, np.float32))]}], "empty"),
+        ([{"role": "user", "content": "sneaky <|audio|>"}], "may not contain"),
+        ([{"role": "doctor", "content": "hi"}], "role"),
+        ([{"role": "assistant", "content": [audio_part(noise(1.0))]}], "only allowed in user"),
+        ([{"role": "user", "content": [{"type": "image"}]}], "part type"),
+    ],
+)
+def test_bad_input_is_a_clear_error(messages, match):
+    proc = build_processor(ModelSpec())
+    with pytest.raises(ValueError, match=match):
+        proc.featurize(messages)
+
+
+def test_resamples_other_rates():
+    proc = build_processor(ModelSpec())
+    wav = noise(1.0)
+    f = proc.featurize(
+        [{"role": "user", "content": [{"type": "audio", "audio": wav[:8000], "sampling_rate": 8000}]}]
+    )
+    assert f["audio_chunk_lengths"].tolist() == [16000]
+
+
+def _espeak(text: str) -> np.ndarray:
+    import soundfile as sf
+    import soxr
+
+    raw = subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-s", "160", "--stdout", text], capture_output=True, check=True
+    ).stdout
+    wav, sr = sf.read(io.BytesIO(raw), dtype="float32")
+    return soxr.resample(wav, sr, SR).astype(np.float32)
+
+
+def test_tiny_model_overfits_spoken_examples():
+    """Four spoken sentences, one fixed text prompt: only the audio tells the answers apart."""
+    texts = [
+        "The patient has chest pain.",
+        "Take aspirin twice a day.",
+        "No pulmonary embolism seen.",
+        "Blood pressure is high.",
+    ]
+    model, proc = tiny(trainable=[r"^adapter\.", r"^llm\."])  # encoder frozen
+    batch = proc.collate(
+        [
+            proc.featurize(
+                [
+                    {
+                        "role": "user",
+                        "content": [audio_part(_espeak(t)), {"type": "text", "text": "Transcribe."}],
+                    },
+                    {"role": "assistant", "content": t},
+                ]
+            )
+            for t in texts
+        ]
+    )
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(100):
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], losses[::10]
+    model.eval()
+    prompts = proc.prepare_generation(
+        [
+            [{"role": "user", "content": [audio_part(_espeak(t)), {"type": "text", "text": "Transcribe."}]}]
+            for t in texts
+        ]
+    )
+    out = proc.decode(model.generate(**prompts, max_new_tokens=20, do_sample=False))
+    assert out == texts
