@@ -26,12 +26,10 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,53 +62,6 @@ def _ray_env() -> dict[str, str]:
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     env.pop("RAY_ADDRESS", None)
     return env
-
-
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> int:
-    """Run one `ray start` in a new session; its daemons stay in that session. Returns the session id."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
-    if rc != 0:
-        _end_sessions({proc.pid})  # whatever it had started
-        raise RuntimeError(f"`{' '.join(cmd)}` failed ({rc}); see {log}")
-    return proc.pid  # == the session id of everything it started
-
-
-def _session_pids(sids: set[int]) -> list[int]:
-    import psutil  # installed with deepspeed, peft and accelerate
-
-    pids = []
-    for proc in psutil.process_iter():
-        try:
-            if os.getsid(proc.pid) in sids and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.append(proc.pid)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return pids
-
-
-def _end_sessions(sids: set[int], grace_s: float = 5.0) -> None:
-    """SIGTERM every process of the given sessions, SIGKILL what is still alive after ``grace_s``."""
-    for pid in _session_pids(sids):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + grace_s
-    while time.time() < deadline and _session_pids(sids):
-        time.sleep(0.2)
-    for pid in _session_pids(sids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + 5.0
-    while time.time() < deadline and _session_pids(sids):
-        time.sleep(0.1)
 
 
 def _state_file(state_dir: Path) -> Path:
@@ -162,13 +113,13 @@ def up_multi(nodes: int, cpus: int, port: int = DEFAULT_PORT, s3_port: int | Non
                 f"--temp-dir={temp_dir}", f"--include-dashboard={str(dashboard).lower()}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={port + 1}",
                 f"--ray-client-server-port={port + 2}", f"--dashboard-agent-listen-port={port + 3}", *common]
-        state["sessions"].append(_start(head, env, state_dir / "head.log"))
+        state["sessions"].append(stack.start_in_session(head, env, state_dir / "head.log"))
         for i in range(1, nodes):
             worker = [RAY, "start", f"--address={state['address']}", f"--node-ip-address={node_ip(i)}",
                       "--include-log-monitor=false", f"--dashboard-agent-listen-port={port + 3 + i}", *common]
-            state["sessions"].append(_start(worker, env, state_dir / f"worker-{i}.log"))
+            state["sessions"].append(stack.start_in_session(worker, env, state_dir / f"worker-{i}.log"))
     except BaseException:
-        _end_sessions(set(state["sessions"]))
+        stack.end_sessions(set(state["sessions"]))
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
     _state_file(state_dir).write_text(json.dumps(state, indent=2))
@@ -184,7 +135,7 @@ def down_multi(state_dir: Path = STATE_DIR) -> bool:
     if not _state_file(state_dir).exists():
         return False
     state = json.loads(_state_file(state_dir).read_text())
-    _end_sessions(set(state["sessions"]))
+    stack.end_sessions(set(state["sessions"]))
     shutil.rmtree(state["temp_dir"], ignore_errors=True)
     _state_file(state_dir).unlink()
     return True

@@ -150,6 +150,54 @@ def local_stack(bucket: str = DEFAULT_BUCKET, num_cpus: int | None = None, ray: 
 
 # --- persistent stack across commands (medlm stack up / down) -----------------------------------
 
+def start_in_session(cmd: list[str], env: dict[str, str], log: Path) -> int:
+    """Run one `ray start` in a new session; its daemons stay in that session. Returns the session id."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    if rc != 0:
+        end_sessions({proc.pid})  # whatever it had started
+        raise RuntimeError(f"`{' '.join(cmd)}` failed ({rc}); see {log}")
+    return proc.pid  # == the session id of everything it started
+
+
+def session_pids(sids: set[int]) -> list[int]:
+    import psutil  # installed with deepspeed, peft and accelerate
+
+    pids = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getsid(proc.pid) in sids and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return pids
+
+
+def end_sessions(sids: set[int], grace_s: float = 5.0) -> None:
+    """SIGTERM every process of the given sessions, SIGKILL what is still alive after ``grace_s``."""
+    for pid in session_pids(sids):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace_s
+    while time.time() < deadline and session_pids(sids):
+        time.sleep(0.2)
+    for pid in session_pids(sids):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 5.0
+    while time.time() < deadline and session_pids(sids):
+        time.sleep(0.1)
+
+
+
 def _state_file() -> Path:
     return STATE_DIR / "state.json"
 
@@ -169,8 +217,8 @@ def stack_up(s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, bucket
            "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
-    subprocess.run(cmd, check=True, env={**env, **s3_env}, capture_output=True)
-    state = {"moto_pid": moto.pid, "s3_endpoint": s3_env["AWS_ENDPOINT_URL"], "bucket": bucket,
+    ray_session = start_in_session(cmd, {**env, **s3_env}, STATE_DIR / "ray-start.log")
+    state = {"moto_pid": moto.pid, "ray_session": ray_session, "s3_endpoint": s3_env["AWS_ENDPOINT_URL"], "bucket": bucket,
              "ray_address": "127.0.0.1:6379", "dashboard": "http://127.0.0.1:8265"}
     _state_file().write_text(json.dumps(state, indent=2))
     os.environ.update(s3_env)
@@ -185,9 +233,7 @@ def stack_down() -> bool:
     if not _state_file().exists():
         return False
     state = json.loads(_state_file().read_text())
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(state["moto_pid"], signal.SIGTERM)
+    end_sessions({state["ray_session"], state["moto_pid"]})  # only what stack_up started, not other Ray
     _state_file().unlink()
     return True
 

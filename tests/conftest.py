@@ -25,3 +25,14 @@ def s3():
 
     with local_stack(bucket="medlm-test", ray=False) as st:
         yield st
+
+
+@pytest.fixture(scope="session")
+def tiny_data(stack):
+    """The default (tiny) synthetic data set, made once per session: its ``s3://`` root."""
+    from medlm.config import load_config
+    from medlm.data.factory import MakeDataConfig, make_data
+
+    root = f"{stack.root}/tiny-data"
+    make_data(load_config(MakeDataConfig, "make_data.yaml", [f"output={root}"]), progress=False)
+    return root

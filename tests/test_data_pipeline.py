@@ -87,26 +87,6 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
     return {"planted_utt": {r["id"] for r in good_utt}, "planted_dlg": {r["id"] for r in good_dlg}}, reasons
 
 
-def train_loop(config):
-    """A Ray Train worker: stream its shard, run the model on a few batches, report ids and losses."""
-    import ray.train
-
-    from medlm.data.pipeline import iter_train_batches
-    from medlm.models import ModelSpec, build_model
-
-    spec = DataSpec(**config["data"])
-    model, processor = build_model(ModelSpec(**config["model"]))
-    ids, datasets, losses, padding = [], [], [], []
-    for batch in iter_train_batches(ray.train.get_dataset_shard("train"), processor, spec, with_ids=True):
-        ids += batch.pop("ids")
-        datasets += batch.pop("datasets")
-        lengths = batch.pop("num_tokens")
-        padding.append(float(1 - lengths.sum() / (lengths.max() * len(lengths))))
-        if len(losses) < 2:
-            losses.append(float(model(**batch).loss))
-    ray.train.report({"ids": ids, "datasets": datasets, "losses": losses, "padding": padding})
-
-
 def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -128,6 +108,25 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
     good["consult_text"] = {r["id"] for r in read_table(f"{cfg.output}/consult_text").to_pylist()}
     good["ct_spoken_reports"] = {r["id"] for r in read_table(f"{cfg.output}/ct").to_pylist()}
     assert set(order) == set().union(*good.values(), reasons)
+
+    def train_loop(config):
+        """A Ray Train worker: stream its shard, run the model on a few batches, report ids and losses."""
+        import ray.train
+
+        from medlm.data.pipeline import iter_train_batches
+        from medlm.models import ModelSpec, build_model
+
+        spec = DataSpec(**config["data"])
+        model, processor = build_model(ModelSpec(**config["model"]))
+        ids, datasets, losses, padding = [], [], [], []
+        for batch in iter_train_batches(ray.train.get_dataset_shard("train"), processor, spec, with_ids=True):
+            ids += batch.pop("ids")
+            datasets += batch.pop("datasets")
+            lengths = batch.pop("num_tokens")
+            padding.append(float(1 - lengths.sum() / (lengths.max() * len(lengths))))
+            if len(losses) < 2:
+                losses.append(float(model(**batch).loss))
+        ray.train.report({"ids": ids, "datasets": datasets, "losses": losses, "padding": padding})
 
     model = ModelSpec(preset="tiny", num_classes=3)
     trainer = TorchTrainer(

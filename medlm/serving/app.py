@@ -19,7 +19,8 @@ import logging
 import os
 import time
 from collections import Counter
-from typing import Any, AsyncIterator, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -38,11 +39,34 @@ from medlm.serving.config import AppArgs
 from medlm.serving.defaults import default_ct_index_dir, default_model_dir
 from medlm.serving.errors import APIError
 from medlm.serving.schemas import (
-    AudioOrText, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice, ChunkChoice,
-    CTClassifyRequest, CTClassifyResponse, CTSearchRequest, CTSearchResponse, Delta, ModelCard, ModelList,
-    ResponseMessage, Transcription, UnderstandRequest, Understanding, Usage, completion_id,
+    AudioOrText,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    CTClassifyRequest,
+    CTClassifyResponse,
+    CTSearchRequest,
+    CTSearchResponse,
+    Delta,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Transcription,
+    Understanding,
+    UnderstandRequest,
+    Usage,
+    completion_id,
 )
-from medlm.serving.tasks import ASR_PROMPT, NER_PROMPT, SENTIMENT_PROMPT, parse_entities, parse_sentiment, task_messages
+from medlm.serving.tasks import (
+    ASR_PROMPT,
+    NER_PROMPT,
+    SENTIMENT_PROMPT,
+    parse_entities,
+    parse_sentiment,
+    task_messages,
+)
 
 log = logging.getLogger("medlm.serving")
 
@@ -145,7 +169,7 @@ def sse(payload: BaseModel | str) -> bytes:
 @api.middleware("http")
 async def _guard(request: Request, call_next) -> Response:
     """Authenticate every route but /healthz, and count requests by route and status (never logs bodies)."""
-    replica: "Ingress" = serve.get_replica_context().servable_object
+    replica: Ingress = serve.get_replica_context().servable_object
     try:
         replica.authenticate(request)
     except APIError as e:

@@ -17,8 +17,9 @@ import asyncio
 import logging
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,11 +66,12 @@ class BatchStats:
 class SpeechEncoder:
     """Waveforms -> adapter-space audio embeddings, dynamically batched across requests."""
 
-    def __init__(self, model_dir: str, batching: BatchOptions = BatchOptions()):
+    def __init__(self, model_dir: str, batching: BatchOptions | None = None):
         model, _ = load_speechlm(model_dir)
         model.llm = None  # this replica only runs the audio path
         self.model = model
         self.stats = BatchStats()
+        batching = batching or BatchOptions()
         self.embed.set_max_batch_size(batching.max_batch_size)
         self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
@@ -195,7 +197,7 @@ class LLM:
     """Batched, streamed, KV-cached generation from spliced audio embeddings; LoRA adapters multiplexed."""
 
     def __init__(self, model_dir: str, served_model_name: str = "medlm", adapters_dir: str | None = None,
-                 batching: BatchOptions = BatchOptions()):
+                 batching: BatchOptions | None = None):
         self.model, self.processor = load_speechlm(model_dir)
         self.model.encoder = None  # this replica only runs the LLM (the adapter stays: it is tiny)
         self.tokenizer = self.processor.tokenizer
@@ -205,6 +207,7 @@ class LLM:
         self.adapters_dir = adapters_dir
         self.stats = BatchStats()
         self.lock = threading.Lock()  # one generate at a time per replica (adapters are replica-global)
+        batching = batching or BatchOptions()
         self._batch.set_max_batch_size(batching.max_batch_size)
         self._batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
@@ -220,7 +223,7 @@ class LLM:
     # --- adapters ---
 
     @serve.multiplexed(max_num_models_per_replica=4)
-    async def get_adapter(self, model_id: str) -> "_LoadedAdapter":
+    async def get_adapter(self, model_id: str) -> _LoadedAdapter:
         if model_id == self.served_model_name:
             return _LoadedAdapter(self.model, None, self.lock)
         if model_id not in list_adapters(self.adapters_dir):

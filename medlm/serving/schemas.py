@@ -79,7 +79,7 @@ class ChatCompletionRequest(Request):
     seed: int | None = None
 
     @model_validator(mode="after")
-    def _last_turn_is_user(self) -> "ChatCompletionRequest":
+    def _last_turn_is_user(self) -> ChatCompletionRequest:
         if self.messages[-1].role != "user":
             raise ValueError("the last message must be a user message")
         return self

@@ -6,10 +6,17 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from medlm.data.schema import ASR_PROMPT, ENTITY_LABELS, NER_PROMPT, SENTIMENT_PROMPT, SENTIMENTS, SYSTEM_PROMPT
+from medlm.data.schema import (
+    ASR_PROMPT,
+    ENTITY_LABELS,
+    NER_PROMPT,
+    SENTIMENT_PROMPT,
+    SENTIMENTS,
+    SYSTEM_PROMPT,
+)
 from medlm.serving.schemas import Entity
 
-__all__ = ["task_messages", "parse_entities", "parse_sentiment", "ASR_PROMPT", "NER_PROMPT", "SENTIMENT_PROMPT"]
+__all__ = ["ASR_PROMPT", "NER_PROMPT", "SENTIMENT_PROMPT", "parse_entities", "parse_sentiment", "task_messages"]
 
 
 def task_messages(prompt: str, content: dict[str, Any] | str) -> list[dict[str, Any]]:

@@ -82,6 +82,11 @@ def export_dir(cfg: TrainJobConfig) -> str:
     return storage.join(cfg.run.storage_path, cfg.run.name, "export")
 
 
+def history_uri(cfg: TrainJobConfig) -> str:
+    """Rank 0's logged metrics (all attempts, restored from checkpoints on resume)."""
+    return storage.join(cfg.run.storage_path, cfg.run.name, "history.json")
+
+
 # --- worker side ------------------------------------------------------------------------------
 
 def _batches(cfg: TrainJobConfig, shard, processor, skip: int) -> Iterator[dict]:
@@ -131,13 +136,14 @@ def train_loop(config: dict) -> None:
         config=deepspeed_config(o, cfg.data.batch_rows))
     device = engine.device
 
-    state = {"step": 0, "batches": 0, "tokens": 0}
+    state: dict[str, Any] = {"step": 0, "batches": 0, "tokens": 0, "resumes": 0, "history": []}
     resumed = False
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag="ds", load_module_strict=False)
             state = json.loads((Path(d) / "trainer_state.json").read_text())
+        state["resumes"] += 1
         resumed = True
         if rank == 0:
             log.info("resumed at step %d (data position: %d batches)", state["step"], state["batches"])
@@ -194,6 +200,7 @@ def train_loop(config: dict) -> None:
             if flops_peak:
                 metrics["mfu"] = 6 * n_params * tok_s / (flops_peak * world)
             window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "t0": time.perf_counter()}
+            state["history"].append(metrics)
             if rank == 0:
                 log.info("step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
                          step, o.steps)
@@ -215,6 +222,8 @@ def train_loop(config: dict) -> None:
     if writer:
         writer.close()
         storage.copy_tree(str(tb_dir), storage.join(cfg.run.storage_path, cfg.run.name, "tensorboard"))
+    if rank == 0:
+        storage.write_text(history_uri(cfg), json.dumps({k: state[k] for k in ("history", "resumes", "tokens")}))
     _export(engine, processor, cfg, rank)
 
 
@@ -298,6 +307,8 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     checkpoint = result.checkpoint.path if result.checkpoint else None
     if checkpoint and fs is not None:
         checkpoint = f"s3://{checkpoint}"
+    record = json.loads(storage.read_text(history_uri(cfg)))
     summary = {"job": cfg.job, "run": cfg.run.name, "export": export_dir(cfg), "checkpoint": checkpoint,
-               "metrics": result.metrics, "wall_s": round(time.time() - t0, 1)}
+               "metrics": record["history"][-1] if record["history"] else {}, "history": record["history"],
+               "restarts": record["resumes"], "tokens": record["tokens"], "wall_s": round(time.time() - t0, 1)}
     return summary
