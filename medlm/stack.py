@@ -99,7 +99,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
+        # address="local": always a new instance, never whatever /tmp/ray/ray_current_cluster names
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
                  runtime_env=runtime_env, log_to_driver=True)
     return ray
 

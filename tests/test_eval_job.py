@@ -18,8 +18,8 @@ def _pred(dataset, task, ref, hyp, kind="utterance", error=""):
 
 
 def test_report_from_handmade_predictions(tmp_path):
-    cfg = EvalConfig(model="m", baseline_model="b", output=str(tmp_path), tasks=["asr", "ner", "sentiment", "slue", "qa",
-                                                                                  "retention"],
+    cfg = EvalConfig(model="m", baseline_model="b", output=str(tmp_path),
+                     tasks=["asr", "ner", "sentiment", "slue", "qa", "retention"],
                      data=DataSpec(root=str(tmp_path), datasets=[DatasetEntry(name=n) for n in (
                          "utterances_asr", "utterances_ner", "utterances_sentiment", "qa_text")]))
     datasets = cfg.data.resolved()
@@ -79,8 +79,9 @@ def _utterances() -> list[dict]:
     rows = []
     for i, (text, ents, sentiment) in enumerate(texts):
         spans = [{"start": text.index(s), "end": text.index(s) + len(s), "label": lab} for s, lab in ents]
-        rows.append({"id": f"utt-{i}", "source": "test", "audio": encode_flac(_tone(1.0 + 0.5 * i, 200 + 50 * i), 16000),
-                     "sample_rate": 16000, "transcript": text, "entities": spans, "sentiment": sentiment,
+        audio = encode_flac(_tone(1.0 + 0.5 * i, 200 + 50 * i), 16000)
+        rows.append({"id": f"utt-{i}", "source": "test", "audio": audio, "sample_rate": 16000,
+                     "transcript": text, "entities": spans, "sentiment": sentiment,
                      "speaker": "{}", "meta": "{}"})
     return rows
 
