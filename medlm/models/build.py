@@ -106,7 +106,7 @@ def build_model(
     """Build (or load) the SpeechLM and its processor for ``spec``.
 
     ``device="meta"`` builds the shapes without memory (parameter counting for base/large).
-    With ``init_from`` the structure comes from the export and only ``spec.trainable`` and ``dtype`` apply.
+    With ``init_from`` the structure comes from the export; ``trainable``, ``dtype`` and the loss weights apply.
     """
     spec = spec or ModelSpec()
     dtype = _DTYPES[spec.dtype]
@@ -114,6 +114,9 @@ def build_model(
         local = local_copy(spec.init_from)
         model = SpeechLM.from_pretrained(local, dtype=dtype)
         processor = SpeechLMProcessor.from_pretrained(local)
+        # Loss weights are choices of the job at hand, not structure: take them from the spec.
+        for name in ("classifier_weight", "kd_weight", "kd_temperature"):
+            setattr(model.config, name, getattr(spec, name))
         model.configure_trainable(spec.trainable)
         _stop_at_end_of_turn(model, processor.tokenizer)
         return model, processor

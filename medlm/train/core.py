@@ -118,7 +118,7 @@ def train_loop(config: dict) -> None:
     from medlm.models import build_model
 
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # workers start with WARNING
-    cfg = TrainJobConfig.model_validate(config)
+    cfg = TrainJobConfig.model_validate(config["job"])
     o = cfg.optim
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -137,18 +137,16 @@ def train_loop(config: dict) -> None:
     device = engine.device
 
     state: dict[str, Any] = {"step": 0, "batches": 0, "tokens": 0, "resumes": 0, "history": []}
-    resumed = False
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             engine.load_checkpoint(d, tag="ds", load_module_strict=False)
             state = json.loads((Path(d) / "trainer_state.json").read_text())
         state["resumes"] += 1
-        resumed = True
         if rank == 0:
             log.info("resumed at step %d (data position: %d batches)", state["step"], state["batches"])
 
-    fault_step = int(os.environ.get(FAULT_ENV, "-1"))
+    fault_step = config.get("fault_at_step", -1)
     writer = None
     tb_dir = Path(tempfile.mkdtemp(prefix="medlm-tb-"))
     if rank == 0 and cfg.run.tensorboard:
@@ -187,9 +185,8 @@ def train_loop(config: dict) -> None:
         state["step"] += 1
         step = state["step"]
 
-        if step == fault_step and rank == world - 1 and not resumed:
-            log.error("fault injection: killing rank %d at step %d", rank, step)
-            os._exit(1)
+        if step == fault_step and rank == world - 1:
+            _inject_fault(cfg, rank, step)
 
         metrics: dict[str, float] = {}
         if step % o.log_every == 0 or step == o.steps:
@@ -225,6 +222,21 @@ def train_loop(config: dict) -> None:
     if rank == 0:
         storage.write_text(history_uri(cfg), json.dumps({k: state[k] for k in ("history", "resumes", "tokens")}))
     _export(engine, processor, cfg, rank)
+
+
+def _inject_fault(cfg: TrainJobConfig, rank: int, step: int) -> None:
+    """Kill this worker process once per run (a marker in the run dir stops later attempts).
+
+    It first waits a few controller polls (Ray Train's health check runs every 2 s) so that the
+    last checkpoint is registered: the test then exercises resume-from-checkpoint.
+    """
+    marker = storage.join(cfg.run.storage_path, cfg.run.name, "fault-injected")
+    if storage.exists(marker):
+        return
+    storage.write_text(marker, str(step))
+    time.sleep(6)
+    log.error("fault injection: killing rank %d at step %d", rank, step)
+    os._exit(1)
 
 
 def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig) -> float:
@@ -293,7 +305,8 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=cfg.model_dump(mode="json"),
+        train_loop_config={"job": cfg.model_dump(mode="json"),
+                           "fault_at_step": int(os.environ.get(FAULT_ENV, "-1"))},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=fs,
