@@ -112,8 +112,15 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
     import hashlib
     import tempfile
 
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    if not infos:
+        raise FileNotFoundError(f"nothing stored under {uri}")
+    # The cache key covers the content's listing (names, sizes, mtimes): a rewritten URI is fetched again.
+    listing = sorted((i.path, i.size, str(i.mtime)) for i in infos if i.type == pafs.FileType.File)
+    key = hashlib.sha1(repr((uri, listing)).encode()).hexdigest()[:16]
     root = Path(cache_dir or os.environ.get("MEDLM_CACHE", Path(tempfile.gettempdir()) / "medlm-cache"))
-    dest = root / hashlib.sha1(uri.encode()).hexdigest()[:16]
+    dest = root / key
     if not (dest / ".complete").exists():
         copy_tree(uri, str(dest))
         (dest / ".complete").touch()

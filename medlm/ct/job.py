@@ -31,7 +31,7 @@ from pydantic import Field
 from medlm import storage
 from medlm.config import Section, config_to_dict
 from medlm.ct.preprocess import VolumeSpec, preprocess_volume
-from medlm.ct.synth import CT_RATE_CLASSES, base_spacing
+from medlm.ct.synth import base_spacing
 from medlm.train.config import OptimSpec
 
 log = logging.getLogger("medlm.ct")

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from medlm import storage
 from medlm.data.io import shard_files
@@ -100,17 +101,25 @@ class Featurizer:
         return pa.table(out, schema=FEATURIZED)
 
 
+def _read_envelopes(batch: dict[str, np.ndarray], name: str, kind: str, task: str,
+                    rows: int = 64) -> Iterator[pa.Table]:
+    """Shard URIs -> envelope tables, streamed one slice of a row group at a time."""
+    for uri in batch["uri"]:
+        fs, path = storage.resolve(str(uri))
+        with fs.open_input_file(path) as f:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=rows):
+                yield _envelope(pa.Table.from_batches([rb]), name, kind, task)
+
+
 def read_envelopes(d: ResolvedDataset, seed: int, num_cpus: float = 0.25):
-    """One dataset as envelope rows, its shards in a seeded order."""
+    """One dataset as envelope rows, its shards in a seeded order (one light read task per shard)."""
     import ray.data
 
     files = shard_files(d.uri)
     random.Random(f"{seed}/{d.name}").shuffle(files)
-    fs, _ = storage.resolve(files[0])
-    ds = ray.data.read_parquet([storage.resolve(f)[1] for f in files], filesystem=fs,
-                               ray_remote_args={"num_cpus": num_cpus})
-    return ds.map_batches(_envelope, fn_kwargs={"name": d.name, "kind": d.kind, "task": d.task},
-                          batch_format="pyarrow", batch_size=64, num_cpus=num_cpus)
+    return ray.data.from_items([{"uri": f} for f in files]).map_batches(
+        _read_envelopes, fn_kwargs={"name": d.name, "kind": d.kind, "task": d.task},
+        batch_size=1, batch_format="numpy", num_cpus=num_cpus)
 
 
 def mixed_envelopes(spec: DataSpec):
