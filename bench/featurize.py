@@ -83,7 +83,10 @@ def main() -> None:
         from medlm.stack import init_ray
 
         init_ray(num_cpus=os.cpu_count())
-        speech_spec = spec.model_copy(update={"datasets": spec.datasets[1:], "featurizers": args.actors})
+        # leave room for the shard-reading tasks (read_cpus) next to the featurizer actors
+        cpus = (os.cpu_count() - spec.read_cpus) / args.actors
+        speech_spec = spec.model_copy(update={"datasets": spec.datasets[1:], "featurizers": args.actors,
+                                              "featurizer_cpus": min(1.0, cpus)})
         total_audio, t = 0.0, time.time()
         for batch in build_dataset(speech_spec, model_spec).iter_batches(batch_size=64, batch_format="pyarrow"):
             total_audio += sum(batch.column("audio_seconds").to_pylist())

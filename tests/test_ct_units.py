@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from medlm.ct.metrics import classification_report, gap_recovered, recall_at_k, youden_threshold, zero_shot_probs
+from medlm.ct.metrics import gap_recovered, zero_shot_probs
 from medlm.ct.preprocess import VolumeSpec, crop_or_pad, load_volume, normalize_hu, preprocess_volume
 from medlm.ct.synth import CT_RATE_CLASSES, base_spacing, generate_ct_cases
 
@@ -183,24 +183,49 @@ def test_zero_shot_probs_softmax_over_prompt_pair():
     np.testing.assert_allclose(p[:, 0], [1 / (1 + np.exp(-1)), 1 / (1 + np.exp(1))])
 
 
-def test_classification_report_and_thresholds():
-    y = np.array([0, 0, 1, 1, 0, 1])
-    assert youden_threshold(y, np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7])) == pytest.approx(0.7)
-    y2 = np.stack([y, 1 - y], 1)
-    p_good = np.stack([y * 0.8 + 0.1, (1 - y) * 0.6 + 0.2], 1)
-    rep = classification_report(y2, p_good, y2, p_good, ["A", "B"])
-    assert rep["auroc"] == 1.0 and rep["f1"] == 1.0
-    rep = classification_report(y2, p_good, y2, 1 - p_good, ["A", "B"])
-    assert rep["auroc"] == 0.0 and rep["f1"] < 0.5
+def test_classification_report_is_the_eval_metric_in_report_shape():
+    """The numbers are medlm.eval.metrics' (tested by hand in test_eval_metrics); this checks the
+    report's keys and that non-finite values become None (strict JSON)."""
+    import json
+
+    from medlm.ct.evaluate import classification_report
+    from medlm.eval.metrics import zero_shot_auroc_f1
+
+    # class A: both labels in val and test; class B: J <= 0 at every val threshold (inf) and no test positives
+    y_val = np.array([[0, 1], [1, 0], [0, 1], [1, 0]])
+    p_val = np.array([[0.2, 0.1], [0.8, 0.9], [0.3, 0.2], [0.9, 0.8]])
+    y_test = np.array([[0, 0], [1, 0], [0, 0], [1, 0]])
+    p_test = np.array([[0.1, 0.3], [0.85, 0.6], [0.5, 0.2], [0.7, 0.9]])
+    rep = classification_report(y_val, p_val, y_test, p_test, ["A", "B"])
+    m = zero_shot_auroc_f1(p_test, y_test, p_val, y_val, class_names=["A", "B"])
+    assert set(rep) == {"auroc", "f1", "precision", "accuracy", "n_scored", "per_class"}
+    assert (rep["auroc"], rep["f1"], rep["precision"], rep["accuracy"], rep["n_scored"]) == (
+        m["auroc_macro"], m["f1_macro"], m["precision_macro"], m["accuracy_macro"], 1)
+    assert rep["per_class"]["A"] == m["per_class"]["A"]
+    b = rep["per_class"]["B"]
+    assert math.isinf(m["per_class"]["B"]["threshold"]) and math.isnan(m["per_class"]["B"]["auroc"])
+    assert (b["threshold"], b["threshold_source"], b["auroc"]) == (None, "youden", None)
+    json.dumps(rep, allow_nan=False)
 
 
-def test_recall_at_k_and_gap():
-    q = np.eye(12)
-    assert recall_at_k(q, q) == {"R@1": 1.0, "R@5": 1.0, "R@10": 1.0}
-    r = recall_at_k(q, np.roll(q, 1, axis=0))
-    assert r["R@1"] == 0.0
-    assert gap_recovered(0.716, 0.623, 0.705) == pytest.approx(0.88, abs=0.01)
+def test_retrieval_report_keys_and_pairing():
+    from medlm.ct.evaluate import retrieval_report
+    from medlm.eval.metrics import recall_at_k
+
+    rng = np.random.default_rng(0)
+    q, g = rng.standard_normal((12, 4)), rng.standard_normal((12, 4))
+    r = retrieval_report(q, g)
+    assert list(r) == ["R@1", "R@5", "R@10"]
+    assert list(r.values()) == list(recall_at_k(q @ g.T, [1, 5, 10]).values())
+    with pytest.raises(ValueError, match="pairs expected"):
+        retrieval_report(q, g[:5])
+
+
+def test_gap_recovered():
+    # (0.705 - 0.623) / (0.716 - 0.623) = 0.082 / 0.093 = 0.8817 (the paper's 88%)
+    assert gap_recovered(0.716, 0.623, 0.705) == pytest.approx(0.8817, abs=1e-4)
     assert gap_recovered(0.5, 0.5, 0.6) is None
+    assert gap_recovered(None, 0.5, 0.6) is None
 
 
 # --- models ---------------------------------------------------------------------------------------

@@ -7,16 +7,23 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from medlm.config import ConfigError, load_config
 from medlm.data import kb
 from medlm.data.io import iter_rows, read_table, shard_files, write_rows
 from medlm.data.llm import RuleBackend, spoken_ok
 from medlm.data.pipeline import decode_example, encode_example, padding_fraction, plan_batches
 from medlm.data.quarantine import read_quarantine, summarize_quarantine, write_quarantine
 from medlm.data.registry import DataSpec
-from medlm.data.schema import (ENTITY_LABELS, SENTIMENTS, BadRecord, decode_audio, encode_flac, encode_volume,
-                               to_messages)
+from medlm.data.schema import (
+    ENTITY_LABELS,
+    SENTIMENTS,
+    BadRecord,
+    decode_audio,
+    encode_flac,
+    encode_volume,
+    to_messages,
+)
 from medlm.data.tts import EspeakTTS, voice_bank
-from medlm.config import ConfigError, load_config
 
 
 def tone(seconds=1.0, rate=22050, freq=220.0):
@@ -171,6 +178,7 @@ def test_rule_backend_annotates_and_filters():
     assert ann["sentiment"] == "negative" and all(e["label"] in ENTITY_LABELS for e in ann["entities"])
     c = kb.CONDITIONS[1]
     q, a = b.rewrite_spoken("Which test confirms asthma?", kb.long_answer(c, "test"))
+    assert q.endswith("?") and "asthma" in q
     assert spoken_ok(a) and c.test in a and "|" not in a
     assert b.rewrite_spoken("Which test?", kb.long_answer(c, "test", reference_only=True)) is None
 

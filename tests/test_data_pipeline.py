@@ -54,7 +54,7 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
     """Shards mixing good and bad rows; returns (good ids per dataset, bad id -> expected reason)."""
     good_audio = encode_flac(tone(), 22050)
     text = "I have had fever for two days."
-    utt = lambda i, **kw: {"id": i, "source": "t", "audio": good_audio, "sample_rate": 22050,  # noqa: E731
+    utt = lambda i, **kw: {"id": i, "source": "t", "audio": good_audio, "sample_rate": 22050,
                            "transcript": text, "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"}],
                            "sentiment": "neutral", "speaker": "{}", "meta": "{}", **kw}
     bad_utt = {
@@ -73,9 +73,9 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
     good_utt = [utt(f"u-good-{i}") for i in range(5)]
     rows = good_utt[:2] + list(bad_utt.values())[:4] + good_utt[2:] + list(bad_utt.values())[4:]
     write_rows(rows, f"{root}/planted_utt", "utterance", rows_per_shard=6)
-    turn = lambda role, **kw: {"role": role, "text": None, "audio": None, "sample_rate": None,  # noqa: E731
+    turn = lambda role, **kw: {"role": role, "text": None, "audio": None, "sample_rate": None,
                                "transcript": None, **kw}
-    dlg = lambda i, turns: {"id": i, "source": "t", "meta": "{}", "turns": turns}  # noqa: E731
+    dlg = lambda i, turns: {"id": i, "source": "t", "meta": "{}", "turns": turns}
     good_dlg = [dlg(f"d-good-{i}", [turn("user", audio=good_audio, sample_rate=22050, transcript=text),
                                    turn("assistant", text="Rest and drink fluids.")]) for i in range(3)]
     bad_dlg = [dlg("d-role", [turn("nurse", text="hi"), turn("assistant", text="ok")]),
@@ -94,23 +94,23 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
     from medlm.data.pipeline import build_dataset, mixed_envelopes
     from medlm.models import ModelSpec
 
-    cfg, summary = made
+    cfg, _ = made
     good, reasons = plant(cfg.output)
     spec = DataSpec(root=cfg.output, seed=7, max_audio_seconds=3.0, batch_rows=4, featurizer_cpus=0.5,
                     quarantine_uri=f"{cfg.output}/_quarantine/run-{uuid.uuid4().hex[:6]}",
                     datasets=[{"name": "planted_utt", "uri": f"{cfg.output}/planted_utt", "kind": "utterance",
                                "task": "multitask", "weight": 1},
                               {"name": "planted_dlg", "uri": f"{cfg.output}/planted_dlg", "kind": "speech_dialogue"},
-                              {"name": "consult_text", "weight": 2}, {"name": "ct_spoken_reports"}])
+                              {"name": "consult_text", "weight": 2}, {"name": "ct_reports"}])
     # the mixed order is reproducible
     order = [r["id"] for r in mixed_envelopes(spec).select_columns(["id"]).take_all()]
     assert order == [r["id"] for r in mixed_envelopes(spec).select_columns(["id"]).take_all()]
     good["consult_text"] = {r["id"] for r in read_table(f"{cfg.output}/consult_text").to_pylist()}
-    good["ct_spoken_reports"] = {r["id"] for r in read_table(f"{cfg.output}/ct").to_pylist()}
+    good["ct_reports"] = {r["id"] for r in read_table(f"{cfg.output}/ct").to_pylist()}
     assert set(order) == set().union(*good.values(), reasons)
 
     def train_loop(config):
-        """A Ray Train worker: stream its shard, run the model on a few batches, report ids and losses."""
+        """A Ray Train worker: stream its shard, run the model on a few batches, return ids and losses."""
         import ray.train
 
         from medlm.data.pipeline import iter_train_batches
@@ -118,7 +118,7 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
 
         spec = DataSpec(**config["data"])
         model, processor = build_model(ModelSpec(**config["model"]))
-        ids, datasets, losses, padding = [], [], [], []
+        ids, datasets, losses, padding = [], [], [], []  # padding: share of padded positions per batch
         for batch in iter_train_batches(ray.train.get_dataset_shard("train"), processor, spec, with_ids=True):
             ids += batch.pop("ids")
             datasets += batch.pop("datasets")
@@ -126,15 +126,18 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
             padding.append(float(1 - lengths.sum() / (lengths.max() * len(lengths))))
             if len(losses) < 2:
                 losses.append(float(model(**batch).loss))
-        ray.train.report({"ids": ids, "datasets": datasets, "losses": losses, "padding": padding})
+        with open(config["out"], "w") as f:  # the test reads this back (same machine)
+            json.dump({"ids": ids, "datasets": datasets, "losses": losses, "padding": padding}, f)
 
     model = ModelSpec(preset="tiny", num_classes=3)
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"data": spec.model_dump(), "model": model.model_dump()},
+        train_loop, train_loop_config={"data": spec.model_dump(), "model": model.model_dump(),
+                                       "out": str(tmp_path / "worker.json")},
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         datasets={"train": build_dataset(spec, model)},
         run_config=RunConfig(storage_path=str(tmp_path), name=f"data-{uuid.uuid4().hex[:6]}"))
-    metrics = trainer.fit().metrics
+    trainer.fit()
+    metrics = json.loads((tmp_path / "worker.json").read_text())
 
     # every good record arrives exactly once, from the right dataset
     assert sorted(metrics["ids"]) == sorted(set().union(*good.values()))

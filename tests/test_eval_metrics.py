@@ -203,6 +203,9 @@ def test_recall_at_k_ties_count_against_the_query():
 def test_youden_threshold():
     # t=0.7: TPR 1/3, FPR 0 (J 1/3); t=0.6: 2/3 (J 2/3); t=0.3: TPR 1, FPR 0 (J 1); t=0.2: J 0 -> 0.3
     assert M.youden_threshold([0.2, 0.3, 0.6, 0.7], [0, 1, 1, 1]) == pytest.approx(0.3)
+    # inverted scores: t=0.9: TPR 0, FPR 1 (J -1); t=0.1: TPR 1, FPR 1 (J 0); the origin (t=inf) also has
+    # J 0 and comes first -> inf, nothing predicted positive (not capped at 1.0)
+    assert M.youden_threshold([0.9, 0.1], [0, 1]) == math.inf
 
 
 def test_zero_shot_auroc_f1_with_validation_thresholds():
@@ -238,8 +241,13 @@ def test_zero_shot_auroc_f1_with_validation_thresholds():
     # class c: no positives in test -> AUROC undefined (nan, left out of the macro mean)
     #   Youden on validation: 0.8 gives TPR 1, FPR 0 -> threshold 0.8; predictions [0, 1, 0, 0] -> F1 0
     assert math.isnan(c["auroc"]) and c["threshold"] == pytest.approx(0.8) and c["f1"] == 0.0
+    # every macro is over the scored classes (both labels in test): a and b, not c (its F1 is 0 whatever
+    #   the model does); b: precision 1/2, accuracy 3/4
+    assert out["n_scored"] == 2
     assert out["auroc_macro"] == pytest.approx((0.75 + 2 / 3) / 2)
-    assert out["f1_macro"] == pytest.approx((0.8 + 2 / 3 + 0.0) / 3)
+    assert out["f1_macro"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert out["precision_macro"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert out["accuracy_macro"] == pytest.approx(0.75)
 
 
 def test_zero_shot_threshold_on_test_set_when_no_validation():

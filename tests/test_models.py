@@ -117,7 +117,7 @@ def test_mixed_batch_shapes_and_expansion():
     for b, f in enumerate(feats):
         assert out.labels[b][out.labels[b] != -100].tolist() == f["labels"][f["labels"] != -100].tolist()
     # audio slots hold exactly the adapter output of each audio item, in reading order
-    embeds, _mask, _, audio = model._inputs_embeds(
+    embeds, _mask, _, audio, _ = model._inputs_embeds(
         batch["input_ids"],
         batch["attention_mask"],
         None,
@@ -191,6 +191,40 @@ def test_gradients_reach_exactly_the_configured_parameters(kw, expect):
     assert report["total"]["trainable"] == sum(
         p.numel() for n, p in model.named_parameters() if n in trainable
     )
+
+
+@pytest.mark.parametrize("kw", [
+    {"lora_r": 4, "num_classes": 3, "kd_weight": 0.5},
+    {"encoder_lora_r": 2, "trainable": [r"^adapter\.", r"^encoder\..*lora_"]},
+    {"trainable": [r"^llm\.", r"^adapter\."], "kd_weight": 0.5},
+])
+def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter(kw):
+    """Data-parallel ranks draw different mixes of text and speech; with a loss, the model must call the
+    same modules in the same order (ZeRO-3 gathers parameters per module call) and give every trainable
+    parameter a gradient (gradient reduction covers all of them), whatever the batch holds."""
+    model, proc = tiny(**kw)
+    model.train()
+    calls: list[str] = []
+    for name, m in model.named_modules():
+        if name and not list(m.children()):
+            m.register_forward_hook(lambda mod, args, out, name=name: calls.append(name))
+    convs = mixed_conversations()
+    spoken = [{"role": "user", "content": [audio_part(noise(1.0, 9), "It hurts here.")]},
+              {"role": "assistant", "content": "Where exactly?"}]
+    seqs = {}
+    for label, batch_convs in (("text", [convs[2]]), ("spoken", [spoken]), ("mixed", [spoken, convs[0], convs[2]])):
+        model.zero_grad()
+        calls.clear()
+        batch = proc.collate([proc.featurize(c) for c in batch_convs])
+        out = model(**batch)
+        out.loss.backward()
+        seqs[label] = list(calls)
+        missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert missing == [], (label, missing)
+        if label == "text":
+            assert float(out.loss) == pytest.approx(float(out.lm_loss))  # the stand-ins add exactly zero
+            assert out.kd_loss is None  # no example to distil: not reported
+    assert seqs["text"] == seqs["spoken"] == seqs["mixed"]
 
 
 def test_save_load_identical_logits(tmp_path, s3):
@@ -278,6 +312,10 @@ def test_kd_loss_zero_on_teacher_path_positive_otherwise():
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     assert model(**same).kd_loss.item() > 1e-3
+    # a mixed batch (spoken + text-only): KD covers the spoken example only, same value as alone
+    mixed = proc.collate([fs, f])
+    assert mixed["kd_mask"].tolist() == [True, False]
+    torch.testing.assert_close(model(**mixed).kd_loss, model(**proc.collate([fs])).kd_loss)
 
 
 def test_presets_build_on_meta_with_expected_sizes():

@@ -7,12 +7,51 @@ and retrieval of the test volume from its (written / spoken) report, Recall@1/5/
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from medlm import storage
 from medlm.ct.index import CTEncoders, speak
-from medlm.ct.metrics import classification_report, gap_recovered, prompts, recall_at_k, zero_shot_probs
+from medlm.ct.metrics import gap_recovered, prompts, zero_shot_probs
 from medlm.ct.synth import CT_RATE_CLASSES
+from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
+
+RECALL_KS = (1, 5, 10)
+
+
+def classification_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
+                          classes) -> dict:
+    """:func:`medlm.eval.metrics.zero_shot_auroc_f1` (thresholds from validation, scored on test) in
+    the shape ``results.json``/``results.md`` use: macro ``auroc``, ``f1``, ``precision``, ``accuracy``
+    (over the classes whose test labels hold both values, ``n_scored``) and ``per_class``.
+
+    Values that are not finite numbers are written as ``None`` so the file is strict JSON: an
+    undefined AUROC or macro (no scorable class) and a Youden threshold of ``inf`` (J <= 0 at every
+    threshold, nothing predicted positive; ``threshold_source`` is then ``"youden"``, not ``"default"``).
+    """
+    m = zero_shot_auroc_f1(p_test, y_test, p_val, y_val, class_names=list(classes))
+    return _finite_or_none({"auroc": m["auroc_macro"], "f1": m["f1_macro"], "precision": m["precision_macro"],
+                            "accuracy": m["accuracy_macro"], "n_scored": m["n_scored"],
+                            "per_class": m["per_class"]})
+
+
+def retrieval_report(query_emb: np.ndarray, gallery_emb: np.ndarray, ks=RECALL_KS) -> dict[str, float]:
+    """Recall@k of query ``i`` retrieving gallery item ``i`` by dot product
+    (:func:`medlm.eval.metrics.recall_at_k`, ties counted against the query), keyed ``"R@k"`` as in
+    the report."""
+    if len(query_emb) != len(gallery_emb):
+        raise ValueError(f"{len(query_emb)} queries but {len(gallery_emb)} gallery items (pairs expected)")
+    sims = np.asarray(query_emb, dtype=np.float64) @ np.asarray(gallery_emb, dtype=np.float64).T
+    return {f"R@{k}": v for k, v in recall_at_k(sims, list(ks)).items()}
+
+
+def _finite_or_none(x):
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16) -> dict:
@@ -42,11 +81,11 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
 
     results: dict = {"n_val": len(rows["val"]), "n_test": len(rows["test"]), "zero_shot": {}, "retrieval": {}}
     results["zero_shot"]["teacher_text"] = zero_shot(teacher.embed_texts(present + absent), teacher)
-    results["retrieval"]["teacher_text"] = recall_at_k(teacher.embed_texts(list(data["test"]["report"])),
-                                                       image["test"])
+    results["retrieval"]["teacher_text"] = retrieval_report(teacher.embed_texts(list(data["test"]["report"])),
+                                                            image["test"])
     for name, enc in students.items():
         results["zero_shot"][name] = zero_shot(enc.embed_audio(spoken_prompts), enc)
-        results["retrieval"][name] = recall_at_k(enc.embed_audio(wavs["test"]), image["test"])
+        results["retrieval"][name] = retrieval_report(enc.embed_audio(wavs["test"]), image["test"])
     z = results["zero_shot"]
     results["gap_recovered"] = {m: gap_recovered(z["teacher_text"][m], z["speech_no_kd"][m], z["speech_kd"][m])
                                 for m in ("f1", "auroc")}

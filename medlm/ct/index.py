@@ -17,6 +17,7 @@ present." is embedded by the text encoder and P(present) is the softmax over the
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -28,6 +29,17 @@ from medlm.ct.preprocess import VolumeSpec, preprocess_volume
 from medlm.ct.synth import CT_RATE_CLASSES
 
 
+def _no_grad(fn):
+    """Run ``fn`` under ``torch.no_grad()`` (torch is imported lazily, so no bare decorator)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 class CTEncoders:
     """Teacher (volumes, text) and speech student loaded from ``save_pretrained`` dirs (local or ``s3://``)."""
 
@@ -37,7 +49,6 @@ class CTEncoders:
 
         from medlm.ct.modeling import CTClipModel, SpeechCTModel
 
-        torch.set_grad_enabled(False)
         local = _fetch(teacher_dir)
         self.teacher = CTClipModel.from_pretrained(local).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(local)
@@ -49,6 +60,7 @@ class CTEncoders:
     def from_output(cls, model_dir: str, student: str = "student") -> "CTEncoders":
         return cls(storage.join(model_dir, "teacher"), storage.join(model_dir, student))
 
+    @_no_grad
     def embed_volumes(self, volumes: np.ndarray, batch_size: int = 16) -> np.ndarray:
         """Preprocessed volumes (N, D, H, W) in [-1, 1] -> (N, latent)."""
         import torch
@@ -61,6 +73,7 @@ class CTEncoders:
                for i in range(0, len(volumes), batch_size)]
         return np.concatenate(out)
 
+    @_no_grad
     def embed_texts(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise ValueError("texts must be a non-empty list of non-empty strings")
@@ -71,6 +84,7 @@ class CTEncoders:
             out.append(self.teacher.encode_text(enc["input_ids"], enc["attention_mask"]).numpy())
         return np.concatenate(out)
 
+    @_no_grad
     def embed_audio(self, waveforms: list[np.ndarray], batch_size: int = 8) -> np.ndarray:
         """16 kHz mono float waveforms -> (N, latent) speech embeddings."""
         import torch

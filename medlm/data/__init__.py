@@ -5,9 +5,19 @@ Heavy pieces (Ray, the model processor) are imported lazily by the functions tha
 
 from medlm.data.io import ShardWriter, iter_rows, read_ray, read_table, shard_files, write_rows, write_shard
 from medlm.data.quarantine import read_quarantine, summarize_quarantine, write_quarantine
-from medlm.data.registry import REGISTRY, DataSpec, DatasetEntry, register_dataset
-from medlm.data.schema import (CT, DIALOGUE, ENTITY_LABELS, SENTIMENTS, UTTERANCE, BadRecord, decode_audio,
-                               encode_flac, schema_for, to_messages)
+from medlm.data.registry import REGISTRY, DatasetEntry, DataSpec, register_dataset
+from medlm.data.schema import (
+                               CT,
+                               DIALOGUE,
+                               ENTITY_LABELS,
+                               SENTIMENTS,
+                               UTTERANCE,
+                               BadRecord,
+                               decode_audio,
+                               encode_flac,
+                               schema_for,
+                               to_messages,
+)
 
 __all__ = [
     "CT", "DIALOGUE", "ENTITY_LABELS", "REGISTRY", "SENTIMENTS", "UTTERANCE", "BadRecord", "DataSpec", "DatasetEntry",

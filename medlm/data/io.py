@@ -73,10 +73,10 @@ class ShardWriter:
         self.flush()
         return self.files
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:  # noqa: PYI034
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
 

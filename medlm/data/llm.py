@@ -97,7 +97,7 @@ class OpenAIBackend:
             messages=[{"role": "system", "content": "Answer with one JSON object only."},
                       {"role": "user", "content": prompt}])
         text = (r.choices[0].message.content or "").strip()
-        m = re.search(r"\{.*\}", text, re.S)
+        m = re.search(r"\{.*\}", text, re.DOTALL)
         try:
             return json.loads(m.group(0)) if m else None
         except json.JSONDecodeError:

@@ -83,13 +83,14 @@ class DataSpec(Section):
     bucketing: bool = True                                # sort a buffer by length before cutting batches
     bucket_buffer: int = Field(default=256, ge=1)         # examples per bucketing buffer
     featurize_batch: int = Field(default=16, ge=1)        # rows per featurizer call
-    featurizers: int = Field(default=1, ge=1)             # actor pool size (CPU actors)
+    # actor pool size; featurizers x featurizer_cpus + read_cpus must fit in the CPUs left to Ray Data
+    featurizers: int = Field(default=1, ge=1)
     featurizer_cpus: float = Field(default=1.0, gt=0)
     read_cpus: float = Field(default=0.25, gt=0)          # per shard-reading task (I/O bound)
     quarantine_uri: str | None = None                     # None = <root>/_quarantine
 
     @model_validator(mode="after")
-    def _check(self) -> "DataSpec":
+    def _check(self) -> DataSpec:
         if not self.datasets:
             raise ValueError("data.datasets is empty")
         for d in self.datasets:

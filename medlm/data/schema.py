@@ -113,7 +113,7 @@ def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float
         raise BadRecord("missing_field", "sample_rate")
     try:
         f = sf.SoundFile(io.BytesIO(data))
-    except Exception as e:  # soundfile raises several types for undecodable input
+    except Exception as e:  # noqa: BLE001 - soundfile raises several types for undecodable input
         raise BadRecord("corrupt_audio", type(e).__name__) from None
     with f:
         rate, frames = f.samplerate, f.frames
@@ -121,7 +121,7 @@ def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float
             raise BadRecord("audio_too_long", f"{frames / rate:.1f}s > {max_seconds}s")
         try:
             audio = f.read(dtype="float32", always_2d=True)
-        except Exception as e:  # the header is fine but the stream ends early / is damaged
+        except Exception as e:  # noqa: BLE001 - the header is fine but the stream ends early / is damaged
             raise BadRecord("truncated_audio", type(e).__name__) from None
     if audio.shape[0] < frames:
         raise BadRecord("truncated_audio", f"{audio.shape[0]} of {frames} frames")
@@ -151,7 +151,7 @@ def decode_volume(data: bytes | None, shape: Any = None) -> np.ndarray:
         raise BadRecord("missing_field", "volume")
     try:
         vol = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - np.load raises several types for bad bytes
         raise BadRecord("corrupt_volume", type(e).__name__) from None
     if vol.ndim != 3 or vol.dtype != np.int16:
         raise BadRecord("corrupt_volume", f"{vol.dtype} {vol.shape}")

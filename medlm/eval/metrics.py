@@ -291,8 +291,11 @@ def recall_at_k(similarity, k: int | Sequence[int], targets: Sequence[int] | Non
 
     The correct candidate of query ``i`` is ``targets[i]``, by default ``i`` (paired data, e.g.
     report ``i`` <-> volume ``i``). Ties are counted against the query: the rank of the correct
-    candidate is the number of *other* candidates scoring at least as high, so a constant matrix
-    does not look good. Returns ``{k: recall}`` for each requested ``k``.
+    candidate is the number of *other* candidates scoring at least as high. This is the conservative
+    choice (and the one used everywhere in medlm, CT included): counting ties in the query's favour
+    would give a collapsed encoder (every embedding equal, a constant matrix) a perfect R@1, and
+    would let a model gain recall by producing ties. Returns ``{k: recall}`` for each requested
+    ``k`` (integer keys; the CT report renames them ``"R@k"``).
     """
     sim = np.asarray(similarity, dtype=np.float64)
     if sim.ndim != 2 or sim.shape[0] == 0:
@@ -314,7 +317,14 @@ def recall_at_k(similarity, k: int | Sequence[int], targets: Sequence[int] | Non
 def youden_threshold(scores, labels) -> float:
     """The threshold maximising Youden's J = TPR - FPR on (``scores``, 0/1 ``labels``), from the ROC
     curve (scikit-learn); predictions are positive when ``score >= threshold``. Needs both classes;
-    when J is at most 0 everywhere the threshold is ``inf`` (nothing predicted positive)."""
+    ties in J go to the highest threshold (the first maximum along the curve).
+
+    When J is at most 0 everywhere the best operating point is the ROC origin (TPR = FPR = 0) and
+    the threshold is ``inf``: nothing is predicted positive. It is deliberately not capped (e.g. at
+    1.0, as an older CT copy did): a cap only equals "nothing positive" for scores that are
+    probabilities strictly below 1, while a saturated probability of exactly 1.0, or any score
+    that is not a probability (logits, cosine similarities), would be predicted positive at the
+    cap, i.e. a different operating point from the one J selected."""
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thr = roc_curve(np.asarray(labels), np.asarray(scores, dtype=np.float64))
@@ -332,10 +342,18 @@ def zero_shot_auroc_f1(probs, labels, val_probs=None, val_labels=None,
     it on the evaluated set itself; pass no validation set to do the same). When a class has only
     one label value in the validation data, no ROC exists and ``default_threshold`` is used
     (recorded as ``threshold_source: "default"``). When the test labels of a class hold only one
-    value its AUROC is undefined (``nan``) and it is left out of ``auroc_macro``.
+    value its AUROC is undefined (``nan``).
+
+    Every macro average is over the same classes: the *scored* ones, whose test labels hold both
+    values (``n_scored`` of them; ``nan`` when there are none). Per-class values are still reported
+    for all classes. F1 is averaged over these classes too, not over all classes, because a class
+    with no test positives has F1 (and precision) 0 whatever the model does (no true positive is
+    possible), so counting it only drags every model's mean down by the share of such classes and
+    says nothing about detection; averaging AUROC and F1 over one class set also keeps the two
+    macros (and comparisons such as CT's gap recovered) about the same findings.
 
     Returns ``{"per_class": {name: {auroc, f1, precision, accuracy, threshold, threshold_source,
-    positives}}, "auroc_macro", "f1_macro", "precision_macro", "accuracy_macro"}`` (macro = nan-aware mean).
+    positives}}, "auroc_macro", "f1_macro", "precision_macro", "accuracy_macro", "n_scored"}``.
     """
     from sklearn.metrics import accuracy_score, f1_score, precision_score, roc_auc_score
 
@@ -355,14 +373,17 @@ def zero_shot_auroc_f1(probs, labels, val_probs=None, val_labels=None,
     if len(names) != p.shape[1]:
         raise ValueError(f"{len(names)} class names for {p.shape[1]} classes")
 
-    per_class = {}
+    per_class, scored = {}, []
     for c, name in enumerate(names):
         if len(np.unique(vy[:, c])) == 2:
             thr, source = youden_threshold(vp[:, c], vy[:, c]), "youden"
         else:
             thr, source = float(default_threshold), "default"
         pred = (p[:, c] >= thr).astype(np.int64)
-        auroc = float(roc_auc_score(y[:, c], p[:, c])) if len(np.unique(y[:, c])) == 2 else float("nan")
+        both = len(np.unique(y[:, c])) == 2
+        if both:
+            scored.append(name)
+        auroc = float(roc_auc_score(y[:, c], p[:, c])) if both else float("nan")
         per_class[name] = {
             "auroc": auroc,
             "f1": float(f1_score(y[:, c], pred, zero_division=0)),
@@ -372,8 +393,8 @@ def zero_shot_auroc_f1(probs, labels, val_probs=None, val_labels=None,
         }
 
     def macro(key: str) -> float:
-        vals = np.array([m[key] for m in per_class.values()], dtype=np.float64)
-        return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+        return float(np.mean([per_class[n][key] for n in scored])) if scored else float("nan")
 
     return {"per_class": per_class, "auroc_macro": macro("auroc"), "f1_macro": macro("f1"),
-            "precision_macro": macro("precision"), "accuracy_macro": macro("accuracy")}
+            "precision_macro": macro("precision"), "accuracy_macro": macro("accuracy"),
+            "n_scored": len(scored)}

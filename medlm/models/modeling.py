@@ -323,17 +323,23 @@ class SpeechLM(PreTrainedModel):
         audio_chunks,
         audio_chunk_lengths,
         padding_side=None,
+        uniform=False,
     ):
+        """-> (embeds, mask, labels, audio, zero). With ``uniform`` a batch without audio still runs the
+        audio path, on one silent chunk, and ``zero`` is 0 x its output (add it to the loss)."""
         text_embeds = self.get_input_embeddings()(
             input_ids.masked_fill(input_ids == self.config.audio_token_id, 0)
         )
-        audio = []
+        audio, zero = [], text_embeds.new_zeros(())
         if input_features is not None and audio_chunks is not None and len(audio_chunks):
             audio = self.embed_audio(input_features, audio_chunks, audio_chunk_lengths)
+        if uniform and not audio:
+            silent = text_embeds.new_zeros((1, *self.frontend.feature_shape))
+            zero = 0.0 * self.adapter(self.encoder(silent)).sum()
         embeds, mask, labels = replace_placeholders_and_build_targets(
             input_ids, attention_mask, text_embeds, audio, self.config.audio_token_id, labels, padding_side
         )
-        return embeds, mask, labels, audio
+        return embeds, mask, labels, audio, zero
 
     @contextlib.contextmanager
     def _adapters_disabled(self):
@@ -362,17 +368,24 @@ class SpeechLM(PreTrainedModel):
         teacher_input_ids: torch.Tensor | None = None,
         teacher_attention_mask: torch.Tensor | None = None,
         teacher_labels: torch.Tensor | None = None,
+        kd_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SpeechLMOutput:
         """LM loss on ``labels`` + classifier_weight * CE(``class_labels``) + kd_weight * KL(text teacher).
 
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
         Extra keys that trainers carry (``num_tokens``, ...) are ignored.
+
+        Whenever a loss is computed, every batch runs the same modules: a text-only batch still runs the
+        audio path (on one silent chunk) and, with KD on, the teacher (on one token), each added to the
+        loss times 0. Data-parallel ranks that draw different mixes of text and speech then issue the
+        same collectives (ZeRO-3 parameter gathers, gradient reduction of every trainable parameter).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embeds, mask, labels, audio = self._inputs_embeds(
-            input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths
+        uniform = labels is not None
+        embeds, mask, labels, audio, zero = self._inputs_embeds(
+            input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths, uniform=uniform
         )
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.llm(
@@ -399,10 +412,17 @@ class SpeechLM(PreTrainedModel):
                     if (targets != IGNORE_INDEX).any()
                     else class_logits.sum() * 0.0
                 )
-        if teacher_input_ids is not None and labels is not None and self.config.kd_weight > 0:
-            losses["kd_loss"] = self._kd_loss(
-                logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels
-            )
+        if labels is not None and self.config.kd_weight > 0:
+            if teacher_input_ids is None:  # no example has a text view: a one-token stand-in, masked out
+                teacher_input_ids = input_ids[:, :1]
+                teacher_attention_mask = torch.ones_like(teacher_input_ids)
+                teacher_labels = torch.full_like(teacher_input_ids, IGNORE_INDEX)
+                kd_mask = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            kd = self._kd_loss(logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels, kd_mask)
+            if kd_mask is None or bool(kd_mask.any()):
+                losses["kd_loss"] = kd
+            else:
+                zero = zero + kd
         loss = None
         if losses:
             loss = losses.get("lm_loss", 0.0)
@@ -410,6 +430,9 @@ class SpeechLM(PreTrainedModel):
                 loss = loss + self.config.classifier_weight * losses["cls_loss"]
             if "kd_loss" in losses:
                 loss = loss + self.config.kd_weight * losses["kd_loss"]
+            if class_logits is not None and "cls_loss" not in losses:
+                zero = zero + 0.0 * class_logits.sum()
+            loss = loss + zero
         return SpeechLMOutput(
             loss=loss,
             logits=logits,
@@ -434,9 +457,11 @@ class SpeechLM(PreTrainedModel):
         return pooled
 
     def _kd_loss(
-        self, logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels
+        self, logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels, kd_mask=None
     ) -> torch.Tensor:
-        """KL(teacher || student) on assistant tokens at temperature T (x T^2); teacher = LLM fed the text."""
+        """KL(teacher || student) on assistant tokens at temperature T (x T^2); teacher = LLM fed the text.
+
+        ``kd_mask`` (B,) selects the examples that have a teacher view (default: all)."""
         if teacher_labels is None:
             raise ValueError("teacher_input_ids given without teacher_labels")
         if teacher_attention_mask is None:
@@ -451,7 +476,10 @@ class SpeechLM(PreTrainedModel):
                 position_ids=t_pos,
                 use_cache=False,
             ).logits
-        s = logits[:, :-1][labels[:, 1:] != IGNORE_INDEX]
+        student_targets = labels[:, 1:] != IGNORE_INDEX
+        if kd_mask is not None:
+            student_targets = student_targets & kd_mask.to(student_targets.device)[:, None]
+        s = logits[:, :-1][student_targets]
         t = t_logits[:, :-1][teacher_labels[:, 1:] != IGNORE_INDEX]
         if s.shape[0] != t.shape[0]:
             raise ValueError(f"student has {s.shape[0]} target tokens but teacher has {t.shape[0]}")
@@ -487,7 +515,7 @@ class SpeechLM(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding (use processor.prepare_generation)")
-        embeds, mask, _, _ = self._inputs_embeds(
+        embeds, mask, _, _, _ = self._inputs_embeds(
             input_ids,
             attention_mask,
             None,

@@ -178,14 +178,23 @@ class SpeechLMProcessor:
             batch["class_labels"] = torch.tensor([int(e["class_label"]) for e in examples], dtype=torch.long)
         if all("num_tokens" in e for e in examples):
             batch["num_tokens"] = torch.tensor([int(e["num_tokens"]) for e in examples], dtype=torch.long)
-        if all("teacher_input_ids" in e for e in examples):
-            batch["teacher_input_ids"] = _pad([e["teacher_input_ids"] for e in examples], pad, padding_side)
+        kd = [("teacher_input_ids" in e) for e in examples]
+        if any(kd):
+            # Examples without a text view (text-only, or audio without transcript) get a one-token
+            # stand-in and kd_mask False: the KD loss covers exactly the examples that have a teacher.
+            one = np.ones(1, np.int64)
+            batch["teacher_input_ids"] = _pad(
+                [e["teacher_input_ids"] if k else one * pad for e, k in zip(examples, kd)], pad, padding_side
+            )
             batch["teacher_attention_mask"] = _pad(
-                [e["teacher_attention_mask"] for e in examples], 0, padding_side
+                [e["teacher_attention_mask"] if k else one for e, k in zip(examples, kd)], 0, padding_side
             )
             batch["teacher_labels"] = _pad(
-                [e["teacher_labels"] for e in examples], IGNORE_INDEX, padding_side
+                [e["teacher_labels"] if k else one * IGNORE_INDEX for e, k in zip(examples, kd)],
+                IGNORE_INDEX,
+                padding_side,
             )
+            batch["kd_mask"] = torch.tensor(kd, dtype=torch.bool)
         return batch
 
     def prepare_generation(self, messages_batch: list[list[dict]]) -> dict[str, torch.Tensor]:

@@ -103,6 +103,28 @@ def _batches(cfg: TrainJobConfig, shard, processor, skip: int) -> Iterator[dict]
         epoch += 1
 
 
+LOSS_KEYS = ("loss", "lm_loss", "cls_loss", "kd_loss")
+
+
+def _new_window() -> dict[str, Any]:
+    return {"sums": dict.fromkeys(LOSS_KEYS, 0.0), "counts": dict.fromkeys(LOSS_KEYS, 0), "tokens": 0,
+            "wait": 0.0, "t0": time.perf_counter()}
+
+
+def _reduce_window(window: dict, device) -> tuple[dict[str, float], int]:
+    """Mean of each loss over the window's micro-batches on all ranks, and the tokens all ranks saw."""
+    import torch
+    import torch.distributed as dist
+
+    values = [window["sums"][k] for k in LOSS_KEYS] + [window["counts"][k] for k in LOSS_KEYS] + [window["tokens"]]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    n = len(LOSS_KEYS)
+    means = {k: float(t[i] / t[n + i]) for i, k in enumerate(LOSS_KEYS) if t[n + i] > 0}
+    return means, int(t[-1])
+
+
 def _count_tokens(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
@@ -159,8 +181,7 @@ def train_loop(config: dict) -> None:
     flops_peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
 
     engine.train()
-    window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "t0": time.perf_counter()}
-    parts: dict[str, float] = {}
+    window = _new_window()
     while state["step"] < o.steps:
         for _ in range(o.grad_accum):
             t = time.perf_counter()
@@ -176,12 +197,11 @@ def train_loop(config: dict) -> None:
             ntok = _count_tokens(batch)
             state["tokens"] += ntok
             window["tokens"] += ntok
-            window["loss"] += float(out.loss.detach())
-            window["n"] += 1
-            for k in ("lm_loss", "cls_loss", "kd_loss"):
+            for k in LOSS_KEYS:
                 v = getattr(out, k, None)
                 if v is not None:
-                    parts[k] = float(v.detach())
+                    window["sums"][k] += float(v.detach())
+                    window["counts"][k] += 1
         state["step"] += 1
         step = state["step"]
 
@@ -191,12 +211,13 @@ def train_loop(config: dict) -> None:
         metrics: dict[str, float] = {}
         if step % o.log_every == 0 or step == o.steps:
             dt = time.perf_counter() - window["t0"]
-            tok_s = window["tokens"] * world / dt  # ranks see similar token counts
-            metrics = {"step": step, "loss": window["loss"] / window["n"], "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": tok_s, "data_wait_frac": window["wait"] / dt, **parts}
+            means, tokens = _reduce_window(window, device)
+            tok_s = tokens / dt
+            metrics = {"step": step, **means, "lr": scheduler.get_last_lr()[0],
+                       "tokens_per_s": tok_s, "data_wait_frac": window["wait"] / dt}
             if flops_peak:
                 metrics["mfu"] = 6 * n_params * tok_s / (flops_peak * world)
-            window = {"loss": 0.0, "n": 0, "tokens": 0, "wait": 0.0, "t0": time.perf_counter()}
+            window = _new_window()
             state["history"].append(metrics)
             if rank == 0:
                 log.info("step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
@@ -285,6 +306,17 @@ def _export(engine, processor, cfg: TrainJobConfig, rank: int) -> None:
 
 # --- driver side ------------------------------------------------------------------------------
 
+def _ingest_options():
+    """Ray Train's default ingest options with ``preserve_order`` on: Train otherwise resets it from the
+    driver's context, and then the equal split hands rows to ranks in arrival order, so a resumed run
+    (or a rerun with the same seed) would see different batches."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def train(cfg: TrainJobConfig) -> dict[str, Any]:
     """Run one training job on the current Ray cluster; returns a summary."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -313,7 +345,7 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ingest_options()),
     )
     t0 = time.time()
     result = trainer.fit()
