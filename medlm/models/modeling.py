@@ -325,21 +325,24 @@ class SpeechLM(PreTrainedModel):
         padding_side=None,
         uniform=False,
     ):
-        """-> (embeds, mask, labels, audio, zero). With ``uniform`` a batch without audio still runs the
-        audio path, on one silent chunk, and ``zero`` is 0 x its output (add it to the loss)."""
+        """-> (embeds, mask, labels, audio, silence). With ``uniform`` a batch without audio still runs the
+        audio path, on one silent chunk, and adds ``silence`` (0 x its output) to the embeddings: the LLM
+        input then takes part in backward exactly as with audio (see ``forward``)."""
         text_embeds = self.get_input_embeddings()(
             input_ids.masked_fill(input_ids == self.config.audio_token_id, 0)
         )
-        audio, zero = [], text_embeds.new_zeros(())
+        audio = []
         if input_features is not None and audio_chunks is not None and len(audio_chunks):
             audio = self.embed_audio(input_features, audio_chunks, audio_chunk_lengths)
+        silence = None  # 0 x the audio path's output on a silent chunk, for a batch without audio
         if uniform and not audio:
             silent = text_embeds.new_zeros((1, *self.frontend.feature_shape))
-            zero = 0.0 * self.adapter(self.encoder(silent)).sum()
+            silence = 0.0 * self.adapter(self.encoder(silent)).sum()
+            text_embeds = text_embeds + silence
         embeds, mask, labels = replace_placeholders_and_build_targets(
             input_ids, attention_mask, text_embeds, audio, self.config.audio_token_id, labels, padding_side
         )
-        return embeds, mask, labels, audio, zero
+        return embeds, mask, labels, audio, silence
 
     @contextlib.contextmanager
     def _adapters_disabled(self):
@@ -376,17 +379,20 @@ class SpeechLM(PreTrainedModel):
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
         Extra keys that trainers carry (``num_tokens``, ...) are ignored.
 
-        Whenever a loss is computed, every batch runs the same modules: a text-only batch still runs the
-        audio path (on one silent chunk) and, with KD on, the teacher (on one token), each added to the
-        loss times 0. Data-parallel ranks that draw different mixes of text and speech then issue the
-        same collectives (ZeRO-3 parameter gathers, gradient reduction of every trainable parameter).
+        Whenever a loss is computed, every batch runs the same modules forward and backward: a text-only
+        batch still runs the audio path (on one silent chunk, added x 0 to the LLM input, so backward
+        goes through the first LLM layer as it does with audio) and, with KD on, the teacher (on one
+        token, x 0). Data-parallel ranks that draw different mixes of text and speech then issue the
+        same collectives (ZeRO-3 gathers parameters per module, forward and backward; every trainable
+        parameter's gradient is reduced).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         uniform = labels is not None
-        embeds, mask, labels, audio, zero = self._inputs_embeds(
+        embeds, mask, labels, audio, silence = self._inputs_embeds(
             input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths, uniform=uniform
         )
+        zero = embeds.new_zeros(())
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         out = self.llm(
             inputs_embeds=embeds,
@@ -403,7 +409,8 @@ class SpeechLM(PreTrainedModel):
             )
         class_logits = None
         if self.classifier is not None:
-            class_logits = self.classifier(self._pool_audio(input_ids, audio, embeds.dtype))
+            pooled = self._pool_audio(input_ids, audio, embeds.dtype)
+            class_logits = self.classifier(pooled if silence is None else pooled + silence)
             if class_labels is not None:
                 has_audio = (input_ids == self.config.audio_token_id).any(-1)
                 targets = class_labels.long().masked_fill(~has_audio, IGNORE_INDEX)

@@ -1,0 +1,15 @@
+"""Entry point for `medlm reproduce`: `python ray_jobs/reproduce.py [--preset tiny] [--only speechllm ...]`.
+
+Runs the small reproductions of the papers' claims (docs/reproductions/); also runs unchanged under
+`ray job submit --working-dir . -- python ray_jobs/reproduce.py --preset small`.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir of `ray job submit`
+
+from medlm.cli import app  # noqa: E402
+
+if __name__ == "__main__":
+    app(args=["reproduce", *sys.argv[1:]], prog_name="ray_jobs/reproduce.py")
