@@ -54,7 +54,7 @@ class CTEncoders:
         self.tokenizer = AutoTokenizer.from_pretrained(local)
         self.student = SpeechCTModel.from_pretrained(_fetch(student_dir)).eval() if student_dir else None
         self.volume_shape = tuple(self.teacher.config.vision["volume_shape"])
-        self.logit_scale = float(self.teacher.logit_scale)
+        self.logit_scale = float(self.teacher.logit_scale.detach())
 
     @classmethod
     def from_output(cls, model_dir: str, student: str = "student") -> "CTEncoders":

@@ -379,6 +379,8 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
                                     **results["reproductions"]}
     combined.write_text(json.dumps(results, indent=2, default=str))
     write_index(out_dir)
+    if output is None:  # the project's own tables: the README carries them too
+        update_readme(Path(__file__).resolve().parents[2] / "README.md", out_dir)
     return {"wall_s": results["wall_s"], "output": str(out_dir),
             "checks": {n: r["check"] for n, r in results["reproductions"].items()}}
 
@@ -390,6 +392,21 @@ def write_index(out_dir: Path) -> None:
             "number comes from a real training + evaluation run on the synthetic data, whatever it says.\n\n")
     (out_dir / "README.md").write_text(head + "\n".join(p.replace("\n# ", "\n## ").replace("# ", "## ", 1)
                                                          for p in parts))
+
+
+README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
+
+
+def update_readme(readme: Path, out_dir: Path) -> None:
+    """Replace what lies between the reproduction markers of ``readme`` with the latest tables."""
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
+    parts = [(out_dir / f"{n}.md").read_text().strip() for n in NAMES if (out_dir / f"{n}.md").exists()]
+    body = "\n\n".join(p.replace("\n# ", "\n### ").replace("# ", "### ", 1) for p in parts)
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{body}\n{README_END}{tail}")
 
 
 def _short(p: ReproPreset) -> str:
