@@ -44,7 +44,6 @@ class CTEncoders:
     """Teacher (volumes, text) and speech student loaded from ``save_pretrained`` dirs (local or ``s3://``)."""
 
     def __init__(self, teacher_dir: str, student_dir: str | None = None):
-        import torch
         from transformers import AutoTokenizer
 
         from medlm.ct.modeling import CTClipModel, SpeechCTModel

@@ -329,6 +329,8 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     datasets = {"train": build_dataset(cfg.data, cfg.model)}
     if cfg.val:
         datasets["val"] = build_dataset(cfg.val, cfg.model)
+    for ds in datasets.values():  # the workers log progress (tokens/s, data wait); per-operator bars
+        ds.context.enable_progress_bars = False  # from the split coordinator would flood the driver's log
 
     storage_path, fs = cfg.run.storage_path, None
     if storage.is_s3(storage_path):
