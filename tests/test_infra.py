@@ -390,25 +390,46 @@ def test_local_cluster_rejects_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
-def test_local_multi_node_cluster_up_and_down(tmp_path):
+@pytest.mark.timeout(600)
+def test_local_multi_node_cluster_trains_across_nodes_and_stops_cleanly(tmp_path):
+    """Two simulated nodes (127.0.0.2, 127.0.0.3) + moto S3; `ray job submit` runs make_data, then
+    stage 1 with its 2 workers forced onto different nodes (STRICT_SPREAD); `down` stops everything."""
     port = _free_port_block()
     env = {**os.environ, "MEDLM_HOME": str(tmp_path)}  # its own state dir: never touches `medlm stack`
-    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # job drivers' python
+    for k in ("RAY_ADDRESS", "AWS_ENDPOINT_URL"):
+        env.pop(k, None)
     script = [sys.executable, str(ROOT / "cluster" / "local.py")]
-    up = subprocess.run([*script, "up", "--nodes", "2", "--cpus", "1", f"--port={port}", "--no-s3",
-                         "--no-dashboard"], env=env, capture_output=True, text=True, timeout=180)
+    up = subprocess.run([*script, "up", "--nodes", "2", "--cpus", "1", f"--port={port}", f"--s3-port={port + 10}"],
+                        env=env, capture_output=True, text=True, timeout=180)
     state_file = tmp_path / "cluster" / "state.json"
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads(state_file.read_text())
+        client = {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": state["dashboard"],
+                  "AWS_ENDPOINT_URL": state["s3_endpoint"], "AWS_ACCESS_KEY_ID": "testing",
+                  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
         probe = (f"import json, ray; ray.init(address={state['address']!r}, log_to_driver=False); "
                  "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))")
-        out = subprocess.run([sys.executable, "-c", probe], env={**env, "RAY_AUTH_MODE": "token"},
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run([sys.executable, "-c", probe], env=client, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         alive = json.loads(out.stdout.strip().splitlines()[-1])
         assert sorted(alive) == ["127.0.0.2", "127.0.0.3"]
+
+        root = "s3://medlm/multinode"
+        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--working-dir", str(ROOT), "--"]
+        data = subprocess.run([*submit, "python", "ray_jobs/make_data.py", f"output={root}/data"],
+                              env=client, capture_output=True, text=True, timeout=240)
+        assert data.returncode == 0 and "succeeded" in data.stdout, data.stdout[-3000:] + data.stderr[-3000:]
+        train = subprocess.run(
+            [*submit, "python", "ray_jobs/stage1.py", "--config", "configs/stage1.yaml", f"data.root={root}/data",
+             f"run.storage_path={root}/runs", "run.name=across-nodes", "run.placement_strategy=STRICT_SPREAD",
+             "optim.steps=2", "optim.checkpoint_every=2", "optim.log_every=1"],
+            env=client, capture_output=True, text=True, timeout=300)
+        assert train.returncode == 0 and "succeeded" in train.stdout, train.stdout[-3000:] + train.stderr[-3000:]
+        summary = json.loads(re.search(r"^\{\n.*?^\}$", train.stdout, re.S | re.M).group(0))
+        assert summary["workers"] == 2 and summary["nodes"] == 2, summary
+        assert len(summary["history"]) == 2 and summary["export"] == f"{root}/runs/across-nodes/export"
     finally:
         down = subprocess.run([*script, "down"], env=env, capture_output=True, text=True, timeout=60)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr

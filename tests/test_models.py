@@ -222,7 +222,7 @@ def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert missing == [], (label, missing)
         if label == "text":
-            assert float(out.loss) == pytest.approx(float(out.lm_loss))  # the stand-ins add exactly zero
+            assert out.loss.item() == pytest.approx(out.lm_loss.item())  # the stand-ins add exactly zero
             assert out.kd_loss is None  # no example to distil: not reported
     assert seqs["text"] == seqs["spoken"] == seqs["mixed"]
 

@@ -125,6 +125,17 @@ def _reduce_window(window: dict, device) -> tuple[dict[str, float], int]:
     return means, int(t[-1])
 
 
+def _count_nodes(node_rank: int, device) -> int:
+    """How many nodes the worker group spans (highest node rank + 1, over all ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([node_rank], dtype=torch.int64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t) + 1
+
+
 def _count_tokens(batch: dict) -> int:
     return int(batch["attention_mask"].sum())
 
@@ -240,8 +251,10 @@ def train_loop(config: dict) -> None:
     if writer:
         writer.close()
         storage.copy_tree(str(tb_dir), storage.join(cfg.run.storage_path, cfg.run.name, "tensorboard"))
+    nodes = _count_nodes(ctx.get_node_rank(), device)
     if rank == 0:
-        storage.write_text(history_uri(cfg), json.dumps({k: state[k] for k in ("history", "resumes", "tokens")}))
+        record = {**{k: state[k] for k in ("history", "resumes", "tokens")}, "workers": world, "nodes": nodes}
+        storage.write_text(history_uri(cfg), json.dumps(record))
     _export(engine, processor, cfg, rank)
 
 
@@ -342,7 +355,8 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
         train_loop_config={"job": cfg.model_dump(mode="json"),
                            "fault_at_step": int(os.environ.get(FAULT_ENV, "-1"))},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker},
+                                     placement_strategy=cfg.run.placement_strategy),
         run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
@@ -357,5 +371,6 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     record = json.loads(storage.read_text(history_uri(cfg)))
     summary = {"job": cfg.job, "run": cfg.run.name, "export": export_dir(cfg), "checkpoint": checkpoint,
                "metrics": record["history"][-1] if record["history"] else {}, "history": record["history"],
-               "restarts": record["resumes"], "tokens": record["tokens"], "wall_s": round(time.time() - t0, 1)}
+               "restarts": record["resumes"], "tokens": record["tokens"], "workers": record["workers"],
+               "nodes": record["nodes"], "wall_s": round(time.time() - t0, 1)}
     return summary
