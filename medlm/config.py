@@ -3,7 +3,7 @@
 Every section derives from :class:`Section`, which rejects unknown keys, so a typo in a YAML file
 or on the command line fails loudly instead of being silently ignored::
 
-    cfg = load_config(TrainJobConfig, "configs/stage1.yaml", ["train.lr=3e-4", "model.preset=small"])
+    cfg = load_config(TrainJobConfig, "configs/stage1.yaml", ["optim.lr=3e-4", "model.preset=small"])
     print(dump_config(cfg))
 """
 
@@ -31,7 +31,7 @@ class Section(BaseModel):
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"train.lr=3e-4"`` -> ``(["train", "lr"], 3e-4)``; the value is parsed as YAML."""
+    """``"optim.lr=3e-4"`` -> ``(["optim", "lr"], 3e-4)``; the value is parsed as YAML."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, raw = item.split("=", 1)

@@ -244,5 +244,9 @@ def stack_env() -> dict[str, str]:
     if not _state_file().exists():
         return {}
     state = json.loads(_state_file().read_text())
+    # One address per kind of client: RAY_ADDRESS (GCS) for ray.init, `serve run` and every medlm command;
+    # the dashboard's HTTP address for `ray job submit` (RAY_API_SERVER_ADDRESS, which it reads before
+    # RAY_ADDRESS) and for `serve deploy/status` (RAY_DASHBOARD_ADDRESS).
     return {**RAY_LOCAL_ENV, **S3_LOCAL_ENV, "AWS_ENDPOINT_URL": state["s3_endpoint"],
-            "RAY_ADDRESS": state["dashboard"], "RAY_AUTH_MODE": "token"}
+            "RAY_ADDRESS": state["ray_address"], "RAY_API_SERVER_ADDRESS": state["dashboard"],
+            "RAY_DASHBOARD_ADDRESS": state["dashboard"], "RAY_AUTH_MODE": "token"}

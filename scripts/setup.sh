@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up medlm on a fresh Debian machine with Python 3.11: apt packages, a venv in .venv, pip packages.
-# Idempotent: re-running only installs what is missing.
+# Set up medlm on a fresh Debian machine with Python 3.11: apt packages, a venv in .venv with exactly the
+# packages of requirements/lock.txt (hash-checked), medlm itself (editable), and the real pretrained
+# checkpoints (`medlm models fetch`). Idempotent: a re-run with an unchanged lock only checks the models.
+# MEDLM_TORCH=skip: a GPU machine that installed its CUDA torch into .venv first (the lock's other
+# packages are then installed without torch's CPU pin). MEDLM_MODELS=skip: no model fetch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,13 +16,18 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 . .venv/bin/activate
-python -m pip install -q -U pip
-# CPU machines keep the CPU build of torch (constraints.txt); on a GPU machine install the CUDA
-# build of torch first and run with MEDLM_TORCH=skip.
-if [ "${MEDLM_TORCH:-cpu}" = cpu ]; then
-  python -m pip install -q -c constraints.txt torch
-  python -m pip install -q -c constraints.txt -e '.[test]'
-else
-  python -m pip install -q -e '.[test]'
+pip() { python -m pip "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2); }  # index noise
+stamp=.venv/.medlm-lock.sha256
+want="$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1) torch=${MEDLM_TORCH:-cpu}"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  if [ "${MEDLM_TORCH:-cpu}" = cpu ]; then
+    pip install -q --require-hashes -r requirements/lock.txt
+  else   # keep the CUDA torch already installed: every other locked package, exactly, without dependencies
+    pip install -q --require-hashes --no-deps -r <(awk '/^torch==/{s=1;next} s&&/^ /{next} {s=0;print}' requirements/lock.txt)
+  fi
+  pip install -q --no-deps -e .
+  pip check
+  echo "$want" > "$stamp"
 fi
-python -c "import medlm, torch, ray, deepspeed, transformers, peft; print('medlm env ok: torch', torch.__version__, 'ray', ray.__version__)"
+python -c "import medlm, torch, ray, deepspeed, transformers, peft; print('medlm env ok: torch', torch.__version__, 'ray', ray.__version__, 'transformers', transformers.__version__)"
+[ "${MEDLM_MODELS:-fetch}" = skip ] || medlm models fetch

@@ -1,5 +1,6 @@
 """The foundation: configs, storage, the local stack and the CLI."""
 
+import re
 import os
 import subprocess
 import sys
@@ -135,3 +136,44 @@ def test_stack_up_and_down_from_one_call(tmp_path):
         down = _medlm("stack", "down", env=env, timeout=120)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert _medlm("stack", "env", env=env).returncode == 1
+
+
+DOCUMENTED = ["README.md", "docs/DESIGN.md", "infra/README.md", "medlm/cli.py", "medlm/config.py", "BENCHMARKS.md"]
+_OVERRIDE = re.compile(r"(?<![\w/.$-])((?:[a-z_0-9]+\.)+[a-z_0-9]+)=([^\s`'\"\]),]+)")
+
+
+def documented_overrides() -> list[tuple[str, str]]:
+    """Every ``section.key=value`` written in the docs and the CLI help, with the file it is in."""
+    found = []
+    for rel in DOCUMENTED:
+        for m in _OVERRIDE.finditer((ROOT / rel).read_text()):
+            if m.group(1).split(".")[0] in SECTIONS:
+                found.append((rel, m.group(0)))
+    return sorted(set(found))
+
+
+SECTIONS = {"model", "optim", "data", "run", "val", "eval", "tts", "serve", "output", "ct", "kb", "factory",
+            "consult", "mix", "speech", "text"}
+
+
+def test_every_documented_override_is_accepted_by_some_job():
+    from medlm.config import ConfigError
+    from medlm.jobs import JOBS
+
+    found = documented_overrides()
+    assert len(found) >= 10 and ("medlm/cli.py", "optim.lr=3e-4") in found
+    bad = []
+    for rel, item in found:
+        ok = False
+        for job in JOBS.values():
+            try:
+                job.load(None, [item])
+                ok = True
+                break
+            except ConfigError:
+                pass
+        if not ok:
+            bad.append(f"{rel}: {item}")
+    assert bad == []
+    with pytest.raises(ConfigError, match="train: unknown key"):  # the old, wrong example
+        JOBS["stage1"].load(None, ["train.lr=3e-4"])

@@ -204,6 +204,7 @@ def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter
     parameter a gradient (gradient reduction covers all of them), whatever the batch holds."""
     model, proc = tiny(**kw)
     model.train()
+    model.lockstep = True  # as the training core sets it for more than one rank
     calls: list[str] = []
     for name, m in model.named_modules():
         if name and not list(m.children()):

@@ -179,7 +179,29 @@ class SpeechLMOutput(ModelOutput):
     class_logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None  # targets after placeholder expansion (aligned with logits)
     attention_mask: torch.Tensor | None = None  # mask after placeholder expansion
-    past_key_values: object | None = None
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a padded batch (left or right padding): 0, 1, ... over each row's real tokens."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token CE on the target positions (``labels`` != -100), fp32."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )
+
+
+def classifier_loss(
+    class_logits: torch.Tensor, class_labels: torch.Tensor, has_audio: torch.Tensor
+) -> torch.Tensor | None:
+    """CE of the classifier head on the spoken examples (text-only ones have no pooled audio); None when
+    the batch has no spoken example."""
+    targets = class_labels.long().masked_fill(~has_audio, IGNORE_INDEX)
+    if not (targets != IGNORE_INDEX).any():
+        return None
+    return F.cross_entropy(class_logits.float(), targets, ignore_index=IGNORE_INDEX)
 
 
 def _lora_config(r: int, alpha: int, dropout: float, targets: list[str]):
@@ -323,26 +345,52 @@ class SpeechLM(PreTrainedModel):
         audio_chunks,
         audio_chunk_lengths,
         padding_side=None,
-        uniform=False,
+        lockstep=False,
     ):
-        """-> (embeds, mask, labels, audio, silence). With ``uniform`` a batch without audio still runs the
-        audio path, on one silent chunk, and adds ``silence`` (0 x its output) to the embeddings: the LLM
-        input then takes part in backward exactly as with audio (see ``forward``)."""
+        """-> (embeds, mask, labels, audio, silence): text embeddings with each audio item spliced in.
+
+        ``silence`` is :meth:`_lockstep_silence` (added to the text embeddings) for a batch without audio
+        when ``lockstep`` is on, else None."""
         text_embeds = self.get_input_embeddings()(
             input_ids.masked_fill(input_ids == self.config.audio_token_id, 0)
         )
         audio = []
         if input_features is not None and audio_chunks is not None and len(audio_chunks):
             audio = self.embed_audio(input_features, audio_chunks, audio_chunk_lengths)
-        silence = None  # 0 x the audio path's output on a silent chunk, for a batch without audio
-        if uniform and not audio:
-            silent = text_embeds.new_zeros((1, *self.frontend.feature_shape))
-            silence = 0.0 * self.adapter(self.encoder(silent)).sum()
+        silence = self._lockstep_silence(text_embeds) if lockstep and not audio else None
+        if silence is not None:
             text_embeds = text_embeds + silence
         embeds, mask, labels = replace_placeholders_and_build_targets(
             input_ids, attention_mask, text_embeds, audio, self.config.audio_token_id, labels, padding_side
         )
         return embeds, mask, labels, audio, silence
+
+    # ---- ranks in lockstep (distributed training only) -------------------------------------------
+    #: Set by the training core when data-parallel ranks each draw their own batches (world size > 1).
+    #: Every loss-computing forward then calls the same modules, forward and backward, whatever its batch
+    #: holds: ZeRO-3 gathers parameters per module call and ZeRO-2 / DDP reduce every trainable
+    #: parameter's gradient, so a rank that skipped a module (a text-only batch has no audio, a batch
+    #: without transcripts no KD teacher) would wait on collectives the others never issue. The remedy is
+    #: the standard one (nothing in DeepSpeed or FSDP removes the need): run the missing module on a
+    #: stand-in input and add its output x 0. Off in single-process training, evaluation and serving.
+    lockstep: bool = False
+
+    def _lockstep_silence(self, like: torch.Tensor) -> torch.Tensor:
+        """0 x the audio path's output on one silent chunk (a scalar). Added to a text-only batch's LLM
+        input (and classifier input), so backward also runs through the first LLM layer and the adapter
+        as it does with audio, even when the LLM itself is frozen."""
+        silent = like.new_zeros((1, *self.frontend.feature_shape))
+        return 0.0 * self.adapter(self.encoder(silent)).sum()
+
+    def _lockstep_teacher(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A one-token KD teacher input, masked out, for a batch where no example has a text view."""
+        ids = input_ids[:, :1]
+        return {
+            "teacher_input_ids": ids,
+            "teacher_attention_mask": torch.ones_like(ids),
+            "teacher_labels": torch.full_like(ids, IGNORE_INDEX),
+            "kd_mask": torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device),
+        }
 
     @contextlib.contextmanager
     def _adapters_disabled(self):
@@ -374,80 +422,58 @@ class SpeechLM(PreTrainedModel):
         kd_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SpeechLMOutput:
-        """LM loss on ``labels`` + classifier_weight * CE(``class_labels``) + kd_weight * KL(text teacher).
+        """embed (text + spliced audio) -> LLM -> losses: LM CE on ``labels`` + classifier_weight x
+        CE(``class_labels``) + kd_weight x KL(text teacher || student).
 
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
-        Extra keys that trainers carry (``num_tokens``, ...) are ignored.
-
-        Whenever a loss is computed, every batch runs the same modules forward and backward: a text-only
-        batch still runs the audio path (on one silent chunk, added x 0 to the LLM input, so backward
-        goes through the first LLM layer as it does with audio) and, with KD on, the teacher (on one
-        token, x 0). Data-parallel ranks that draw different mixes of text and speech then issue the
-        same collectives (ZeRO-3 gathers parameters per module, forward and backward; every trainable
-        parameter's gradient is reduced).
+        Extra keys that trainers carry (``num_tokens``, ...) are ignored. No KV cache is returned:
+        generation goes through :meth:`generate` (the LLM's own).
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        uniform = labels is not None
+        lockstep = self.lockstep and labels is not None
         embeds, mask, labels, audio, silence = self._inputs_embeds(
-            input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths, uniform=uniform
+            input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths,
+            lockstep=lockstep,
         )
-        zero = embeds.new_zeros(())
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=position_ids,
-            use_cache=kwargs.get("use_cache", False),
-            past_key_values=kwargs.get("past_key_values"),
-        )
-        logits = out.logits
-        losses = {}
+        logits = self.llm(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
+        ).logits
+
+        losses, zero = {}, embeds.new_zeros(())  # zero: lockstep stand-ins' outputs (x 0)
         if labels is not None:
-            losses["lm_loss"] = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-            )
+            losses["lm_loss"] = lm_loss(logits, labels)
         class_logits = None
         if self.classifier is not None:
             pooled = self._pool_audio(input_ids, audio, embeds.dtype)
             class_logits = self.classifier(pooled if silence is None else pooled + silence)
-            if class_labels is not None:
-                has_audio = (input_ids == self.config.audio_token_id).any(-1)
-                targets = class_labels.long().masked_fill(~has_audio, IGNORE_INDEX)
-                losses["cls_loss"] = (
-                    F.cross_entropy(class_logits.float(), targets, ignore_index=IGNORE_INDEX)
-                    if (targets != IGNORE_INDEX).any()
-                    else class_logits.sum() * 0.0
-                )
+            has_audio = (input_ids == self.config.audio_token_id).any(-1)
+            cls = classifier_loss(class_logits, class_labels, has_audio) if class_labels is not None else None
+            if cls is not None:
+                losses["cls_loss"] = cls
+            elif lockstep:
+                zero = zero + 0.0 * class_logits.sum()
         if labels is not None and self.config.kd_weight > 0:
-            if teacher_input_ids is None:  # no example has a text view: a one-token stand-in, masked out
-                teacher_input_ids = input_ids[:, :1]
-                teacher_attention_mask = torch.ones_like(teacher_input_ids)
-                teacher_labels = torch.full_like(teacher_input_ids, IGNORE_INDEX)
-                kd_mask = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-            kd = self._kd_loss(logits, labels, teacher_input_ids, teacher_attention_mask, teacher_labels, kd_mask)
-            if kd_mask is None or bool(kd_mask.any()):
-                losses["kd_loss"] = kd
-            else:
-                zero = zero + kd
+            teacher = {"teacher_input_ids": teacher_input_ids, "teacher_attention_mask": teacher_attention_mask,
+                       "teacher_labels": teacher_labels, "kd_mask": kd_mask}
+            if teacher_input_ids is None and lockstep:
+                teacher = self._lockstep_teacher(input_ids)
+            if teacher["teacher_input_ids"] is not None:
+                kd = self._kd_loss(logits, labels, **teacher)
+                if teacher["kd_mask"] is None or bool(teacher["kd_mask"].any()):
+                    losses["kd_loss"] = kd
+                else:
+                    zero = zero + kd
         loss = None
         if losses:
-            loss = losses.get("lm_loss", 0.0)
-            if "cls_loss" in losses:
-                loss = loss + self.config.classifier_weight * losses["cls_loss"]
-            if "kd_loss" in losses:
-                loss = loss + self.config.kd_weight * losses["kd_loss"]
-            if class_logits is not None and "cls_loss" not in losses:
-                zero = zero + 0.0 * class_logits.sum()
-            loss = loss + zero
+            loss = (
+                losses.get("lm_loss", 0.0)
+                + self.config.classifier_weight * losses.get("cls_loss", 0.0)
+                + self.config.kd_weight * losses.get("kd_loss", 0.0)
+                + zero
+            )
         return SpeechLMOutput(
-            loss=loss,
-            logits=logits,
-            class_logits=class_logits,
-            labels=labels,
-            attention_mask=mask,
-            past_key_values=out.past_key_values,
-            **losses,
+            loss=loss, logits=logits, class_logits=class_logits, labels=labels, attention_mask=mask, **losses
         )
 
     def _pool_audio(self, input_ids: torch.Tensor, audio: list[torch.Tensor], dtype) -> torch.Tensor:
@@ -476,11 +502,10 @@ class SpeechLM(PreTrainedModel):
         if (teacher_input_ids == self.config.audio_token_id).any():
             raise ValueError("teacher_input_ids must be text only (transcripts in place of audio)")
         with torch.no_grad(), self._adapters_disabled():
-            t_pos = (teacher_attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             t_logits = self.llm(
                 input_ids=teacher_input_ids,
                 attention_mask=teacher_attention_mask,
-                position_ids=t_pos,
+                position_ids=positions(teacher_attention_mask),
                 use_cache=False,
             ).logits
         student_targets = labels[:, 1:] != IGNORE_INDEX

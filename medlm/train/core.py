@@ -111,29 +111,26 @@ def _new_window() -> dict[str, Any]:
             "wait": 0.0, "t0": time.perf_counter()}
 
 
+def _all_reduce(values: list, dtype, device, op: str = "SUM"):
+    """``values`` as a tensor reduced over all ranks (unchanged outside a process group)."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=dtype, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
+    return t
+
+
 def _reduce_window(window: dict, device) -> tuple[dict[str, float], int]:
     """Mean of each loss over the window's micro-batches on all ranks, and the tokens all ranks saw."""
     import torch
-    import torch.distributed as dist
 
     values = [window["sums"][k] for k in LOSS_KEYS] + [window["counts"][k] for k in LOSS_KEYS] + [window["tokens"]]
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t)
+    t = _all_reduce(values, torch.float64, device)
     n = len(LOSS_KEYS)
     means = {k: float(t[i] / t[n + i]) for i, k in enumerate(LOSS_KEYS) if t[n + i] > 0}
     return means, int(t[-1])
-
-
-def _count_nodes(node_rank: int, device) -> int:
-    """How many nodes the worker group spans (highest node rank + 1, over all ranks)."""
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([node_rank], dtype=torch.int64, device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t) + 1
 
 
 def _count_tokens(batch: dict) -> int:
@@ -158,6 +155,7 @@ def train_loop(config: dict) -> None:
     seed_everything(o.seed)
 
     model, processor = build_model(cfg.model)
+    model.lockstep = world > 1  # ranks draw different batches: see SpeechLM.lockstep
     if o.bf16:
         model = model.to(torch.bfloat16)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -251,7 +249,7 @@ def train_loop(config: dict) -> None:
     if writer:
         writer.close()
         storage.copy_tree(str(tb_dir), storage.join(cfg.run.storage_path, cfg.run.name, "tensorboard"))
-    nodes = _count_nodes(ctx.get_node_rank(), device)
+    nodes = int(_all_reduce([ctx.get_node_rank()], torch.int64, device, op="MAX")) + 1  # nodes the group spans
     if rank == 0:
         record = {**{k: state[k] for k in ("history", "resumes", "tokens")}, "workers": world, "nodes": nodes}
         storage.write_text(history_uri(cfg), json.dumps(record))
@@ -319,17 +317,6 @@ def _export(engine, processor, cfg: TrainJobConfig, rank: int) -> None:
 
 # --- driver side ------------------------------------------------------------------------------
 
-def _ingest_options():
-    """Ray Train's default ingest options with ``preserve_order`` on: Train otherwise resets it from the
-    driver's context, and then the equal split hands rows to ranks in arrival order, so a resumed run
-    (or a rerun with the same seed) would see different batches."""
-    from ray.train import DataConfig
-
-    options = DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
-
-
 def train(cfg: TrainJobConfig) -> dict[str, Any]:
     """Run one training job on the current Ray cluster; returns a summary."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -361,7 +348,11 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=_ingest_options()),
+        # Each dataset keeps the execution options build_dataset chose (preserve_order: the equal split
+        # then gives each rank the same rows on every run, so a resumed run continues on the same data);
+        # without them Ray Train resets the options from the driver's context.
+        dataset_config=DataConfig(datasets_to_split=["train"],
+                                  execution_options={k: ds.context.execution_options for k, ds in datasets.items()}),
     )
     t0 = time.time()
     result = trainer.fit()
