@@ -55,13 +55,12 @@ def _spoken_question(data_cfg) -> tuple[str, str, Any, int]:
     """A question about a fact that stage 2 never heard as speech, spoken by a synthetic patient."""
     from medlm.data import kb
     from medlm.data.factory import speech_conditions
-    from medlm.data.tts import EspeakTTS, voice_bank
+    from medlm.data.tts import SAMPLING_RATE, speak, voice_bank
 
     heard = speech_conditions(data_cfg)
     pair = next(p for p in kb.qa_pairs(data_cfg.seed) if p["condition"] not in heard)
-    voice = voice_bank(3, data_cfg.seed)[1]
-    audio, rate = EspeakTTS().synthesize(pair["question"], voice)
-    return pair["question"], pair["answer"], audio, rate
+    voice = voice_bank(3, data_cfg.seed, backend="espeak")[1]
+    return pair["question"], pair["answer"], speak([pair["question"]], voice)[0], SAMPLING_RATE
 
 
 def run_demo(preset: str = "tiny", workdir: str | None = None) -> dict[str, Any]:

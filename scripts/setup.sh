@@ -26,6 +26,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     pip install -q --require-hashes --no-deps -r <(awk '/^torch==/{s=1;next} s&&/^ /{next} {s=0;print}' requirements/lock.txt)
   fi
   pip install -q --no-deps -e .
+  extra=$(python - <<'PY'   # packages a reused venv holds that the lock no longer lists
+import re, importlib.metadata as md
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+locked = {norm(m) for m in re.findall(r"^([A-Za-z0-9][\w.-]*)==", open("requirements/lock.txt").read(), re.M)}
+keep = locked | {"medlm", "pip", "setuptools", "wheel"}
+print(" ".join(sorted({norm(d.metadata["Name"]) for d in md.distributions()} - keep)))
+PY
+)
+  [ -z "$extra" ] || { echo "removing packages not in the lock: $extra"; pip uninstall -q -y $extra; }
   pip check
   echo "$want" > "$stamp"
 fi

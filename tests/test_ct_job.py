@@ -13,7 +13,7 @@ from medlm import storage
 def test_ct_clip_job_end_to_end_and_index(stack, tmp_path):
     from medlm.config import load_config
     from medlm.ct import CTIndex, CT_RATE_CLASSES
-    from medlm.ct.index import speak
+    from medlm.data.tts import speak, voice_bank
     from medlm.ct.job import CTClipConfig, run_ct_clip
     from medlm.data import iter_rows
     from medlm.data.schema import decode_volume
@@ -46,7 +46,7 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path):
     ids = {r["id"] for r in rows}
     hits = index.search_text(rows[0]["report"], k=3)
     assert len(hits) == 3 and {h[0] for h in hits} <= ids and hits[0][1] >= hits[1][1] >= hits[2][1]
-    audio_hits = index.search_audio(speak(["Cardiomegaly is present."])[0], k=len(rows) + 5)
+    audio_hits = index.search_audio(speak(["Cardiomegaly is present."], voice_bank(1, backend="espeak")[0])[0], k=len(rows) + 5)
     assert sorted(h[0] for h in audio_hits) == sorted(ids)  # k larger than the index returns every volume once
     scores = index.classify("Cardiomegaly is present.", ["Cardiomegaly", "Emphysema"])
     assert set(scores) == {"Cardiomegaly", "Emphysema"} and all(0 < v < 1 for v in scores.values())

@@ -331,7 +331,7 @@ def test_presets_build_on_meta_with_expected_sizes():
     assert 80e6 < sizes["base"]["encoder"]["params"] < 95e6  # whisper-small encoder
     assert 7.0e9 < sizes["large"]["llm"]["params"] < 8.0e9  # Qwen2.5-7B
     assert 600e6 < sizes["large"]["encoder"]["params"] < 660e6  # whisper-large-v3 encoder
-    assert set(PRESETS) == {"tiny", "small", "base", "large"}
+    assert set(PRESETS) == {"tiny", "small", "base", "large", "real"}
 
 
 def test_real_weights_load_from_paths(tmp_path):

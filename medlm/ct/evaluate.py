@@ -12,9 +12,10 @@ import math
 import numpy as np
 
 from medlm import storage
-from medlm.ct.index import CTEncoders, speak
+from medlm.ct.index import CTEncoders
 from medlm.ct.metrics import gap_recovered, prompts, zero_shot_probs
 from medlm.ct.synth import CT_RATE_CLASSES
+from medlm.data.tts import speak, voice_bank
 from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
 
 RECALL_KS = (1, 5, 10)
@@ -72,7 +73,7 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
     labels = {s: d["labels"].astype(int) for s, d in data.items()}
 
     present, absent = prompts(CT_RATE_CLASSES)
-    spoken_prompts = speak(present + absent)
+    spoken_prompts = speak(present + absent, voice_bank(1, backend="espeak")[0])
     n = len(CT_RATE_CLASSES)
 
     def zero_shot(prompt_emb: np.ndarray, enc: CTEncoders) -> dict:

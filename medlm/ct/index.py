@@ -110,15 +110,6 @@ def _fetch(uri: str) -> str:
     return local
 
 
-def speak(texts: list[str], voice_index: int = 0, seed: int = 0) -> list[np.ndarray]:
-    """``texts`` spoken by one espeak-ng voice of the data factory's voice bank, as 16 kHz waveforms."""
-    from medlm.data.tts import EspeakTTS, voice_bank
-    from medlm.models.audio import as_waveform
-
-    tts, voice = EspeakTTS(), voice_bank(voice_index + 1, seed)[voice_index]
-    return [as_waveform(*tts.synthesize(t, voice)) for t in texts]
-
-
 class CTIndex:
     """Volume embeddings + the encoders that query them (text, speech) and zero-shot class prompts."""
 

@@ -74,10 +74,11 @@ class _Speaker:
 
     def __init__(self, cfg: MakeDataConfig):
         self.tts = build_tts(cfg.tts)
-        self.voices = voice_bank(cfg.tts.num_voices, cfg.seed)
+        self.voices = voice_bank(cfg.tts.num_voices, cfg.seed, cfg.tts.backend, cfg.tts.piper_voice)
 
     def voice(self, rng: random.Random) -> Voice:
-        return rng.choice(self.voices)
+        """A voice of the bank with this utterance's settings (Piper: speed and prosody)."""
+        return rng.choice(self.voices).for_utterance(rng)
 
     def say(self, text: str, voice: Voice) -> tuple[bytes, int]:
         audio, rate = self.tts.synthesize(text, voice)

@@ -111,7 +111,7 @@ class ModelPredictor:
         self.max_new_tokens = max_new_tokens
         self.max_audio_seconds = max_audio_seconds
         self.consultation = ConsultationEval(**(consultation or {}))
-        self.tts = _espeak_tts(self.consultation.voice) if self.consultation.spoken else None
+        self.tts = _speaker(self.consultation.voice) if self.consultation.spoken else None
 
     def generate(self, messages_batch: list[list[dict]]) -> list[str]:
         """Greedy answers to conversations that end on a user turn."""
@@ -160,20 +160,12 @@ class ModelPredictor:
                 "seconds": time.perf_counter() - start}
 
 
-def _espeak_tts(voice_index: int):
-    """text -> 16 kHz float32 audio with the data factory's espeak-ng voices."""
-    import numpy as np
-    import soxr
+def _speaker(voice_index: int):
+    """text -> 16 kHz float32 audio in one of the data factory's espeak-ng voices."""
+    from medlm.data.tts import speak, voice_bank
 
-    from medlm.data.tts import EspeakTTS, voice_bank
-
-    engine, voice = EspeakTTS(), voice_bank(voice_index + 1)[voice_index]
-
-    def speak(text: str) -> np.ndarray:
-        audio, rate = engine.synthesize(text, voice)
-        return soxr.resample(audio, rate, 16000).astype(np.float32) if rate != 16000 else audio
-
-    return speak
+    voice = voice_bank(voice_index + 1, backend="espeak")[voice_index]
+    return lambda text: speak([text], voice)[0]
 
 
 # --- pipeline ------------------------------------------------------------------------------------------

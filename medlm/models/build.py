@@ -29,9 +29,31 @@ from medlm.storage import local_copy
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` with its preset's checkpoint defaults filled in (preset ``real``) and model store names
+    (``whisper-tiny.en``, ...) resolved to their local store directories."""
+    from medlm.models.pretrained import PARTS, model_path
+
+    preset = PRESETS[spec.preset]
+    update = {k: preset[k] for k in ("encoder_path", "llm_path", "encoder_window_seconds")
+              if getattr(spec, k) is None and preset.get(k) is not None}
+    for key in ("encoder_path", "llm_path"):
+        value = update.get(key, getattr(spec, key))
+        if value in PARTS:
+            update[key] = str(model_path(value))
+    return spec.model_copy(update=update) if update else spec
+
+
 def encoder_config(spec: ModelSpec) -> PretrainedConfig:
     if spec.encoder_path:
-        return AutoConfig.from_pretrained(local_copy(spec.encoder_path))
+        config = AutoConfig.from_pretrained(local_copy(spec.encoder_path))
+        if spec.encoder_window_seconds and config.model_type == "whisper":
+            positions = int(spec.encoder_window_seconds * 50)  # 50 encoder positions per second
+            if positions > config.max_source_positions:
+                raise ValueError(f"encoder_window_seconds={spec.encoder_window_seconds} exceeds the checkpoint's "
+                                 f"{config.max_source_positions / 50:g} s window")
+            config.max_source_positions = positions
+        return config
     preset = PRESETS[spec.preset]
     if spec.encoder_type == "whisper":
         return WhisperConfig(**preset["whisper"])
@@ -54,6 +76,7 @@ def build_tokenizer(spec: ModelSpec):
 
 def build_processor(spec: ModelSpec) -> SpeechLMProcessor:
     """The processor alone (cheap: no model weights), e.g. for Ray Data featurizing actors."""
+    spec = resolve_spec(spec)
     if spec.init_from:
         return SpeechLMProcessor.from_pretrained(spec.init_from)
     return SpeechLMProcessor(
@@ -108,7 +131,7 @@ def build_model(
     ``device="meta"`` builds the shapes without memory (parameter counting for base/large).
     With ``init_from`` the structure comes from the export; ``trainable``, ``dtype`` and the loss weights apply.
     """
-    spec = spec or ModelSpec()
+    spec = resolve_spec(spec or ModelSpec())
     dtype = _DTYPES[spec.dtype]
     if spec.init_from:
         local = local_copy(spec.init_from)
@@ -132,6 +155,10 @@ def build_model(
         config = speechlm_config(spec, processor, llm.config if llm is not None else None)
         encoder = build_audio_encoder(config.encoder_config, spec.encoder_path) if spec.encoder_path else None
         model = SpeechLM(config, encoder=encoder, llm=llm)
+        if llm is not None and device != "meta":  # audio embeddings start at the scale of the LLM's text ones
+            with torch.no_grad():
+                rms = llm.get_input_embeddings().weight.float().pow(2).mean(-1).sqrt().mean()
+                model.adapter.norm_out.weight.fill_(float(rms))
     model.to(dtype)
     _stop_at_end_of_turn(model, tok)
     return model, processor

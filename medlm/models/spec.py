@@ -4,7 +4,8 @@ A preset fixes the encoder and LLM shapes; everything else in the spec (LoRA, ad
 KD, which parameters train) applies on top of any preset. Nothing here touches the network:
 ``base``/``large`` are the shapes of whisper-small + Qwen2.5-0.5B-Instruct and whisper-large-v3 +
 Qwen2.5-7B-Instruct, built from config (random or meta weights) unless ``encoder_path``/``llm_path``
-point at real checkpoints (local dirs or ``s3://`` URIs).
+point at real checkpoints (local dirs or ``s3://`` URIs). ``real`` is the pretrained parts of the local
+model store (whisper-tiny.en + SmolLM2-135M-Instruct, ``medlm models fetch``).
 """
 
 from __future__ import annotations
@@ -141,14 +142,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     }
     for name in ("tiny", "small", "base", "large")
 }
+# Real pretrained parts (``medlm models fetch``): whisper-tiny.en's encoder (d384 x 4, cut to a 10 s
+# window) + SmolLM2-135M-Instruct (h576 x 30, its own tokenizer and chat template). The shapes come from
+# the checkpoints; stack 8 gives 6.25 audio embeddings per second (the alignment prototype's choice).
+PRESETS["real"] = {
+    "encoder_path": "whisper-tiny.en",
+    "llm_path": "smollm2-135m-instruct",
+    "encoder_window_seconds": 10.0,
+    "stack_factor": 8,
+    "adapter_hidden": 2048,
+}
 
 
 class ModelSpec(Section):
     """Which SpeechLM to build and which of its parameters train."""
 
-    preset: Literal["tiny", "small", "base", "large"] = "tiny"
-    encoder_path: str | None = None  # HF Whisper / wav2vec2 checkpoint dir or s3:// URI
-    llm_path: str | None = None  # HF causal LM checkpoint dir or s3:// URI (its tokenizer is used)
+    preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
+    # HF Whisper / wav2vec2 checkpoint: a dir, an s3:// URI, or a model store name (`medlm models list`);
+    # preset real defaults to whisper-tiny.en
+    encoder_path: str | None = None
+    # HF causal LM checkpoint (its tokenizer and chat template are used), as encoder_path; preset real:
+    # smollm2-135m-instruct
+    llm_path: str | None = None
+    # Whisper only: a shorter window than the checkpoint's (the position table is cut), in whole seconds;
+    # None = the checkpoint's (30 s for real Whisper) or the preset's (10 s for real)
+    encoder_window_seconds: float | None = Field(default=None, gt=0)
     init_from: str | None = (
         None  # a medlm export (SpeechLM.save_pretrained + processor); structure comes from it
     )
