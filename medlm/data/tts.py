@@ -140,7 +140,9 @@ class PiperTTS:
     Piper's input contract (its ``.onnx.json``): the text's espeak-ng IPA, split into Unicode code points
     (NFD), each clause followed by its punctuation; ids = BOS, PAD, then each phoneme's id followed by PAD,
     then EOS; ``scales`` = [noise_scale, length_scale, noise_w_scale]. One inference per sentence, each
-    peak-normalised as Piper does. About 5x faster than real time on one core."""
+    peak-normalised as Piper does. About 10x faster than real time on one core. The voice samples noise
+    inside its graph (``noise_scale``, ``noise_w_scale``), so the same text and settings render slightly
+    differently each time: Piper rows of a dataset are not bit-reproducible (espeak-ng rows are)."""
 
     def __init__(self, voice: str = "piper-joe", command: str = "espeak-ng"):
         import onnxruntime as ort

@@ -58,6 +58,14 @@ class ConsultationEval(Section):
     voice: int = Field(default=0, ge=0)  # index into medlm.data.tts.voice_bank
 
 
+class CascadeSpec(Section):
+    """The cascade baseline: ``asr`` (a Whisper checkpoint) transcribes, ``llm`` (a text LLM) answers.
+    Model store names, local dirs or s3:// URIs."""
+
+    asr: str = "whisper-tiny.en"
+    llm: str = "smollm2-135m-instruct"
+
+
 class EvalConfig(Section):
     """What to evaluate, on which shards, with how many model actors, and where the report goes."""
 
@@ -78,6 +86,7 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(default=64, ge=1)
     consultation: ConsultationEval = Field(default_factory=ConsultationEval)
     samples: int = Field(default=3, ge=0)               # example predictions per dataset in the report
+    cascade: CascadeSpec | None = None                  # also score the cascade baseline on the spoken rows
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
@@ -95,29 +104,54 @@ class EvalConfig(Section):
 # --- model actors ------------------------------------------------------------------------------------
 
 class ModelPredictor:
-    """Ray Data actor: loads the export once and answers every row's prompt (greedy decoding)."""
+    """Ray Data actor: loads the model once and answers every row's prompt (greedy decoding).
+
+    ``model`` is a SpeechLM export, or with ``cascade`` (``{"asr": ..., "llm": ...}``) the cascade baseline
+    :class:`medlm.models.baselines.Cascade`: Whisper transcribes, the text LLM answers; rows of the ASR
+    group get Whisper's own transcript."""
 
     def __init__(self, model: str, max_new_tokens: int = 64, max_audio_seconds: float | None = None,
-                 torch_threads: int = 1, consultation: dict | None = None):
+                 torch_threads: int = 1, consultation: dict | None = None, cascade: dict | None = None):
         import torch
 
-        from medlm.models import SpeechLM, SpeechLMProcessor
-
         torch.set_num_threads(torch_threads)
-        local = storage.local_copy(model)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = SpeechLM.from_pretrained(local).to(self.device).eval()
-        self.processor = SpeechLMProcessor.from_pretrained(local)
+        self.cascade = None
+        if cascade is not None:
+            from medlm.models.baselines import Cascade
+
+            self.cascade = Cascade(**cascade)
+        else:
+            from medlm.models import SpeechLM, SpeechLMProcessor
+
+            local = storage.local_copy(model)
+            self.model = SpeechLM.from_pretrained(local).to(self.device).eval()
+            self.processor = SpeechLMProcessor.from_pretrained(local)
         self.max_new_tokens = max_new_tokens
         self.max_audio_seconds = max_audio_seconds
         self.consultation = ConsultationEval(**(consultation or {}))
         self.tts = _speaker(self.consultation.voice) if self.consultation.spoken else None
 
-    def generate(self, messages_batch: list[list[dict]]) -> list[str]:
-        """Greedy answers to conversations that end on a user turn."""
+    def generate(self, messages_batch: list[list[dict]], tasks: list[str] | None = None) -> list[str]:
+        """Greedy answers to conversations that end on a user turn (``tasks``: each row's dataset task)."""
+        if self.cascade is not None:
+            return self._cascade(messages_batch, tasks or [""] * len(messages_batch))
         inputs = {k: v.to(self.device) for k, v in self.processor.prepare_generation(messages_batch).items()}
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
         return [t.strip() for t in self.processor.decode(out)]
+
+    def _cascade(self, messages_batch: list[list[dict]], tasks: list[str]) -> list[str]:
+        asr = [i for i, t in enumerate(tasks) if TASK_GROUP.get(t) == "asr"]
+        rest = [i for i in range(len(tasks)) if i not in set(asr)]
+        out = [""] * len(tasks)
+        if asr:
+            convs = self.cascade.transcribe_messages([messages_batch[i] for i in asr])
+            for i, conv in zip(asr, convs):  # the transcript of the last user turn's audio
+                out[i] = conv[-1]["content"].split("\n")[-1].strip()
+        if rest:
+            for i, a in zip(rest, self.cascade.generate([messages_batch[i] for i in rest], self.max_new_tokens)):
+                out[i] = a
+        return out
 
     def chat(self, messages: list[dict]) -> str:
         """The ``chat(messages) -> str`` interface of :mod:`medlm.eval.consultation`."""
@@ -126,7 +160,7 @@ class ModelPredictor:
     def __call__(self, table: pa.Table) -> pa.Table:
         from medlm.data.schema import BadRecord, to_messages
 
-        out, prompts, slots = [], [], []  # output rows in input order; prompts fill the slots after generation
+        out, prompts, tasks, slots = [], [], [], []  # rows in input order; prompts fill the slots after generation
         for env in table.to_pylist():
             rec = {k: env[k] for k in ("dataset", "kind", "task", "id")}
             if env["kind"] == CONSULTATION:
@@ -140,10 +174,11 @@ class ModelPredictor:
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
             out.append({**rec, "reference": messages[last]["content"], "prediction": "", "error": "", "seconds": 0.0})
             prompts.append(messages[:last])
+            tasks.append(env["task"])
             slots.append(len(out) - 1)
         if prompts:
             start = time.perf_counter()
-            answers = self.generate(prompts)
+            answers = self.generate(prompts, tasks)
             per_row = (time.perf_counter() - start) / len(prompts)
             for i, a in zip(slots, answers):
                 out[i].update(prediction=a, seconds=per_row)
@@ -241,9 +276,11 @@ def _actors(cfg: EvalConfig) -> dict:
                 num_gpus=cfg.actor_gpus or None)
 
 
-def predict(cfg: EvalConfig, model: str, datasets: list[ResolvedDataset], consult: bool = False) -> list[dict]:
+def predict(cfg: EvalConfig, model: str | None, datasets: list[ResolvedDataset], consult: bool = False,
+            cascade: dict | None = None) -> list[dict]:
     """Generate an answer for every row of ``datasets`` with ``model`` (Ray Data, actor pool); with
-    ``consult`` the same actors also play the doctor in the simulated consultations."""
+    ``consult`` the same actors also play the doctor in the simulated consultations; with ``cascade``
+    the cascade baseline answers instead of ``model``."""
     import ray.data
 
     items = shard_plan(datasets, cfg.limit) + (consultation_items(cfg) if consult else [])
@@ -252,7 +289,7 @@ def predict(cfg: EvalConfig, model: str, datasets: list[ResolvedDataset], consul
     ds = ray.data.from_items(items).map_batches(read_shards, batch_size=1, batch_format="pyarrow")
     ds = ds.map_batches(ModelPredictor, fn_constructor_kwargs=dict(
         model=model, max_new_tokens=cfg.max_new_tokens, max_audio_seconds=cfg.data.max_audio_seconds,
-        torch_threads=_threads(cfg), consultation=cfg.consultation.model_dump()),
+        torch_threads=_threads(cfg), consultation=cfg.consultation.model_dump(), cascade=cascade),
         batch_size=cfg.batch_size, batch_format="pyarrow", **_actors(cfg))
     return sorted(ds.take_all(), key=lambda r: (r["dataset"], r["id"]))
 
@@ -314,7 +351,8 @@ def _by_dataset(preds: list[dict]) -> dict[str, list[dict]]:
 
 
 def build_report(cfg: EvalConfig, datasets: list[ResolvedDataset], preds: list[dict],
-                 baseline_preds: list[dict] | None = None, consultations: list[dict] | None = None) -> dict:
+                 baseline_preds: list[dict] | None = None, consultations: list[dict] | None = None,
+                 cascade_preds: list[dict] | None = None) -> dict:
     """All metrics as one JSON-ready dict (``nan`` becomes ``null``)."""
     from medlm.eval.consultation import ConsultationResult, consultation_scores
 
@@ -347,6 +385,16 @@ def build_report(cfg: EvalConfig, datasets: list[ResolvedDataset], preds: list[d
             if good and after is not None:
                 before = M.short_answer_scores([r["reference"] for r in good], [r["prediction"] for r in good])["f1"]
                 report["retention"][d.name] = {"metric": "token_f1", **M.text_retention(before, after)}
+    if cascade_preds is not None:  # the baseline a user would pick instead, on the same spoken rows
+        report["cascade"] = {"asr": cfg.cascade.asr, "llm": cfg.cascade.llm, "datasets": {}}
+        grouped_c = _by_dataset(cascade_preds)
+        for d in datasets:
+            good = [r for r in grouped_c.get(d.name, []) if not r["error"]]
+            if good:
+                report["cascade"]["datasets"][d.name] = {
+                    "n": len(good), "metrics": score_dataset(d.task, good),
+                    "seconds_per_example": sum(r["seconds"] for r in good) / len(good),
+                    "samples": [{k: r[k] for k in ("id", "reference", "prediction")} for r in good[: cfg.samples]]}
     if consultations is not None:
         results = [ConsultationResult(**r) for r in consultations]
         report["consultation"] = {**consultation_scores(results), "per_condition": [
@@ -380,6 +428,14 @@ def render_markdown(report: dict) -> str:
         for name, r in report["retention"].items():
             lines.append(f"| {name} | {r['metric']} | {_fmt(r['before'])} | {_fmt(r['after'])} | {_fmt(r['delta'])} "
                          f"| {_fmt(r['ratio'])} |")
+    if report.get("cascade"):
+        c = report["cascade"]
+        lines += ["", f"## Cascade baseline (`{c['asr']}` transcribes, `{c['llm']}` answers), same rows", "",
+                  "| dataset | n | metric | cascade | model |", "|---|---|---|---|---|"]
+        for name, e in c["datasets"].items():
+            mine = report["datasets"].get(name, {}).get("metrics", {})
+            for metric, value in e["metrics"].items():
+                lines.append(f"| {name} | {e['n']} | {metric} | {_fmt(value)} | {_fmt(mine.get(metric))} |")
     if "consultation" in report:
         c = report["consultation"]
         lines += ["", "## Simulated consultations", "",
@@ -457,7 +513,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     if "retention" in cfg.tasks and cfg.baseline_model:
         text_sets = [d for d in datasets if d.kind == "text_dialogue" and KINDS[d.kind] == "dialogue"]
         baseline = predict(cfg, cfg.baseline_model, text_sets) if text_sets else None
-    report = build_report(cfg, datasets, preds, baseline, consultations)
+    cascade = None
+    if cfg.cascade is not None:
+        cascade = predict(cfg, None, [d for d in datasets if d.kind in ("speech_dialogue", "dialogue", "utterance")],
+                          cascade=cfg.cascade.model_dump())
+    report = build_report(cfg, datasets, preds, baseline, consultations, cascade)
     report["seconds"] = time.time() - start
     report["files"] = write_report(report, preds, cfg.output)
     log.info("evaluation report written to %s", report["files"]["report.md"])

@@ -176,10 +176,10 @@ def build_audio_encoder(encoder_config: PretrainedConfig, path: str | None = Non
         encoder = WhisperModel.from_pretrained(local).get_encoder()
         positions = encoder_config.max_source_positions
         if positions < encoder.config.max_source_positions:  # a shorter window: the first rows of the table
-            table = encoder.embed_positions.weight.data[:positions].clone()
-            encoder.embed_positions = nn.Embedding(positions, table.shape[1])
-            encoder.embed_positions.weight.data.copy_(table)
-            encoder.embed_positions.requires_grad_(False)
+            # in place: the loaded parameter keeps its "initialized" mark, so SpeechLM's post_init leaves it
+            emb = encoder.embed_positions
+            emb.weight.data = emb.weight.data[:positions].clone()
+            emb.num_embeddings = positions
             encoder.config.max_source_positions = positions
         return AudioEncoder(encoder)
     return AudioEncoder(AutoModel.from_pretrained(local))

