@@ -118,7 +118,3 @@ def config_to_dict(cfg: Section) -> dict[str, Any]:
 
 def dump_config(cfg: Section) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-
-
-def save_config(cfg: Section, path: str | Path) -> None:
-    Path(path).write_text(dump_config(cfg))

@@ -6,7 +6,6 @@ its moto server, unset on AWS), so the same code path runs against moto, MinIO a
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -125,8 +124,3 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
         copy_tree(uri, str(dest))
         (dest / ".complete").touch()
     return str(dest)
-
-
-def open_input(uri: str) -> io.BufferedIOBase:
-    fs, path = resolve(uri)
-    return fs.open_input_file(path)

@@ -5,7 +5,6 @@ Piper speech, the Whisper / cascade baselines. They need the model store that `.
 import json
 import random
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -64,7 +64,7 @@ def test_render_prompt_matches_processor():
     served = [dict(m) for m in messages]
     served[1] = {"role": "user", "content": [{"type": "audio_embeds", "embeds": np.zeros((3, 4))},
                                              {"type": "text", "text": "Is it bad?"}]}
-    ids, audio = render_prompt(processor.tokenizer, served)
+    ids, audio = render_prompt(processor, served)
     assert ids == expected and len(audio) == 1
 
 
@@ -198,6 +198,18 @@ def test_transcription_and_understanding(client, server):
     text = client.audio.transcriptions.create(model="medlm", file=("n.flac", encode_wav(tone(1.0), 22050, "FLAC")),
                                               response_format="text")
     assert isinstance(text, str)
+    from medlm.models.pretrained import is_fetched
+
+    if is_fetched("whisper-tiny.en"):  # the ASR baseline, served beside the SpeechLM
+        from medlm.data.tts import speak, voice_bank
+
+        said = "I have had a dry cough for three days."
+        (wave,) = speak([said], voice_bank(1, backend="piper")[0])
+        assert "whisper-tiny.en" in [m.id for m in client.models.list().data]
+        tr = client.audio.transcriptions.create(model="whisper-tiny.en", file=("q.wav", encode_wav(wave, 16000)))
+        from medlm.eval.metrics import wer
+
+        assert wer([said], [tr.text]) <= 0.2, tr.text
     headers = {"Authorization": f"Bearer {KEY}"}
     base = server.removesuffix("/v1")
     for body in ({"audio": {"data": wav_b64(1.0), "format": "wav"}}, {"text": "Chest pain since Monday, took aspirin."}):

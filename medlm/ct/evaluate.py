@@ -14,6 +14,7 @@ import numpy as np
 from medlm import storage
 from medlm.ct.index import CTEncoders
 from medlm.ct.metrics import gap_recovered, prompts, zero_shot_probs
+from medlm.ct.preprocess import featurize_rows
 from medlm.ct.synth import CT_RATE_CLASSES
 from medlm.data.tts import speak, voice_bank
 from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
@@ -57,7 +58,6 @@ def _finite_or_none(x):
 
 def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16) -> dict:
     """Metrics of ``output/{teacher,student_align,student}`` on the val/test rows of ``data_uri``."""
-    from medlm.ct.job import featurize_rows
     from medlm.data import iter_rows
 
     teacher = CTEncoders(storage.join(output, "teacher"))
@@ -67,7 +67,7 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
     for s, rs in rows.items():
         if len(rs) < 2:
             raise ValueError(f"{data_uri}: the {s} split has {len(rs)} rows; need at least 2 to evaluate")
-    data = {s: featurize_rows(rs, data_spec) for s, rs in rows.items()}
+    data = {s: featurize_rows(rs, data_spec.volume) for s, rs in rows.items()}
     wavs = {s: _waveforms(rs, data_spec) for s, rs in rows.items()}
     image = {s: teacher.embed_volumes(d["volume"], batch_size) for s, d in data.items()}
     labels = {s: d["labels"].astype(int) for s, d in data.items()}

@@ -30,7 +30,8 @@ from pydantic import Field
 
 from medlm import storage
 from medlm.config import Section, config_to_dict
-from medlm.ct.preprocess import VolumeSpec, preprocess_volume
+from medlm.ct.evaluate import evaluate_exports
+from medlm.ct.preprocess import VolumeSpec, featurize_rows
 from medlm.ct.synth import base_spacing
 from medlm.train.config import OptimSpec
 
@@ -97,7 +98,13 @@ def build_teacher(spec: CTModelSpec):
     """(CTClipModel, tokenizer) from the preset, or with the text encoder's real weights from ``text_path``."""
     from transformers import AutoConfig, AutoModel, BertConfig
 
-    from medlm.ct.modeling import CTVIT_PRESETS, TEXT_PRESETS, CTClipModel, CTClipModelConfig, build_text_tokenizer
+    from medlm.ct.modeling import (
+        CTVIT_PRESETS,
+        TEXT_PRESETS,
+        CTClipModel,
+        CTClipModelConfig,
+        build_text_tokenizer,
+    )
 
     tok = build_text_tokenizer(spec.text_path)
     text_model = None
@@ -143,37 +150,7 @@ class CTFeaturizer:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["id"]))]
-        return featurize_rows(rows, self.cfg.data, self.frontend)
-
-
-def featurize_rows(rows: list[dict], data: CTDataSpec, frontend=None) -> dict[str, np.ndarray]:
-    """ct shard rows -> ``volume`` (N, D, H, W), ``labels``, ``report``, ``id`` and, with a frontend,
-    ``input_features`` / ``frame_mask`` (object arrays, one (chunks, ...) array per row)."""
-    from medlm.ct.modeling import speech_features
-    from medlm.data.schema import check_ct_labels, decode_audio, decode_volume
-
-    out: dict[str, list] = {"id": [], "volume": [], "labels": [], "report": []}
-    if frontend is not None:
-        out.update(input_features=[], frame_mask=[])
-    for row in rows:
-        vol = decode_volume(row["volume"], row["shape"])
-        out["volume"].append(preprocess_volume(vol, row["spacing"], data.volume))
-        out["labels"].append(check_ct_labels(row).astype(np.int8))
-        out["report"].append(str(row["report"]))
-        out["id"].append(str(row["id"]))
-        if frontend is not None:
-            wav = decode_audio(row["report_audio"], row["sample_rate"], data.max_audio_seconds)
-            speech = speech_features(frontend, [wav])
-            out["input_features"].append(speech["input_features"])
-            out["frame_mask"].append(speech["frame_mask"])
-    res = {"id": np.array(out["id"]), "report": np.array(out["report"]), "volume": np.stack(out["volume"]),
-           "labels": np.stack(out["labels"])}
-    if frontend is not None:  # ragged (chunks, ...) arrays, one per row
-        for k in ("input_features", "frame_mask"):
-            res[k] = np.empty(len(rows), dtype=object)
-            for i, v in enumerate(out[k]):
-                res[k][i] = v
-    return res
+        return featurize_rows(rows, self.cfg.data.volume, self.cfg.data.max_audio_seconds, self.frontend)
 
 
 def make_ct_shards(cfg: CTClipConfig) -> str:
@@ -392,10 +369,9 @@ def train_loop(config: dict) -> None:
 def train_dataset(cfg: CTClipConfig, uri: str):
     """The training split of ``uri``'s ct shards, featurized by Ray Data (streamed, preprocessed once)."""
     import ray.data
+    from ray.data.expressions import col
 
     from medlm.data import read_ray
-
-    from ray.data.expressions import col
 
     ds = read_ray(uri).filter(expr=col("split") == "train")
     return ds.map_batches(CTFeaturizer, fn_constructor_args=(config_to_dict(cfg),), batch_size=16,
@@ -406,8 +382,6 @@ def run_ct_clip(cfg: CTClipConfig) -> dict:
     """Train teacher -> student (align, distill) with Ray Train + DeepSpeed, then evaluate; returns the results."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from medlm.ct.evaluate import evaluate_exports
 
     storage.makedirs(cfg.output) if storage.is_s3(cfg.output) else Path(cfg.output).mkdir(parents=True, exist_ok=True)
     uri = cfg.data.uri or make_ct_shards(cfg)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from medlm.ct.preprocess import speech_features
 from medlm.models.audio import AudioFrontend, build_audio_encoder
 
 # CTViT shapes by preset. ``full`` is CT-CLIP's (dim 512, image 480, patch 20, temporal patch 10, 4+4 layers).
@@ -174,17 +175,6 @@ class CTClipModel(PreTrainedModel):
 
 
 # --- student ------------------------------------------------------------------------------------
-
-def speech_features(frontend: AudioFrontend, waveforms) -> dict:
-    """Waveforms -> ``input_features`` (chunks, ...), ``frame_mask`` (chunks, frames: 1 where the encoder frame
-    carries audio, 0 on the last chunk's padding) and ``chunks`` (chunk count per waveform), numpy only."""
-    import numpy as np
-
-    feats, per_item, lengths = frontend.features(list(waveforms), return_lengths=True)
-    valid = np.array([frontend.encoder_frames(n) for n in lengths])
-    mask = (np.arange(frontend.max_frames)[None, :] < valid[:, None]).astype(np.float32)
-    return {"input_features": feats, "frame_mask": mask, "chunks": np.array(per_item, dtype=np.int64)}
-
 
 class SpeechCTConfig(PretrainedConfig):
     model_type = "medlm_speech_ct"

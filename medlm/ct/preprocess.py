@@ -132,3 +132,44 @@ def _gunzip(data: bytes) -> bytes:
     import gzip
 
     return gzip.decompress(data)
+
+
+# --- shard rows -> training arrays (teacher, student, evaluation) --------------------------------------------
+
+def speech_features(frontend, waveforms) -> dict:
+    """Waveforms -> ``input_features`` (chunks, ...), ``frame_mask`` (chunks, frames: 1 where the encoder frame
+    carries audio, 0 on the last chunk's padding) and ``chunks`` (chunk count per waveform), numpy only."""
+    feats, per_item, lengths = frontend.features(list(waveforms), return_lengths=True)
+    valid = np.array([frontend.encoder_frames(n) for n in lengths])
+    mask = (np.arange(frontend.max_frames)[None, :] < valid[:, None]).astype(np.float32)
+    return {"input_features": feats, "frame_mask": mask, "chunks": np.array(per_item, dtype=np.int64)}
+
+
+def featurize_rows(rows: list[dict], volume: VolumeSpec, max_audio_seconds: float | None = None,
+                   frontend=None) -> dict[str, np.ndarray]:
+    """ct shard rows -> ``volume`` (N, D, H, W), ``labels``, ``report``, ``id`` and, with a frontend,
+    ``input_features`` / ``frame_mask`` (object arrays, one (chunks, ...) array per row)."""
+    from medlm.data.schema import check_ct_labels, decode_audio, decode_volume
+
+    out: dict[str, list] = {"id": [], "volume": [], "labels": [], "report": []}
+    if frontend is not None:
+        out.update(input_features=[], frame_mask=[])
+    for row in rows:
+        vol = decode_volume(row["volume"], row["shape"])
+        out["volume"].append(preprocess_volume(vol, row["spacing"], volume))
+        out["labels"].append(check_ct_labels(row).astype(np.int8))
+        out["report"].append(str(row["report"]))
+        out["id"].append(str(row["id"]))
+        if frontend is not None:
+            wav = decode_audio(row["report_audio"], row["sample_rate"], max_audio_seconds)
+            speech = speech_features(frontend, [wav])
+            out["input_features"].append(speech["input_features"])
+            out["frame_mask"].append(speech["frame_mask"])
+    res = {"id": np.array(out["id"]), "report": np.array(out["report"]), "volume": np.stack(out["volume"]),
+           "labels": np.stack(out["labels"])}
+    if frontend is not None:  # ragged (chunks, ...) arrays, one per row
+        for k in ("input_features", "frame_mask"):
+            res[k] = np.empty(len(rows), dtype=object)
+            for i, v in enumerate(out[k]):
+                res[k][i] = v
+    return res

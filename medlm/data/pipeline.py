@@ -23,18 +23,16 @@ from __future__ import annotations
 import io
 import pickle
 import random
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from medlm import storage
 from medlm.data.io import shard_files
-from medlm.data.quarantine import bad_record, summarize_quarantine, write_quarantine
+from medlm.data.quarantine import bad_record, write_quarantine
 from medlm.data.registry import DataSpec, ResolvedDataset
 from medlm.data.schema import SAMPLE_RATE, BadRecord, to_messages
 
@@ -218,15 +216,3 @@ def iter_train_batches(shard, processor, spec: DataSpec | None = None, epoch: in
             buf = []
     if buf:
         yield from emit(buf)
-
-
-def check_data(data_spec: DataSpec, model_spec: Any) -> dict:
-    """Stream every dataset once through featurization; counts good rows, audio, tokens, quarantine."""
-    good: Counter = Counter()
-    seconds, tokens = 0.0, 0
-    for batch in build_dataset(data_spec, model_spec).iter_batches(batch_size=256, batch_format="pyarrow"):
-        good.update(batch.column("dataset").to_pylist())
-        seconds += float(pc.sum(batch.column("audio_seconds")).as_py() or 0.0)
-        tokens += int(pc.sum(batch.column("num_tokens")).as_py() or 0)
-    return {"good": dict(good), "audio_hours": seconds / 3600, "tokens": tokens,
-            "quarantine": summarize_quarantine(data_spec.quarantine())}

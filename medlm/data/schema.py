@@ -27,15 +27,37 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-SAMPLE_RATE = 16000
+from medlm import audio as audio_io
+
+SAMPLE_RATE = audio_io.SAMPLING_RATE
 ROLES = ("system", "user", "assistant")
 ENTITY_LABELS = ("CONDITION", "SYMPTOM", "TEST", "DRUG", "DOSAGE", "BODY_PART", "DURATION")
 SENTIMENTS = ("negative", "neutral", "positive")
+
+
+def parse_entities(text: str | None) -> list[tuple[str, str]]:
+    """A model's NER answer in the training format (one ``LABEL: span`` per line, or ``none``) ->
+    ``[(label, span), ...]`` with known labels only; other lines are dropped. The one parser: evaluation
+    scores exactly what the API returns."""
+    out = []
+    for line in (text or "").splitlines():
+        label, sep, span = line.partition(":")
+        label, span = label.strip().upper(), span.strip()
+        if sep and label in ENTITY_LABELS and span:
+            out.append((label, span))
+    return out
+
+
+def parse_sentiment(text: str | None, labels: tuple[str, ...] = SENTIMENTS) -> str | None:
+    """The one sentiment label the answer names (case-insensitive, as a word), else None (none or several)."""
+    found = {w for w in re.findall(r"[a-z]+", (text or "").lower()) if w in labels}
+    return found.pop() if len(found) == 1 else None
 NUM_CT_CLASSES = 18
 SYSTEM_PROMPT = "You are a careful medical assistant."
 
@@ -90,53 +112,23 @@ class BadRecord(ValueError):
 
 def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     """float mono audio in [-1, 1] -> FLAC bytes (16 bit)."""
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.asarray(audio, dtype=np.float32), int(sample_rate), format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
+    return audio_io.encode(audio, sample_rate, "FLAC", "PCM_16")
 
 
 def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float | None = None,
-                 min_seconds: float = 0.05, target_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Encoded audio bytes -> float32 mono at ``target_rate``; raises :class:`BadRecord`.
+                 min_seconds: float = 0.05) -> np.ndarray:
+    """A row's encoded audio -> float32 mono at 16 kHz (:func:`medlm.audio.decode`); raises :class:`BadRecord`.
 
     Checks: present, decodable (corrupt / truncated), the stored ``sample_rate`` matches the file,
-    not empty or too short, not longer than ``max_seconds``, finite samples.
+    at least 8 kHz, not empty, silent or too short, not longer than ``max_seconds``, finite samples.
     """
-    import soundfile as sf
-    import soxr
-
-    if not data:
-        raise BadRecord("missing_audio")
-    if not sample_rate:
+    if data and not sample_rate:
         raise BadRecord("missing_field", "sample_rate")
     try:
-        f = sf.SoundFile(io.BytesIO(data))
-    except Exception as e:  # noqa: BLE001 - soundfile raises several types for undecodable input
-        raise BadRecord("corrupt_audio", type(e).__name__) from None
-    with f:
-        rate, frames = f.samplerate, f.frames
-        if max_seconds is not None and frames / rate > max_seconds:
-            raise BadRecord("audio_too_long", f"{frames / rate:.1f}s > {max_seconds}s")
-        try:
-            audio = f.read(dtype="float32", always_2d=True)
-        except Exception as e:  # noqa: BLE001 - the header is fine but the stream ends early / is damaged
-            raise BadRecord("truncated_audio", type(e).__name__) from None
-    if audio.shape[0] < frames:
-        raise BadRecord("truncated_audio", f"{audio.shape[0]} of {frames} frames")
-    if rate != int(sample_rate):
-        raise BadRecord("sample_rate_mismatch", f"file {rate} Hz, row {sample_rate} Hz")
-    if rate < 8000:
-        raise BadRecord("sample_rate_too_low", f"{rate} Hz")
-    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
-    if audio.shape[0] < min_seconds * rate or not np.any(audio):
-        raise BadRecord("empty_audio", f"{audio.shape[0]} samples")
-    if not np.all(np.isfinite(audio)):
-        raise BadRecord("corrupt_audio", "non-finite samples")
-    if rate != target_rate:
-        audio = soxr.resample(audio, rate, target_rate, quality="HQ")
-    return np.ascontiguousarray(audio, dtype=np.float32)
+        return audio_io.decode(data, max_seconds=max_seconds, declared_rate=sample_rate, min_rate=8000,
+                               min_seconds=min_seconds, reject_silence=True)
+    except audio_io.AudioError as e:
+        raise BadRecord(e.reason, e.detail) from None
 
 
 def encode_volume(volume: np.ndarray) -> bytes:

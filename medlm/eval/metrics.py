@@ -81,15 +81,10 @@ def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
 # --- NER (SLUE) -------------------------------------------------------------------------------------
 
 def parse_entities(text: str | None) -> list[tuple[str, str]]:
-    """A model's NER answer in the training format (one ``LABEL: text`` per line, or ``none``) ->
-    ``[(label, text), ...]``. Lines that do not fit the format are ignored; labels are upper-cased."""
-    out = []
-    for line in (text or "").splitlines():
-        label, sep, phrase = line.partition(":")
-        label, phrase = label.strip().upper(), phrase.strip()
-        if sep and label and phrase and re.fullmatch(r"[A-Z_]+", label):
-            out.append((label, phrase))
-    return out
+    """``medlm.data.schema.parse_entities``: the API's parser, so what is scored is what it returns."""
+    from medlm.data.schema import parse_entities as parse
+
+    return parse(text)
 
 
 def _distinct(items: list[tuple]) -> set[tuple]:
@@ -154,12 +149,10 @@ def ner_span_f1(gold: Sequence[Sequence[tuple]], pred: Sequence[Sequence[tuple]]
 # --- sentiment --------------------------------------------------------------------------------------
 
 def parse_sentiment(text: str | None, labels: Sequence[str]) -> str:
-    """The first of ``labels`` that occurs as a word in ``text`` (case-insensitive), else ``"invalid"``."""
-    words = normalize_text(text).split()
-    for w in words:
-        if w in labels:
-            return w
-    return "invalid"
+    """``medlm.data.schema.parse_sentiment`` (the API's parser), with ``"invalid"`` for no single label."""
+    from medlm.data.schema import parse_sentiment as parse
+
+    return parse(text, tuple(labels)) or "invalid"
 
 
 def sentiment_macro_f1(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> float:

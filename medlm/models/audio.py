@@ -19,29 +19,9 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
-SAMPLING_RATE = 16000
+from medlm.audio import SAMPLING_RATE, as_waveform  # noqa: F401 - the model's input contract, re-exported
+
 MEL_HOP = 160  # 10 ms mel hop at 16 kHz
-
-
-def as_waveform(audio, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """Mono float32 16 kHz samples from a numpy array (resampled with soxr if needed); clear errors."""
-    wav = np.asarray(audio)
-    if wav.ndim == 2 and 1 in wav.shape:
-        wav = wav.reshape(-1)
-    if wav.ndim != 1:
-        raise ValueError(f"audio must be mono (1-D), got shape {wav.shape}")
-    if wav.size == 0:
-        raise ValueError("audio is empty")
-    if not np.issubdtype(wav.dtype, np.floating):
-        raise ValueError(f"audio must be float samples in [-1, 1], got dtype {wav.dtype}")
-    wav = wav.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(wav)):
-        raise ValueError("audio contains NaN or inf")
-    if sampling_rate != SAMPLING_RATE:
-        import soxr
-
-        wav = soxr.resample(wav, sampling_rate, SAMPLING_RATE).astype(np.float32)
-    return wav
 
 
 def num_audio_tokens(encoder_frames: int, stack_factor: int) -> int:

@@ -448,9 +448,9 @@ class SpeechLM(PreTrainedModel):
             pooled = self._pool_audio(input_ids, audio, embeds.dtype)
             class_logits = self.classifier(pooled if silence is None else pooled + silence)
             has_audio = (input_ids == self.config.audio_token_id).any(-1)
-            cls = classifier_loss(class_logits, class_labels, has_audio) if class_labels is not None else None
-            if cls is not None:
-                losses["cls_loss"] = cls
+            if class_labels is not None:  # a batch without spoken examples adds (and reports) a zero
+                cls = classifier_loss(class_logits, class_labels, has_audio)
+                losses["cls_loss"] = cls if cls is not None else 0.0 * class_logits.sum()
             elif lockstep:
                 zero = zero + 0.0 * class_logits.sum()
         if labels is not None and self.config.kd_weight > 0:

@@ -81,7 +81,15 @@ class SpeechLMProcessor:
             )
         return out
 
-    def _flatten(self, messages: list[dict], transcripts_for_audio: bool = False):
+    def render_prompt(self, messages: list[dict]) -> tuple[list[int], list[np.ndarray]]:
+        """A chat ending on a user turn -> prompt token ids (one ``<|audio|>`` per audio item, the
+        assistant's turn opened) + the audio items in reading order: 16 kHz waveforms for ``audio`` parts,
+        the given arrays for ``audio_embeds`` parts. The rendering training used (``featurize``)."""
+        chat, items, _ = self._flatten(messages, allow_embeds=True)
+        ids, _ = self._tokenize(chat, add_generation_prompt=True)
+        return ids.tolist(), items
+
+    def _flatten(self, messages: list[dict], transcripts_for_audio: bool = False, allow_embeds: bool = False):
         """Messages -> (template messages with string content, waveforms, transcripts) with input checks."""
         if not isinstance(messages, list) or not messages:
             raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
@@ -103,6 +111,12 @@ class SpeechLMProcessor:
                     if AUDIO_TOKEN in text:
                         raise ValueError(f"message {i}: text may not contain {AUDIO_TOKEN}")
                     texts.append(text)
+                elif kind == "audio_embeds" and allow_embeds:  # already encoded (serving: the encoder's output)
+                    if role != "user":
+                        raise ValueError(f"message {i}: audio is only allowed in user turns, not {role!r}")
+                    waves.append(np.asarray(part["embeds"], dtype=np.float32))
+                    transcripts.append(None)
+                    texts.append(AUDIO_TOKEN)
                 elif kind == "audio":
                     if role != "user":
                         raise ValueError(f"message {i}: audio is only allowed in user turns, not {role!r}")
@@ -117,7 +131,8 @@ class SpeechLMProcessor:
                     transcripts.append(part.get("transcript"))
                     texts.append(part["transcript"] if transcripts_for_audio else AUDIO_TOKEN)
                 else:
-                    raise ValueError(f"message {i}: part type must be 'text' or 'audio', got {kind!r}")
+                    raise ValueError(f"message {i}: part type must be 'text', 'audio' or 'audio_embeds', "
+                                     f"got {kind!r}")
             chat.append({"role": role, "content": "\n".join(texts)})
         return chat, waves, transcripts
 

@@ -192,8 +192,8 @@ ROUTES = {"/healthz", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/aud
 @serve.ingress(api)
 class Ingress:
     def __init__(self, encoder: DeploymentHandle, llm: DeploymentHandle, ct: DeploymentHandle | None,
-                 args: AppArgs):
-        self.encoder, self.llm, self.ct = encoder, llm, ct
+                 args: AppArgs, asr: DeploymentHandle | None = None):
+        self.encoder, self.llm, self.ct, self.asr = encoder, llm, ct, asr
         self.args = args
         self.limits = args.limits
         self.key_digest = bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
@@ -360,7 +360,7 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """Liveness of the ingress and every model deployment (no auth)."""
-        handles = [self.encoder, self.llm] + ([self.ct] if self.ct is not None else [])
+        handles = [self.encoder, self.llm] + [h for h in (self.ct, self.asr) if h is not None]
         try:
             await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in handles)), timeout=10)
         except Exception:
@@ -379,7 +379,8 @@ class Ingress:
 
     @api.get("/v1/models")
     async def list_models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=m) for m in await self.model_ids()])
+        asr = [self.args.asr_model] if self.asr is not None else []
+        return ModelList(data=[ModelCard(id=m) for m in await self.model_ids() + asr])
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> ChatCompletion | StreamingResponse:
@@ -405,14 +406,17 @@ class Ingress:
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise APIError(400, "the form needs an audio 'file' part", param="file", code="missing_file")
-        model = await self.check_model(str(form.get("model") or self.args.served_model_name))
+        model = str(form.get("model") or self.args.served_model_name)
+        baseline = self.asr is not None and model == self.args.asr_model
+        if not baseline:
+            model = await self.check_model(model)
         response_format = str(form.get("response_format") or "json")
         if response_format not in ("json", "text"):
             raise APIError(400, f"response_format {response_format!r} is not supported (json | text)",
                            param="response_format", code="invalid_request")
         wave = decode_audio(await upload.read(), self.limits.max_audio_seconds, "file")
         self.count("audio_seconds_total", len(wave) / 16000)
-        text = await self.transcribe(model, wave)
+        text = (await self.asr.transcribe.remote(wave)) if baseline else await self.transcribe(model, wave)
         return PlainTextResponse(text) if response_format == "text" else Transcription(text=text)
 
     async def transcribe(self, model: str, wave: np.ndarray) -> str:
@@ -481,7 +485,7 @@ class Ingress:
 
 def build_app(args: AppArgs | dict) -> serve.Application:
     """The Serve application (``serve run serve/config.yaml`` calls this with the config's ``args``)."""
-    from medlm.serving.deployments import LLM, CTRetriever, SpeechEncoder
+    from medlm.serving.deployments import LLM, CTRetriever, SpeechEncoder, WhisperTranscriber
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     enc, gen = args.encoder_batching, args.llm_batching
@@ -489,7 +493,9 @@ def build_app(args: AppArgs | dict) -> serve.Application:
     llm = LLM.options(max_ongoing_requests=2 * gen.max_batch_size).bind(
         args.model_dir, args.served_model_name, args.adapters_dir, gen)
     ct = CTRetriever.bind(args.ct_index_dir) if args.ct_index_dir else None
-    return Ingress.bind(encoder, llm, ct, args)
+    asr = WhisperTranscriber.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.asr_model, enc) \
+        if args.asr_model else None
+    return Ingress.bind(encoder, llm, ct, args, asr)
 
 
 def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) -> str:
@@ -501,6 +507,10 @@ def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) 
     if model_dir is None:  # embedded defaults: tiny exports, served like any other export
         model_dir = default_model_dir()
         overrides.setdefault("ct_index_dir", default_ct_index_dir())
+    from medlm.models.pretrained import is_fetched
+
+    if is_fetched("whisper-tiny.en"):  # the ASR baseline beside the SpeechLM, from the model store
+        overrides.setdefault("asr_model", "whisper-tiny.en")
     args = AppArgs(model_dir=model_dir, api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(), **overrides)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="medlm", route_prefix="/", blocking=False)

@@ -39,6 +39,9 @@ class AppArgs(Section):
     served_model_name: str = "medlm"
     adapters_dir: str | None = None
     ct_index_dir: str | None = None
+    # a Whisper checkpoint served as the ASR baseline: `/v1/audio/transcriptions` with this as `model`
+    # (a model store name, a local dir or s3://); None = not served
+    asr_model: str | None = None
     api_key_env: str = "MEDLM_API_KEY"
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     limits: Limits = Limits()

@@ -93,6 +93,35 @@ class SpeechEncoder:
         return self.stats.report()
 
 
+# --- ASR baseline ----------------------------------------------------------------------------------------------
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+class WhisperTranscriber:
+    """A Whisper checkpoint's own encoder-decoder (``/v1/audio/transcriptions`` with its name as ``model``):
+    the ASR a user would pick instead of the SpeechLM, dynamically batched across requests."""
+
+    def __init__(self, model: str, batching: BatchOptions | None = None):
+        from medlm.models.baselines import WhisperASR
+
+        self.asr = WhisperASR(model)
+        self.stats = BatchStats()
+        batching = batching or BatchOptions()
+        self.transcribe.set_max_batch_size(batching.max_batch_size)
+        self.transcribe.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def transcribe(self, waves: list[np.ndarray]) -> list[str]:
+        self.stats.add(len(waves))
+        return await asyncio.to_thread(self.asr.transcribe, waves)
+
+    def ready(self) -> bool:
+        return True
+
+    def batch_stats(self) -> dict[str, Any]:
+        return self.stats.report()
+
+
 # --- LLM -------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -165,30 +194,13 @@ class _QueueStreamer:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
 
 
-def render_prompt(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[np.ndarray]]:
-    """Chat -> prompt token ids (one ``<|audio|>`` per audio part) + the audio embeddings in reading order.
-
-    The same rendering as ``SpeechLMProcessor.featurize(..., add_generation_prompt=True)``: a message's parts
-    are joined by newlines and each audio part becomes one placeholder token (a test pins the equivalence).
-    """
-    from medlm.models.tokenizer import AUDIO_TOKEN
-
-    chat, audio = [], []
-    for msg in messages:
-        parts = [{"type": "text", "text": msg["content"]}] if isinstance(msg["content"], str) else msg["content"]
-        texts = []
-        for part in parts:
-            if part["type"] == "text":
-                if AUDIO_TOKEN in part["text"]:
-                    raise APIError(400, f"text may not contain {AUDIO_TOKEN}", param="messages",
-                                   code="invalid_request")
-                texts.append(part["text"])
-            else:
-                audio.append(np.asarray(part["embeds"], dtype=np.float32))
-                texts.append(AUDIO_TOKEN)
-        chat.append({"role": msg["role"], "content": "\n".join(texts)})
-    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"], audio
+def render_prompt(processor, messages: list[dict[str, Any]]) -> tuple[list[int], list[np.ndarray]]:
+    """Chat -> prompt token ids + audio embeddings: ``SpeechLMProcessor.render_prompt`` (the rendering the
+    model was trained with), bad input as a 400."""
+    try:
+        return processor.render_prompt(messages)
+    except ValueError as e:
+        raise APIError(400, str(e), param="messages", code="invalid_request") from None
 
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
@@ -239,7 +251,7 @@ class LLM:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
         """Stream one request's completion; requests are batched underneath (``_batch``)."""
-        ids, audio = render_prompt(self.tokenizer, request.messages)
+        ids, audio = render_prompt(self.processor, request.messages)
         prompt_len = len(ids) - len(audio) + sum(len(a) for a in audio)
         if prompt_len + request.max_new_tokens > self.max_positions:
             raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({request.max_new_tokens}) exceeds the "
