@@ -177,3 +177,52 @@ def test_every_documented_override_is_accepted_by_some_job():
     assert bad == []
     with pytest.raises(ConfigError, match="train: unknown key"):  # the old, wrong example
         JOBS["stage1"].load(None, ["train.lr=3e-4"])
+
+
+def import_graph() -> dict[str, set[str]]:
+    """medlm module -> the medlm modules it imports, anywhere in the file (inside functions too), with the
+    packages an import of ``a.b.c`` runs first (``a.b``)."""
+    import ast
+
+    mods = {}
+    for p in (ROOT / "medlm").rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                targets = [base] + [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for t in targets:
+                parts = t.split(".")
+                for k in range(2, len(parts) + 1):
+                    u = ".".join(parts[:k])
+                    if u in mods and u != m and not m.startswith(u + "."):
+                        graph[m].add(u)
+    return graph
+
+
+def test_no_import_cycles_inside_functions_included():
+    graph = import_graph()
+    assert graph["medlm.ct.job"] >= {"medlm.ct.evaluate", "medlm.train.core"}  # the graph sees real imports
+    cycles, done = [], set()
+    for start in graph:  # a cycle through ``start``: a path from one of its imports back to it
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    cycles.append(path)
+                elif nxt not in seen and nxt not in done:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        done.add(start)
+    assert cycles == []

@@ -275,45 +275,19 @@ def _arange(x):
 
 # --- worker side ------------------------------------------------------------------------------
 
-def _deepspeed_config(p: PhaseSpec) -> dict:
-    from medlm.train.core import deepspeed_config
-
-    return deepspeed_config(p, p.batch_size)
-
-
-def _batches(shard, batch_size: int, seed: int):
-    """Endless batches from this worker's dataset shard (one pass per epoch, locally shuffled)."""
-    epoch = 0
-    while True:
-        n = 0
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                        local_shuffle_buffer_size=4 * batch_size, local_shuffle_seed=seed + epoch):
-            n += 1
-            yield batch
-        if n == 0:
-            raise ValueError(f"the training split has fewer rows per worker than batch_size={batch_size}")
-        epoch += 1
-
-
 def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
-    """Train ``task.build_model()`` for ``phase.steps`` DeepSpeed steps; returns (engine, last metrics)."""
-    import deepspeed
-    import torch
-
-    from medlm.train.core import lr_lambda, seed_everything
+    """Train ``task.build_model()`` for ``phase.steps`` DeepSpeed steps with the shared training core;
+    returns (engine, last metrics)."""
+    from medlm.train.core import build_engine, endless, seed_everything
 
     seed_everything(seed)
-    model = task.build_model()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(phase))
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
-                                      config=_deepspeed_config(phase))
+    engine, _ = build_engine(task.build_model(), phase, phase.batch_size)
+    batches = endless(lambda epoch: shard.iter_batches(
+        batch_size=phase.batch_size, batch_format="numpy", drop_last=True,
+        local_shuffle_buffer_size=4 * phase.batch_size, local_shuffle_seed=seed + epoch))
     metrics: dict = {}
-    batches = _batches(shard, phase.batch_size, seed)
     for step in range(phase.steps):
-        batch = task.collate(next(batches))
-        loss, metrics = task.loss(engine, batch)
+        loss, metrics = task.loss(engine, task.collate(next(batches)))
         engine.backward(loss)
         engine.step()
         if log_fn and (step % phase.log_every == 0 or step == phase.steps - 1):

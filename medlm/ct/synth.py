@@ -14,26 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CT_RATE_CLASSES: tuple[str, ...] = (
-    "Medical material",
-    "Arterial wall calcification",
-    "Cardiomegaly",
-    "Pericardial effusion",
-    "Coronary artery wall calcification",
-    "Hiatal hernia",
-    "Lymphadenopathy",
-    "Emphysema",
-    "Atelectasis",
-    "Lung nodule",
-    "Lung opacity",
-    "Pulmonary fibrotic sequela",
-    "Pleural effusion",
-    "Mosaic attenuation pattern",
-    "Peribronchial thickening",
-    "Consolidation",
-    "Bronchiectasis",
-    "Interlobular septal thickening",
-)
+from medlm.data.schema import CT_RATE_CLASSES  # the 18 CT-RATE abnormality classes (the row schema's labels)
 
 # Prevalence per class (roughly CT-RATE's ordering of frequent vs rare findings).
 PREVALENCE = np.array([0.20, 0.30, 0.15, 0.12, 0.25, 0.15, 0.25, 0.20, 0.22, 0.35,

@@ -39,6 +39,27 @@ SAMPLE_RATE = audio_io.SAMPLING_RATE
 ROLES = ("system", "user", "assistant")
 ENTITY_LABELS = ("CONDITION", "SYMPTOM", "TEST", "DRUG", "DOSAGE", "BODY_PART", "DURATION")
 SENTIMENTS = ("negative", "neutral", "positive")
+# The 18 CT-RATE abnormality classes, in the order of a ct row's ``labels``.
+CT_RATE_CLASSES: tuple[str, ...] = (
+    "Medical material",
+    "Arterial wall calcification",
+    "Cardiomegaly",
+    "Pericardial effusion",
+    "Coronary artery wall calcification",
+    "Hiatal hernia",
+    "Lymphadenopathy",
+    "Emphysema",
+    "Atelectasis",
+    "Lung nodule",
+    "Lung opacity",
+    "Pulmonary fibrotic sequela",
+    "Pleural effusion",
+    "Mosaic attenuation pattern",
+    "Peribronchial thickening",
+    "Consolidation",
+    "Bronchiectasis",
+    "Interlobular septal thickening",
+)
 
 
 def parse_entities(text: str | None) -> list[tuple[str, str]]:
@@ -281,8 +302,6 @@ def check_ct_labels(row: dict) -> np.ndarray:
 
 def ct_to_messages(row: dict, task: str = "report", max_audio_seconds: float | None = None) -> list[dict]:
     """A ``ct`` row -> messages asking for the findings of its (written or spoken) report."""
-    from medlm.ct.synth import CT_RATE_CLASSES
-
     _require(row, "id", "report")
     labels = check_ct_labels(row)
     if task == "report":

@@ -56,24 +56,22 @@ def wer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     An empty hypothesis is all deletions (WER 1 for that pair); WER can exceed 1 with insertions.
     Raises ``ValueError`` when the references hold no words at all.
     """
-    import jiwer
-
-    r, h = _check_pairs(refs, hyps)
-    if not any(r):
-        raise ValueError("the references contain no words after normalisation")
-    out = jiwer.process_words(r, h)
-    errors = out.substitutions + out.deletions + out.insertions
-    return errors / (out.hits + out.substitutions + out.deletions)
+    return _error_rate(refs, hyps, "words")
 
 
 def cer(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus character error rate on :func:`normalize_text` output (spaces count as characters)."""
+    return _error_rate(refs, hyps, "characters")
+
+
+def _error_rate(refs: Sequence[str], hyps: Sequence[str], unit: str) -> float:
+    """(S + D + I) / (H + S + D) over the corpus, by jiwer, in ``words`` or ``characters``."""
     import jiwer
 
     r, h = _check_pairs(refs, hyps)
     if not any(r):
-        raise ValueError("the references contain no characters after normalisation")
-    out = jiwer.process_characters(r, h)
+        raise ValueError(f"the references contain no {unit} after normalisation")
+    out = jiwer.process_words(r, h) if unit == "words" else jiwer.process_characters(r, h)
     errors = out.substitutions + out.deletions + out.insertions
     return errors / (out.hits + out.substitutions + out.deletions)
 

@@ -96,22 +96,10 @@ class AudioFrontend:
             lengths.extend(len(p) for p in pieces)
         if not chunks:
             feats = np.zeros((0, *self.feature_shape), dtype=np.float32)
-        elif self.encoder_type == "whisper":
-            feats = self.extractor(
-                chunks,
-                sampling_rate=SAMPLING_RATE,
-                padding="max_length",
-                max_length=self.window_samples,
-                return_tensors="np",
-            ).input_features
         else:
-            feats = self.extractor(
-                chunks,
-                sampling_rate=SAMPLING_RATE,
-                padding="max_length",
-                max_length=self.window_samples,
-                return_tensors="np",
-            ).input_values[:, None, :]
+            out = self.extractor(chunks, sampling_rate=SAMPLING_RATE, padding="max_length",
+                                 max_length=self.window_samples, return_tensors="np")
+            feats = out.input_features if self.encoder_type == "whisper" else out.input_values[:, None, :]
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if return_lengths:
             return feats, per_item, lengths

@@ -4,9 +4,13 @@ One function per side:
 
 * :func:`train` (driver) builds the datasets, the ``TorchTrainer`` and runs it; the run is named
   ``run.name`` under ``run.storage_path``, so relaunching with the same name resumes it.
-* :func:`train_loop` (every worker) builds the model, wraps it with ``deepspeed.initialize``,
-  resumes from ``ray.train.get_checkpoint()`` (weights, optimizer, scheduler *and* data position),
-  trains, checkpoints on every rank, and exports a consolidated ``save_pretrained`` model.
+* :func:`train_loop` (every worker) runs a :class:`Recipe`: setup (model, ``deepspeed.initialize``),
+  resume from ``ray.train.get_checkpoint()`` (weights, optimizer, scheduler *and* data position), then
+  step / log / evaluate / checkpoint (every rank) until done, and export a consolidated
+  ``save_pretrained`` model.
+
+:func:`build_engine`, :func:`endless` and :func:`to_device` are the pieces every training loop shares
+(the CT-CLIP phases in :mod:`medlm.ct.job` use them too).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -87,31 +91,50 @@ def history_uri(cfg: TrainJobConfig) -> str:
     return storage.join(cfg.run.storage_path, cfg.run.name, "history.json")
 
 
-# --- worker side ------------------------------------------------------------------------------
+# --- shared by every training loop (SpeechLM jobs, CT-CLIP phases) -----------------------------
 
-def _batches(cfg: TrainJobConfig, shard, processor, skip: int) -> Iterator[dict]:
-    """Endless stream of padded batches from this worker's shard; the first ``skip`` are dropped
-    (that is how a resumed run continues at its data position)."""
-    from medlm.data.pipeline import iter_train_batches
+def build_engine(model, o: OptimSpec, micro_batch: int):
+    """AdamW over the trainable parameters + the warmup/cosine schedule, wrapped by ``deepspeed.initialize``
+    (bf16 when ``o.bf16``); returns (engine, scheduler)."""
+    import deepspeed
+    import torch
 
+    if o.bf16:
+        model = model.to(torch.bfloat16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o))
+    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                   config=deepspeed_config(o, micro_batch))
+    return engine, scheduler
+
+
+def endless(epoch_batches: Callable[[int], Iterable], skip: int = 0) -> Iterator:
+    """Batches of epoch 0, 1, 2, ... (``epoch_batches(epoch)``) without end; the first ``skip`` are dropped
+    (that is how a resumed run continues at its data position). An empty epoch is an error."""
     seen, epoch = 0, 0
     while True:
-        for batch in iter_train_batches(shard, processor, cfg.data, epoch=epoch):
+        n = 0
+        for batch in epoch_batches(epoch):
+            n += 1
             seen += 1
             if seen > skip:
                 yield batch
+        if n == 0:
+            raise ValueError("this worker's data shard yields no batch (fewer rows than one batch?)")
         epoch += 1
 
 
-LOSS_KEYS = ("loss", "lm_loss", "cls_loss", "kd_loss")
+def to_device(batch: dict, device, bf16: bool = False) -> dict:
+    import torch
+
+    batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+    if bf16 and "input_features" in batch:
+        batch["input_features"] = batch["input_features"].to(torch.bfloat16)
+    return batch
 
 
-def _new_window() -> dict[str, Any]:
-    return {"sums": dict.fromkeys(LOSS_KEYS, 0.0), "counts": dict.fromkeys(LOSS_KEYS, 0), "tokens": 0,
-            "wait": 0.0, "t0": time.perf_counter()}
-
-
-def _all_reduce(values: list, dtype, device, op: str = "SUM"):
+def all_reduce(values: list, dtype, device, op: str = "SUM"):
     """``values`` as a tensor reduced over all ranks (unchanged outside a process group)."""
     import torch
     import torch.distributed as dist
@@ -122,19 +145,185 @@ def _all_reduce(values: list, dtype, device, op: str = "SUM"):
     return t
 
 
-def _reduce_window(window: dict, device) -> tuple[dict[str, float], int]:
-    """Mean of each loss over the window's micro-batches on all ranks, and the tokens all ranks saw."""
-    import torch
+# --- the SpeechLM jobs' worker side (stage1, stage2, joint_sft, multitask) --------------------------
 
-    values = [window["sums"][k] for k in LOSS_KEYS] + [window["counts"][k] for k in LOSS_KEYS] + [window["tokens"]]
-    t = _all_reduce(values, torch.float64, device)
-    n = len(LOSS_KEYS)
-    means = {k: float(t[i] / t[n + i]) for i, k in enumerate(LOSS_KEYS) if t[n + i] > 0}
-    return means, int(t[-1])
+LOSS_KEYS = ("loss", "lm_loss", "cls_loss", "kd_loss")
 
 
-def _count_tokens(batch: dict) -> int:
-    return int(batch["attention_mask"].sum())
+class LossWindow:
+    """Loss sums and token counts since the last log line; ``reduce`` averages them over all ranks."""
+
+    def __init__(self):
+        self.sums, self.counts = dict.fromkeys(LOSS_KEYS, 0.0), dict.fromkeys(LOSS_KEYS, 0)
+        self.tokens, self.wait, self.t0 = 0, 0.0, time.perf_counter()
+
+    def add(self, out, tokens: int) -> None:
+        self.tokens += tokens
+        for k in LOSS_KEYS:
+            v = getattr(out, k, None)
+            if v is not None:
+                self.sums[k] += float(v.detach())
+                self.counts[k] += 1
+
+    def reduce(self, device) -> tuple[dict[str, float], int]:
+        """Mean of each loss over the window's micro-batches on all ranks, and the tokens all ranks saw."""
+        import torch
+
+        values = [self.sums[k] for k in LOSS_KEYS] + [self.counts[k] for k in LOSS_KEYS] + [self.tokens]
+        t = all_reduce(values, torch.float64, device)
+        n = len(LOSS_KEYS)
+        return {k: float(t[i] / t[n + i]) for i, k in enumerate(LOSS_KEYS) if t[n + i] > 0}, int(t[-1])
+
+
+class Recipe:
+    """One Ray Train worker's run, read top to bottom as :meth:`run`: setup -> resume -> (step -> log ->
+    evaluate -> checkpoint) until ``optim.steps`` -> export. Every rank runs it; rank 0 logs and exports."""
+
+    def __init__(self, config: dict):
+        import ray.train
+
+        self.cfg = TrainJobConfig.model_validate(config["job"])
+        self.o = self.cfg.optim
+        self.fault_step = config.get("fault_at_step", -1)
+        self.ctx = ray.train.get_context()
+        self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
+        self.state: dict[str, Any] = {"step": 0, "batches": 0, "tokens": 0, "resumes": 0, "history": []}
+
+    def setup(self) -> None:
+        import ray.train
+        import torch
+
+        from medlm.models import build_model
+
+        seed_everything(self.o.seed)
+        model, self.processor = build_model(self.cfg.model)
+        model.lockstep = self.world > 1  # ranks draw different batches: see SpeechLM.lockstep
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.engine, self.scheduler = build_engine(model, self.o, self.cfg.data.batch_rows)
+        self.device = self.engine.device
+        self.flops_peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
+        self.val_ds = ray.train.get_dataset_shard("val") if self.cfg.val else None
+        self.writer, self.tb_dir = None, Path(tempfile.mkdtemp(prefix="medlm-tb-"))
+        if self.rank == 0 and self.cfg.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.tb_dir))
+
+    def resume(self) -> None:
+        """Weights, optimizer, scheduler and data position from Ray Train's latest checkpoint, if any."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint:
+            with checkpoint.as_directory() as d:
+                self.engine.load_checkpoint(d, tag="ds", load_module_strict=False)
+                self.state = json.loads((Path(d) / "trainer_state.json").read_text())
+            self.state["resumes"] += 1
+            if self.rank == 0:
+                log.info("resumed at step %d (data position: %d batches)", self.state["step"], self.state["batches"])
+
+    def batches(self) -> Iterator[dict]:
+        import ray.train
+
+        from medlm.data.pipeline import iter_train_batches
+
+        shard = ray.train.get_dataset_shard("train")
+        return endless(lambda epoch: iter_train_batches(shard, self.processor, self.cfg.data, epoch=epoch),
+                       skip=self.state["batches"])
+
+    def step(self, batches: Iterator[dict], window: LossWindow) -> None:
+        """One optimizer step: ``grad_accum`` micro-batches forward and backward (DeepSpeed steps each)."""
+        for _ in range(self.o.grad_accum):
+            t = time.perf_counter()
+            batch = to_device(next(batches), self.device, self.o.bf16)
+            window.wait += time.perf_counter() - t
+            out = self.engine(**batch)
+            self.engine.backward(out.loss)
+            self.engine.step()
+            ntok = int(batch["attention_mask"].sum())
+            self.state["batches"] += 1
+            self.state["tokens"] += ntok
+            window.add(out, ntok)
+        self.state["step"] += 1
+
+    def log(self, window: LossWindow) -> dict[str, float]:
+        """Rank-averaged losses, lr, tokens/s (and MFU on known GPUs) -> history, log line, TensorBoard."""
+        step = self.state["step"]
+        dt = time.perf_counter() - window.t0
+        means, tokens = window.reduce(self.device)
+        tok_s = tokens / dt
+        metrics = {"step": step, **means, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
+                   "data_wait_frac": window.wait / dt}
+        if self.flops_peak:
+            metrics["mfu"] = 6 * self.n_params * tok_s / (self.flops_peak * self.world)
+        self.state["history"].append(metrics)
+        if self.rank == 0:
+            log.info("step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
+                     step, self.o.steps)
+            if self.writer:
+                for k, v in metrics.items():
+                    self.writer.add_scalar(f"train/{k}", v, step)
+        return metrics
+
+    def evaluate(self, metrics: dict) -> None:
+        metrics["val_loss"] = evaluate_loss(self.engine, self.val_ds, self.processor, self.cfg)
+        if self.rank == 0:
+            log.info("step %d val_loss=%.4f", self.state["step"], metrics["val_loss"])
+            if self.writer:
+                self.writer.add_scalar("val/loss", metrics["val_loss"], self.state["step"])
+
+    def checkpoint(self, metrics: dict) -> None:
+        """Every rank writes its DeepSpeed shard, then reports; Ray merges them into one checkpoint."""
+        import ray.train
+
+        tmp = tempfile.mkdtemp(prefix="medlm-ckpt-")
+        self.engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
+        if self.rank == 0:
+            (Path(tmp) / "trainer_state.json").write_text(json.dumps(self.state))
+        ray.train.report({**metrics, "step": self.state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def export(self) -> None:
+        """The run's record (history, resumes, tokens, workers, nodes) and a consolidated ``from_pretrained``
+        model (ZeRO-3 shards gathered) under the run's directory."""
+        import torch
+
+        if self.writer:
+            self.writer.close()
+            storage.copy_tree(str(self.tb_dir), storage.join(self.cfg.run.storage_path, self.cfg.run.name, "tensorboard"))
+        nodes = int(all_reduce([self.ctx.get_node_rank()], torch.int64, self.device, op="MAX")) + 1
+        state_dict = self.engine._zero3_consolidated_16bit_state_dict() if self.o.zero_stage == 3 else None
+        if self.rank != 0:
+            return
+        record = {**{k: self.state[k] for k in ("history", "resumes", "tokens")}, "workers": self.world, "nodes": nodes}
+        storage.write_text(history_uri(self.cfg), json.dumps(record))
+        tmp = tempfile.mkdtemp(prefix="medlm-export-")
+        self.engine.module.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+        self.processor.save_pretrained(tmp)
+        storage.copy_tree(tmp, export_dir(self.cfg))
+        log.info("exported model to %s", export_dir(self.cfg))
+
+    def run(self) -> None:
+        self.setup()
+        self.resume()
+        batches, window = self.batches(), LossWindow()
+        self.engine.train()
+        while self.state["step"] < self.o.steps:
+            self.step(batches, window)
+            step, last = self.state["step"], self.state["step"] == self.o.steps
+            if step == self.fault_step and self.rank == self.world - 1:
+                _inject_fault(self.cfg, self.rank, step)
+            metrics: dict[str, float] = {}
+            if step % self.o.log_every == 0 or last:
+                metrics, window = self.log(window), LossWindow()
+            if self.val_ds is not None and ((self.o.eval_every and step % self.o.eval_every == 0) or last):
+                self.evaluate(metrics)
+            if step % self.o.checkpoint_every == 0 or last:
+                self.checkpoint(metrics)
+            elif metrics:
+                import ray.train
+
+                ray.train.report(metrics)
+        self.export()
 
 
 def train_loop(config: dict) -> None:
@@ -142,118 +331,8 @@ def train_loop(config: dict) -> None:
     import torch
 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    import deepspeed
-    import ray.train
-
-    from medlm.models import build_model
-
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # workers start with WARNING
-    cfg = TrainJobConfig.model_validate(config["job"])
-    o = cfg.optim
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    seed_everything(o.seed)
-
-    model, processor = build_model(cfg.model)
-    model.lockstep = world > 1  # ranks draw different batches: see SpeechLM.lockstep
-    if o.bf16:
-        model = model.to(torch.bfloat16)
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler,
-        config=deepspeed_config(o, cfg.data.batch_rows))
-    device = engine.device
-
-    state: dict[str, Any] = {"step": 0, "batches": 0, "tokens": 0, "resumes": 0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            engine.load_checkpoint(d, tag="ds", load_module_strict=False)
-            state = json.loads((Path(d) / "trainer_state.json").read_text())
-        state["resumes"] += 1
-        if rank == 0:
-            log.info("resumed at step %d (data position: %d batches)", state["step"], state["batches"])
-
-    fault_step = config.get("fault_at_step", -1)
-    writer = None
-    tb_dir = Path(tempfile.mkdtemp(prefix="medlm-tb-"))
-    if rank == 0 and cfg.run.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(tb_dir))
-
-    val_ds = ray.train.get_dataset_shard("val") if cfg.val else None
-    batches = _batches(cfg, ray.train.get_dataset_shard("train"), processor, skip=state["batches"])
-    flops_peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
-
-    engine.train()
-    window = _new_window()
-    while state["step"] < o.steps:
-        for _ in range(o.grad_accum):
-            t = time.perf_counter()
-            batch = next(batches)
-            window["wait"] += time.perf_counter() - t
-            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
-            if o.bf16 and "input_features" in batch:
-                batch["input_features"] = batch["input_features"].to(torch.bfloat16)
-            out = engine(**batch)
-            engine.backward(out.loss)
-            engine.step()
-            state["batches"] += 1
-            ntok = _count_tokens(batch)
-            state["tokens"] += ntok
-            window["tokens"] += ntok
-            for k in LOSS_KEYS:
-                v = getattr(out, k, None)
-                if v is not None:
-                    window["sums"][k] += float(v.detach())
-                    window["counts"][k] += 1
-        state["step"] += 1
-        step = state["step"]
-
-        if step == fault_step and rank == world - 1:
-            _inject_fault(cfg, rank, step)
-
-        metrics: dict[str, float] = {}
-        if step % o.log_every == 0 or step == o.steps:
-            dt = time.perf_counter() - window["t0"]
-            means, tokens = _reduce_window(window, device)
-            tok_s = tokens / dt
-            metrics = {"step": step, **means, "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": tok_s, "data_wait_frac": window["wait"] / dt}
-            if flops_peak:
-                metrics["mfu"] = 6 * n_params * tok_s / (flops_peak * world)
-            window = _new_window()
-            state["history"].append(metrics)
-            if rank == 0:
-                log.info("step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
-                         step, o.steps)
-                if writer:
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-        if val_ds is not None and ((o.eval_every and step % o.eval_every == 0) or step == o.steps):
-            metrics["val_loss"] = evaluate_loss(engine, val_ds, processor, cfg)
-            if rank == 0:
-                log.info("step %d val_loss=%.4f", step, metrics["val_loss"])
-                if writer:
-                    writer.add_scalar("val/loss", metrics["val_loss"], step)
-
-        if step % o.checkpoint_every == 0 or step == o.steps:
-            _checkpoint(engine, state, metrics, rank)
-        elif metrics:
-            ray.train.report(metrics)
-
-    if writer:
-        writer.close()
-        storage.copy_tree(str(tb_dir), storage.join(cfg.run.storage_path, cfg.run.name, "tensorboard"))
-    nodes = int(_all_reduce([ctx.get_node_rank()], torch.int64, device, op="MAX")) + 1  # nodes the group spans
-    if rank == 0:
-        record = {**{k: state[k] for k in ("history", "resumes", "tokens")}, "workers": world, "nodes": nodes}
-        storage.write_text(history_uri(cfg), json.dumps(record))
-    _export(engine, processor, cfg, rank)
+    Recipe(config).run()
 
 
 def _inject_fault(cfg: TrainJobConfig, rank: int, step: int) -> None:
@@ -281,38 +360,10 @@ def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for batch in iter_train_batches(val_ds, processor, cfg.val):
-            batch = {k: (v.to(engine.device) if hasattr(v, "to") else v) for k, v in batch.items()}
-            total += float(engine(**batch).loss)
+            total += float(engine(**to_device(batch, engine.device, cfg.optim.bf16)).loss)
             n += 1
     engine.train()
     return total / max(1, n)
-
-
-def _checkpoint(engine, state: dict, metrics: dict, rank: int) -> None:
-    """Every rank writes its DeepSpeed shard, then reports; Ray merges them into one checkpoint."""
-    import ray.train
-
-    tmp = tempfile.mkdtemp(prefix="medlm-ckpt-")
-    engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
-    if rank == 0:
-        (Path(tmp) / "trainer_state.json").write_text(json.dumps(state))
-    ray.train.report({**metrics, "step": state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
-def _export(engine, processor, cfg: TrainJobConfig, rank: int) -> None:
-    """Consolidate the weights (gathering ZeRO-3 shards) and write a ``from_pretrained`` model."""
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if cfg.optim.zero_stage == 3 else None
-    if rank != 0:
-        return
-    module = engine.module
-    tmp = tempfile.mkdtemp(prefix="medlm-export-")
-    if state_dict is not None:
-        module.save_pretrained(tmp, state_dict=state_dict)
-    else:
-        module.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    storage.copy_tree(tmp, export_dir(cfg))
-    log.info("exported model to %s", export_dir(cfg))
 
 
 # --- driver side ------------------------------------------------------------------------------
