@@ -97,7 +97,8 @@ def serve(model: Optional[str] = typer.Option(None, help="an exported model dir 
 
 
 @app.command()
-def demo(preset: str = typer.Option("tiny", help="model/data size preset: tiny (seconds) or small (minutes)"),
+def demo(preset: str = typer.Option("real", help="real (the pretrained parts, ~20 min on 2 cores), tiny (a "
+                                                    "random toy, ~4 min) or small (a bigger toy)"),
          workdir: Optional[str] = typer.Option(None, help="where to keep the run's local files")) -> None:
     """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve -> a spoken question over HTTP."""
     from medlm.demo import run_demo

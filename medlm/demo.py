@@ -1,8 +1,10 @@
 """``medlm demo``: the whole path on embedded defaults, one step after another.
 
 make data -> stage 1 (text knowledge) -> stage 2 (speech alignment) -> serve (Ray Serve) -> a
-spoken question answered over the OpenAI-compatible HTTP API. Everything runs for real: local
-Ray, the moto S3 server, DeepSpeed on 2 CPU workers, espeak-ng speech, Ray Serve over HTTP.
+spoken question in a voice the training never used, answered over the OpenAI-compatible HTTP API end to
+end, as text and through the cascade (whisper-tiny.en transcribes, the same LLM answers). Everything runs
+for real: local Ray, the moto S3 server, DeepSpeed on 2 CPU workers, Piper and espeak-ng speech, the real
+checkpoints (preset ``real``, the default; ``tiny`` is the seconds-long toy the tests use).
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any
 
 log = logging.getLogger("medlm.demo")
 
-# How much data and training each preset gets (the model preset has the same name).
+# How much data and training each preset gets (the model preset has the same name), and the job configs.
 SIZES = {
-    "tiny": {"data": [], "steps": 30},
-    "small": {"data": ["consultations=400", "speech_consultations=120", "utterances=200"], "steps": 300},
+    "real": {"data": ["consultations=200", "speech_consultations=60", "utterances=400"],
+             "stage1": ("stage1_real.yaml", []), "stage2": ("stage2_real.yaml", [])},
+    "tiny": {"data": [], "stage1": ("stage1.yaml", ["optim.steps=30"]), "stage2": ("stage2.yaml", ["optim.steps=30"])},
+    "small": {"data": ["consultations=400", "speech_consultations=120", "utterances=200"],
+              "stage1": ("stage1.yaml", ["optim.steps=300"]), "stage2": ("stage2.yaml", ["optim.steps=300"])},
 }
 
 
@@ -51,19 +56,30 @@ def _wav_base64(audio, rate: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _spoken_question(data_cfg) -> tuple[str, str, Any, int]:
-    """A question about a fact that stage 2 never heard as speech, spoken by a synthetic patient."""
+def _spoken_question(data_cfg) -> tuple[str, str, Any, int, str]:
+    """A question about a fact that stage 2 never heard as speech, spoken by a synthetic patient whose voice
+    the training data never used (an en-us espeak-ng voice of the bank beyond the ones make_data drew)."""
     from medlm.data import kb
     from medlm.data.factory import speech_conditions
-    from medlm.data.tts import SAMPLING_RATE, speak, voice_bank
+    from medlm.data.tts import SAMPLING_RATE, espeak_voices, speak, voice_bank
 
     heard = speech_conditions(data_cfg)
     pair = next(p for p in kb.qa_pairs(data_cfg.seed) if p["condition"] not in heard)
-    voice = voice_bank(3, data_cfg.seed, backend="espeak")[1]
-    return pair["question"], pair["answer"], speak([pair["question"]], voice)[0], SAMPLING_RATE
+    n = data_cfg.tts.num_voices
+    used = {v.id for v in voice_bank(n, data_cfg.seed, data_cfg.tts.backend, data_cfg.tts.piper_voice)}
+    voice = next(v for v in espeak_voices(2 * n + 1, data_cfg.seed + 1)
+                 if v.id not in used and v.accent == "en-us")
+    return pair["question"], pair["answer"], speak([pair["question"]], voice)[0], SAMPLING_RATE, voice.id
 
 
-def run_demo(preset: str = "tiny", workdir: str | None = None) -> dict[str, Any]:
+def _ask(client, content, model: str = "medlm", max_tokens: int = 48) -> tuple[str, float]:
+    t = time.perf_counter()
+    reply = client.chat.completions.create(model=model, max_tokens=max_tokens, temperature=0.0,
+                                           messages=[{"role": "user", "content": content}])
+    return reply.choices[0].message.content, time.perf_counter() - t
+
+
+def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]:
     from openai import OpenAI
     from ray import serve
 
@@ -92,15 +108,16 @@ def run_demo(preset: str = "tiny", workdir: str | None = None) -> dict[str, Any]
             summary["data"] = {k: v["rows"] for k, v in data["datasets"].items()}
             summary["audio_hours"] = round(data["audio_hours"], 3)
 
-        common = [f"model.preset={preset}", f"data.root={data_root}", f"run.storage_path={storage.join(root, 'runs')}",
-                  f"optim.steps={size['steps']}"]
+        common = [f"model.preset={preset}", f"data.root={data_root}", f"run.storage_path={storage.join(root, 'runs')}"]
         with progress.step("stage 1: medical knowledge from text (Ray Train + DeepSpeed ZeRO-2, 2 workers)"):
-            s1 = train(load_config(TrainJobConfig, "stage1.yaml", [*common, "run.name=stage1"]))
+            config, extra = size["stage1"]
+            s1 = train(load_config(TrainJobConfig, config, [*common, *extra, "run.name=stage1"]))
             summary["stage1"] = {"export": s1["export"], "loss": _loss(s1)}
 
         with progress.step("stage 2: speech alignment from the stage-1 model"):
-            s2 = train(load_config(TrainJobConfig, "stage2.yaml",
-                                   [*common, "run.name=stage2", f"model.init_from={s1['export']}"]))
+            config, extra = size["stage2"]
+            s2 = train(load_config(TrainJobConfig, config,
+                                   [*common, *extra, "run.name=stage2", f"model.init_from={s1['export']}"]))
             summary["stage2"] = {"export": s2["export"], "loss": _loss(s2)}
 
         with progress.step("serve the stage-2 model (Ray Serve, OpenAI-compatible API)"):
@@ -109,19 +126,28 @@ def run_demo(preset: str = "tiny", workdir: str | None = None) -> dict[str, Any]
             summary["url"] = url
 
         try:
-            with progress.step("ask a spoken question over HTTP"):
-                question, expected, audio, rate = _spoken_question(data_cfg)
+            with progress.step("ask a spoken question over HTTP: end to end, as text, and through the cascade"):
+                question, expected, audio, rate, voice = _spoken_question(data_cfg)
                 client = OpenAI(base_url=url, api_key=key)
-                reply = client.chat.completions.create(
-                    model="medlm", max_tokens=32, temperature=0.0,
-                    messages=[{"role": "user", "content": [
-                        {"type": "input_audio", "input_audio": {"data": _wav_base64(audio, rate), "format": "wav"}}]}])
-                answer = reply.choices[0].message.content
-                print(f"  spoken question ({len(audio) / rate:.1f}s of synthetic speech): {question}")
-                print(f"  expected answer: {expected}")
-                print(f"  model answer:    {answer}")
-                summary["question"] = {"text": question, "expected": expected, "answer": answer,
-                                       "usage": reply.usage.model_dump() if reply.usage else None}
+                wav = _wav_base64(audio, rate)
+                spoken, t_spoken = _ask(client, [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}])
+                text, t_text = _ask(client, question)
+                answers = {"spoken (end to end)": (spoken, t_spoken), "text (the question typed)": (text, t_text)}
+                heard = None
+                if "whisper-tiny.en" in [m.id for m in client.models.list().data]:
+                    t = time.perf_counter()
+                    heard = client.audio.transcriptions.create(
+                        model="whisper-tiny.en", file=("question.wav", base64.b64decode(wav))).text
+                    cascade, t_cascade = _ask(client, heard)
+                    answers["cascade (whisper-tiny.en -> same LLM)"] = (cascade, time.perf_counter() - t)
+                print(f"  spoken question ({len(audio) / rate:.1f}s, voice {voice}, never used in training): {question}")
+                if heard is not None:
+                    print(f"  whisper-tiny.en heard: {heard}")
+                print(f"  knowledge-base answer: {expected}")
+                for name, (a, dt) in answers.items():
+                    print(f"  {name:40s} [{dt:4.1f}s] {a}")
+                summary["question"] = {"text": question, "voice": voice, "expected": expected, "heard": heard,
+                                       "answers": {k: {"answer": a, "seconds": round(dt, 2)} for k, (a, dt) in answers.items()}}
         finally:
             serve.shutdown()
     summary["seconds"] = progress.times

@@ -214,8 +214,11 @@ def stack_up(s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, bucket
                             stdout=moto_log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_port(s3_port)
     s3_env = {**S3_LOCAL_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
+    # The job agent's HTTP port is free-picked: the default (52365) is taken by any other Ray on this machine
+    # (a test session, `medlm demo`), and an agent that cannot bind leaves `ray job submit` with "No available
+    # agent to submit job".
     cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
+           "--dashboard-host=127.0.0.1", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"]
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     ray_session = start_in_session(cmd, {**env, **s3_env}, STATE_DIR / "ray-start.log")

@@ -18,12 +18,13 @@ if [ "${1:-}" = --latest ]; then
   "$UV" pip install -q --python .venv-latest/bin/python --find-links "${MEDLM_FIND_LINKS:-/opt/wheels}" \
       -c requirements/torch-cpu.txt --upgrade -e '.[test]'
   echo "== versions that differ from requirements/lock.txt (package: locked -> latest)"
-  "$UV" pip freeze --python .venv-latest/bin/python --exclude-editable | .venv/bin/python - <<'PY'
-import re, sys
+  "$UV" pip freeze --python .venv-latest/bin/python --exclude-editable > .venv-latest/freeze.txt
+  .venv/bin/python - <<'PY'
+import re
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
 locked = dict(m.groups() for m in re.finditer(r"^([A-Za-z0-9][\w.-]*)==([^\s\\]+)", open("requirements/lock.txt").read(), re.M))
 locked = {norm(k): v for k, v in locked.items()}
-latest = {norm(k): v for k, v in (l.strip().split("==", 1) for l in sys.stdin if "==" in l)}
+latest = {norm(k): v for k, v in (l.strip().split("==", 1) for l in open(".venv-latest/freeze.txt") if "==" in l)}
 diff = [(n, locked.get(n, "-"), latest.get(n, "-")) for n in sorted(set(locked) | set(latest)) if locked.get(n) != latest.get(n)]
 for n, a, b in diff:
     print(f"  {n}: {a} -> {b}")

@@ -175,3 +175,48 @@ def test_evaluate_end_to_end(stack):
         M.wer([p["reference"] for p in asr], [p["prediction"] for p in asr]))
     ner_refs = {p["reference"] for p in preds if p["dataset"] == "utterances_ner"}
     assert "SYMPTOM: fever\nDURATION: two days" in ner_refs
+
+
+def _spoken_qa() -> list[dict]:
+    from medlm.data.schema import encode_flac
+
+    rows = []
+    for i, q in enumerate(kb.qa_pairs()[:3]):
+        audio = encode_flac(_tone(1.0 + 0.3 * i, 250 + 40 * i), 16000)
+        rows.append({"id": f"qa_speech-{q['fact_id']}", "source": "kb",
+                     "turns": [{"role": "user", "audio": audio, "sample_rate": 16000, "transcript": q["question"]},
+                               {"role": "assistant", "text": q["answer"]}],
+                     "meta": json.dumps({"fact_id": q["fact_id"], "condition": q["condition"]})})
+    return rows
+
+
+def test_consistency_views_and_their_scores(tmp_path):
+    """Spoken chat rows: the same model answers the audio, the transcript and (with an ASR) whisper's words;
+    the report's consistency numbers are the metrics of exactly those answers."""
+    import pyarrow as pa
+
+    from medlm.data.io import write_rows
+    from medlm.eval.job import ModelPredictor, build_report, read_shards, shard_plan
+    from medlm.models.pretrained import is_fetched
+
+    write_rows(_spoken_qa(), str(tmp_path / "data" / "qa_speech"), "speech_dialogue")
+    _export(str(tmp_path / "model"), seed=0)
+    cfg = EvalConfig(model=str(tmp_path / "model"), tasks=["qa", "consistency"],
+                     data=DataSpec(root=str(tmp_path / "data"), datasets=[DatasetEntry(name="qa_speech")]))
+    envelopes = pa.concat_tables([t for item in shard_plan(cfg.data.resolved()) for t in
+                                  read_shards(pa.Table.from_pylist([item]))])
+    asr = "whisper-tiny.en" if is_fetched("whisper-tiny.en") else ""
+    preds = ModelPredictor(cfg.model, max_new_tokens=6, consistency_asr=asr)(envelopes).to_pylist()
+    views = [json.loads(p["views"]) for p in preds]
+    assert [v["topic"] for v in views] == [kb.condition(q["condition"]).name for q in kb.qa_pairs()[:3]]
+    assert all(isinstance(v["text"], str) and ("cascade" in v) == bool(asr) for v in views)
+    report = build_report(cfg, cfg.data.resolved(), preds)
+    c = report["consistency"]["qa_speech"]
+    expected = M.consistency_scores([v["text"] for v in views], [p["prediction"] for p in preds],
+                                    [v["topic"] for v in views])
+    assert c["n"] == 3 and c["speech"] == expected
+    if asr:  # tones are not speech: whisper hears (almost) nothing of the questions
+        assert c["cascade"]["asr_wer"] > 0.5
+    from medlm.eval.job import render_markdown
+
+    assert "Does speech work?" in render_markdown(report)

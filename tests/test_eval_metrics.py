@@ -258,3 +258,14 @@ def test_zero_shot_threshold_on_test_set_when_no_validation():
     assert out["f1_macro"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         M.zero_shot_auroc_f1([0.1], [0], val_probs=[0.1])
+
+
+def test_rouge_l_and_consistency():
+    # LCS of "cat sat on mat" / "cat on mat" (articles dropped) is 3: F = 2 * 3 / (4 + 3)
+    assert M.rouge_l(["The cat sat on the mat."], ["the cat on mat"]) == pytest.approx(6 / 7)
+    assert M.rouge_l(["b c d"], ["d c b"]) == pytest.approx(1 / 3) and M.rouge_l(["x"], ["y"]) == 0.0
+    assert M.names_topic("Asthma causes wheeze.", "asthma") and not M.names_topic("asthmatic", "asthma")
+    s = M.consistency_scores(["Asthma causes wheeze.", "Gout hurts.", "I do not know."],
+                             ["asthma is bad", "no idea", "I do not know."], ["asthma", "gout", "migraine"])
+    assert s["topic_n"] == 2 and s["topic_accuracy"] == 0.5  # the third text answer does not name migraine
+    assert s["f1"] == pytest.approx((M._token_f1("Asthma causes wheeze.", "asthma is bad") + 0 + 1) / 3)

@@ -317,6 +317,9 @@ def test_kd_loss_zero_on_teacher_path_positive_otherwise():
     mixed = proc.collate([fs, f])
     assert mixed["kd_mask"].tolist() == [True, False]
     torch.testing.assert_close(model(**mixed).kd_loss, model(**proc.collate([fs])).kd_loss)
+    # LoRA that this run does not train (stage 1's, under an adapter-only stage 2) belongs to the teacher
+    model.configure_trainable([r"^adapter\."])
+    assert model(**same).kd_loss.item() < 1e-6
 
 
 def test_presets_build_on_meta_with_expected_sizes():

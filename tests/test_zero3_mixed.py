@@ -33,6 +33,7 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
     torch.manual_seed(0)
     model, proc = build_model(ModelSpec(preset="tiny", lora_r=8, encoder_lora_r=2, num_classes=3, kd_weight=0.5,
                                         trainable=[r"^adapter\.", r"^classifier\.", "lora_"]))
+    model.lockstep = world > 1  # as the training core sets it (SpeechLM.lockstep)
     params = [p for p in model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=1e-3),
                                       config=deepspeed_config(OptimSpec(zero_stage=3), 1))

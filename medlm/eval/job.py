@@ -39,14 +39,18 @@ from medlm.eval import metrics as M
 
 log = logging.getLogger(__name__)
 
-Task = Literal["asr", "ner", "sentiment", "slue", "qa", "findings", "retention", "consultation"]
-ALL_TASKS: tuple[str, ...] = ("asr", "ner", "sentiment", "slue", "qa", "findings", "retention", "consultation")
+Task = Literal["asr", "ner", "sentiment", "slue", "qa", "findings", "retention", "consultation", "consistency"]
+ALL_TASKS: tuple[str, ...] = ("asr", "ner", "sentiment", "slue", "qa", "findings", "retention", "consultation",
+                              "consistency")
 # dataset task (medlm.data.schema.TASKS) -> metric group
 TASK_GROUP = {"asr": "asr", "multitask": "asr", "ner": "ner", "sentiment": "sentiment", "chat": "qa",
               "report": "findings", "spoken_report": "findings"}
 PREDICTIONS = pa.schema([("dataset", pa.string()), ("kind", pa.string()), ("task", pa.string()), ("id", pa.string()),
                          ("reference", pa.string()), ("prediction", pa.string()), ("error", pa.string()),
-                         ("seconds", pa.float64())])
+                         ("seconds", pa.float64()), ("views", pa.string())])
+# views (JSON, "consistency" task, spoken chat rows with transcripts): the same model's answer to the
+# transcript ("text"), to whisper's transcript ("cascade", with "asr": that transcript), and the row's
+# key entity ("topic", its knowledge-base condition)
 CONSULTATION = "consultation"  # kind/task/dataset of the simulated-consultation work items
 
 
@@ -87,6 +91,9 @@ class EvalConfig(Section):
     consultation: ConsultationEval = Field(default_factory=ConsultationEval)
     samples: int = Field(default=3, ge=0)               # example predictions per dataset in the report
     cascade: CascadeSpec | None = None                  # also score the cascade baseline on the spoken rows
+    # "consistency" task: the ASR of its cascade view (whisper transcribes, the same model answers in text);
+    # None = spoken vs text view only
+    consistency_asr: str | None = "whisper-tiny.en"
 
     @model_validator(mode="after")
     def _check(self) -> "EvalConfig":
@@ -111,7 +118,8 @@ class ModelPredictor:
     group get Whisper's own transcript."""
 
     def __init__(self, model: str, max_new_tokens: int = 64, max_audio_seconds: float | None = None,
-                 torch_threads: int = 1, consultation: dict | None = None, cascade: dict | None = None):
+                 torch_threads: int = 1, consultation: dict | None = None, cascade: dict | None = None,
+                 consistency_asr: str | None = None):
         import torch
 
         torch.set_num_threads(torch_threads)
@@ -131,6 +139,12 @@ class ModelPredictor:
         self.max_audio_seconds = max_audio_seconds
         self.consultation = ConsultationEval(**(consultation or {}))
         self.tts = _speaker(self.consultation.voice) if self.consultation.spoken else None
+        self.consistency = consistency_asr is not None and cascade is None
+        self.asr = None
+        if self.consistency and consistency_asr:
+            from medlm.models.baselines import WhisperASR
+
+            self.asr = WhisperASR(consistency_asr)
 
     def generate(self, messages_batch: list[list[dict]], tasks: list[str] | None = None) -> list[str]:
         """Greedy answers to conversations that end on a user turn (``tasks``: each row's dataset task)."""
@@ -161,6 +175,7 @@ class ModelPredictor:
         from medlm.data.schema import BadRecord, to_messages
 
         out, prompts, tasks, slots = [], [], [], []  # rows in input order; prompts fill the slots after generation
+        views: list[tuple[int, str, list[dict]]] = []  # (row slot, view name, prompt) for the consistency task
         for env in table.to_pylist():
             rec = {k: env[k] for k in ("dataset", "kind", "task", "id")}
             if env["kind"] == CONSULTATION:
@@ -176,13 +191,49 @@ class ModelPredictor:
             prompts.append(messages[:last])
             tasks.append(env["task"])
             slots.append(len(out) - 1)
+            if self.consistency and env["task"] == "chat":
+                found, meta = self._views(messages[:last], pickle.loads(env["row"]))
+                views += [(len(out) - 1, name, p) for name, p in found]
+                out[-1]["views"] = json.dumps(meta) if found else None
         if prompts:
             start = time.perf_counter()
             answers = self.generate(prompts, tasks)
             per_row = (time.perf_counter() - start) / len(prompts)
             for i, a in zip(slots, answers):
                 out[i].update(prediction=a, seconds=per_row)
+        if views:
+            answers = self.generate([v[2] for v in views], ["chat"] * len(views))
+            found: dict[int, dict] = defaultdict(dict)
+            for (i, name, _), a in zip(views, answers):
+                found[i][name] = a
+            for i, v in found.items():
+                out[i]["views"] = json.dumps({**json.loads(out[i]["views"] or "{}"), **v})
         return pa.Table.from_pylist(out, schema=PREDICTIONS)
+
+    def _views(self, prompt: list[dict], row: dict) -> tuple[list[tuple[str, list[dict]]], dict]:
+        """Text views of a spoken prompt whose audio parts all carry transcripts: the transcript itself
+        (``text``) and, with an ASR model, Whisper's transcript (``cascade``); plus what the report needs
+        to know of the row (``asr``: Whisper's words, ``topic``: the row's key entity, its condition)."""
+        parts = [p for m in prompt if not isinstance(m["content"], str) for p in m["content"] if p["type"] == "audio"]
+        if not parts or any("transcript" not in p for p in parts):
+            return [], {}
+        heard = self.asr.transcribe([p["audio"] for p in parts]) if self.asr is not None else None
+
+        def view(words: list[str]) -> list[dict]:
+            it = iter(words)
+            return [m if isinstance(m["content"], str) else
+                    {**m, "content": [{"type": "text", "text": next(it)} if p["type"] == "audio" else p
+                                      for p in m["content"]]} for m in prompt]
+
+        from medlm.data import kb
+
+        condition = json.loads(row.get("meta") or "{}").get("condition")
+        topic = kb.condition(condition).name if condition in {c.id for c in kb.CONDITIONS} else None
+        found = [("text", view([p["transcript"] for p in parts]))]
+        if heard is not None:
+            found.append(("cascade", view(heard)))
+        return found, {"topic": topic, "transcript": " ".join(p["transcript"] for p in parts),
+                       "asr": " ".join(heard) if heard is not None else None}
 
     def consult(self, item: dict) -> dict:
         """One simulated consultation with the model as the doctor; the result (JSON) is the prediction."""
@@ -289,7 +340,8 @@ def predict(cfg: EvalConfig, model: str | None, datasets: list[ResolvedDataset],
     ds = ray.data.from_items(items).map_batches(read_shards, batch_size=1, batch_format="pyarrow")
     ds = ds.map_batches(ModelPredictor, fn_constructor_kwargs=dict(
         model=model, max_new_tokens=cfg.max_new_tokens, max_audio_seconds=cfg.data.max_audio_seconds,
-        torch_threads=_threads(cfg), consultation=cfg.consultation.model_dump(), cascade=cascade),
+        torch_threads=_threads(cfg), consultation=cfg.consultation.model_dump(), cascade=cascade,
+        consistency_asr=(cfg.consistency_asr or "") if "consistency" in cfg.tasks and cascade is None else None),
         batch_size=cfg.batch_size, batch_format="pyarrow", **_actors(cfg))
     return sorted(ds.take_all(), key=lambda r: (r["dataset"], r["id"]))
 
@@ -385,6 +437,23 @@ def build_report(cfg: EvalConfig, datasets: list[ResolvedDataset], preds: list[d
             if good and after is not None:
                 before = M.short_answer_scores([r["reference"] for r in good], [r["prediction"] for r in good])["f1"]
                 report["retention"][d.name] = {"metric": "token_f1", **M.text_retention(before, after)}
+    consistency = {}
+    for name, rows in grouped.items():  # spoken answers against the same model's answers to the text
+        rows = [r for r in rows if r.get("views") and not r["error"]]
+        if not rows:
+            continue
+        views = [json.loads(r["views"]) for r in rows]
+        text, topics = [v["text"] for v in views], [v.get("topic") for v in views]
+        entry = {"n": len(rows), "speech": M.consistency_scores(text, [r["prediction"] for r in rows], topics),
+                 "text": {"topic_rate": sum(bool(k) and M.names_topic(t, k) for t, k in zip(text, topics)) / len(rows)},
+                 "samples": [{"id": r["id"], "text": v["text"], "speech": r["prediction"], "cascade": v.get("cascade"),
+                              "asr": v.get("asr")} for r, v in list(zip(rows, views))[: cfg.samples]]}
+        if all("cascade" in v for v in views):
+            entry["cascade"] = M.consistency_scores(text, [v["cascade"] for v in views], topics)
+            entry["cascade"]["asr_wer"] = M.wer([v["transcript"] for v in views], [v["asr"] or "" for v in views])
+        consistency[name] = entry
+    if consistency:
+        report["consistency"] = consistency
     if cascade_preds is not None:  # the baseline a user would pick instead, on the same spoken rows
         report["cascade"] = {"asr": cfg.cascade.asr, "llm": cfg.cascade.llm, "datasets": {}}
         grouped_c = _by_dataset(cascade_preds)
@@ -428,6 +497,16 @@ def render_markdown(report: dict) -> str:
         for name, r in report["retention"].items():
             lines.append(f"| {name} | {r['metric']} | {_fmt(r['before'])} | {_fmt(r['after'])} | {_fmt(r['delta'])} "
                          f"| {_fmt(r['ratio'])} |")
+    for name, c in (report.get("consistency") or {}).items():
+        lines += ["", f"## Does speech work? `{name}`: answers to speech vs the same model's answers to the text",
+                  "", "| input | n | consistency F1 | ROUGE-L | topic accuracy (n) | ASR WER |", "|---|---|---|---|---|---|"]
+        for view, label in (("speech", "speech (end to end)"), ("cascade", "cascade (whisper transcript -> same model)")):
+            if view in c:
+                v = c[view]
+                lines.append(f"| {label} | {c['n']} | {_fmt(v['f1'])} | {_fmt(v['rouge_l'])} | "
+                             f"{_fmt(v['topic_accuracy'])} ({v['topic_n']}) | {_fmt(v.get('asr_wer'))} |")
+        lines.append(f"| text (upper bound) | {c['n']} | 1.0000 | 1.0000 | 1.0000 (names it in "
+                     f"{_fmt(c['text']['topic_rate'])} of turns) | - |")
     if report.get("cascade"):
         c = report["cascade"]
         lines += ["", f"## Cascade baseline (`{c['asr']}` transcribes, `{c['llm']}` answers), same rows", "",

@@ -253,6 +253,43 @@ def short_answer_scores(gold: Sequence[str | Sequence[str]], pred: Sequence[str]
     return {"exact_match": em / len(gold), "f1": f1 / len(gold)}
 
 
+def rouge_l(refs: Sequence[str], hyps: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (longest common subsequence of SQuAD-normalised words; Lin 2004, beta = 1)."""
+    if len(refs) != len(hyps) or not refs:
+        raise ValueError(f"need equally many references and hypotheses, got {len(refs)} and {len(hyps)}")
+    total = 0.0
+    for r, h in zip(refs, hyps):
+        a, b = squad_normalize(r).split(), squad_normalize(h).split()
+        if not a or not b:
+            total += float(a == b)
+            continue
+        row = [0] * (len(b) + 1)  # LCS by dynamic programming, one row at a time
+        for x in a:
+            prev = 0
+            for j, y in enumerate(b, 1):
+                prev, row[j] = row[j], prev + 1 if x == y else max(row[j], row[j - 1])
+        lcs = row[-1]
+        total += 0.0 if lcs == 0 else 2 * lcs / (len(a) + len(b))
+    return total / len(refs)
+
+
+def names_topic(text: str | None, topic: str) -> bool:
+    """Whether ``text`` names ``topic`` (a condition, drug or symptom) as a whole phrase, normalised."""
+    return f" {squad_normalize(topic)} " in f" {squad_normalize(text)} "
+
+
+def consistency_scores(text_answers: Sequence[str], answers: Sequence[str],
+                       topics: Sequence[str | None]) -> dict[str, float | int | None]:
+    """How far answers to speech agree with the same model's answers to the text of the same turns:
+    token ``f1`` and ``rouge_l`` against the text answers, and ``topic_accuracy``: among the turns whose
+    text answer names the turn's key entity, the share whose answer names it too (``topic_n`` turns)."""
+    named = [i for i, (t, k) in enumerate(zip(text_answers, topics)) if k and names_topic(t, k)]
+    return {"f1": short_answer_scores(list(text_answers), list(answers))["f1"],
+            "rouge_l": rouge_l(text_answers, answers),
+            "topic_accuracy": (sum(names_topic(answers[i], topics[i]) for i in named) / len(named)) if named else None,
+            "topic_n": len(named)}
+
+
 def qa_accuracy(gold: Sequence, pred: Sequence[str], kind: str = "short_answer",
                 options: Sequence[Sequence[str]] | None = None) -> dict[str, float]:
     """QA accuracy for ``kind="multiple_choice"`` (``{"accuracy"}``, see

@@ -117,6 +117,7 @@ def speechlm_config(
         encoder_lora_targets=spec.encoder_lora_targets,
         num_classes=spec.num_classes,
         classifier_weight=spec.classifier_weight,
+        lm_weight=spec.lm_weight,
         kd_weight=spec.kd_weight,
         kd_temperature=spec.kd_temperature,
         trainable=spec.trainable,
@@ -138,7 +139,7 @@ def build_model(
         model = SpeechLM.from_pretrained(local, dtype=dtype)
         processor = SpeechLMProcessor.from_pretrained(local)
         # Loss weights are choices of the job at hand, not structure: take them from the spec.
-        for name in ("classifier_weight", "kd_weight", "kd_temperature"):
+        for name in ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature"):
             setattr(model.config, name, getattr(spec, name))
         model.configure_trainable(spec.trainable)
         _stop_at_end_of_turn(model, processor.tokenizer)

@@ -57,6 +57,7 @@ class SpeechLMConfig(PretrainedConfig):
         encoder_lora_targets: list[str] | None = None,
         num_classes: int = 0,
         classifier_weight: float = 0.1,
+        lm_weight: float = 1.0,
         kd_weight: float = 0.0,
         kd_temperature: float = 2.0,
         trainable: list[str] | None = None,
@@ -76,6 +77,7 @@ class SpeechLMConfig(PretrainedConfig):
         self.encoder_lora_targets = list(encoder_lora_targets or ["q_proj", "v_proj"])
         self.num_classes = num_classes
         self.classifier_weight = classifier_weight
+        self.lm_weight = lm_weight
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
         self.trainable = list(
@@ -394,10 +396,12 @@ class SpeechLM(PreTrainedModel):
 
     @contextlib.contextmanager
     def _adapters_disabled(self):
-        """The plain LLM (LoRA switched off) for the KD teacher."""
+        """The KD teacher's LLM: the LoRA layers this run trains switched off (the text model before this
+        run's changes). Frozen LoRA layers (e.g. stage 1's knowledge under an adapter-only stage 2) stay on."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = [m for m in self.llm.modules() if isinstance(m, BaseTunerLayer)]
+        layers = [m for m in self.llm.modules() if isinstance(m, BaseTunerLayer)
+                  and any(p.requires_grad for n, p in m.named_parameters() if "lora_" in n)]
         for m in layers:
             m.enable_adapters(False)
         try:
@@ -422,7 +426,7 @@ class SpeechLM(PreTrainedModel):
         kd_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SpeechLMOutput:
-        """embed (text + spliced audio) -> LLM -> losses: LM CE on ``labels`` + classifier_weight x
+        """embed (text + spliced audio) -> LLM -> losses: lm_weight x LM CE on ``labels`` + classifier_weight x
         CE(``class_labels``) + kd_weight x KL(text teacher || student).
 
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
@@ -467,7 +471,7 @@ class SpeechLM(PreTrainedModel):
         loss = None
         if losses:
             loss = (
-                losses.get("lm_loss", 0.0)
+                self.config.lm_weight * losses.get("lm_loss", 0.0)
                 + self.config.classifier_weight * losses.get("cls_loss", 0.0)
                 + self.config.kd_weight * losses.get("kd_loss", 0.0)
                 + zero

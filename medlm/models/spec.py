@@ -184,6 +184,7 @@ class ModelSpec(Section):
     encoder_lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     num_classes: int = Field(default=0, ge=0)  # classifier head on pooled adapter output; 0 = none
     classifier_weight: float = 0.1
+    lm_weight: float = Field(default=1.0, ge=0.0)  # LM loss on the targets; 0 = KD only (Ultravox's alignment)
     kd_weight: float = Field(default=0.0, ge=0.0)  # KL to the same LLM fed the transcript; 0 = off
     kd_temperature: float = Field(default=2.0, gt=0.0)
     # Regexes (re.search) over parameter names; matching parameters train, all others are frozen.
