@@ -94,3 +94,19 @@ def test_deepspeed_config_and_schedule():
     f = lr_lambda(o)
     assert f(0) == 0.5 and f(1) == 1.0 and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(o.min_lr_ratio)
     assert all(f(i) >= f(i + 1) for i in range(2, 10))
+
+
+def test_stage2_on_the_real_preset_aligns(tiny_data, stack):
+    """Stage 2's real recipe (whisper-tiny.en + SmolLM2 frozen, adapter only, KD from text) for a few steps
+    under Ray Train + DeepSpeed with 2 CPU workers: the KD loss falls."""
+    from medlm.models.pretrained import PARTS, is_fetched
+
+    if not all(is_fetched(n) for n in PARTS):
+        pytest.skip("model store not fetched (run `medlm models fetch`)")
+    res = train(load_config(TrainJobConfig, "stage2_real.yaml", [
+        f"data.root={tiny_data}", f"run.storage_path={stack.root}/runs", "run.name=t-stage2-real",
+        "optim.steps=8", "optim.warmup_steps=1", "optim.log_every=2", "optim.checkpoint_every=8",
+        "optim.lr=5e-3", "data.batch_rows=2"]))
+    kd = [m["kd_loss"] for m in res["history"]]
+    assert len(kd) == 4 and kd[-1] < kd[0], kd
+    assert res["workers"] == 2
