@@ -216,9 +216,11 @@ def test_dockerfiles_ship_what_the_jobs_run():
         for line in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+)\s+\S+$", text, re.M):
             for src in line.split():
                 assert f"!{src}" in allowed, f"{dockerfile.name}.dockerignore keeps out {src}"
-        for needed in ("medlm", "ray_jobs", "configs", "serve", "pyproject.toml", "constraints.txt"):
+        for needed in ("medlm", "ray_jobs", "configs", "serve", "pyproject.toml", "requirements"):
             assert re.search(rf"^COPY\b.*\s{needed}\b", text, re.M), f"{dockerfile.name}: no COPY of {needed}"
-        assert "pip install" in text and "-c constraints.txt" in text
+        # the lock, exactly: every package hash-checked (torch comes from its CUDA / CPU index first)
+        assert "--require-hashes --no-deps -r" in text and "requirements/lock.txt" in text
+        assert "requirements/torch-cpu.txt" in text
         assert "espeak-ng" in text  # the data factory's TTS
         assert re.search(rf"^ENV PYTHONPATH={re.escape(render().APP_DIR)}\b", text, re.M)  # serve.* imports
     assert "cu" in re.search(r"TORCH_INDEX_URL=(\S+)", DOCKERFILES[0].read_text()).group(1)
