@@ -2,11 +2,16 @@
 
     python bench/train_throughput.py --preset tiny --steps 8                  # CPU (2 workers)
     python bench/train_throughput.py --preset base --gpu --steps 30 --seq 2048 --batch 4 --workers 1
+    python bench/train_throughput.py --preset real --shapes stage2_adapter --seq 128 --batch 4 --peak   # + --bf16
 
 Shapes: ``stage1`` = text-only chat of ``--seq`` tokens (LLM + LoRA, as stage 1 trains);
 ``stage2`` = ``--audio`` seconds of audio + text (adapter + LoRA, encoder frozen, as stage 2).
+``stage2_adapter`` = the real stage-2 recipe (adapter only; encoder and LLM frozen).
 Reports tokens/s (non-pad tokens through the LLM, audio slots included) and, on GPU, estimated
-MFU (6 * params * tokens/s / peak). Prints a Markdown table.
+MFU (6 * params * tokens/s / peak). ``--peak`` also measures this machine's matmul peak (2048^3, fp32
+and bf16) and reports the share of it the loops reach, counting 4 * params FLOPs per token for a frozen
+base (forward 2N + backward to the activations 2N) and 6 * params otherwise. ``--bf16``: bf16 weights
+(plain loop) / DeepSpeed bf16 (Ray loop), on CPUs too. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from medlm.train.core import deepspeed_config, peak_flops  # noqa: E402
 SHAPES = {
     "stage1": {"trainable": ["lora_"], "audio": False},
     "stage2": {"trainable": [r"^adapter\.", "lora_"], "audio": True},
+    "stage2_adapter": {"trainable": [r"^adapter\."], "audio": True},
 }
 
 
@@ -54,8 +60,9 @@ def make_batch(processor, shape: str, seq: int, batch: int, audio_s: float, seed
 
 
 def spec_for(args, shape: str) -> ModelSpec:
-    return ModelSpec(preset=args.preset, lora_r=16, lora_alpha=32, trainable=SHAPES[shape]["trainable"],
-                     dtype="bfloat16" if args.gpu else "float32")
+    lora = 16 if any("lora" in t for t in SHAPES[shape]["trainable"]) else 0
+    return ModelSpec(preset=args.preset, lora_r=lora, lora_alpha=32, trainable=SHAPES[shape]["trainable"],
+                     dtype="bfloat16" if (args.gpu or args.bf16) else "float32")
 
 
 def plain_loop(args, shape: str) -> dict:
@@ -64,7 +71,7 @@ def plain_loop(args, shape: str) -> dict:
     model, processor = build_model(spec_for(args, shape))
     model.to(device).train()
     batch = {k: v.to(device) for k, v in make_batch(processor, shape, args.seq, args.batch, args.audio).items()}
-    if args.gpu and "input_features" in batch:
+    if (args.gpu or args.bf16) and "input_features" in batch:
         batch["input_features"] = batch["input_features"].to(torch.bfloat16)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     tokens = int(batch["attention_mask"].sum())
@@ -96,10 +103,10 @@ def _ray_worker(config: dict) -> None:
     torch.manual_seed(0)
     model, processor = build_model(spec_for(args, shape))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    o = OptimSpec(zero_stage=args.zero, bf16=args.gpu)
+    o = OptimSpec(zero_stage=args.zero, bf16=args.gpu or args.bf16)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(o, args.batch))
     batch = {k: v.to(engine.device) for k, v in make_batch(processor, shape, args.seq, args.batch, args.audio).items()}
-    if args.gpu and "input_features" in batch:
+    if (args.gpu or args.bf16) and "input_features" in batch:
         batch["input_features"] = batch["input_features"].to(torch.bfloat16)
     tokens = int(batch["attention_mask"].sum())
     for i in range(args.warmup + args.steps):
@@ -132,6 +139,18 @@ def ray_loop(args, shape: str) -> dict:
     return json.loads(out.read_text())
 
 
+def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of the best of ``reps`` n^3 matmuls in ``dtype`` with all of torch's threads."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
@@ -144,6 +163,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--zero", type=int, default=2)
     p.add_argument("--gpu", action="store_true")
+    p.add_argument("--bf16", action="store_true", help="bf16 on CPU too")
+    p.add_argument("--peak", action="store_true", help="measure the matmul peak and report the share reached")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
 
@@ -153,6 +174,10 @@ def main() -> None:
     init_ray(num_cpus=None)
     device = torch.cuda.get_device_name() if args.gpu else f"CPU ({os.cpu_count()} cores)"
     peak = peak_flops(device) if args.gpu else None
+    if args.peak and not args.gpu:
+        peak = matmul_peak(torch.bfloat16 if args.bf16 else torch.float32)
+        print(f"measured matmul peak ({'bf16' if args.bf16 else 'fp32'}, 2048^3, {torch.get_num_threads()} threads): "
+              f"{peak / 1e9:.0f} GFLOP/s")
     rows = []
     for shape in args.shapes:
         plain = plain_loop(args, shape)
@@ -160,8 +185,10 @@ def main() -> None:
         row = {"shape": shape, "preset": args.preset, "params": plain["params"], "plain_tok_s": plain["tokens_per_s"],
                "ray_ds_tok_s": dist["tokens_per_s"], "workers": args.workers, "zero": args.zero}
         if peak:
-            row["plain_mfu"] = 6 * plain["params"] * plain["tokens_per_s"] / peak
-            row["ray_ds_mfu"] = 6 * plain["params"] * dist["tokens_per_s"] / (peak * args.workers)
+            per_token = (6 if any(t.startswith("^llm") for t in SHAPES[shape]["trainable"]) else 4) * plain["params"]
+            row["plain_share_of_peak"] = per_token * plain["tokens_per_s"] / peak
+            # on a GPU each worker has its own device; on CPU the workers share the machine's measured peak
+            row["ray_ds_share_of_peak"] = per_token * dist["tokens_per_s"] / (peak * (args.workers if args.gpu else 1))
         rows.append(row)
     print(f"\ndevice: {device}; seq {args.seq}, batch {args.batch}/worker, audio {args.audio}s, steps {args.steps}\n")
     cols = list(rows[0])
