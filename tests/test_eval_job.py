@@ -206,7 +206,8 @@ def test_consistency_views_and_their_scores(tmp_path):
     envelopes = pa.concat_tables([t for item in shard_plan(cfg.data.resolved()) for t in
                                   read_shards(pa.Table.from_pylist([item]))])
     asr = "whisper-tiny.en" if is_fetched("whisper-tiny.en") else ""
-    preds = ModelPredictor(cfg.model, max_new_tokens=6, consistency_asr=asr)(envelopes).to_pylist()
+    preds = ModelPredictor(cfg.model, max_new_tokens=6, consistency=True,
+                           consistency_asr=asr or None)(envelopes).to_pylist()
     views = [json.loads(p["views"]) for p in preds]
     assert [v["topic"] for v in views] == [kb.condition(q["condition"]).name for q in kb.qa_pairs()[:3]]
     assert all(isinstance(v["text"], str) and ("cascade" in v) == bool(asr) for v in views)

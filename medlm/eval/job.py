@@ -119,7 +119,7 @@ class ModelPredictor:
 
     def __init__(self, model: str, max_new_tokens: int = 64, max_audio_seconds: float | None = None,
                  torch_threads: int = 1, consultation: dict | None = None, cascade: dict | None = None,
-                 consistency_asr: str | None = None):
+                 consistency: bool = False, consistency_asr: str | None = None):
         import torch
 
         torch.set_num_threads(torch_threads)
@@ -139,7 +139,7 @@ class ModelPredictor:
         self.max_audio_seconds = max_audio_seconds
         self.consultation = ConsultationEval(**(consultation or {}))
         self.tts = _speaker(self.consultation.voice) if self.consultation.spoken else None
-        self.consistency = consistency_asr is not None and cascade is None
+        self.consistency = consistency and cascade is None
         self.asr = None
         if self.consistency and consistency_asr:
             from medlm.models.baselines import WhisperASR
@@ -155,13 +155,15 @@ class ModelPredictor:
         return [t.strip() for t in self.processor.decode(out)]
 
     def _cascade(self, messages_batch: list[list[dict]], tasks: list[str]) -> list[str]:
+        from medlm.models.baselines import audio_parts
+
         asr = [i for i, t in enumerate(tasks) if TASK_GROUP.get(t) == "asr"]
         rest = [i for i in range(len(tasks)) if i not in set(asr)]
         out = [""] * len(tasks)
-        if asr:
-            convs = self.cascade.transcribe_messages([messages_batch[i] for i in asr])
-            for i, conv in zip(asr, convs):  # the transcript of the last user turn's audio
-                out[i] = conv[-1]["content"].split("\n")[-1].strip()
+        if asr:  # the transcript of each prompt's (last) audio part, one batched ASR call
+            heard = self.cascade.asr.transcribe([audio_parts(messages_batch[i])[-1]["audio"] for i in asr])
+            for i, text in zip(asr, heard):
+                out[i] = text
         if rest:
             for i, a in zip(rest, self.cascade.generate([messages_batch[i] for i in rest], self.max_new_tokens)):
                 out[i] = a
@@ -175,7 +177,7 @@ class ModelPredictor:
         from medlm.data.schema import BadRecord, to_messages
 
         out, prompts, tasks, slots = [], [], [], []  # rows in input order; prompts fill the slots after generation
-        views: list[tuple[int, str, list[dict]]] = []  # (row slot, view name, prompt) for the consistency task
+        spoken: list[tuple[int, list[dict], dict]] = []  # (row slot, prompt, row) for the consistency task
         for env in table.to_pylist():
             rec = {k: env[k] for k in ("dataset", "kind", "task", "id")}
             if env["kind"] == CONSULTATION:
@@ -192,48 +194,46 @@ class ModelPredictor:
             tasks.append(env["task"])
             slots.append(len(out) - 1)
             if self.consistency and env["task"] == "chat":
-                found, meta = self._views(messages[:last], pickle.loads(env["row"]))
-                views += [(len(out) - 1, name, p) for name, p in found]
-                out[-1]["views"] = json.dumps(meta) if found else None
+                spoken.append((len(out) - 1, messages[:last], pickle.loads(env["row"])))
         if prompts:
             start = time.perf_counter()
             answers = self.generate(prompts, tasks)
             per_row = (time.perf_counter() - start) / len(prompts)
             for i, a in zip(slots, answers):
                 out[i].update(prediction=a, seconds=per_row)
-        if views:
-            answers = self.generate([v[2] for v in views], ["chat"] * len(views))
-            found: dict[int, dict] = defaultdict(dict)
-            for (i, name, _), a in zip(views, answers):
-                found[i][name] = a
-            for i, v in found.items():
-                out[i]["views"] = json.dumps({**json.loads(out[i]["views"] or "{}"), **v})
+        if spoken:
+            for slot, views in self._views(spoken).items():
+                out[slot]["views"] = json.dumps(views)
         return pa.Table.from_pylist(out, schema=PREDICTIONS)
 
-    def _views(self, prompt: list[dict], row: dict) -> tuple[list[tuple[str, list[dict]]], dict]:
-        """Text views of a spoken prompt whose audio parts all carry transcripts: the transcript itself
-        (``text``) and, with an ASR model, Whisper's transcript (``cascade``); plus what the report needs
-        to know of the row (``asr``: Whisper's words, ``topic``: the row's key entity, its condition)."""
-        parts = [p for m in prompt if not isinstance(m["content"], str) for p in m["content"] if p["type"] == "audio"]
-        if not parts or any("transcript" not in p for p in parts):
-            return [], {}
-        heard = self.asr.transcribe([p["audio"] for p in parts]) if self.asr is not None else None
-
-        def view(words: list[str]) -> list[dict]:
-            it = iter(words)
-            return [m if isinstance(m["content"], str) else
-                    {**m, "content": [{"type": "text", "text": next(it)} if p["type"] == "audio" else p
-                                      for p in m["content"]]} for m in prompt]
-
+    def _views(self, spoken: list[tuple[int, list[dict], dict]]) -> dict[int, dict]:
+        """The consistency task's views of spoken prompts whose audio parts all carry transcripts, by row
+        slot: the model's answer to the transcript (``text``) and, with an ASR model, to Whisper's transcript
+        (``cascade``, its words in ``asr``; one batched ASR call); the row's ``transcript`` and key entity
+        (``topic``, its knowledge-base condition)."""
         from medlm.data import kb
+        from medlm.models.baselines import audio_parts, with_text
 
-        condition = json.loads(row.get("meta") or "{}").get("condition")
-        topic = kb.condition(condition).name if condition in {c.id for c in kb.CONDITIONS} else None
-        found = [("text", view([p["transcript"] for p in parts]))]
-        if heard is not None:
-            found.append(("cascade", view(heard)))
-        return found, {"topic": topic, "transcript": " ".join(p["transcript"] for p in parts),
-                       "asr": " ".join(heard) if heard is not None else None}
+        rows = [(slot, prompt, parts, row) for slot, prompt, row in spoken
+                if (parts := audio_parts(prompt)) and all("transcript" in p for p in parts)]
+        heard = iter(self.asr.transcribe([p["audio"] for _, _, parts, _ in rows for p in parts])) \
+            if self.asr is not None and rows else None
+        names = {c.id: c.name for c in kb.CONDITIONS}
+        views, prompts = {}, []  # prompts: (slot, view name, text-view prompt)
+        for slot, prompt, parts, row in rows:
+            said = [p["transcript"] for p in parts]
+            condition = json.loads(row.get("meta") or "{}").get("condition")
+            views[slot] = {"topic": names.get(condition), "transcript": " ".join(said), "asr": None}
+            prompts.append((slot, "text", with_text(prompt, said)))
+            if heard is not None:
+                words = [next(heard) for _ in parts]
+                views[slot]["asr"] = " ".join(words)
+                prompts.append((slot, "cascade", with_text(prompt, words)))
+        if prompts:
+            for (slot, name, _), answer in zip(prompts, self.generate([p for _, _, p in prompts],
+                                                                      ["chat"] * len(prompts))):
+                views[slot][name] = answer
+        return views
 
     def consult(self, item: dict) -> dict:
         """One simulated consultation with the model as the doctor; the result (JSON) is the prediction."""
@@ -341,7 +341,7 @@ def predict(cfg: EvalConfig, model: str | None, datasets: list[ResolvedDataset],
     ds = ds.map_batches(ModelPredictor, fn_constructor_kwargs=dict(
         model=model, max_new_tokens=cfg.max_new_tokens, max_audio_seconds=cfg.data.max_audio_seconds,
         torch_threads=_threads(cfg), consultation=cfg.consultation.model_dump(), cascade=cascade,
-        consistency_asr=(cfg.consistency_asr or "") if "consistency" in cfg.tasks and cascade is None else None),
+        consistency="consistency" in cfg.tasks, consistency_asr=cfg.consistency_asr),
         batch_size=cfg.batch_size, batch_format="pyarrow", **_actors(cfg))
     return sorted(ds.take_all(), key=lambda r: (r["dataset"], r["id"]))
 

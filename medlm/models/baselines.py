@@ -24,6 +24,20 @@ def resolve_checkpoint(name_or_path: str) -> str:
     return str(model_path(name_or_path)) if name_or_path in PARTS else local_copy(name_or_path)
 
 
+def audio_parts(messages: list[dict]) -> list[dict]:
+    """The audio parts of a chat, in reading order."""
+    return [p for m in messages if not isinstance(m["content"], str) for p in m["content"] if p.get("type") == "audio"]
+
+
+def with_text(messages: list[dict], texts: list[str]) -> list[dict]:
+    """The chat with its audio parts replaced, in reading order, by ``texts`` (transcripts: the text view of a
+    spoken chat); each message's parts are joined by newlines, as the SpeechLM processor renders them."""
+    words = iter(texts)
+    return [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
+             "\n".join(next(words) if p.get("type") == "audio" else p["text"] for p in m["content"])}
+            for m in messages]
+
+
 class WhisperASR:
     def __init__(self, model: str = "whisper-tiny.en", dtype: torch.dtype = torch.float32):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
@@ -72,21 +86,10 @@ class Cascade:
 
     def transcribe_messages(self, messages_batch: list[list[dict]]) -> list[list[dict]]:
         """Every audio part replaced by its Whisper transcript (one batched ASR call for the whole batch)."""
-        waves = [(part["audio"], int(part.get("sampling_rate", SAMPLING_RATE)))
-                 for msgs in messages_batch for m in msgs if not isinstance(m["content"], str)
-                 for part in m["content"] if part.get("type") == "audio"]
-        texts = iter(self.asr.transcribe([as_waveform(a, sr) for a, sr in waves]))
-        out = []
-        for msgs in messages_batch:
-            conv = []
-            for m in msgs:
-                if isinstance(m["content"], str):
-                    conv.append({"role": m["role"], "content": m["content"]})
-                    continue
-                parts = [next(texts) if p.get("type") == "audio" else p["text"] for p in m["content"]]
-                conv.append({"role": m["role"], "content": "\n".join(parts)})
-            out.append(conv)
-        return out
+        parts = [audio_parts(msgs) for msgs in messages_batch]
+        heard = iter(self.asr.transcribe([as_waveform(p["audio"], int(p.get("sampling_rate", SAMPLING_RATE)))
+                                          for ps in parts for p in ps]))
+        return [with_text(msgs, [next(heard) for _ in ps]) for msgs, ps in zip(messages_batch, parts)]
 
     @torch.no_grad()
     def generate(self, messages_batch: list[list[dict]], max_new_tokens: int = 64) -> list[str]:

@@ -301,14 +301,17 @@ def _files_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 
-def is_fetched(name: str, home: Path | None = None) -> bool:
-    """True when ``name``'s store entry exists and every file matches its manifest."""
+def is_fetched(name: str, home: Path | None = None, verify: bool = True) -> bool:
+    """True when ``name``'s store entry exists for the pinned package and (``verify``) every file matches its
+    manifest's checksum; ``verify=False`` skips the hashing (hundreds of MB) for a quick presence check."""
     root = (home or model_home()) / name
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("requirement") == _locked(PARTS[name].package)[0] and _files_digest(root) == manifest["files"]
+    if manifest.get("requirement") != _locked(PARTS[name].package)[0]:
+        return False
+    return not verify or _files_digest(root) == manifest["files"]
 
 
 def _download(requirement: str, hashes: list[str], dest: Path) -> Path:
