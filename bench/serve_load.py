@@ -1,11 +1,16 @@
-"""Bounded load on the Serve app over loopback: throughput and p50/p99 latency, batching on vs off.
+"""The Serve app under load over loopback, on the real preset: latency, batching, failures.
 
-    python bench/serve_load.py --requests 64 --concurrency 16 --max-tokens 16
+    python bench/serve_load.py latency      # TTFT / full answer / first audio byte, p50 / p99, c=1 and c=16:
+                                            #   end-to-end SpeechLM vs the cascade, text vs spoken replies
+    python bench/serve_load.py throughput   # c=16, answers of 16..256 tokens: static vs continuous batching
+    python bench/serve_load.py chaos        # 1,000 requests at c=32 mixing text, audio in and audio out, one
+                                            #   replica of each model deployment killed under load
+    python bench/serve_load.py all
 
-Starts a local Ray, serves an export (default: the tiny preset, exported once), and for each mode
-(``max_batch_size`` 8 vs 1 in both model deployments) sends ``--requests`` chat completions with one audio
-part and a text question each, at most ``--concurrency`` in flight, then prints one JSON line per mode and a
-Markdown table. Only 127.0.0.1 is contacted.
+Starts a local Ray, exports the real preset once (whisper-tiny.en's encoder + an untrained adapter + SmolLM2:
+serving cost does not depend on how well the adapter is trained), serves it with ``run_local`` and sends
+streamed chat completions (SSE) with httpx. The spoken question is rendered by the Piper voice. Prints one
+JSON line per measurement and Markdown tables. Only 127.0.0.1 is contacted.
 """
 
 from __future__ import annotations
@@ -14,95 +19,244 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import platform
+import random
 import secrets
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
-import numpy as np
+
+QUESTION = ("I have had a dry cough and a mild fever for three days, and my chest feels tight at night. "
+            "What could this be?")  # about 5 s in the Piper voice
+TEXT_QUESTIONS = ["What is asthma?", "How is high blood pressure treated?", "What causes migraines?",
+                  "Explain type 2 diabetes.", "What are the symptoms of the flu?", "What does a cardiologist do?"]
 
 
-def _wav_b64(seconds: float, seed: int) -> str:
+def export_real(root: Path) -> str:
+    """The real preset exported in parts (once)."""
+    from medlm.models import ModelSpec, build_model
+
+    path = root / "speechlm-real"
+    if not (path / "config.json").exists():
+        model, processor = build_model(ModelSpec(preset="real"))
+        model.save_pretrained(str(path))
+        processor.save_pretrained(str(path))
+    return str(path)
+
+
+def spoken_part(text: str) -> dict:
+    from medlm.data.tts import speak, voice_bank
     from medlm.serving.audio import encode_wav
 
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    wave = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.01 * rng.standard_normal(t.size)
-    return base64.b64encode(encode_wav(wave.astype(np.float32))).decode()
+    (wave,) = speak([text], voice_bank(1, backend="piper")[0])
+    data = base64.b64encode(encode_wav(wave, 16000)).decode()
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}, len(wave) / 16000
 
 
-async def _load(url: str, key: str, requests: int, concurrency: int, max_tokens: int, audio_seconds: float):
-    bodies = [{"model": "medlm", "max_tokens": max_tokens, "temperature": 0,
-               "messages": [{"role": "user", "content": [
-                   {"type": "input_audio", "input_audio": {"data": _wav_b64(audio_seconds, i), "format": "wav"}},
-                   {"type": "text", "text": "Is this serious?"}]}]} for i in range(requests)]
-    latencies, tokens, errors = [], 0, 0
+async def stream_one(http: httpx.AsyncClient, body: dict) -> dict:
+    """One streamed request: time to first token / first audio byte / the end, tokens, and how it ended."""
+    t0 = time.perf_counter()
+    out = {"ttft": None, "ttfa": None, "total": None, "tokens": 0, "status": None, "error": None}
+    try:
+        async with http.stream("POST", "/chat/completions", json={**body, "stream": True,
+                                                                   "stream_options": {"include_usage": True}}) as r:
+            out["status"] = r.status_code
+            if r.status_code != 200:
+                await r.aread()
+                return out
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    out["error"] = event["error"].get("type", "error")
+                    continue
+                if event.get("usage"):
+                    out["tokens"] = event["usage"]["completion_tokens"]
+                for choice in event.get("choices", []):
+                    delta = choice["delta"]
+                    if delta.get("content") and out["ttft"] is None:
+                        out["ttft"] = time.perf_counter() - t0
+                    if delta.get("audio") and out["ttfa"] is None:
+                        out["ttfa"] = time.perf_counter() - t0
+    except httpx.HTTPError as e:
+        out["error"] = type(e).__name__
+    out["total"] = time.perf_counter() - t0
+    return out
+
+
+async def run_load(url: str, key: str, bodies: list[dict], concurrency: int, during=None) -> tuple[list[dict], float]:
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
         async def one(body):
-            nonlocal tokens, errors
             async with gate:
-                t0 = time.perf_counter()
-                r = await http.post("/chat/completions", json=body)
-                latencies.append(time.perf_counter() - t0)
-                if r.status_code == 200:
-                    tokens += r.json()["usage"]["completion_tokens"]
-                else:
-                    errors += 1
+                return await stream_one(http, body)
 
-        await one(bodies[0])  # warm-up (not counted)
-        latencies.clear()
-        tokens = 0
+        await stream_one(http, bodies[0])  # warm-up, not counted
         start = time.perf_counter()
-        await asyncio.gather(*(one(b) for b in bodies))
-        wall = time.perf_counter() - start
-    lat = sorted(latencies)
-    return {"requests": requests, "errors": errors, "wall_s": round(wall, 2),
-            "req_per_s": round(requests / wall, 2), "tokens_per_s": round(tokens / wall, 1),
-            "p50_ms": round(1000 * statistics.median(lat), 1),
-            "p99_ms": round(1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))], 1)}
+        tasks = [asyncio.ensure_future(one(b)) for b in bodies]
+        if during is not None:
+            await during()
+        results = await asyncio.gather(*tasks)
+    return results, time.perf_counter() - start
+
+
+def pct(values: list[float], q: float) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 0)
+
+
+def summary(results: list[dict], wall: float) -> dict:
+    ok = [r for r in results if r["status"] == 200 and r["error"] is None]
+    tokens = sum(r["tokens"] for r in ok)
+    return {"n": len(results), "ok": len(ok), "wall_s": round(wall, 1), "answers_per_s": round(len(ok) / wall, 2),
+            "tokens_per_s": round(tokens / wall, 1),
+            "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99),
+            "total_p50_ms": pct([r["total"] for r in ok], 0.5), "total_p99_ms": pct([r["total"] for r in ok], 0.99),
+            "ttfa_p50_ms": pct([r["ttfa"] for r in ok], 0.5), "ttfa_p99_ms": pct([r["ttfa"] for r in ok], 0.99),
+            "mean_tokens": round(tokens / max(len(ok), 1), 1)}
+
+
+def table(rows: list[dict], keys: list[str]) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join("-" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def serve_app(model_dir: str, port: int, key: str, **overrides):
+    from medlm.serving import run_local
+
+    return run_local(model_dir, port=port, api_key=key, **overrides)
+
+
+def latency(model_dir: str, opts, key: str) -> list[dict]:
+    from ray import serve
+
+    part, seconds = spoken_part(QUESTION)
+    print(f"spoken question: {seconds:.1f} s of Piper speech", flush=True)
+    url = serve_app(model_dir, opts.port, key, asr_model="whisper-tiny.en")
+    rows = []
+    for concurrency, n in ((1, opts.latency_requests), (16, 2 * 16)):
+        for model in ("medlm", "cascade"):
+            for spoken in (False, True):
+                body = {"model": model, "max_tokens": opts.max_tokens, "temperature": 0,
+                        "messages": [{"role": "user", "content": [part]}]}
+                if spoken:
+                    body |= {"modalities": ["text", "audio"], "audio": {"voice": "joe", "format": "pcm16"}}
+                results, wall = asyncio.run(run_load(url, key, [body] * n, concurrency))
+                row = {"concurrency": concurrency, "model": model, "reply": "text+audio" if spoken else "text",
+                       **summary(results, wall)}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    serve.shutdown()
+    return rows
+
+
+def throughput(model_dir: str, opts, key: str) -> list[dict]:
+    from ray import serve
+
+    from medlm.serving.config import GenerationOptions
+
+    rng = random.Random(0)
+    lengths = [rng.choice([16, 32, 64, 128, 256]) for _ in range(opts.throughput_requests)]
+    bodies = [{"model": "medlm", "max_tokens": n, "temperature": 0, "messages": [{"role": "user", "content":
+               f"{TEXT_QUESTIONS[i % len(TEXT_QUESTIONS)]} Explain it in detail, at length."}]}
+              for i, n in enumerate(lengths)]
+    rows = []
+    for scheduling in ("static", "continuous"):
+        url = serve_app(model_dir, opts.port, key, llm_batching=GenerationOptions(max_batch_size=16,
+                                                                                  scheduling=scheduling),
+                        speech={"enabled": False})
+        results, wall = asyncio.run(run_load(url, key, bodies, 16))
+        stats = serve.get_deployment_handle("LLM", app_name="medlm").batch_stats.remote().result()
+        row = {"scheduling": scheduling, **summary(results, wall), "mean_rows_per_step": round(stats["mean_batch"], 2)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        serve.shutdown()
+    return rows
+
+
+def chaos(model_dir: str, opts, key: str) -> list[dict]:
+    import ray
+    from ray import serve
+
+    part, _ = spoken_part("My knee has been swollen since Monday. Should I see a doctor?")
+    kinds = ["text", "audio", "audio-out"]
+    bodies = []
+    for i in range(opts.chaos_requests):
+        kind = kinds[i % 3]
+        content = [part] if kind == "audio" else TEXT_QUESTIONS[i % len(TEXT_QUESTIONS)]
+        body = {"model": "medlm", "max_tokens": 16, "temperature": 0, "messages": [{"role": "user", "content": content}]}
+        if kind == "audio-out":
+            body |= {"modalities": ["text", "audio"], "audio": {"voice": "joe", "format": "pcm16"}}
+        bodies.append(body)
+    url = serve_app(model_dir, opts.port, key)
+    killed = []
+
+    async def kill_one_of_each():
+        for name in ("LLM", "SpeechEncoder", "Speaker"):
+            await asyncio.sleep(opts.kill_every_s)
+            actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{name}#" in a["name"]]
+            if actors:
+                ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=False)
+                killed.append(name)
+                print(f"killed a {name} replica at {time.strftime('%X')}", flush=True)
+
+    results, wall = asyncio.run(run_load(url, key, bodies, 32, during=kill_one_of_each))
+    serve.shutdown()
+    failed = [r for r in results if r["status"] != 200 or r["error"] is not None]
+    by_status: dict[str, int] = {}
+    for r in failed:
+        k = str(r["error"] or r["status"])
+        by_status[k] = by_status.get(k, 0) + 1
+    row = {**summary(results, wall), "killed": ",".join(killed), "failed": len(failed),
+           "failed_share": round(len(failed) / len(results), 4),
+           "5xx": sum(1 for r in results if r["status"] and r["status"] >= 500), "failures": by_status}
+    print(json.dumps(row), flush=True)
+    return [row]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="an export dir or s3:// URI (default: the tiny preset)")
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=16)
-    ap.add_argument("--audio-seconds", type=float, default=2.0)
-    ap.add_argument("--batch-size", type=int, default=8, help="max_batch_size when batching is on")
+    ap.add_argument("scenario", choices=["latency", "throughput", "chaos", "all"])
+    ap.add_argument("--max-tokens", type=int, default=64, help="answer length of the latency runs")
+    ap.add_argument("--latency-requests", type=int, default=8, help="requests per mode at concurrency 1")
+    ap.add_argument("--throughput-requests", type=int, default=48)
+    ap.add_argument("--chaos-requests", type=int, default=1000)
+    ap.add_argument("--kill-every-s", type=float, default=20.0)
     ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "medlm-serve-bench"))
     opts = ap.parse_args()
-    if not (1 <= opts.requests <= 2000 and 1 <= opts.concurrency <= 256):
-        ap.error("keep the load bounded: 1..2000 requests, 1..256 concurrent")
+    if not (1 <= opts.chaos_requests <= 5000 and 1 <= opts.throughput_requests <= 2000):
+        ap.error("keep the load bounded")
 
-    from ray import serve
-
-    from medlm.serving import BatchOptions, default_model_dir, run_local
     from medlm.stack import local_stack
 
-    model_dir = opts.model or default_model_dir()
     key = secrets.token_urlsafe(16)
-    results = []
+    model_dir = export_real(Path(opts.workdir))
+    scenarios = ["latency", "throughput", "chaos"] if opts.scenario == "all" else [opts.scenario]
+    out = {}
     with local_stack(s3=False):
-        for mode, size in (("on", opts.batch_size), ("off", 1)):
-            batching = BatchOptions(max_batch_size=size)
-            url = run_local(model_dir, port=opts.port, api_key=key, encoder_batching=batching, llm_batching=batching)
-            row = asyncio.run(_load(url, key, opts.requests, opts.concurrency, opts.max_tokens, opts.audio_seconds))
-            llm = serve.get_deployment_handle("LLM", app_name="medlm").batch_stats.remote().result()
-            row = {"batching": mode, "max_batch_size": size, **row, "llm_mean_batch": round(llm["mean_batch"], 2)}
-            print(json.dumps(row), flush=True)
-            results.append(row)
-            serve.shutdown()
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} CPUs; "
-          f"requests={opts.requests} concurrency={opts.concurrency} max_tokens={opts.max_tokens} "
-          f"audio={opts.audio_seconds}s model={'tiny preset' if opts.model is None else opts.model}\n")
-    print("| batching | req/s | tokens/s | p50 ms | p99 ms | mean LLM batch | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        print(f"| {r['batching']} (max {r['max_batch_size']}) | {r['req_per_s']} | {r['tokens_per_s']} | "
-              f"{r['p50_ms']} | {r['p99_ms']} | {r['llm_mean_batch']} | {r['errors']} |")
+        for name in scenarios:
+            t0 = time.perf_counter()
+            out[name] = globals()[name](model_dir, opts, key)
+            print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; real preset "
+          f"(whisper-tiny.en encoder + adapter + SmolLM2-135M-Instruct), fp32\n")
+    keys = {"latency": ["concurrency", "model", "reply", "n", "ok", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms",
+                        "total_p99_ms", "ttfa_p50_ms", "ttfa_p99_ms", "mean_tokens"],
+            "throughput": ["scheduling", "n", "ok", "wall_s", "answers_per_s", "tokens_per_s", "mean_rows_per_step",
+                           "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms"],
+            "chaos": ["n", "ok", "failed", "failed_share", "5xx", "killed", "wall_s", "total_p50_ms", "total_p99_ms",
+                      "failures"]}
+    for name, rows in out.items():
+        print(f"{name}:\n{table(rows, keys[name])}\n")
 
 
 if __name__ == "__main__":

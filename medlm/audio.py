@@ -26,11 +26,12 @@ class AudioError(ValueError):
         self.reason, self.message, self.detail = reason, message, detail
 
 
-def _resample(wav: np.ndarray, rate: int) -> np.ndarray:
-    if rate != SAMPLING_RATE:
+def resample(wav: np.ndarray, rate: int, target: int = SAMPLING_RATE) -> np.ndarray:
+    """``wav`` at ``rate`` Hz -> float32 at ``target`` Hz (soxr, high quality)."""
+    if rate != target:
         import soxr
 
-        wav = soxr.resample(wav, rate, SAMPLING_RATE, quality="HQ")
+        wav = soxr.resample(wav, rate, target, quality="HQ")
     return np.ascontiguousarray(wav, dtype=np.float32)
 
 
@@ -48,7 +49,7 @@ def as_waveform(audio, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     wav = wav.astype(np.float32, copy=False)
     if not np.all(np.isfinite(wav)):
         raise AudioError("corrupt_audio", "audio contains NaN or inf", "non-finite samples")
-    return _resample(wav, int(sampling_rate))
+    return resample(wav, int(sampling_rate))
 
 
 def decode(raw: bytes | None, *, max_seconds: float | None = None, declared_rate: int | None = None,
@@ -96,7 +97,12 @@ def decode(raw: bytes | None, *, max_seconds: float | None = None, declared_rate
         raise AudioError("empty_audio", "audio is empty or silent", f"{audio.shape[0]} samples")
     if not np.all(np.isfinite(audio)):
         raise AudioError("corrupt_audio", "audio contains non-finite samples", "non-finite samples")
-    return _resample(audio, rate)
+    return resample(audio, rate)
+
+
+def pcm16(wave: np.ndarray) -> bytes:
+    """Raw little-endian 16-bit samples (what streaming clients concatenate)."""
+    return (np.clip(np.asarray(wave, dtype=np.float32), -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def encode(wave: np.ndarray, sample_rate: int = SAMPLING_RATE, fmt: str = "WAV", subtype: str | None = None) -> bytes:

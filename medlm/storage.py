@@ -6,6 +6,7 @@ its moto server, unset on AWS), so the same code path runs against moto, MinIO a
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from pathlib import Path
 from urllib.parse import urlparse
@@ -104,8 +105,11 @@ def copy_tree(src: str, dst: str) -> None:
     pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
 
 
-def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
-    """A local directory holding ``uri``'s tree: the path itself when local, else a downloaded copy."""
+def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tuple[str, ...] = ()) -> str:
+    """A local directory holding ``uri``'s tree: the path itself when local, else a downloaded copy.
+
+    ``exclude``: file names (fnmatch patterns on the base name) not to download, e.g. the shard of a model
+    part a replica does not run."""
     if not is_s3(uri):
         return str(Path(uri).expanduser().resolve())
     import hashlib
@@ -116,11 +120,18 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None) -> str:
     if not infos:
         raise FileNotFoundError(f"nothing stored under {uri}")
     # The cache key covers the content's listing (names, sizes, mtimes): a rewritten URI is fetched again.
-    listing = sorted((i.path, i.size, str(i.mtime)) for i in infos if i.type == pafs.FileType.File)
+    listing = sorted((i.path, i.size, str(i.mtime)) for i in infos if i.type == pafs.FileType.File
+                     and not any(fnmatch.fnmatch(i.base_name, p) for p in exclude))
     key = hashlib.sha1(repr((uri, listing)).encode()).hexdigest()[:16]
     root = Path(cache_dir or os.environ.get("MEDLM_CACHE", Path(tempfile.gettempdir()) / "medlm-cache"))
     dest = root / key
     if not (dest / ".complete").exists():
-        copy_tree(uri, str(dest))
+        if exclude:
+            for name, _, _ in listing:  # only the files kept
+                target = dest / Path(name).relative_to(path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(name, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        else:
+            copy_tree(uri, str(dest))
         (dest / ".complete").touch()
     return str(dest)

@@ -1,6 +1,7 @@
 """The Serve app end to end: one app per module on the session stack's Ray, talked to with the `openai` client.
 
-The model is the tiny preset exported to the stack's S3 (the real loading path), plus one LoRA adapter export.
+The model is the real preset (whisper-tiny.en's encoder, an untrained adapter, SmolLM2 with LoRA) exported in
+parts to the stack's S3 (the real loading path), plus one LoRA adapter export; the unit tests use the tiny one.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import base64
 import concurrent.futures as cf
 import hashlib
 import json
+
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -68,6 +71,14 @@ def test_render_prompt_matches_processor():
     assert ids == expected and len(audio) == 1
 
 
+def test_reply_sentences_are_split_for_speech():
+    from medlm.serving.app import split_sentences
+
+    assert split_sentences("It is mild. Rest!\n1. Drink water. 2. Sle") == (["It is mild.", "Rest!", "1. Drink water."],
+                                                                          "2. Sle")
+    assert split_sentences("Take 2.5 mg daily") == ([], "Take 2.5 mg daily")
+
+
 def test_parse_answers_leniently():
     from medlm.serving.tasks import parse_entities, parse_sentiment
 
@@ -76,6 +87,104 @@ def test_parse_answers_leniently():
     assert parse_entities("<garbage>") == []
     assert parse_sentiment("The speaker is Negative.") == "negative"
     assert parse_sentiment("positive or negative") is None
+
+
+def test_export_in_parts_loads_each_part_alone(tmp_path):
+    """Each replica's part loads from its own shard (the other shard absent) and equals the whole model's."""
+    import shutil
+
+    import torch
+
+    from medlm.models import ModelSpec, SpeechLM, build_model
+
+    model, processor = build_model(ModelSpec(preset="tiny", lora_r=4))
+    model.save_pretrained(str(tmp_path / "full"))
+    processor.save_pretrained(str(tmp_path / "full"))
+    whole = SpeechLM.from_pretrained(str(tmp_path / "full")).state_dict()
+    files = {"audio": "model-audio.safetensors", "llm": "model-llm.safetensors"}
+    for part, other in (("audio", "llm"), ("llm", "audio")):
+        alone = tmp_path / part
+        shutil.copytree(tmp_path / "full", alone)
+        (alone / files[other]).unlink()  # the other part's weights are not there to read
+        loaded = SpeechLM.from_pretrained_part(str(alone), part)
+        state = loaded.state_dict()
+        assert state and all(torch.equal(v, whole[k]) for k, v in state.items())
+        assert (loaded.llm is None) == (part == "audio") and (loaded.encoder is None) == (part == "llm")
+        with pytest.raises(FileNotFoundError, match="export in parts"):
+            SpeechLM.from_pretrained_part(str(alone), other)
+    assert {k for k in whole if not k.startswith("llm.")} <= set(SpeechLM.from_pretrained_part(
+        str(tmp_path / "full"), "audio").state_dict())
+
+
+def test_local_copy_leaves_out_the_other_part(s3, tmp_path):
+    from medlm import storage
+
+    (tmp_path / "export").mkdir()
+    for name in ("config.json", "model-audio.safetensors", "model-llm.safetensors"):
+        (tmp_path / "export" / name).write_text(name)
+    storage.copy_tree(str(tmp_path / "export"), f"{s3.root}/parts-export")
+    local = storage.local_copy(f"{s3.root}/parts-export", cache_dir=tmp_path / "cache", exclude=("model-llm.*",))
+    assert sorted(p.name for p in Path(local).iterdir() if not p.name.startswith(".")) == [
+        "config.json", "model-audio.safetensors"]
+
+
+def _engine_run(llm, prompts, limits, scheduling, cancel_first=False):
+    """Submit prompt embeddings one after another into a running engine; -> (tokens, finish) per prompt, stats."""
+    import threading
+
+    from medlm.serving.generation import Engine, Slot
+
+    engine = Engine(llm, eos_token_id=-1, activate=lambda name: None, lock=threading.Lock(), max_batch_size=3,
+                    scheduling=scheduling)
+    out, done = {}, [threading.Event() for _ in prompts]
+    slots = []
+    try:
+        for i, (embeds, limit) in enumerate(zip(prompts, limits)):
+            tokens: list[int] = []
+
+            def emit(tok, finish, i=i, tokens=tokens):
+                if tok is not None:
+                    tokens.append(tok)
+                else:
+                    out[i] = (tokens, finish)
+                    done[i].set()
+            slots.append(Slot(embeds, limit, emit))
+            engine.submit(slots[-1])
+            if cancel_first and i == 0:
+                engine.cancel(slots[0])
+        assert all(e.wait(120) for e in done)
+        return [out[i] for i in range(len(prompts))], engine.stats()
+    finally:
+        engine.close()
+
+
+def test_engine_continuous_batching_matches_generate():
+    """Rows that join and leave the running batch decode exactly what HF ``generate`` decodes alone (greedy),
+    under both schedulings; each row stops at its own limit; a cancelled row ends at once."""
+    import torch
+
+    from medlm.models import ModelSpec, build_model
+
+    model, _ = build_model(ModelSpec(preset="tiny"))
+    llm = model.llm.eval()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, llm.config.vocab_size, (n,), generator=gen) for n in (5, 9, 3, 7, 4)]
+    limits = [12, 5, 9, 1, 7]
+    expected = []
+    with torch.no_grad():
+        for ids, n in zip(prompts, limits):
+            new = llm.generate(ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=n,
+                               min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
+            expected.append(new[0, len(ids):].tolist())
+        embeds = [llm.get_input_embeddings()(ids) for ids in prompts]
+    for scheduling in ("continuous", "static"):
+        results, stats = _engine_run(llm, embeds, limits, scheduling)
+        assert [t for t, _ in results] == expected, scheduling
+        assert {f for _, f in results} == {"length"} and stats["admitted"] == len(prompts)
+        assert stats["max_batch"] <= 3  # never more rows than max_batch_size
+    results, stats = _engine_run(llm, embeds[:2], [500, 3], "continuous", cancel_first=True)
+    assert results[0][1] == "cancelled" and len(results[0][0]) < 500 and results[1] == (expected[1][:3], "length")
+    assert stats["finished_cancelled"] == 1
 
 
 # --- the running app ------------------------------------------------------------------------------------------
@@ -87,12 +196,15 @@ def server(stack, tmp_path_factory):
 
     from medlm import storage
     from medlm.models import ModelSpec, build_model
+    from medlm.models.pretrained import is_fetched
     from medlm.serving import Limits, default_ct_index_dir, run_local
     from medlm.serving.adapters import save_adapter
     from medlm.stack import free_port
 
+    if not (is_fetched("whisper-tiny.en", verify=False) and is_fetched("smollm2-135m-instruct", verify=False)):
+        pytest.skip("model store not fetched (run `medlm models fetch`): the app tests serve the real preset")
     local = tmp_path_factory.mktemp("export")
-    model, processor = build_model(ModelSpec(preset="tiny", lora_r=4))
+    model, processor = build_model(ModelSpec(preset="real", lora_r=4))
     model.save_pretrained(str(local / "model"))
     processor.save_pretrained(str(local / "model"))
     with torch.no_grad():  # a task adapter that differs from the base one
@@ -105,7 +217,7 @@ def server(stack, tmp_path_factory):
     storage.copy_tree(str(local), root)
 
     port = free_port()
-    limits = Limits(max_body_bytes=1_000_000, max_audio_seconds=5, max_turns=8, max_tokens=32, default_max_tokens=8)
+    limits = Limits(max_body_bytes=1_000_000, max_audio_seconds=5, max_turns=8, max_tokens=64, default_max_tokens=8)
     url = run_local(f"{root}/model", port=port, api_key=KEY, adapters_dir=f"{root}/adapters",
                     ct_index_dir=f"{root}/ct-index-tiny", limits=limits)
     yield url
@@ -135,8 +247,8 @@ def test_text_audio_mixed_multiturn(client):
 
     audio = chat(client, [{"role": "user", "content": [audio_part(1.0)]}])
     mixed = chat(client, [{"role": "user", "content": [audio_part(1.0, "flac"), {"type": "text", "text": "Is it bad?"}]}])
-    # audio tokens count as prompt tokens: 1 s at 12.5 Hz is ~13 embedding slots
-    assert audio.usage.prompt_tokens > 10 and mixed.usage.prompt_tokens > audio.usage.prompt_tokens
+    # audio tokens count as prompt tokens: 1 s at 50 / 8 Hz is ~7 embedding slots beside the chat template's
+    assert audio.usage.prompt_tokens > 7 and mixed.usage.prompt_tokens > audio.usage.prompt_tokens
     multi = chat(client, [{"role": "system", "content": "You are a careful medical assistant."},
                           {"role": "user", "content": [audio_part(0.5)]},
                           {"role": "assistant", "content": "I hear a tone."},
@@ -180,10 +292,10 @@ def test_concurrent_requests_are_batched_and_match_single(client):
 def test_lora_adapters_are_multiplexed(client):
     import openai
 
-    from medlm.models.pretrained import is_fetched
-
-    asr = {"whisper-tiny.en"} if is_fetched("whisper-tiny.en") else set()  # the ASR baseline, served beside
-    assert {m.id for m in client.models.list()} == {"medlm", ADAPTER} | asr
+    models = client.models.list().data
+    assert {m.id for m in models} == {"medlm", ADAPTER, "whisper-tiny.en", "cascade"}  # the baselines beside
+    voices = {m.id: (m.model_extra or {}).get("voices") for m in models}
+    assert voices["medlm"][:1] == ["joe"] and "en-us" in voices["medlm"] and voices["whisper-tiny.en"] is None
     messages = [{"role": "user", "content": "List the medical entities."}]
     base = chat(client, messages, max_tokens=12).choices[0].message.content
     tuned = chat(client, messages, max_tokens=12, model=ADAPTER)
@@ -194,6 +306,110 @@ def test_lora_adapters_are_multiplexed(client):
     assert err.value.body["code"] == "model_not_found"
 
 
+def spoken_question(text: str) -> dict:
+    """A user turn that says ``text`` in the Piper voice (a voice the cascade's Whisper hears well)."""
+    from medlm.data.tts import speak, voice_bank
+
+    (wave,) = speak([text], voice_bank(1, backend="piper")[0])
+    data = base64.b64encode(encode_wav(wave, 16000)).decode()
+    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}
+
+
+@pytest.mark.slow
+def test_spoken_replies_streaming_and_not(client):
+    import io
+
+    import soundfile as sf
+
+    messages = [{"role": "user", "content": "What is asthma? Tell me about its causes and its treatment."}]
+    full = chat(client, messages, max_tokens=48, modalities=["text", "audio"], audio={"voice": "joe", "format": "wav"})
+    message = full.choices[0].message
+    assert message.audio.id.startswith("audio_") and message.audio.transcript == message.content
+    wave, rate = sf.read(io.BytesIO(base64.b64decode(message.audio.data)))
+    assert rate == 24000 and len(wave) / rate > 1.0 and np.abs(wave).max() > 0.05  # speech, not silence
+
+    events = list(chat(client, messages, max_tokens=48, stream=True, modalities=["text", "audio"],
+                       audio={"voice": "en-us", "format": "pcm16"}))
+    deltas = [e.choices[0].delta for e in events if e.choices]
+    text = "".join(d.content or "" for d in deltas)
+    spoken = [(i, d.audio) for i, d in enumerate(deltas) if d.audio]
+    assert text == message.content  # the same greedy answer, streamed
+    assert len(spoken) >= 2, "one audio chunk per sentence"
+    assert " ".join(a.transcript for _, a in spoken) == " ".join(text.split())
+    last_text = max(i for i, d in enumerate(deltas) if d.content)
+    assert spoken[0][0] < last_text, "the first sentence's audio arrives while the text still streams"
+    pcm = b"".join(base64.b64decode(a.data) for _, a in spoken)
+    assert len(pcm) % 2 == 0 and len(pcm) / 2 / 24000 > 1.0
+
+    import openai
+
+    for kw, code in (({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "invalid_voice"),
+                     ({"modalities": ["text", "audio"]}, "invalid_request")):
+        with pytest.raises(openai.BadRequestError) as err:
+            chat(client, messages, **kw)
+        assert err.value.body["code"] == code
+    earlier = {"role": "assistant", "audio": {"id": message.audio.id}}
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(client, [*messages, earlier, {"role": "user", "content": "And then?"}])
+    assert err.value.body["code"] == "unsupported_audio_reference" and "transcript" in err.value.body["message"]
+    earlier["content"] = message.audio.transcript  # with its transcript the turn is understood
+    assert chat(client, [*messages, earlier, {"role": "user", "content": "And then?"}]).choices[0].message.content
+
+
+@pytest.mark.slow
+def test_cascade_is_whisper_then_the_same_llm(client):
+    question = spoken_question("What are the symptoms of asthma?")
+    heard = client.audio.transcriptions.create(
+        model="whisper-tiny.en", file=("q.wav", base64.b64decode(question["content"][0]["input_audio"]["data"])))
+    cascade = chat(client, [question], model="cascade", max_tokens=16)
+    typed = chat(client, [{"role": "user", "content": heard.text}], max_tokens=16)
+    assert cascade.model == "cascade" and cascade.choices[0].message.content == typed.choices[0].message.content
+    assert "asthma" in heard.text.lower()
+
+
+@pytest.mark.slow
+def test_requests_join_the_running_batch_and_leave_on_disconnect(client, server):
+    """A short request sent while a long answer decodes finishes first (continuous batching); a client that
+    hangs up mid-stream frees its row at once."""
+    import threading
+    import time
+
+    from ray import serve
+
+    llm = serve.get_deployment_handle("LLM", app_name="medlm")
+    long_msgs = [{"role": "user", "content": "Write a long, detailed essay about the human heart."}]
+    finished: dict[str, float] = {}
+
+    def long_answer():
+        n = 0
+        for event in chat(client, long_msgs, max_tokens=64, stream=True):
+            n += bool(event.choices and event.choices[0].delta.content)
+            if n == 1:
+                started.set()
+        finished["long"] = time.monotonic()
+
+    started = threading.Event()
+    worker = threading.Thread(target=long_answer)
+    worker.start()
+    assert started.wait(120)
+    short = chat(client, [{"role": "user", "content": "Say hi."}], max_tokens=3)
+    finished["short"] = time.monotonic()
+    worker.join(120)
+    assert short.usage.completion_tokens <= 3 and finished["short"] < finished["long"]
+
+    before = llm.batch_stats.remote().result().get("finished_cancelled", 0)
+    with httpx.stream("POST", f"{server}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "medlm", "messages": long_msgs, "max_tokens": 64, "stream": True},
+                      timeout=60) as r:
+        for line in r.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # hang up after the first token
+    deadline = time.monotonic() + 30
+    while llm.batch_stats.remote().result().get("finished_cancelled", 0) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert llm.batch_stats.remote().result().get("finished_cancelled", 0) == before + 1
+
+
 @pytest.mark.slow
 def test_transcription_and_understanding(client, server):
     tr = client.audio.transcriptions.create(model="medlm", file=("note.wav", encode_wav(tone(1.0), 22050)))
@@ -201,18 +417,13 @@ def test_transcription_and_understanding(client, server):
     text = client.audio.transcriptions.create(model="medlm", file=("n.flac", encode_wav(tone(1.0), 22050, "FLAC")),
                                               response_format="text")
     assert isinstance(text, str)
-    from medlm.models.pretrained import is_fetched
+    from medlm.data.tts import speak, voice_bank
+    from medlm.eval.metrics import wer
 
-    if is_fetched("whisper-tiny.en"):  # the ASR baseline, served beside the SpeechLM
-        from medlm.data.tts import speak, voice_bank
-
-        said = "I have had a dry cough for three days."
-        (wave,) = speak([said], voice_bank(1, backend="piper")[0])
-        assert "whisper-tiny.en" in [m.id for m in client.models.list().data]
-        tr = client.audio.transcriptions.create(model="whisper-tiny.en", file=("q.wav", encode_wav(wave, 16000)))
-        from medlm.eval.metrics import wer
-
-        assert wer([said], [tr.text]) <= 0.2, tr.text
+    said = "I have had a dry cough for three days."  # the ASR baseline, served beside the SpeechLM
+    (wave,) = speak([said], voice_bank(1, backend="piper")[0])
+    tr = client.audio.transcriptions.create(model="whisper-tiny.en", file=("q.wav", encode_wav(wave, 16000)))
+    assert wer([said], [tr.text]) <= 0.2, tr.text
     headers = {"Authorization": f"Bearer {KEY}"}
     base = server.removesuffix("/v1")
     for body in ({"audio": {"data": wav_b64(1.0), "format": "wav"}}, {"text": "Chest pain since Monday, took aspirin."}):
@@ -297,6 +508,14 @@ def _bad_requests(base: str) -> list[tuple[str, dict]]:
         ("ct unknown label", dict(url=f"{base}/v1/ct/classify", content=json.dumps(
             {"text": "x", "labels": ["Broken leg"]}), headers=js), 400),
         ("ct search k=0", dict(url=f"{base}/v1/ct/search", content=json.dumps({"text": "x", "k": 0}), headers=js), 400),
+        ("unknown voice", dict(url=chat_url, content=body(modalities=["text", "audio"], audio={
+            "voice": "nobody", "format": "wav"}), headers=js), 400),
+        ("audio out without modalities", dict(url=chat_url, content=body(audio={"voice": "joe", "format": "wav"}),
+                                              headers=js), 400),
+        ("unknown audio format", dict(url=chat_url, content=body(modalities=["text", "audio"], audio={
+            "voice": "joe", "format": "mp3"}), headers=js), 400),
+        ("audio reference only", dict(url=chat_url, content=body(messages=[
+            *ok_msg, {"role": "assistant", "audio": {"id": "audio_1"}}, *ok_msg]), headers=js), 400),
         ("unknown route", dict(url=f"{base}/v1/nothing", content=body(), headers=js), 404),
         ("wrong method", dict(url=chat_url, method="GET", headers=auth), 405),
     ]
@@ -347,8 +566,9 @@ def test_serve_config_is_valid_and_consistent():
     assert app["import_path"] == "medlm.serving.app:build_app"
     args = AppArgs.model_validate(app["args"])
     deployments = {d["name"]: d for d in app["deployments"]}
-    assert set(deployments) == {"Ingress", "SpeechEncoder", "LLM"}  # the app without a CT index
-    for name, batching in (("SpeechEncoder", args.encoder_batching), ("LLM", args.llm_batching)):
+    assert set(deployments) == {"Ingress", "SpeechEncoder", "LLM", "Speaker"}  # the app without a CT index
+    for name, batching in (("SpeechEncoder", args.encoder_batching), ("LLM", args.llm_batching),
+                           ("Speaker", args.encoder_batching)):
         assert deployments[name]["max_ongoing_requests"] >= batching.max_batch_size
         assert 0 < deployments[name]["ray_actor_options"]["num_cpus"] < 1
         assert deployments[name]["autoscaling_config"]["min_replicas"] >= 1

@@ -147,7 +147,7 @@ class PiperTTS:
     def __init__(self, voice: str = "piper-joe", command: str = "espeak-ng"):
         import onnxruntime as ort
 
-        self.onnx = _piper_onnx(voice)
+        self.onnx = piper_onnx(voice)
         self.config = json.loads(Path(f"{self.onnx}.json").read_text())
         if self.config.get("phoneme_type", "espeak") != "espeak":
             raise ValueError(f"{self.onnx}: phoneme type {self.config['phoneme_type']!r}; only espeak voices are supported")
@@ -207,7 +207,7 @@ class PiperTTS:
         return np.concatenate(pieces).astype(np.float32), self.sample_rate
 
 
-def _piper_onnx(voice: str) -> Path:
+def piper_onnx(voice: str) -> Path:
     """A Piper voice: a model store name (its one .onnx file) or a path to the .onnx (with .onnx.json beside)."""
     from medlm.models.pretrained import PARTS, model_path
 

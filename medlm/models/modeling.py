@@ -10,13 +10,20 @@ Picture::
 
 Every ``<|audio|>`` token in ``input_ids`` stands for one audio item and is expanded to that item's
 embeddings by :func:`replace_placeholders_and_build_targets`, the one place where this happens.
+
+An export (``save_pretrained``) is a standard sharded HF checkpoint whose shards are the model's two parts:
+``model-audio.safetensors`` (encoder + adapter + classifier) and ``model-llm.safetensors`` (the LLM with its
+LoRA layers), tied by ``model.safetensors.index.json``. ``from_pretrained`` loads the whole model;
+:meth:`SpeechLM.from_pretrained_part` loads one part and never reads the other's file (a serving replica).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +34,13 @@ from transformers.utils import ModelOutput
 from medlm.models.audio import AudioEncoder, AudioFrontend, build_audio_encoder, num_audio_tokens
 
 IGNORE_INDEX = -100
+
+#: The export's shards: part -> (file, parameter prefixes). Every weight belongs to exactly one part.
+PARTS = {
+    "audio": ("model-audio.safetensors", ("encoder.", "adapter.", "classifier.")),
+    "llm": ("model-llm.safetensors", ("llm.",)),
+}
+INDEX_FILE = "model.safetensors.index.json"
 
 
 def _as_config(value) -> PretrainedConfig | None:
@@ -206,6 +220,31 @@ def classifier_loss(
     return F.cross_entropy(class_logits.float(), targets, ignore_index=IGNORE_INDEX)
 
 
+def shard_by_part(directory: str | Path) -> None:
+    """Regroup an HF checkpoint's safetensors shards into one file per part of :data:`PARTS` + the index."""
+    from safetensors.torch import load_file, save_file
+
+    d = Path(directory)
+    index = d / INDEX_FILE
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors.update(load_file(str(d / f)))
+    weight_map, groups = {}, {file: {} for file, _ in PARTS.values()}
+    for name, t in tensors.items():
+        file = next((f for f, prefixes in PARTS.values() if name.startswith(prefixes)), None)
+        if file is None:
+            raise ValueError(f"weight {name!r} belongs to no part of {sorted(PARTS)}")
+        groups[file][name], weight_map[name] = t, file
+    for f in files:
+        (d / f).unlink()
+    for file, group in groups.items():
+        save_file(group, str(d / file), metadata={"format": "pt"})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                                indent=2))
+
+
 def _lora_config(r: int, alpha: int, dropout: float, targets: list[str]):
     from peft import LoraConfig
 
@@ -268,6 +307,47 @@ class SpeechLM(PreTrainedModel):
         model = super().from_pretrained(*args, **kwargs)
         model.configure_trainable(model.config.trainable)
         return model
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
+        """HF's ``save_pretrained`` (config, tied weights, ``state_dict=`` for gathered ZeRO-3 weights), then the
+        weights regrouped into one shard per part (:data:`PARTS`) under a standard index."""
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            shard_by_part(save_directory)
+
+    @classmethod
+    def from_pretrained_part(cls, directory: str, part: str) -> SpeechLM:
+        """Only ``part`` of an export: ``"audio"`` (for :meth:`embed_audio`; ``llm`` is None) or ``"llm"``
+        (``encoder`` / ``adapter`` / ``classifier`` are None). The other part is built on the meta device and
+        its shard is never opened; the weights keep their saved dtype, as ``from_pretrained`` does."""
+        from accelerate import init_empty_weights
+        from safetensors.torch import load_file
+
+        if part not in PARTS:
+            raise ValueError(f"unknown part {part!r}; one of {sorted(PARTS)}")
+        file, prefixes = PARTS[part]
+        path = Path(directory) / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {directory} is not a SpeechLM export in parts "
+                                    "(re-export it with save_pretrained)")
+        config = SpeechLMConfig.from_pretrained(directory)
+        with init_empty_weights(include_buffers=False):  # shapes only; buffers (rotary tables) stay real
+            model = cls(config)
+        state = load_file(str(path))
+        wrong = [k for k in state if not k.startswith(prefixes)]
+        if wrong:
+            raise ValueError(f"{path} holds weights of another part: {wrong[:3]}")
+        model.load_state_dict(state, strict=False, assign=True)
+        if part == "llm":
+            model.encoder = model.adapter = model.classifier = None
+            model.llm.tie_weights()
+        else:
+            model.llm = None
+        missing = [n for n, p in model.named_parameters() if p.is_meta]
+        if missing:
+            raise ValueError(f"{path} lacks weights of the {part} part: {missing[:3]}")
+        model.configure_trainable(model.config.trainable)
+        return model.eval()
 
     def _init_weights(self, module):  # adapter/classifier init themselves; sub-models use their own init
         pass

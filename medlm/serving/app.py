@@ -4,19 +4,25 @@ Request path: the ingress authenticates, enforces limits, parses and validates t
 (soundfile + soxr -> float32 mono 16 kHz) and then composes the model deployments through handles:
 
     audio parts --SpeechEncoder.embed (batched)--> adapter-space embeddings (n_i, D)
-    messages with embeddings --LLM.generate (batched, LoRA multiplexed by `model`)--> streamed text
+    messages with embeddings --LLM.generate (continuous batching, LoRA multiplexed by `model`)--> streamed text
+    reply sentences --Speaker.speak (batched)--> spoken replies (``modalities: ["text", "audio"]``)
     text / embeddings --CTRetriever--> CT search hits / finding scores
+
+``model: cascade`` is the baseline beside the end-to-end model: WhisperTranscriber transcribes the audio
+parts and the same LLM answers the transcribed chat.
 
 Every client error is a 4xx JSON body in OpenAI's error format; nothing a client sends can crash a
 replica. Audio and transcripts are never logged unless ``log_payloads`` is set.
 """
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import json
 import logging
 import os
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -28,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -52,11 +58,13 @@ from medlm.serving.schemas import (
     Delta,
     ModelCard,
     ModelList,
+    ReplyAudio,
     ResponseMessage,
     Transcription,
     Understanding,
     UnderstandRequest,
     Usage,
+    audio_id,
     completion_id,
 )
 from medlm.serving.tasks import (
@@ -73,6 +81,7 @@ log = logging.getLogger("medlm.serving")
 M = TypeVar("M", bound=BaseModel)
 
 PUBLIC_PATHS = {"/healthz"}
+CASCADE = "cascade"  # the model id of the ASR -> LLM baseline
 JSON_TYPES = ("application/json",)
 
 api = FastAPI(title="medlm", description="OpenAI-compatible medical speech LLM API", docs_url=None,
@@ -108,6 +117,18 @@ def validation_error(errors: list[dict]) -> APIError:
     detail = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or '<body>'}: {e['msg']}"
                        for e in errors[:5])
     return APIError(400, f"invalid request: {detail}", param=loc or None, code="invalid_request")
+
+
+async def retried(call, attempts: int = 3):
+    """``await call()``, again when the replica serving it died before answering (Serve routes the next try to
+    a live or restarted replica). Only for calls whose effect is their answer: nothing has reached the client."""
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except RayActorError:
+            if attempt == attempts - 1:
+                raise
+            log.warning("a replica died under a request; retrying (%d/%d)", attempt + 2, attempts)
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -185,6 +206,25 @@ ROUTES = {"/healthz", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/aud
           "/v1/understand", "/v1/ct/search", "/v1/ct/classify"}
 
 
+_SENTENCE_END = re.compile(r"(?<=[^\W\d_][.!?])\s+|(?<=[)\"'][.!?])\s+|\n+")
+
+
+def split_sentences(text: str) -> tuple[list[str], str]:
+    """Complete sentences of ``text`` (ended by . ! ? after a letter, then a space; or a newline: a list item's
+    "1." is not a sentence) and the unfinished rest."""
+    pieces = _SENTENCE_END.split(text)
+    return [p.strip() for p in pieces[:-1] if p.strip()], pieces[-1]
+
+
+def encode_reply(wave: np.ndarray, fmt: str) -> str:
+    """A spoken reply (or one sentence of it) as base64 in the requested format."""
+    from medlm import audio as audio_io
+    from medlm.serving.deployments import REPLY_RATE
+
+    raw = audio_io.pcm16(wave) if fmt == "pcm16" else audio_io.encode(wave, REPLY_RATE, "WAV", "PCM_16")
+    return base64.b64encode(raw).decode()
+
+
 # --- the ingress deployment ------------------------------------------------------------------------------
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1},
@@ -192,13 +232,14 @@ ROUTES = {"/healthz", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/aud
 @serve.ingress(api)
 class Ingress:
     def __init__(self, encoder: DeploymentHandle, llm: DeploymentHandle, ct: DeploymentHandle | None,
-                 args: AppArgs, asr: DeploymentHandle | None = None):
-        self.encoder, self.llm, self.ct, self.asr = encoder, llm, ct, asr
+                 args: AppArgs, asr: DeploymentHandle | None = None, speaker: DeploymentHandle | None = None):
+        self.encoder, self.llm, self.ct, self.asr, self.speaker = encoder, llm, ct, asr, speaker
         self.args = args
         self.limits = args.limits
         self.key_digest = bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
         self.counters: Counter[str] = Counter()
         self._models: tuple[float, list[str]] = (0.0, [])
+        self._voices: list[str] | None = None
 
     @staticmethod
     def _key_from_env(args: AppArgs) -> bytes:
@@ -225,9 +266,15 @@ class Ingress:
     async def model_ids(self) -> list[str]:
         stamp, ids = self._models
         if time.monotonic() - stamp > 30 or not ids:
-            ids = await self.llm.model_ids.remote()
+            ids = await self.llm.model_ids.remote() + ([CASCADE] if self.asr is not None else [])
             self._models = (time.monotonic(), ids)
         return ids
+
+    async def voices(self) -> list[str]:
+        """The Speaker's voices, the default first ([] when spoken replies are off)."""
+        if self._voices is None:
+            self._voices = await self.speaker.voice_names.remote() if self.speaker is not None else []
+        return self._voices
 
     async def check_model(self, model: str | None) -> str:
         if model is None:
@@ -245,15 +292,25 @@ class Ingress:
 
     async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         """Adapter-space embeddings of each waveform, computed by the (batching) SpeechEncoder deployment."""
-        return list(await asyncio.gather(*(self.encoder.embed.remote(w) for w in waves)))
+        return list(await asyncio.gather(*(retried(lambda w=w: self.encoder.embed.remote(w)) for w in waves)))
 
-    async def to_model_messages(self, req: ChatCompletionRequest) -> list[dict[str, Any]]:
-        """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts)."""
+    async def transcribe_parts(self, waves: list[np.ndarray]) -> list[dict[str, str]]:
+        """The cascade's view of audio parts: Whisper's transcripts as text parts."""
+        texts = await asyncio.gather(*(retried(lambda w=w: self.asr.transcribe.remote(w)) for w in waves))
+        return [{"type": "text", "text": t} for t in texts]
+
+    async def to_model_messages(self, req: ChatCompletionRequest, cascade: bool = False) -> list[dict[str, Any]]:
+        """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts), or
+        for the cascade as Whisper transcripts (text parts)."""
         if len(req.messages) > self.limits.max_turns:
             raise APIError(400, f"{len(req.messages)} messages; the limit is {self.limits.max_turns}",
                            param="messages", code="too_many_turns")
         out, waves, slots, chars = [], [], [], 0
         for i, msg in enumerate(req.messages):
+            if msg.role == "assistant" and msg.audio is not None and not msg.content:
+                raise APIError(400, "a previous spoken reply cannot be referenced by its audio id (the server keeps "
+                               "no audio): send the reply's transcript as the assistant message's content",
+                               param=f"messages.{i}.audio", code="unsupported_audio_reference")
             if isinstance(msg.content, str) or msg.content is None:
                 text = msg.content or ""
                 chars += len(text)
@@ -278,8 +335,10 @@ class Ingress:
         if chars > self.limits.max_text_chars:
             raise APIError(400, f"{chars} characters of text; the limit is {self.limits.max_text_chars}",
                            param="messages", code="too_much_text")
-        for (m, p), emb in zip(slots, await self.embed(waves)):
-            out[m]["content"][p] = {"type": "audio_embeds", "embeds": emb}
+        parts = await self.transcribe_parts(waves) if cascade else \
+            [{"type": "audio_embeds", "embeds": e} for e in await self.embed(waves)]
+        for (m, p), part in zip(slots, parts):
+            out[m]["content"][p] = part
         return out
 
     def token_limit(self, requested: int | None) -> int:
@@ -304,24 +363,56 @@ class Ingress:
 
     async def complete(self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
                        top_p: float = 1.0) -> tuple[str, str, Usage]:
-        """Run a generation to the end: (text, finish_reason, usage)."""
-        text, finish, usage = [], "stop", None
-        try:
+        """Run a generation to the end: (text, finish_reason, usage); again from the start if the LLM replica
+        dies (nothing has been sent yet)."""
+        async def run():
+            text, finish, usage = [], "stop", None
             async for chunk in self.generation(model, messages, max_tokens, temperature, top_p):
                 text.append(chunk.text)
                 finish, usage = chunk.finish_reason or finish, chunk.usage or usage
+            return text, finish, usage
+
+        try:
+            text, finish, usage = await retried(run)
         except Exception as e:
             raise unwrap(e) from None
         self.count("completion_tokens_total", usage.completion_tokens if usage else 0)
         return "".join(text), finish, usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
-    async def stream_chat(self, req: ChatCompletionRequest, model: str, messages: list[dict],
+    async def check_voice(self, req: ChatCompletionRequest) -> None:
+        if not req.spoken:
+            return
+        voices = await self.voices()
+        if not voices:
+            raise APIError(400, "spoken replies are not enabled on this server", param="modalities",
+                           code="audio_output_disabled")
+        if req.audio.voice not in voices:
+            raise APIError(400, f"unknown voice {req.audio.voice!r}; this server speaks with {voices}",
+                           param="audio.voice", code="invalid_voice")
+
+    async def speak(self, text: str, voice: str) -> np.ndarray:
+        """``text`` spoken (sentence by sentence, the sentences in parallel through the batching Speaker)."""
+        from medlm.serving.deployments import REPLY_RATE
+
+        sentences, rest = split_sentences(text)
+        sentences += [rest.strip()] if rest.strip() else []
+        waves = await asyncio.gather(*(retried(lambda t=t: self.speaker.speak.remote((t, voice))) for t in sentences))
+        gap = np.zeros(int(0.15 * REPLY_RATE), dtype=np.float32)
+        return np.concatenate([x for w in waves for x in (w, gap)][:-1]) if waves else np.zeros(0, np.float32)
+
+    async def stream_chat(self, req: ChatCompletionRequest, model: str, served: str, messages: list[dict],
                           max_tokens: int) -> StreamingResponse:
-        chunks = self.generation(model, messages, max_tokens, req.temperature, req.top_p).__aiter__()
-        try:
-            first = await chunks.__anext__()  # errors before the first token still become a 4xx response
-        except StopAsyncIteration:
-            first = None
+        """SSE chunks as the tokens arrive; with spoken replies each finished sentence goes to the Speaker at
+        once and its audio follows as a ``delta.audio`` chunk while the text goes on streaming."""
+        async def start():
+            stream = self.generation(served, messages, max_tokens, req.temperature, req.top_p).__aiter__()
+            try:
+                return stream, await stream.__anext__()
+            except StopAsyncIteration:
+                return stream, None
+
+        try:  # errors before the first token still become a 4xx response (and a dead replica a retry)
+            chunks, first = await retried(start)
         except Exception as e:
             raise unwrap(e) from None
         cid, created = completion_id(), int(time.time())
@@ -332,20 +423,53 @@ class Ingress:
                                            choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices
                                            else []))
 
+        spoken = req.audio if req.spoken else None
+        reply_id = audio_id()
+        pending: list[tuple[str, asyncio.Task]] = []  # sentences at the Speaker, in order
+
+        async def synthesize(sentence: str) -> np.ndarray:
+            return await retried(lambda: self.speaker.speak.remote((sentence, spoken.voice)))
+
+        def say(sentence: str) -> None:
+            pending.append((sentence, asyncio.create_task(synthesize(sentence))))
+
+        async def spoken_deltas(wait: bool) -> AsyncIterator[bytes]:
+            while pending and (wait or pending[0][1].done()):
+                sentence, task = pending.pop(0)
+                data = encode_reply(await task, spoken.format)
+                yield event(Delta(audio=ReplyAudio(id=reply_id, data=data, transcript=sentence,
+                                                   expires_at=int(time.time()))))
+
         async def events() -> AsyncIterator[bytes]:
             yield event(Delta(role="assistant", content=""))
-            chunk, usage, finish = first, None, "stop"
+            chunk, usage, finish, unsaid = first, None, "stop", ""
             try:
                 while chunk is not None:
                     if chunk.text:
                         yield event(Delta(content=chunk.text))
+                        if spoken:
+                            sentences, unsaid = split_sentences(unsaid + chunk.text)
+                            for sentence in sentences:
+                                say(sentence)
+                            async for e in spoken_deltas(wait=False):
+                                yield e
                     finish, usage = chunk.finish_reason or finish, chunk.usage or usage
                     chunk = await anext(chunks, None)
+                if spoken:
+                    if unsaid.strip():
+                        say(unsaid.strip())
+                    async for e in spoken_deltas(wait=True):
+                        yield e
             except Exception as e:  # the stream has started: report in-band, as OpenAI does
                 err = unwrap(e)
                 body = err.body() if isinstance(err, APIError) else APIError(500, "internal server error").body()
                 yield sse(body.model_dump_json())
                 return
+            finally:  # the client went away: stop synthesising and free the request's decode slot now
+                for _, task in pending:
+                    task.cancel()
+                if chunk is not None:
+                    chunks.cancel()
             yield event(Delta(), finish=finish)
             if include_usage and usage is not None:
                 yield event(Delta(), usage=usage, choices=False)
@@ -360,7 +484,7 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """Liveness of the ingress and every model deployment (no auth)."""
-        handles = [self.encoder, self.llm] + [h for h in (self.ct, self.asr) if h is not None]
+        handles = [self.encoder, self.llm] + [h for h in (self.ct, self.asr, self.speaker) if h is not None]
         try:
             await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in handles)), timeout=10)
         except Exception:
@@ -379,20 +503,28 @@ class Ingress:
 
     @api.get("/v1/models")
     async def list_models(self) -> ModelList:
-        asr = [self.args.asr_model] if self.asr is not None else []
-        return ModelList(data=[ModelCard(id=m) for m in await self.model_ids() + asr])
+        asr = [ModelCard(id=self.args.asr_model)] if self.asr is not None else []
+        voices = await self.voices() or None
+        return ModelList(data=[ModelCard(id=m, voices=voices) for m in await self.model_ids()] + asr)
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> ChatCompletion | StreamingResponse:
         req = await parse_json(request, ChatCompletionRequest, self.limits.max_body_bytes)
         model = await self.check_model(req.model)
+        served = self.args.served_model_name if model == CASCADE else model  # the cascade's LLM is the same one
         max_tokens = self.token_limit(req.max_completion_tokens or req.max_tokens)
-        messages = await self.to_model_messages(req)
+        await self.check_voice(req)
+        messages = await self.to_model_messages(req, cascade=model == CASCADE)
         if req.stream:
-            return await self.stream_chat(req, model, messages, max_tokens)
-        text, finish, usage = await self.complete(model, messages, max_tokens, req.temperature, req.top_p)
+            return await self.stream_chat(req, model, served, messages, max_tokens)
+        text, finish, usage = await self.complete(served, messages, max_tokens, req.temperature, req.top_p)
+        audio = None
+        if req.spoken and text.strip():
+            wave = await self.speak(text, req.audio.voice)
+            audio = ReplyAudio(id=audio_id(), data=encode_reply(wave, req.audio.format), transcript=text,
+                               expires_at=int(time.time()))
         return ChatCompletion(model=model, usage=usage, choices=[
-            Choice(message=ResponseMessage(content=text), finish_reason=finish)])
+            Choice(message=ResponseMessage(content=text, audio=audio), finish_reason=finish)])
 
     @api.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(self, request: Request) -> Transcription | PlainTextResponse:
@@ -407,7 +539,7 @@ class Ingress:
         if upload is None or isinstance(upload, str):
             raise APIError(400, "the form needs an audio 'file' part", param="file", code="missing_file")
         model = str(form.get("model") or self.args.served_model_name)
-        baseline = self.asr is not None and model == self.args.asr_model
+        baseline = self.asr is not None and model in (self.args.asr_model, CASCADE)
         if not baseline:
             model = await self.check_model(model)
         response_format = str(form.get("response_format") or "json")
@@ -416,7 +548,7 @@ class Ingress:
                            param="response_format", code="invalid_request")
         wave = decode_audio(await upload.read(), self.limits.max_audio_seconds, "file")
         self.count("audio_seconds_total", len(wave) / 16000)
-        text = (await self.asr.transcribe.remote(wave)) if baseline else await self.transcribe(model, wave)
+        text = (await retried(lambda: self.asr.transcribe.remote(wave))) if baseline else await self.transcribe(model, wave)
         return PlainTextResponse(text) if response_format == "text" else Transcription(text=text)
 
     async def transcribe(self, model: str, wave: np.ndarray) -> str:
@@ -485,7 +617,7 @@ class Ingress:
 
 def build_app(args: AppArgs | dict) -> serve.Application:
     """The Serve application (``serve run serve/config.yaml`` calls this with the config's ``args``)."""
-    from medlm.serving.deployments import LLM, CTRetriever, SpeechEncoder, WhisperTranscriber
+    from medlm.serving.deployments import LLM, CTRetriever, Speaker, SpeechEncoder, WhisperTranscriber
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     enc, gen = args.encoder_batching, args.llm_batching
@@ -495,7 +627,9 @@ def build_app(args: AppArgs | dict) -> serve.Application:
     ct = CTRetriever.bind(args.ct_index_dir) if args.ct_index_dir else None
     asr = WhisperTranscriber.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.asr_model, enc) \
         if args.asr_model else None
-    return Ingress.bind(encoder, llm, ct, args, asr)
+    speaker = Speaker.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.speech, enc) \
+        if args.speech.enabled else None
+    return Ingress.bind(encoder, llm, ct, args, asr, speaker)
 
 
 def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) -> str:

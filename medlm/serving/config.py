@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from medlm.config import Section
@@ -26,6 +28,27 @@ class BatchOptions(Section):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
 
 
+class GenerationOptions(BatchOptions):
+    """The LLM replica's decode loop (``medlm.serving.generation``): ``continuous`` lets requests join and
+    leave the running batch between decode steps; ``static`` runs each batch until its longest answer ends
+    (the baseline). ``max_batch_size`` rows decode together at most."""
+
+    max_batch_size: int = Field(default=16, ge=1)
+    scheduling: Literal["continuous", "static"] = "continuous"
+
+
+class SpeechOptions(Section):
+    """Spoken replies (``modalities: ["text", "audio"]``): the TTS deployment's voices.
+
+    ``piper_voice`` is a model store name or a path to a Piper ``.onnx``; when it is not available the server
+    speaks with espeak-ng only. ``espeak_voices``: API voice name -> espeak-ng voice id."""
+
+    enabled: bool = True
+    piper_voice: str | None = "piper-joe"
+    espeak_voices: dict[str, str] = Field(default_factory=lambda: {"en-us": "en-us", "en-gb": "en-gb"})
+    default_voice: str | None = None  # None: the Piper voice if there is one, else the first espeak-ng voice
+
+
 class AppArgs(Section):
     """Where the models come from and how the API behaves.
 
@@ -46,5 +69,6 @@ class AppArgs(Section):
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     limits: Limits = Limits()
     encoder_batching: BatchOptions = BatchOptions()
-    llm_batching: BatchOptions = BatchOptions()
+    llm_batching: GenerationOptions = GenerationOptions()
+    speech: SpeechOptions = SpeechOptions()
     log_payloads: bool = False  # never log audio / transcripts unless explicitly turned on

@@ -1,14 +1,15 @@
-"""The model deployments: SpeechEncoder, LLM and CTRetriever.
+"""The model deployments: SpeechEncoder, LLM, WhisperTranscriber, Speaker and CTRetriever.
 
 How the SpeechLM is split: the encoder deployment owns the audio path (front end -> Whisper/wav2vec2
 encoder -> frame-stacking adapter) and turns each waveform into its adapter-space embeddings (n_i, D),
 batching waveforms of concurrent requests into one encoder forward (``@serve.batch``). The LLM deployment
 owns the tokenizer and the causal LLM: it renders the chat with one ``<|audio|>`` placeholder per audio
-part, splices the precomputed embeddings in (``replace_placeholders_and_build_targets``) and generates with
-the KV cache for a whole batch of requests at once, streaming tokens per request. Requests for different
-LoRA adapters (``@serve.multiplexed``, selected by the OpenAI ``model`` field) land in different batches.
-Both load the same training-run export (local dir or ``s3://``); only ``D`` floats per audio token cross
-between them.
+part, splices the precomputed embeddings in (``replace_placeholders_and_build_targets``) and decodes every
+request in one running batch (continuous batching over the KV cache, ``medlm.serving.generation``),
+streaming tokens per request. Requests for different LoRA adapters (``@serve.multiplexed``, selected by the
+OpenAI ``model`` field) wait for the running batch of another adapter to drain. Each loads only its part of
+the training-run export (local dir or ``s3://``: ``model-audio.safetensors`` / ``model-llm.safetensors``);
+only ``D`` floats per audio token cross between them. The Speaker turns reply sentences into speech.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,21 +27,13 @@ import torch
 from ray import serve
 
 from medlm import storage
+from medlm.models.modeling import PARTS
 from medlm.serving.adapters import activate_adapter, list_adapters, load_adapter, unload_adapter
-from medlm.serving.config import BatchOptions
+from medlm.serving.config import BatchOptions, GenerationOptions, SpeechOptions
 from medlm.serving.errors import APIError
 from medlm.serving.schemas import CTHit, LabelScore, Usage
 
 log = logging.getLogger("medlm.serving")
-
-
-def load_speechlm(model_dir: str):
-    """A training run's export (``SpeechLM.save_pretrained`` + processor), local or ``s3://``, in eval mode."""
-    from medlm.models import SpeechLM, SpeechLMProcessor
-
-    local = storage.local_copy(model_dir)
-    model = SpeechLM.from_pretrained(local).eval()
-    return model, SpeechLMProcessor.from_pretrained(local)
 
 
 class BatchStats:
@@ -67,9 +60,10 @@ class SpeechEncoder:
     """Waveforms -> adapter-space audio embeddings, dynamically batched across requests."""
 
     def __init__(self, model_dir: str, batching: BatchOptions | None = None):
-        model, _ = load_speechlm(model_dir)
-        model.llm = None  # this replica only runs the audio path
-        self.model = model
+        from medlm.models import SpeechLM
+
+        local = storage.local_copy(model_dir, exclude=(PARTS["llm"][0],))
+        self.model = SpeechLM.from_pretrained_part(local, "audio")  # never reads the LLM's weights
         self.stats = BatchStats()
         batching = batching or BatchOptions()
         self.embed.set_max_batch_size(batching.max_batch_size)
@@ -122,6 +116,84 @@ class WhisperTranscriber:
         return self.stats.report()
 
 
+# --- TTS -------------------------------------------------------------------------------------------------------
+
+REPLY_RATE = 24000  # spoken replies' sample rate (OpenAI's pcm16 rate)
+
+
+def reply_voices(options: SpeechOptions) -> dict[str, Any]:
+    """API voice name -> :class:`medlm.data.tts.Voice`: the Piper voice (named after its speaker, e.g. ``joe``)
+    if it is available, then the espeak-ng voices; the default voice first."""
+    from medlm.data.tts import Voice, piper_onnx
+
+    voices: dict[str, Voice] = {}
+    if options.piper_voice:
+        try:
+            onnx = piper_onnx(options.piper_voice)
+        except FileNotFoundError:
+            log.warning("Piper voice %s is not available: spoken replies use espeak-ng only", options.piper_voice)
+        else:
+            name = options.piper_voice.removeprefix("piper-") if not options.piper_voice.endswith(".onnx") else onnx.stem
+            voices[name] = Voice(f"piper:{name}", "en-us", "male", "adult", engine="piper")
+    for name, voice_id in options.espeak_voices.items():
+        voices.setdefault(name, Voice(voice_id, voice_id, "male", "adult", pitch=50, speed=165))
+    default = options.default_voice or next(iter(voices), None)
+    if default not in voices:
+        raise ValueError(f"default voice {default!r} is not one of {sorted(voices)}")
+    return {default: voices.pop(default), **voices}
+
+
+@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+class Speaker:
+    """Reply sentences -> speech at 24 kHz: Piper (onnxruntime) with espeak-ng as the fallback voice engine.
+
+    Sentences of concurrent requests are collected by ``@serve.batch`` and synthesised in one worker thread
+    per batch: Piper's ONNX graph returns no per-item lengths, so a padded tensor batch could not be cut apart
+    again; throughput grows by replicas (autoscaling on ongoing requests)."""
+
+    def __init__(self, options: SpeechOptions | None = None, batching: BatchOptions | None = None):
+        from medlm.data.tts import MultiTTS, TTSConfig
+
+        options = options or SpeechOptions()
+        self.voices = reply_voices(options)
+        self.tts = MultiTTS(TTSConfig(piper_voice=options.piper_voice or "piper-joe"))
+        self.fallback = next((v for v in self.voices.values() if v.engine == "espeak"), None)
+        self.stats = BatchStats()
+        batching = batching or BatchOptions()
+        self.speak.set_max_batch_size(batching.max_batch_size)
+        self.speak.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    def ready(self) -> bool:
+        return True
+
+    def voice_names(self) -> list[str]:
+        """The voices, the default first."""
+        return list(self.voices)
+
+    def batch_stats(self) -> dict[str, Any]:
+        return self.stats.report()
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def speak(self, items: list[tuple[str, str]]) -> list[np.ndarray]:
+        """(sentence, voice name) pairs -> float32 mono waveforms at :data:`REPLY_RATE`."""
+        self.stats.add(len(items))
+        return await asyncio.to_thread(lambda: [self._speak(text, voice) for text, voice in items])
+
+    def _speak(self, text: str, voice: str) -> np.ndarray:
+        from medlm.audio import resample
+
+        v = self.voices[voice]
+        try:
+            wave, rate = self.tts.synthesize(text, v)
+        except (RuntimeError, ValueError, OSError):
+            if self.fallback is None or v is self.fallback:
+                raise
+            log.warning("%s voice failed on a sentence; espeak-ng speaks it", v.engine)
+            wave, rate = self.tts.synthesize(text, self.fallback)
+        return resample(wave, rate, REPLY_RATE)
+
+
 # --- LLM -------------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -141,59 +213,6 @@ class GenerationChunk:
     usage: Usage | None = None        # set on the last chunk
 
 
-@dataclass
-class _Prompt:
-    ids: list[int]
-    audio: list[np.ndarray]
-    request: GenerationRequest
-    state: dict = field(default_factory=dict)
-
-
-class _RowSampling:
-    """Per-row temperature / top-p in one batched ``generate`` (temperature 0 = greedy for that row)."""
-
-    def __init__(self, temperatures: list[float], top_ps: list[float]):
-        self.t = torch.tensor(temperatures).unsqueeze(1)
-        self.p = torch.tensor(top_ps).unsqueeze(1)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        greedy = (self.t == 0).squeeze(1)
-        scores = scores / self.t.clamp(min=1e-5).to(scores.dtype)
-        sorted_scores, order = scores.sort(dim=-1, descending=True)
-        cum = sorted_scores.softmax(-1).cumsum(-1)
-        drop = (cum - sorted_scores.softmax(-1)) > self.p.to(scores.dtype)  # keep the smallest set above p
-        sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-        scores = torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
-        if greedy.any():  # all mass on the argmax: sampling then returns it
-            top = scores[greedy].argmax(-1, keepdim=True)
-            scores[greedy] = torch.full_like(scores[greedy], float("-inf")).scatter(-1, top, 0.0)
-        return scores
-
-
-class _RowLimits:
-    """Stop each row at its own ``max_new_tokens`` (HF stops a row when its criterion is true)."""
-
-    def __init__(self, limits: list[int]):
-        self.limits = torch.tensor(limits)
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), input_ids.shape[1]) >= self.limits
-
-
-class _QueueStreamer:
-    """HF streamer -> an asyncio queue of per-step token tensors (None when generation ends)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue):
-        self.loop, self.queue = loop, queue
-
-    def put(self, value: torch.Tensor) -> None:
-        if value.dim() == 1:  # a decoding step: one token per row (the prompt arrives as 2-D and is skipped)
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, value.tolist())
-
-    def end(self) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, None)
-
-
 def render_prompt(processor, messages: list[dict[str, Any]]) -> tuple[list[int], list[np.ndarray]]:
     """Chat -> prompt token ids + audio embeddings: ``SpeechLMProcessor.render_prompt`` (the rendering the
     model was trained with), bad input as a 400."""
@@ -203,31 +222,36 @@ def render_prompt(processor, messages: list[dict[str, Any]]) -> tuple[list[int],
         raise APIError(400, str(e), param="messages", code="invalid_request") from None
 
 
-@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.25},
+                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16})
 class LLM:
-    """Batched, streamed, KV-cached generation from spliced audio embeddings; LoRA adapters multiplexed."""
+    """Streamed generation from spliced audio embeddings under continuous batching
+    (:class:`medlm.serving.generation.Engine`); LoRA adapters multiplexed. Loads only the export's LLM part."""
 
     def __init__(self, model_dir: str, served_model_name: str = "medlm", adapters_dir: str | None = None,
-                 batching: BatchOptions | None = None):
-        self.model, self.processor = load_speechlm(model_dir)
-        self.model.encoder = None  # this replica only runs the LLM (the adapter stays: it is tiny)
+                 batching: GenerationOptions | None = None):
+        from medlm.models import SpeechLM, SpeechLMProcessor
+        from medlm.serving.generation import Engine
+
+        local = storage.local_copy(model_dir, exclude=(PARTS["audio"][0],))
+        self.model = SpeechLM.from_pretrained_part(local, "llm")
+        self.processor = SpeechLMProcessor.from_pretrained(local)
         self.tokenizer = self.processor.tokenizer
         self.audio_token_id = self.processor.audio_token_id
         self.max_positions = getattr(self.model.config.text_config, "max_position_embeddings", 4096)
         self.served_model_name = served_model_name
         self.adapters_dir = adapters_dir
-        self.stats = BatchStats()
-        self.lock = threading.Lock()  # one generate at a time per replica (adapters are replica-global)
-        batching = batching or BatchOptions()
-        self._batch.set_max_batch_size(batching.max_batch_size)
-        self._batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self.lock = threading.Lock()  # held by every decode step; adapters load under it
+        batching = batching or GenerationOptions()
+        self.engine = Engine(self.model.llm, self.tokenizer.eos_token_id,
+                             lambda name: activate_adapter(self.model, name), self.lock,
+                             batching.max_batch_size, batching.scheduling, batching.batch_wait_timeout_s)
 
     def ready(self) -> bool:
-        return True
+        return self.engine.thread.is_alive()
 
     def batch_stats(self) -> dict[str, Any]:
-        return self.stats.report()
+        return self.engine.stats()
 
     def model_ids(self) -> list[str]:
         return [self.served_model_name, *list_adapters(self.adapters_dir)]
@@ -244,91 +268,62 @@ class LLM:
         return _LoadedAdapter(self.model, model_id, self.lock)
 
     def _load_adapter(self, model_id: str) -> None:
-        with self.lock:  # never change the LoRA layers while a batch generates
+        with self.lock:  # never change the LoRA layers while a step runs
             load_adapter(self.model, storage.join(self.adapters_dir, model_id), model_id)
 
     # --- generation ---
 
+    @torch.inference_mode()
+    def prompt_embeds(self, messages: list[dict[str, Any]]) -> torch.Tensor:
+        """The chat rendered and embedded, audio spliced in: (L, D); context overflow is a 400 (by the caller)."""
+        from medlm.models import replace_placeholders_and_build_targets
+
+        ids, audio = render_prompt(self.processor, messages)
+        ids_t = torch.tensor([ids])
+        text = self.model.get_input_embeddings()(ids_t.masked_fill(ids_t == self.audio_token_id, 0))
+        embeds, _, _ = replace_placeholders_and_build_targets(
+            ids_t, torch.ones_like(ids_t), text, [torch.from_numpy(np.asarray(a)) for a in audio], self.audio_token_id)
+        return embeds[0]
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
-        """Stream one request's completion; requests are batched underneath (``_batch``)."""
-        ids, audio = render_prompt(self.processor, request.messages)
-        prompt_len = len(ids) - len(audio) + sum(len(a) for a in audio)
+        """Stream one request's completion; it decodes in the replica's running batch. A client that goes away
+        (this generator closed or cancelled) frees its row at the next step."""
+        from medlm.serving.generation import Slot
+
+        embeds = self.prompt_embeds(request.messages)
+        prompt_len = embeds.shape[0]
         if prompt_len + request.max_new_tokens > self.max_positions:
             raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({request.max_new_tokens}) exceeds the "
                            f"model's context of {self.max_positions} tokens", param="messages",
                            code="context_length_exceeded")
-        await self.get_adapter(serve.get_multiplexed_model_id() or self.served_model_name)
-        async for chunk in self._batch(_Prompt(ids, audio, request)):
-            yield chunk
-
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batch(self, prompts: list[_Prompt]) -> AsyncIterator[list[GenerationChunk | type[StopIteration]]]:
-        self.stats.add(len(prompts))
-        adapter = await self.get_adapter(serve.get_multiplexed_model_id() or self.served_model_name)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        worker = loop.run_in_executor(None, self._generate, prompts, adapter.name, _QueueStreamer(loop, queue))
-        tokens: list[list[int]] = [[] for _ in prompts]
-        sent = [""] * len(prompts)
-        done = [False] * len(prompts)
-        eos = self.tokenizer.eos_token_id
-        while (step := await queue.get()) is not None:
-            out: list[GenerationChunk | type[StopIteration]] = []
-            for i, (p, tok) in enumerate(zip(prompts, step)):
-                if done[i]:
-                    out.append(StopIteration)
-                    continue
-                finish = None
-                if tok == eos:
-                    finish = "stop"
-                else:
-                    tokens[i].append(tok)
-                    if len(tokens[i]) >= p.request.max_new_tokens:
-                        finish = "length"
-                text = self.tokenizer.decode(tokens[i], skip_special_tokens=True)
-                delta = ""
-                if finish or not text.endswith("\ufffd"):  # hold back a partly decoded character
-                    delta, sent[i] = text[len(sent[i]):], text
-                out.append(self._chunk(p, tokens[i], delta, finish) if finish else GenerationChunk(delta))
-                done[i] = finish is not None
-            yield out
-        await worker
-        if not all(done):  # generation ended without eos for some rows (e.g. every row hit its limit)
-            yield [StopIteration if done[i] else self._chunk(p, tokens[i], "", "length")
-                   for i, p in enumerate(prompts)]
-
-    def _chunk(self, p: _Prompt, tokens: list[int], delta: str, finish: str) -> GenerationChunk:
-        prompt_tokens = len(p.ids) - len(p.audio) + sum(len(a) for a in p.audio)
-        return GenerationChunk(delta, finish, Usage(prompt_tokens=prompt_tokens, completion_tokens=len(tokens),
-                                                    total_tokens=prompt_tokens + len(tokens)))
-
-    @torch.inference_mode()
-    def _generate(self, prompts: list[_Prompt], adapter: str | None, streamer: _QueueStreamer) -> None:
-        from medlm.models import replace_placeholders_and_build_targets
-
+        model_id = serve.get_multiplexed_model_id() or self.served_model_name
+        adapter = await self.get_adapter(model_id)
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        slot = Slot(embeds, request.max_new_tokens, lambda tok, fin: loop.call_soon_threadsafe(queue.put_nowait, (tok, fin)),
+                    request.temperature, request.top_p, adapter.name)
+        self.engine.submit(slot)
+        tokens, sent = [], ""
         try:
-            # +1 column of left padding on every row, so the splice keeps rows left-padded even when no
-            # prompt needed padding but their audio lengths differ.
-            width = max(len(p.ids) for p in prompts) + 1
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([[pad] * (width - len(p.ids)) + p.ids for p in prompts])
-            mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts])
-            emb_layer = self.model.get_input_embeddings()
-            text_embeds = emb_layer(ids.masked_fill(ids == self.audio_token_id, 0))
-            audio = [torch.tensor(a) for p in prompts for a in p.audio]
-            embeds, mask, _ = replace_placeholders_and_build_targets(ids, mask, text_embeds, audio,
-                                                                     self.audio_token_id)
-            reqs = [p.request for p in prompts]
-            with self.lock:
-                activate_adapter(self.model, adapter)
-                self.model.llm.generate(
-                    inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max(r.max_new_tokens for r in reqs),
-                    do_sample=True, logits_processor=[_RowSampling([r.temperature for r in reqs],
-                                                                   [r.top_p for r in reqs])],
-                    stopping_criteria=[_RowLimits([r.max_new_tokens for r in reqs])],
-                    top_k=0, pad_token_id=pad, eos_token_id=self.tokenizer.eos_token_id, streamer=streamer)
+            while True:
+                tok, finish = await queue.get()
+                if finish == "error":
+                    raise APIError(500, "generation failed")
+                if tok is not None:
+                    tokens.append(tok)
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                if finish is None and text.endswith("\ufffd"):  # hold back a partly decoded character
+                    continue
+                delta, sent = text[len(sent):], text
+                if finish is None:
+                    if delta:
+                        yield GenerationChunk(delta)
+                    continue
+                yield GenerationChunk(delta, finish, Usage(prompt_tokens=prompt_len, completion_tokens=len(tokens),
+                                                           total_tokens=prompt_len + len(tokens)))
+                return
         finally:
-            streamer.end()
+            if not slot.done:
+                self.engine.cancel(slot)
 
 
 class _LoadedAdapter:

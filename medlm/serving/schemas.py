@@ -53,9 +53,15 @@ class UserMessage(Strict):
     name: str | None = None
 
 
+class AudioReference(Strict):
+    id: str
+
+
 class AssistantMessage(Strict):
     role: Literal["assistant"]
     content: str | list[TextPart] | None = None
+    audio: AudioReference | None = Field(default=None, description=(
+        "a previous spoken reply by id: not supported (the server keeps no audio); send its transcript as content"))
     name: str | None = None
 
 
@@ -64,6 +70,14 @@ Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discri
 
 class StreamOptions(Request):
     include_usage: bool = False
+
+
+class AudioOutput(Strict):
+    """How a spoken reply sounds and is encoded: ``wav`` (16-bit, 24 kHz; streamed as one WAV file per
+    sentence) or ``pcm16`` (raw little-endian 16-bit mono at 24 kHz; streamed chunks concatenate)."""
+
+    voice: str
+    format: Literal["wav", "pcm16"] = "wav"
 
 
 class ChatCompletionRequest(Request):
@@ -77,12 +91,26 @@ class ChatCompletionRequest(Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     seed: int | None = None
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: AudioOutput | None = None
 
     @model_validator(mode="after")
     def _last_turn_is_user(self) -> ChatCompletionRequest:
         if self.messages[-1].role != "user":
             raise ValueError("the last message must be a user message")
         return self
+
+    @model_validator(mode="after")
+    def _audio_out_is_configured(self) -> ChatCompletionRequest:
+        if self.spoken and self.audio is None:
+            raise ValueError("modalities include 'audio': give the 'audio' parameter (voice and format)")
+        if self.audio is not None and not self.spoken:
+            raise ValueError("'audio' is given but modalities do not include 'audio' (use [\"text\", \"audio\"])")
+        return self
+
+    @property
+    def spoken(self) -> bool:
+        return "audio" in (self.modalities or ())
 
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
@@ -94,9 +122,24 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ReplyAudio(BaseModel):
+    """A spoken reply (or, streamed, one sentence of it). The server keeps no audio: ``expires_at`` is the time
+    of the response and the ``id`` cannot be referenced later."""
+
+    id: str
+    data: str = Field(description="base64 audio in the requested format")
+    transcript: str
+    expires_at: int
+
+
+def audio_id() -> str:
+    return f"audio_{uuid.uuid4().hex}"
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    audio: ReplyAudio | None = None
 
 
 class Choice(BaseModel):
@@ -121,6 +164,7 @@ class ChatCompletion(BaseModel):
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    audio: ReplyAudio | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -210,6 +254,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = 0
     owned_by: str = "medlm"
+    voices: list[str] | None = Field(default=None, description="voices of spoken replies (chat models)")
 
 
 class ModelList(BaseModel):
