@@ -26,7 +26,6 @@ import secrets
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
@@ -34,18 +33,6 @@ QUESTION = ("I have had a dry cough and a mild fever for three days, and my ches
             "What could this be?")  # about 5 s in the Piper voice
 TEXT_QUESTIONS = ["What is asthma?", "How is high blood pressure treated?", "What causes migraines?",
                   "Explain type 2 diabetes.", "What are the symptoms of the flu?", "What does a cardiologist do?"]
-
-
-def export_real(root: Path) -> str:
-    """The real preset exported in parts (once)."""
-    from medlm.models import ModelSpec, build_model
-
-    path = root / "speechlm-real"
-    if not (path / "config.json").exists():
-        model, processor = build_model(ModelSpec(preset="real"))
-        model.save_pretrained(str(path))
-        processor.save_pretrained(str(path))
-    return str(path)
 
 
 def spoken_part(text: str) -> dict:
@@ -239,7 +226,9 @@ def main() -> None:
     from medlm.stack import local_stack
 
     key = secrets.token_urlsafe(16)
-    model_dir = export_real(Path(opts.workdir))
+    from medlm.serving import default_model_dir
+
+    model_dir = default_model_dir(opts.workdir, preset="real")
     scenarios = ["latency", "throughput", "chaos"] if opts.scenario == "all" else [opts.scenario]
     out = {}
     with local_stack(s3=False):

@@ -72,7 +72,7 @@ _register(app, "evaluate", "eval")
 
 @app.command()
 def serve(model: Optional[str] = typer.Option(None, help="an exported model dir or s3:// URI (default: "
-                                                          "build the tiny preset and serve it)"),
+                                                          "the real preset with an untrained adapter, or the tiny one without a model store)"),
           port: int = typer.Option(8000, help="HTTP port on 127.0.0.1"),
           api_key: Optional[str] = typer.Option(None, envvar="MEDLM_API_KEY", help="bearer key (generated if unset)")) -> None:
     """Serve the OpenAI-compatible API (Ray Serve) on the local stack until Ctrl-C."""

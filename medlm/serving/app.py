@@ -635,10 +635,11 @@ def build_app(args: AppArgs | dict) -> serve.Application:
 def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) -> str:
     """Start the app on the connected Ray (HTTP on 127.0.0.1:``port``); returns the base URL (``.../v1``).
 
-    ``model_dir=None`` serves the embedded defaults (tiny SpeechLM + tiny CT index, exported locally once).
+    ``model_dir=None`` serves the embedded defaults (``default_model_dir``: the real preset when the model store
+    has it, else the tiny one; + a tiny CT index; exported locally once).
     ``overrides`` are further ``AppArgs`` fields (``adapters_dir``, ``ct_index_dir``, ``limits``, ...).
     """
-    if model_dir is None:  # embedded defaults: tiny exports, served like any other export
+    if model_dir is None:  # embedded defaults: exports served like any other export
         model_dir = default_model_dir()
         overrides.setdefault("ct_index_dir", default_ct_index_dir())
     from medlm.models.pretrained import is_fetched

@@ -1,5 +1,7 @@
-"""Embedded defaults for ``medlm serve`` without a trained run: the tiny presets, exported once to a local
-directory and then served from that path exactly like a training run's export (no special code path)."""
+"""Embedded defaults for ``medlm serve`` without a trained run: the real preset (whisper-tiny.en's encoder, an
+untrained adapter, SmolLM2) when the model store has it, else the tiny one; exported once to a local directory
+and then served from that path exactly like a training run's export (no special code path). Text turns, the
+cascade and spoken replies are real with it; spoken questions need a trained adapter (``--model``)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,18 @@ from pathlib import Path
 CACHE = Path(os.environ.get("MEDLM_HOME", Path.home() / ".cache" / "medlm")) / "serve-defaults"
 
 
-def default_model_dir(root: str | os.PathLike | None = None) -> str:
-    """An export of the (untrained) tiny SpeechLM: ``SpeechLM.save_pretrained`` + processor."""
+def default_model_dir(root: str | os.PathLike | None = None, preset: str | None = None) -> str:
+    """An export (``SpeechLM.save_pretrained`` + processor) of the SpeechLM of ``preset`` with an untrained
+    adapter; ``None``: ``real`` if the model store holds its parts, else ``tiny``."""
     from medlm.models import ModelSpec, build_model
+    from medlm.models.pretrained import is_fetched
 
-    path = Path(root or CACHE) / "speechlm-tiny"
-    if not (path / "config.json").exists():
-        model, processor = build_model(ModelSpec(preset="tiny"))
+    if preset is None:
+        preset = "real" if all(is_fetched(n, verify=False) for n in ("whisper-tiny.en", "smollm2-135m-instruct")) \
+            else "tiny"
+    path = Path(root or CACHE) / f"speechlm-{preset}"
+    if not (path / "model.safetensors.index.json").exists():  # (an export from before the parts layout too)
+        model, processor = build_model(ModelSpec(preset=preset))
         model.save_pretrained(str(path))
         processor.save_pretrained(str(path))
     return str(path)
