@@ -5,7 +5,9 @@
     python bench/serve_load.py throughput   # c=16, answers of 16..256 tokens: static vs continuous batching
     python bench/serve_load.py chaos        # 1,000 requests at c=32 mixing text, audio in and audio out, one
                                             #   replica of each model deployment killed under load
-    python bench/serve_load.py all
+    python bench/serve_load.py engine       # no Serve: the decode loop vs HF generate on one batch of 16, 1 and 2
+                                            #   torch threads (what the LLM replica itself can do)
+    python bench/serve_load.py all          # latency, throughput, chaos
 
 Starts a local Ray, exports the real preset once (whisper-tiny.en's encoder + an untrained adapter + SmolLM2:
 serving cost does not depend on how well the adapter is trained), serves it with ``run_local`` and sends
@@ -209,9 +211,48 @@ def chaos(model_dir: str, opts, key: str) -> list[dict]:
     return [row]
 
 
+def engine(model_dir: str, opts, key: str) -> list[dict]:
+    import threading
+
+    import torch
+
+    from medlm.models import SpeechLM, SpeechLMProcessor
+    from medlm.serving.generation import Engine, Slot
+
+    llm = SpeechLM.from_pretrained_part(model_dir, "llm").llm
+    tok = SpeechLMProcessor.from_pretrained(model_dir).tokenizer
+    ids = [tok.apply_chat_template([{"role": "user", "content": f"{q} Explain it in detail."}], add_generation_prompt=True,
+                                   return_dict=True)["input_ids"] for q in TEXT_QUESTIONS * 3][:16]
+    n = opts.max_tokens
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        tok.padding_side = "left"
+        enc = tok.pad({"input_ids": ids}, return_tensors="pt")
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            llm.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+            hf = time.perf_counter() - t0
+            embeds = [llm.get_input_embeddings()(torch.tensor(x)) for x in ids]
+        loop = Engine(llm, eos_token_id=-1, activate=lambda name: None, lock=threading.Lock(), max_batch_size=16)
+        done = [threading.Event() for _ in embeds]
+        t0 = time.perf_counter()
+        for e, ev in zip(embeds, done):
+            loop.submit(Slot(e, n, lambda tok_, finish, ev=ev: ev.set() if finish else None))
+        for ev in done:
+            ev.wait()
+        ours = time.perf_counter() - t0
+        loop.close()
+        row = {"threads": threads, "rows": len(ids), "new_tokens": n, "hf_generate_tokens_per_s": round(len(ids) * n / hf, 1),
+               "engine_tokens_per_s": round(len(ids) * n / ours, 1)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["latency", "throughput", "chaos", "all"])
+    ap.add_argument("scenario", choices=["latency", "throughput", "chaos", "engine", "all"])
     ap.add_argument("--max-tokens", type=int, default=64, help="answer length of the latency runs")
     ap.add_argument("--latency-requests", type=int, default=8, help="requests per mode at concurrency 1")
     ap.add_argument("--throughput-requests", type=int, default=48)
@@ -231,7 +272,7 @@ def main() -> None:
     model_dir = default_model_dir(opts.workdir, preset="real")
     scenarios = ["latency", "throughput", "chaos"] if opts.scenario == "all" else [opts.scenario]
     out = {}
-    with local_stack(s3=False):
+    with local_stack(s3=False, ray=opts.scenario != "engine"):
         for name in scenarios:
             t0 = time.perf_counter()
             out[name] = globals()[name](model_dir, opts, key)
@@ -242,6 +283,7 @@ def main() -> None:
                         "total_p99_ms", "ttfa_p50_ms", "ttfa_p99_ms", "mean_tokens"],
             "throughput": ["scheduling", "n", "ok", "wall_s", "answers_per_s", "tokens_per_s", "mean_rows_per_step",
                            "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms"],
+            "engine": ["threads", "rows", "new_tokens", "hf_generate_tokens_per_s", "engine_tokens_per_s"],
             "chaos": ["n", "ok", "failed", "failed_share", "5xx", "killed", "wall_s", "total_p50_ms", "total_p99_ms",
                       "failures"]}
     for name, rows in out.items():
