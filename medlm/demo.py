@@ -13,7 +13,9 @@ import base64
 import io
 import logging
 import secrets
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("medlm.demo")
@@ -72,11 +74,13 @@ def _spoken_question(data_cfg) -> tuple[str, str, Any, int, str]:
     return pair["question"], pair["answer"], speak([pair["question"]], voice)[0], SAMPLING_RATE, voice.id
 
 
-def _ask(client, content, model: str = "medlm", max_tokens: int = 48) -> tuple[str, float]:
+def _ask(client, content, model: str = "medlm", max_tokens: int = 48, **kw) -> tuple[str, float, Any]:
+    """-> (answer, seconds, the spoken reply or None)."""
     t = time.perf_counter()
     reply = client.chat.completions.create(model=model, max_tokens=max_tokens, temperature=0.0,
-                                           messages=[{"role": "user", "content": content}])
-    return reply.choices[0].message.content, time.perf_counter() - t
+                                           messages=[{"role": "user", "content": content}], **kw)
+    message = reply.choices[0].message
+    return message.content, time.perf_counter() - t, message.audio
 
 
 def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]:
@@ -130,22 +134,34 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
                 question, expected, audio, rate, voice = _spoken_question(data_cfg)
                 client = OpenAI(base_url=url, api_key=key)
                 wav = _wav_base64(audio, rate)
-                spoken, t_spoken = _ask(client, [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}])
-                text, t_text = _ask(client, question)
+                part = [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]
+                models = {m.id: m for m in client.models.list().data}
+                voices = (models["medlm"].model_extra or {}).get("voices") or []
+                spoken_out = {"modalities": ["text", "audio"], "audio": {"voice": voices[0], "format": "wav"}} \
+                    if voices else {}
+                spoken, t_spoken, reply_audio = _ask(client, part, **spoken_out)  # answered in speech too
+                text, t_text, _ = _ask(client, question)
                 answers = {"spoken (end to end)": (spoken, t_spoken), "text (the question typed)": (text, t_text)}
                 heard = None
-                if "whisper-tiny.en" in [m.id for m in client.models.list().data]:
-                    t = time.perf_counter()
+                if "cascade" in models:
                     heard = client.audio.transcriptions.create(
                         model="whisper-tiny.en", file=("question.wav", base64.b64decode(wav))).text
-                    cascade, t_cascade = _ask(client, heard)
-                    answers["cascade (whisper-tiny.en -> same LLM)"] = (cascade, time.perf_counter() - t)
+                    cascade, t_cascade, _ = _ask(client, part, model="cascade")
+                    answers["cascade (whisper-tiny.en -> same LLM)"] = (cascade, t_cascade)
                 print(f"  spoken question ({len(audio) / rate:.1f}s, voice {voice}, never used in training): {question}")
                 if heard is not None:
                     print(f"  whisper-tiny.en heard: {heard}")
                 print(f"  knowledge-base answer: {expected}")
                 for name, (a, dt) in answers.items():
                     print(f"  {name:40s} [{dt:4.1f}s] {a}")
+                if reply_audio is not None:
+                    import soundfile as sf
+
+                    path = Path(tempfile.gettempdir()) / "medlm-demo-answer.wav"
+                    path.write_bytes(base64.b64decode(reply_audio.data))
+                    seconds = sf.info(str(path)).duration
+                    print(f"  the end-to-end answer, spoken ({voices[0]}, {seconds:.1f}s): {path}")
+                    summary["spoken_reply"] = {"voice": voices[0], "seconds": round(seconds, 2), "path": str(path)}
                 summary["question"] = {"text": question, "voice": voice, "expected": expected, "heard": heard,
                                        "answers": {k: {"answer": a, "seconds": round(dt, 2)} for k, (a, dt) in answers.items()}}
         finally:

@@ -18,4 +18,5 @@ def test_demo_tiny_end_to_end(capsys):
     assert {"spoken (end to end)", "text (the question typed)"} <= names
     assert ("cascade (whisper-tiny.en -> same LLM)" in names) == is_fetched("whisper-tiny.en")
     assert all(isinstance(a["answer"], str) for a in q["answers"].values())
+    assert summary["spoken_reply"]["seconds"] > 0  # the end-to-end answer, also spoken
     assert "never used in training" in out and list(summary["seconds"]) and len(summary["seconds"]) == 5

@@ -183,15 +183,14 @@ class Speaker:
     def _speak(self, text: str, voice: str) -> np.ndarray:
         from medlm.audio import resample
 
-        v = self.voices[voice]
-        try:
-            wave, rate = self.tts.synthesize(text, v)
-        except (RuntimeError, ValueError, OSError):
-            if self.fallback is None or v is self.fallback:
-                raise
-            log.warning("%s voice failed on a sentence; espeak-ng speaks it", v.engine)
-            wave, rate = self.tts.synthesize(text, self.fallback)
-        return resample(wave, rate, REPLY_RATE)
+        first = self.voices[voice]
+        for v in [first] if self.fallback is None or self.fallback is first else [first, self.fallback]:
+            try:
+                wave, rate = self.tts.synthesize(text, v)
+                return resample(wave, rate, REPLY_RATE)
+            except (RuntimeError, ValueError, OSError) as e:  # no message logged: it would carry the text
+                log.warning("%s could not speak a sentence (%s)", v.engine, type(e).__name__)
+        return np.zeros(REPLY_RATE // 5, dtype=np.float32)  # nothing pronounceable (model output, not input)
 
 
 # --- LLM -------------------------------------------------------------------------------------------------------
