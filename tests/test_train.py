@@ -57,10 +57,13 @@ def test_resume_after_worker_killed_ends_where_uninterrupted_run_ends(stage1, ti
 
 
 def _state(export):
+    """Every weight of an export (its shards: one per part)."""
+    from pathlib import Path
+
     from safetensors.torch import load_file
 
-    local = storage.local_copy(export)
-    return load_file(f"{local}/model.safetensors")
+    return {k: v for f in sorted(Path(storage.local_copy(export)).glob("model*.safetensors"))
+            for k, v in load_file(str(f)).items()}
 
 
 def test_stage2_from_stage1_export(stage1, tiny_data, stack):
