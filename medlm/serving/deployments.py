@@ -281,7 +281,7 @@ class LLM:
         ids_t = torch.tensor([ids])
         text = self.model.get_input_embeddings()(ids_t.masked_fill(ids_t == self.audio_token_id, 0))
         embeds, _, _ = replace_placeholders_and_build_targets(
-            ids_t, torch.ones_like(ids_t), text, [torch.from_numpy(np.asarray(a)) for a in audio], self.audio_token_id)
+            ids_t, torch.ones_like(ids_t), text, [torch.tensor(np.asarray(a)) for a in audio], self.audio_token_id)
         return embeds[0]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
