@@ -390,13 +390,17 @@ class Ingress:
             raise APIError(400, f"unknown voice {req.audio.voice!r}; this server speaks with {voices}",
                            param="audio.voice", code="invalid_voice")
 
+    async def say(self, sentence: str, voice: str) -> np.ndarray:
+        """One sentence spoken by the (batching) Speaker deployment."""
+        return await retried(lambda: self.speaker.speak.remote((sentence, voice)))
+
     async def speak(self, text: str, voice: str) -> np.ndarray:
         """``text`` spoken (sentence by sentence, the sentences in parallel through the batching Speaker)."""
         from medlm.serving.deployments import REPLY_RATE
 
         sentences, rest = split_sentences(text)
         sentences += [rest.strip()] if rest.strip() else []
-        waves = await asyncio.gather(*(retried(lambda t=t: self.speaker.speak.remote((t, voice))) for t in sentences))
+        waves = await asyncio.gather(*(self.say(t, voice) for t in sentences))
         gap = np.zeros(int(0.15 * REPLY_RATE), dtype=np.float32)
         return np.concatenate([x for w in waves for x in (w, gap)][:-1]) if waves else np.zeros(0, np.float32)
 
@@ -427,11 +431,8 @@ class Ingress:
         reply_id = audio_id()
         pending: list[tuple[str, asyncio.Task]] = []  # sentences at the Speaker, in order
 
-        async def synthesize(sentence: str) -> np.ndarray:
-            return await retried(lambda: self.speaker.speak.remote((sentence, spoken.voice)))
-
         def say(sentence: str) -> None:
-            pending.append((sentence, asyncio.create_task(synthesize(sentence))))
+            pending.append((sentence, asyncio.create_task(self.say(sentence, spoken.voice))))
 
         async def spoken_deltas(wait: bool) -> AsyncIterator[bytes]:
             while pending and (wait or pending[0][1].done()):

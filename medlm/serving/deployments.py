@@ -52,11 +52,28 @@ class BatchStats:
                 "mean_batch": items / batches if batches else 0.0, "sizes": dict(self.sizes)}
 
 
+class BatchedReplica:
+    """What the ``@serve.batch`` deployments share: their batch-size histogram and the batching options
+    applied to their batched method (``max_batch_size: 1`` turns batching off)."""
+
+    def _batch_with(self, method, batching: BatchOptions | None) -> None:
+        self.stats = BatchStats()
+        batching = batching or BatchOptions()
+        method.set_max_batch_size(batching.max_batch_size)
+        method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+
+    def ready(self) -> bool:
+        return True
+
+    def batch_stats(self) -> dict[str, Any]:
+        return self.stats.report()
+
+
 # --- speech encoder ------------------------------------------------------------------------------------------
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
-class SpeechEncoder:
+class SpeechEncoder(BatchedReplica):
     """Waveforms -> adapter-space audio embeddings, dynamically batched across requests."""
 
     def __init__(self, model_dir: str, batching: BatchOptions | None = None):
@@ -64,10 +81,7 @@ class SpeechEncoder:
 
         local = storage.local_copy(model_dir, exclude=(PARTS["llm"][0],))
         self.model = SpeechLM.from_pretrained_part(local, "audio")  # never reads the LLM's weights
-        self.stats = BatchStats()
-        batching = batching or BatchOptions()
-        self.embed.set_max_batch_size(batching.max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._batch_with(self.embed, batching)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
@@ -80,18 +94,12 @@ class SpeechEncoder:
         out = self.model.embed_audio(torch.from_numpy(feats), torch.tensor(chunks), torch.tensor(lengths))
         return [e.float().numpy() for e in out]
 
-    def ready(self) -> bool:
-        return True
-
-    def batch_stats(self) -> dict[str, Any]:
-        return self.stats.report()
-
 
 # --- ASR baseline ----------------------------------------------------------------------------------------------
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
-class WhisperTranscriber:
+class WhisperTranscriber(BatchedReplica):
     """A Whisper checkpoint's own encoder-decoder (``/v1/audio/transcriptions`` with its name as ``model``):
     the ASR a user would pick instead of the SpeechLM, dynamically batched across requests."""
 
@@ -99,21 +107,12 @@ class WhisperTranscriber:
         from medlm.models.baselines import WhisperASR
 
         self.asr = WhisperASR(model)
-        self.stats = BatchStats()
-        batching = batching or BatchOptions()
-        self.transcribe.set_max_batch_size(batching.max_batch_size)
-        self.transcribe.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._batch_with(self.transcribe, batching)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def transcribe(self, waves: list[np.ndarray]) -> list[str]:
         self.stats.add(len(waves))
         return await asyncio.to_thread(self.asr.transcribe, waves)
-
-    def ready(self) -> bool:
-        return True
-
-    def batch_stats(self) -> dict[str, Any]:
-        return self.stats.report()
 
 
 # --- TTS -------------------------------------------------------------------------------------------------------
@@ -145,7 +144,7 @@ def reply_voices(options: SpeechOptions) -> dict[str, Any]:
 
 @serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
                   autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
-class Speaker:
+class Speaker(BatchedReplica):
     """Reply sentences -> speech at 24 kHz: Piper (onnxruntime) with espeak-ng as the fallback voice engine.
 
     Sentences of concurrent requests are collected by ``@serve.batch`` and synthesised in one worker thread
@@ -159,20 +158,11 @@ class Speaker:
         self.voices = reply_voices(options)
         self.tts = MultiTTS(TTSConfig(piper_voice=options.piper_voice or "piper-joe"))
         self.fallback = next((v for v in self.voices.values() if v.engine == "espeak"), None)
-        self.stats = BatchStats()
-        batching = batching or BatchOptions()
-        self.speak.set_max_batch_size(batching.max_batch_size)
-        self.speak.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
-
-    def ready(self) -> bool:
-        return True
+        self._batch_with(self.speak, batching)
 
     def voice_names(self) -> list[str]:
         """The voices, the default first."""
         return list(self.voices)
-
-    def batch_stats(self) -> dict[str, Any]:
-        return self.stats.report()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def speak(self, items: list[tuple[str, str]]) -> list[np.ndarray]:
