@@ -220,3 +220,30 @@ def test_data_spec_resolution():
     assert spec.quarantine() == "s3://b/data/_quarantine"
     with pytest.raises(ConfigError, match="not registered"):
         load_config(DataSpec, None, ["datasets=[{name: nope}]"])
+
+
+def test_sentences_broad_distinct_and_labelled():
+    from medlm.data import sentences
+    from medlm.data.schema import check_entities, utterance_to_messages
+
+    rng = random.Random(0)
+    rows = [sentences.sentence(rng) for _ in range(2000)]
+    assert rows[:5] == [sentences.sentence(r) for r in [random.Random(0)] for _ in range(5)]   # seeded
+    assert len({r["text"] for r in rows}) > 1800                                            # distinct
+    words = {w for r in rows for w in r["text"].lower().split()}
+    assert len(words) > 800                                                                  # broad vocabulary
+    kb_questions = {q.split("{")[0] for qs in kb.QUESTIONS.values() for q in qs}
+    assert not any(r["text"].startswith(tuple(kb_questions)) for r in rows)  # held-out question forms never said
+    for r in rows:
+        values = {"CONDITION": sentences.CONDITIONS, "DRUG": sentences.DRUGS, "TEST": sentences.TESTS,
+                  "SYMPTOM": sentences.SYMPTOMS}
+        for e in r["entities"]:
+            span = r["text"][e["start"]:e["end"]]
+            assert e["label"] in ENTITY_LABELS and span.strip() == span and span
+            kb_terms = sentences._kb_terms()
+            if e["label"] in values:
+                assert span in values[e["label"]] or span in kb_terms[e["label"].lower()], span
+        row = {"id": "s", "audio": b"", "sample_rate": 16000, "transcript": r["text"], "entities": r["entities"],
+               "sentiment": r["sentiment"]}
+        check_entities(row)
+    assert {r["sentiment"] for r in rows} == set(SENTIMENTS)

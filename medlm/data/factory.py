@@ -9,6 +9,8 @@
     qa_speech/           spoken-style QA (LLM rewrite + filter) for speech facts, spoken  dialogue
     qa_speech_heldout/   the same for facts never heard as speech (evaluation)            dialogue
     utterances/          patient sentences, LLM-annotated entities + sentiment, spoken    utterance
+    sentences/           distinct sentences over a broad medical vocabulary (planted      utterance
+                         entities + sentiment), spoken: transcription data for alignment
     ct/                  synthetic CT volumes, 18 CT-RATE labels, report (+ spoken report) ct
     facts.jsonl          the knowledge base facts with their ``speech`` split
     manifest.json        the summary (rows, shards, audio hours, voices, filtered, quarantined)
@@ -28,7 +30,7 @@ from pydantic import Field
 
 from medlm import storage
 from medlm.config import Section
-from medlm.data import kb
+from medlm.data import kb, sentences
 from medlm.data.io import shard_uri, write_shard
 from medlm.data.llm import LLMConfig, build_llm
 from medlm.data.quarantine import bad_record, summarize_quarantine, write_quarantine
@@ -42,6 +44,7 @@ class MakeDataConfig(Section):
     consultations: int = Field(default=40, ge=0)         # text consultations
     speech_consultations: int = Field(default=16, ge=0)  # spoken consultations (speech conditions only)
     utterances: int = Field(default=32, ge=0)
+    sentences: int = Field(default=16, ge=0)             # broad-vocabulary spoken sentences (alignment)
     ct_cases: int = Field(default=6, ge=0)
     ct_shape: tuple[int, int, int] = (16, 32, 32)
     spoken_ct_reports: bool = True
@@ -52,10 +55,11 @@ class MakeDataConfig(Section):
     tts: TTSConfig = Field(default_factory=TTSConfig)
 
 
-DATASETS = ("consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances", "ct")
+DATASETS = ("consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances", "sentences",
+            "ct")
 KIND_OF = {"consult_text": "text_dialogue", "qa_text": "text_dialogue", "consult_speech": "speech_dialogue",
            "qa_speech": "speech_dialogue", "qa_speech_heldout": "speech_dialogue", "utterances": "utterance",
-           "ct": "ct"}
+           "sentences": "utterance", "ct": "ct"}
 
 
 def speech_conditions(cfg: MakeDataConfig) -> set[str]:
@@ -100,6 +104,8 @@ def _items(cfg: MakeDataConfig, dataset: str) -> list[Any]:
         return [q for q in kb.qa_pairs(cfg.seed + 1) if q["condition"] not in speech]
     if dataset == "utterances":
         return list(range(cfg.utterances))
+    if dataset == "sentences":
+        return list(range(cfg.sentences))
     if dataset == "ct":
         return []  # planned by count in plan()
     raise ValueError(f"unknown dataset {dataset!r}")
@@ -148,18 +154,24 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
                                    {"role": "assistant", "text": answer}],
                          "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"],
                                              "written_question": item["question"], "voice": voice.meta()})})
-        elif dataset == "utterances":
+        elif dataset in ("utterances", "sentences"):
             rng = _rng(cfg, dataset, item)
-            cond = kb.CONDITIONS[rng.randrange(len(kb.CONDITIONS))]
-            utt = kb.patient_utterance(cond, rng)
-            ann = llm.annotate(utt["text"])
+            if dataset == "utterances":
+                cond = kb.CONDITIONS[rng.randrange(len(kb.CONDITIONS))]
+                utt = kb.patient_utterance(cond, rng)
+                ann, source = llm.annotate(utt["text"]), f"kb/{cfg.llm.backend}"
+                meta = {"condition": cond.id, "planted_sentiment": utt["sentiment"]}
+                row_id = f"utt-{item:06d}"
+            else:
+                utt = sentences.sentence(rng)
+                ann, source, meta, row_id = utt, "sentences", {}, f"sent-{item:06d}"
             voice = speaker.voice(rng)
             voices.add(voice.id)
             audio, rate = speaker.say(utt["text"], voice)
-            rows.append({"id": f"utt-{item:06d}", "source": f"kb/{cfg.llm.backend}", "audio": audio,
+            rows.append({"id": row_id, "source": source, "audio": audio,
                          "sample_rate": rate, "transcript": utt["text"], "entities": ann["entities"],
                          "sentiment": ann["sentiment"], "speaker": json.dumps(voice.meta()),
-                         "meta": dumps_meta({"condition": cond.id, "planted_sentiment": utt["sentiment"]})})
+                         "meta": dumps_meta(meta)})
         elif dataset == "ct":
             from medlm.ct.synth import generate_ct_cases
 

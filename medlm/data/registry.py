@@ -39,6 +39,9 @@ REGISTRY: dict[str, RegisteredDataset] = {
     "utterances_ner": RegisteredDataset("utterances", "utterance", "ner"),
     "utterances_sentiment": RegisteredDataset("utterances", "utterance", "sentiment"),
     "utterances_multitask": RegisteredDataset("utterances", "utterance", "multitask"),
+    "sentences_asr": RegisteredDataset("sentences", "utterance", "asr"),
+    "sentences_ner": RegisteredDataset("sentences", "utterance", "ner"),
+    "sentences_sentiment": RegisteredDataset("sentences", "utterance", "sentiment"),
     "ct_reports": RegisteredDataset("ct", "ct", "report"),
     "ct_spoken_reports": RegisteredDataset("ct", "ct", "spoken_report"),
 }
