@@ -7,7 +7,8 @@ in training), renders each question again twice: with the Piper voice (a new spe
 an en-us espeak-ng voice that the training bank never used; writes them as two speech datasets and runs the
 evaluation job's ``consistency`` task on both: the model's answer to the audio vs its own answer to the
 text of the question (token F1, ROUGE-L, topic accuracy), and the cascade (whisper-tiny.en transcribes,
-the same model answers) on the same rows. Prints the report's tables.
+the same model answers) on the same rows; and the ``asr`` task on the same recordings (the model asked to
+transcribe them: does the adapter carry the words?). Prints the report's tables.
 """
 
 from __future__ import annotations
@@ -40,22 +41,29 @@ def main() -> None:
     tts, rng = build_tts(TTSConfig()), random.Random(7)
     data = storage.join(args.out, "data")
     for name, voice in (("heldout_piper", piper), ("heldout_espeak", held_out)):
-        out = []
+        out, utts = [], []
         for r in rows:
             question = r["turns"][0]["transcript"]
             v = voice.for_utterance(rng)
             audio, rate = tts.synthesize(question, v)
-            turns = [{**r["turns"][0], "audio": encode_flac(audio, rate), "sample_rate": rate}, *r["turns"][1:]]
+            flac = encode_flac(audio, rate)
+            turns = [{**r["turns"][0], "audio": flac, "sample_rate": rate}, *r["turns"][1:]]
             meta = {**json.loads(r["meta"]), "voice": v.meta()}
             out.append({**r, "turns": turns, "meta": json.dumps(meta)})
+            utts.append({"id": r["id"], "source": r["source"], "audio": flac, "sample_rate": rate,
+                         "transcript": question, "entities": [], "sentiment": "neutral",
+                         "speaker": json.dumps(v.meta()), "meta": r["meta"]})
         write_rows(out, storage.join(data, name), "speech_dialogue")
+        write_rows(utts, storage.join(data, f"{name}_utt"), "utterance")
         print(f"{name}: {len(out)} questions, voice {v.id}", flush=True)
 
-    cfg = EvalConfig(model=args.model, output=storage.join(args.out, "report"), tasks=["qa", "consistency"],
-                     max_new_tokens=args.max_new_tokens, batch_size=8,
+    names = ("heldout_piper", "heldout_espeak")
+    cfg = EvalConfig(model=args.model, output=storage.join(args.out, "report"),
+                     tasks=["qa", "consistency", "asr"], max_new_tokens=args.max_new_tokens, batch_size=8,
                      data=DataSpec(root=data, datasets=[
-                         DatasetEntry(name=n, uri=storage.join(data, n), kind="speech_dialogue")
-                         for n in ("heldout_piper", "heldout_espeak")]))
+                         *(DatasetEntry(name=n, uri=storage.join(data, n), kind="speech_dialogue") for n in names),
+                         *(DatasetEntry(name=f"{n}_asr", uri=storage.join(data, f"{n}_utt"), kind="utterance",
+                                        task="asr") for n in names)]))
     with local_stack(s3=False):
         report = evaluate(cfg)
     print(storage.read_text(report["files"]["report.md"]))

@@ -22,7 +22,8 @@ log = logging.getLogger("medlm.demo")
 
 # How much data and training each preset gets (the model preset has the same name), and the job configs.
 SIZES = {
-    "real": {"data": ["consultations=200", "speech_consultations=60", "utterances=400"],
+    "real": {"data": ["consultations=200", "speech_consultations=60", "utterances=200", "sentences=600",
+                      "rows_per_shard=300"],
              "stage1": ("stage1_real.yaml", []), "stage2": ("stage2_real.yaml", [])},
     "tiny": {"data": [], "stage1": ("stage1.yaml", ["optim.steps=30"]), "stage2": ("stage2.yaml", ["optim.steps=30"])},
     "small": {"data": ["consultations=400", "speech_consultations=120", "utterances=200"],

@@ -26,7 +26,7 @@ def tone(seconds=1.0, rate=22050):
 @pytest.fixture(scope="module")
 def made(stack):
     cfg = MakeDataConfig(output=f"{stack.root}/data-{uuid.uuid4().hex[:6]}", consultations=6, speech_consultations=3,
-                         utterances=6, ct_cases=2, rows_per_shard=4)
+                         utterances=6, sentences=6, ct_cases=2, rows_per_shard=4)
     return cfg, make_data(cfg, progress=False)
 
 
