@@ -197,6 +197,7 @@ def test_gradients_reach_exactly_the_configured_parameters(kw, expect):
     {"lora_r": 4, "num_classes": 3, "kd_weight": 0.5},
     {"encoder_lora_r": 2, "trainable": [r"^adapter\.", r"^encoder\..*lora_"]},
     {"trainable": [r"^llm\.", r"^adapter\."], "kd_weight": 0.5},
+    {"kd_weight": 0.5, "ctc_weight": 0.5},
 ])
 def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter(kw):
     """Data-parallel ranks draw different mixes of text and speech; with a loss, the model must call the
@@ -499,3 +500,40 @@ def test_tiny_model_overfits_spoken_examples():
     )
     out = proc.decode(model.generate(**prompts, max_new_tokens=20, do_sample=False))
     assert out == texts
+
+
+def test_ctc_alignment_skips_the_llm_and_teaches_the_adapter_the_words():
+    """CTC only (lm_weight = kd_weight = 0): the LLM never runs, and the adapter's frames come to point at
+    the transcript's own token embeddings (greedy CTC decode over the LLM's embedding table recovers the
+    words). Examples without a transcript count -1 and add nothing. (The tiny encoder is random-init, so it
+    trains too; the real preset keeps Whisper frozen.)"""
+    texts = ["The patient has chest pain.", "Take aspirin twice a day."]
+    model, proc = tiny(ctc_weight=1.0, lm_weight=0.0, kd_weight=0.0, trainable=[r"^adapter\.", r"^encoder\."])
+    assert model.config.ctc_blank_id == proc.ctc_blank_id
+    convs = [[{"role": "user", "content": [audio_part(_espeak(t), t), {"type": "text", "text": "Transcribe."}]},
+              {"role": "assistant", "content": t}] for t in texts]
+    untranscribed = [{"role": "user", "content": [audio_part(noise(1.0, 4))]}, {"role": "assistant", "content": "Ok."}]
+    batch = proc.collate([proc.featurize(c) for c in [*convs, untranscribed]])
+    assert batch["ctc_label_lengths"].tolist()[-1] == -1
+    assert batch["ctc_labels"].numel() == sum(batch["ctc_label_lengths"].tolist()[:-1])
+    llm_calls = []
+    model.llm.register_forward_hook(lambda *a: llm_calls.append(1))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(80):
+        out = model(**batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.ctc_loss.item())
+    assert out.logits is None and not llm_calls and out.lm_loss is None
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
+    model.eval()
+    with torch.no_grad():
+        frames = model.embed_audio(batch["input_features"], batch["audio_chunks"], batch["audio_chunk_lengths"])
+    table = torch.nn.functional.normalize(model.llm.get_input_embeddings().weight, dim=-1)
+    for text, f in zip(texts, frames):
+        best = (torch.nn.functional.normalize(f, dim=-1) @ table.T).argmax(-1).tolist()
+        collapsed = [t for i, t in enumerate(best) if t != proc.ctc_blank_id and (i == 0 or t != best[i - 1])]
+        assert proc.tokenizer.decode(collapsed) == text

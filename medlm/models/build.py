@@ -120,6 +120,9 @@ def speechlm_config(
         lm_weight=spec.lm_weight,
         kd_weight=spec.kd_weight,
         kd_temperature=spec.kd_temperature,
+        ctc_weight=spec.ctc_weight,
+        ctc_scale=spec.ctc_scale,
+        ctc_blank_id=processor.ctc_blank_id,
         trainable=spec.trainable,
     )
 
@@ -139,8 +142,9 @@ def build_model(
         model = SpeechLM.from_pretrained(local, dtype=dtype)
         processor = SpeechLMProcessor.from_pretrained(local)
         # Loss weights are choices of the job at hand, not structure: take them from the spec.
-        for name in ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature"):
+        for name in ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale"):
             setattr(model.config, name, getattr(spec, name))
+        model.config.ctc_blank_id = processor.ctc_blank_id  # exports from before the CTC loss lack it
         model.configure_trainable(spec.trainable)
         _stop_at_end_of_turn(model, processor.tokenizer)
         return model, processor

@@ -7,6 +7,7 @@ Picture::
              --splice at <|audio|>--> causal LLM (Qwen2 / Llama, LoRA or full FT) -> LM loss (assistant)
     pooled adapter output -> classifier head (optional auxiliary loss)
     same LLM fed the transcript (no LoRA, no grad) -> KL teacher (optional KD loss)
+    adapter output . LLM input embeddings -> CTC against the transcript's tokens (optional CTC loss)
 
 Every ``<|audio|>`` token in ``input_ids`` stands for one audio item and is expanded to that item's
 embeddings by :func:`replace_placeholders_and_build_targets`, the one place where this happens.
@@ -74,6 +75,9 @@ class SpeechLMConfig(PretrainedConfig):
         lm_weight: float = 1.0,
         kd_weight: float = 0.0,
         kd_temperature: float = 2.0,
+        ctc_weight: float = 0.0,
+        ctc_scale: float = 20.0,
+        ctc_blank_id: int | None = None,
         trainable: list[str] | None = None,
         **kwargs,
     ):
@@ -94,6 +98,9 @@ class SpeechLMConfig(PretrainedConfig):
         self.lm_weight = lm_weight
         self.kd_weight = kd_weight
         self.kd_temperature = kd_temperature
+        self.ctc_weight = ctc_weight
+        self.ctc_scale = ctc_scale
+        self.ctc_blank_id = ctc_blank_id
         self.trainable = list(
             trainable if trainable is not None else [r"^adapter\.", r"lora_", r"^classifier\."]
         )
@@ -192,6 +199,7 @@ class SpeechLMOutput(ModelOutput):
     lm_loss: torch.Tensor | None = None
     cls_loss: torch.Tensor | None = None
     kd_loss: torch.Tensor | None = None
+    ctc_loss: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None  # targets after placeholder expansion (aligned with logits)
     attention_mask: torch.Tensor | None = None  # mask after placeholder expansion
@@ -504,10 +512,15 @@ class SpeechLM(PreTrainedModel):
         teacher_attention_mask: torch.Tensor | None = None,
         teacher_labels: torch.Tensor | None = None,
         kd_mask: torch.Tensor | None = None,
+        ctc_labels: torch.Tensor | None = None,
+        ctc_label_lengths: torch.Tensor | None = None,
         **kwargs,
     ) -> SpeechLMOutput:
         """embed (text + spliced audio) -> LLM -> losses: lm_weight x LM CE on ``labels`` + classifier_weight x
-        CE(``class_labels``) + kd_weight x KL(text teacher || student).
+        CE(``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x CTC(``ctc_labels``).
+
+        With labels and ``lm_weight == kd_weight == 0`` the LLM is not run (``logits`` is None): a CTC (and
+        classifier) alignment step costs the encoder and the adapter only.
 
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
         Extra keys that trainers carry (``num_tokens``, ...) are ignored. No KV cache is returned:
@@ -520,12 +533,13 @@ class SpeechLM(PreTrainedModel):
             input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths,
             lockstep=lockstep,
         )
+        run_llm = labels is None or self.config.lm_weight > 0 or self.config.kd_weight > 0
         logits = self.llm(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
-        ).logits
+        ).logits if run_llm else None
 
         losses, zero = {}, embeds.new_zeros(())  # zero: lockstep stand-ins' outputs (x 0)
-        if labels is not None:
+        if labels is not None and run_llm:
             losses["lm_loss"] = lm_loss(logits, labels)
         class_logits = None
         if self.classifier is not None:
@@ -537,6 +551,12 @@ class SpeechLM(PreTrainedModel):
                 losses["cls_loss"] = cls if cls is not None else 0.0 * class_logits.sum()
             elif lockstep:
                 zero = zero + 0.0 * class_logits.sum()
+        if labels is not None and self.config.ctc_weight > 0:
+            ctc = self._ctc_loss(audio, ctc_labels, ctc_label_lengths) if ctc_labels is not None else None
+            if ctc is not None:
+                losses["ctc_loss"] = ctc
+            else:  # no transcript in this batch: the adapter stays in the graph (lockstep, a loss to backward)
+                zero = zero + (silence if silence is not None else 0.0 * sum(a.sum() for a in audio))
         if labels is not None and self.config.kd_weight > 0:
             teacher = {"teacher_input_ids": teacher_input_ids, "teacher_attention_mask": teacher_attention_mask,
                        "teacher_labels": teacher_labels, "kd_mask": kd_mask}
@@ -554,11 +574,36 @@ class SpeechLM(PreTrainedModel):
                 self.config.lm_weight * losses.get("lm_loss", 0.0)
                 + self.config.classifier_weight * losses.get("cls_loss", 0.0)
                 + self.config.kd_weight * losses.get("kd_loss", 0.0)
+                + self.config.ctc_weight * losses.get("ctc_loss", 0.0)
                 + zero
             )
         return SpeechLMOutput(
             loss=loss, logits=logits, class_logits=class_logits, labels=labels, attention_mask=mask, **losses
         )
+
+    def _ctc_loss(self, audio: list[torch.Tensor], ctc_labels: torch.Tensor,
+                  ctc_label_lengths: torch.Tensor) -> torch.Tensor | None:
+        """CTC of each audio item's embeddings (n_i, D) against its transcript's tokens; the per-frame logits
+        are ``ctc_scale`` x cosine with every row of the LLM's input embedding table (``ctc_blank_id``, the
+        token of a space, is the blank). ``ctc_labels``: the items' targets concatenated;
+        ``ctc_label_lengths`` (items,): -1 for an item without a transcript. None when no item has one."""
+        if self.config.ctc_blank_id is None:
+            raise ValueError("ctc_weight > 0 needs config.ctc_blank_id (build the model with medlm.models.build)")
+        table = self.llm.get_input_embeddings().weight
+        if table.dim() != 2 or table.shape[0] == 0:
+            raise ValueError("the CTC loss needs the LLM's input embeddings whole (ZeRO stage <= 2)")
+        lengths = ctc_label_lengths.tolist()
+        if len(lengths) != len(audio):
+            raise ValueError(f"ctc_label_lengths has {len(lengths)} items but the batch has {len(audio)} audio items")
+        keep = [i for i, n in enumerate(lengths) if n >= 0]
+        if not keep:
+            return None
+        frames = nn.utils.rnn.pad_sequence([audio[i] for i in keep])                 # (T, N, D)
+        table = F.normalize(table.detach().float(), dim=-1)
+        log_probs = (self.config.ctc_scale * F.normalize(frames.float(), dim=-1) @ table.T).log_softmax(-1)
+        return F.ctc_loss(log_probs, ctc_labels.long(), torch.tensor([len(audio[i]) for i in keep]),
+                          torch.tensor([lengths[i] for i in keep]), blank=self.config.ctc_blank_id,
+                          zero_infinity=True)
 
     def _pool_audio(self, input_ids: torch.Tensor, audio: list[torch.Tensor], dtype) -> torch.Tensor:
         """Mean of each example's audio embeddings (zeros for text-only examples): (B, D)."""

@@ -53,7 +53,9 @@ class SpeechLMProcessor:
 
         Keys: ``input_ids``, ``attention_mask``, ``labels``, ``input_features``, ``audio_chunks``,
         ``audio_chunk_lengths``, ``num_tokens``, ``class_label``; plus ``teacher_input_ids``,
-        ``teacher_attention_mask``, ``teacher_labels`` when every audio part has a ``"transcript"``.
+        ``teacher_attention_mask``, ``teacher_labels`` when every audio part has a ``"transcript"``, and then
+        also ``ctc_labels`` (every transcript's tokens, :attr:`ctc_blank_id` removed, concatenated) and
+        ``ctc_label_lengths`` (one per audio item).
         """
         chat, waves, transcripts = self._flatten(messages)
         ids, labels = self._tokenize(chat, add_generation_prompt)
@@ -79,7 +81,22 @@ class SpeechLMProcessor:
             out.update(
                 teacher_input_ids=t_ids, teacher_attention_mask=np.ones_like(t_ids), teacher_labels=t_labels
             )
+            targets = [self.ctc_targets(t) for t in transcripts]
+            out.update(ctc_labels=np.concatenate(targets).astype(np.int64),
+                       ctc_label_lengths=np.asarray([len(t) for t in targets], dtype=np.int64))
         return out
+
+    @property
+    def ctc_blank_id(self) -> int:
+        """The CTC blank: the LLM token of a single space (frames between words then read as spaces), or the
+        pad token where a space is not one token."""
+        ids = self.tokenizer(" ", add_special_tokens=False)["input_ids"]
+        return ids[0] if len(ids) == 1 else self.tokenizer.pad_token_id
+
+    def ctc_targets(self, transcript: str) -> np.ndarray:
+        """A transcript's LLM tokens without the blank: the CTC target of its audio."""
+        ids = np.asarray(self.tokenizer(transcript, add_special_tokens=False)["input_ids"], dtype=np.int64)
+        return ids[ids != self.ctc_blank_id]
 
     def render_prompt(self, messages: list[dict]) -> tuple[list[int], list[np.ndarray]]:
         """A chat ending on a user turn -> prompt token ids (one ``<|audio|>`` per audio item, the
@@ -210,6 +227,12 @@ class SpeechLMProcessor:
                 padding_side,
             )
             batch["kd_mask"] = torch.tensor(kd, dtype=torch.bool)
+        if any("ctc_labels" in e for e in examples):  # an example without transcripts: -1 per audio item
+            batch["ctc_labels"] = torch.from_numpy(np.concatenate(
+                [np.asarray(e["ctc_labels"], np.int64) for e in examples if "ctc_labels" in e]))
+            batch["ctc_label_lengths"] = torch.from_numpy(np.concatenate(
+                [np.asarray(e["ctc_label_lengths"], np.int64) if "ctc_labels" in e
+                 else np.full(len(np.asarray(e["audio_chunks"]).reshape(-1)), -1, np.int64) for e in examples]))
         return batch
 
     def prepare_generation(self, messages_batch: list[list[dict]]) -> dict[str, torch.Tensor]:

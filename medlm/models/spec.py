@@ -187,6 +187,11 @@ class ModelSpec(Section):
     lm_weight: float = Field(default=1.0, ge=0.0)  # LM loss on the targets; 0 = KD only (Ultravox's alignment)
     kd_weight: float = Field(default=0.0, ge=0.0)  # KL to the same LLM fed the transcript; 0 = off
     kd_temperature: float = Field(default=2.0, gt=0.0)
+    # CTC of each audio item's adapter output against its transcript's LLM tokens (logits = scaled cosine
+    # with the LLM's input embeddings, blank = the token of " "): teaches the adapter to emit the spoken
+    # words as the LLM's own embeddings, without an LLM forward (lm_weight = kd_weight = 0 skips it); 0 = off
+    ctc_weight: float = Field(default=0.0, ge=0.0)
+    ctc_scale: float = Field(default=20.0, gt=0.0)
     # Regexes (re.search) over parameter names; matching parameters train, all others are frozen.
     # Names start with encoder. / adapter. / llm. / classifier.; LoRA weights contain "lora_".
     trainable: list[str] = Field(default_factory=lambda: [r"^adapter\.", r"lora_", r"^classifier\."])

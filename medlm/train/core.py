@@ -147,7 +147,7 @@ def all_reduce(values: list, dtype, device, op: str = "SUM"):
 
 # --- the SpeechLM jobs' worker side (stage1, stage2, joint_sft, multitask) --------------------------
 
-LOSS_KEYS = ("loss", "lm_loss", "cls_loss", "kd_loss")
+LOSS_KEYS = ("loss", "lm_loss", "cls_loss", "kd_loss", "ctc_loss")
 
 
 class LossWindow:
