@@ -21,13 +21,17 @@ from typing import Any
 log = logging.getLogger("medlm.demo")
 
 # How much data and training each preset gets (the model preset has the same name), and the job configs.
+# Stage 2 is one or more runs, each starting from the previous export (real: CTC alignment, then KD).
 SIZES = {
     "real": {"data": ["consultations=200", "speech_consultations=60", "utterances=200", "sentences=600",
                       "rows_per_shard=300"],
-             "stage1": ("stage1_real.yaml", []), "stage2": ("stage2_real.yaml", [])},
-    "tiny": {"data": [], "stage1": ("stage1.yaml", ["optim.steps=30"]), "stage2": ("stage2.yaml", ["optim.steps=30"])},
+             "stage1": ("stage1_real.yaml", []),
+             "stage2": [("stage2_ctc_real.yaml", ["optim.steps=100", "optim.checkpoint_every=100"]),
+                        ("stage2_real.yaml", ["optim.steps=45"])]},
+    "tiny": {"data": [], "stage1": ("stage1.yaml", ["optim.steps=30"]),
+             "stage2": [("stage2.yaml", ["optim.steps=30"])]},
     "small": {"data": ["consultations=400", "speech_consultations=120", "utterances=200"],
-              "stage1": ("stage1.yaml", ["optim.steps=300"]), "stage2": ("stage2.yaml", ["optim.steps=300"])},
+              "stage1": ("stage1.yaml", ["optim.steps=300"]), "stage2": [("stage2.yaml", ["optim.steps=300"])]},
 }
 
 
@@ -120,9 +124,11 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
             summary["stage1"] = {"export": s1["export"], "loss": _loss(s1)}
 
         with progress.step("stage 2: speech alignment from the stage-1 model"):
-            config, extra = size["stage2"]
-            s2 = train(load_config(TrainJobConfig, config,
-                                   [*common, *extra, "run.name=stage2", f"model.init_from={s1['export']}"]))
+            s2, runs = s1, size["stage2"]
+            for i, (config, extra) in enumerate(runs):
+                name = "stage2" if i == len(runs) - 1 else f"stage2-{Path(config).stem.removeprefix('stage2_')}"
+                s2 = train(load_config(TrainJobConfig, config,
+                                       [*common, *extra, f"run.name={name}", f"model.init_from={s2['export']}"]))
             summary["stage2"] = {"export": s2["export"], "loss": _loss(s2)}
 
         with progress.step("serve the stage-2 model (Ray Serve, OpenAI-compatible API)"):
