@@ -15,6 +15,7 @@ material for transcription, not medical advice.
 
 from __future__ import annotations
 
+import functools
 import random
 
 from medlm.data import kb
@@ -97,8 +98,7 @@ DURATIONS = kb.DURATIONS + ("a few hours", "since yesterday", "since last weeken
 PEOPLE = ("my son", "my daughter", "my husband", "my wife", "my mother", "my father", "my grandmother",
           "my grandfather", "my baby", "my partner", "my brother", "my sister", "my friend", "my neighbour")
 
-# Each template: a list of literal text and (slot, label) pieces; slots of the same name in one template are
-# filled independently.
+# Slot name -> (entity label, values). A template's {slot}s are filled independently, even when they repeat.
 _S = {"condition": ("CONDITION", CONDITIONS), "symptom": ("SYMPTOM", SYMPTOMS), "drug": ("DRUG", DRUGS),
       "test": ("TEST", TESTS), "body": ("BODY_PART", BODY_PARTS), "dose": ("DOSAGE", DOSES),
       "duration": ("DURATION", DURATIONS)}
@@ -168,6 +168,7 @@ def _fill(template: str, rng: random.Random) -> tuple[str, list[dict]]:
     return text, entities
 
 
+@functools.cache
 def _kb_terms() -> dict[str, tuple[str, ...]]:
     return {"condition": tuple(c.name for c in kb.CONDITIONS),
             "symptom": tuple(s for c in kb.CONDITIONS for s in c.symptoms),

@@ -7,6 +7,8 @@ Labels are ``-100`` except the assistant turns' tokens, up to and including thei
 
 from __future__ import annotations
 
+import functools
+
 import json
 from pathlib import Path
 from typing import Any
@@ -86,7 +88,7 @@ class SpeechLMProcessor:
                        ctc_label_lengths=np.asarray([len(t) for t in targets], dtype=np.int64))
         return out
 
-    @property
+    @functools.cached_property
     def ctc_blank_id(self) -> int:
         """The CTC blank: the LLM token of a single space (frames between words then read as spaces), or the
         pad token where a space is not one token."""
