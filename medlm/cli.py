@@ -109,14 +109,20 @@ def demo(preset: str = typer.Option("real", help="real (the pretrained parts, ~2
 
 
 @app.command()
-def reproduce(preset: str = typer.Option("tiny", help="tiny (CPU, CI) or small/base (GPU)"),
+def reproduce(preset: str = typer.Option("tiny", help="tiny (CPU, CI), real (pretrained parts, CPU) or small (GPU)"),
               only: Optional[list[str]] = typer.Option(None, help="subset of: speechmedassist, voicetextblender, "
-                                                                   "speechllm, speechct")) -> None:
-    """Reproduce the papers' claims in miniature and write their tables."""
+                                                                   "speechllm, speechct"),
+              workdir: Optional[str] = typer.Option(None, help="keep data, runs and evaluations here (dir or "
+                                                               "s3://); a rerun on it reuses what finished"),
+              set_: Optional[list[str]] = typer.Option(None, "--set", help="preset override, e.g. seed=1"),
+              output: Optional[str] = typer.Option(None, help="tables dir (default docs/reproductions, which "
+                                                              "also rewrites the README's Evidence tables)")) -> None:
+    """Reproduce the papers' claims and write their tables."""
     from medlm.eval.reproduce import run_reproductions
 
     _setup_logging()
-    typer.echo(json.dumps(run_reproductions(preset=preset, only=only), indent=2, default=str))
+    typer.echo(json.dumps(run_reproductions(preset=preset, only=only, output=output, overrides=set_,
+                                            workdir=workdir), indent=2, default=str))
 
 
 @stack_app.command("up")

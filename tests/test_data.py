@@ -79,15 +79,17 @@ def test_low_sample_rate_rejected():
 def test_utterance_tasks():
     row = utt_row()
     asr, label = to_messages(row, "utterance", "asr")
-    assert label is None and asr[-1] == {"role": "assistant", "content": row["transcript"]}
+    assert asr[-1] == {"role": "assistant", "content": row["transcript"]}
+    # every task of a labelled utterance carries the regularizer's targets: sentiment, then entity types
+    assert label == [SENTIMENTS.index("negative"), *(int(x in ("SYMPTOM", "DURATION")) for x in ENTITY_LABELS)]
+    assert to_messages(utt_row(sentiment=None), "utterance", "asr")[1] is None
     audio = asr[1]["content"][0]
     assert audio["type"] == "audio" and audio["sampling_rate"] == 16000 and audio["transcript"] == row["transcript"]
     ner, _ = to_messages(row, "utterance", "ner")
     assert ner[-1]["content"] == "SYMPTOM: fever\nDURATION: two days"
     sent, _ = to_messages(row, "utterance", "sentiment")
     assert sent[-1]["content"] == "negative"
-    _, label = to_messages(row, "utterance", "multitask")
-    assert label == SENTIMENTS.index("negative")
+    assert to_messages(row, "utterance", "multitask")[1] == label
     with pytest.raises(ValueError, match="does not apply"):
         to_messages(row, "utterance", "chat")
 
@@ -167,6 +169,28 @@ def test_kb_deterministic_and_quizzable():
     c = kb.CONDITIONS[0]
     assert kb.consultation(c, random.Random(1)) == kb.consultation(c, random.Random(1))
     assert any(c.drug in t["text"] for t in kb.consultation(c, random.Random(1)))
+
+
+def test_invented_knowledge_is_new_and_quizzable():
+    """The invented knowledge base: its drugs and tests occur in no standard fact, every fact has a key phrase
+    its short answer states, and qa_text can hold every question form (distinct row ids)."""
+    from medlm.data.factory import MakeDataConfig, _items, speech_conditions
+
+    standard = " ".join(f["value"] for f in kb.facts()).lower()
+    assert not any(c.drug.split()[0].lower() in standard or c.test.lower() in standard for c in kb.INVENTED)
+    pairs = kb.qa_pairs(0, conditions=kb.INVENTED, forms=2)
+    assert len(pairs) == 2 * len(kb.INVENTED) * len(kb.ATTRIBUTES)
+    for qa in pairs:
+        assert kb.fact_key(qa["fact_id"]) in qa["answer"]
+        assert kb.condition(qa["condition"]).name in qa["question"]
+    assert len({q["question"] for q in pairs}) == len(pairs)  # the two forms differ
+    cfg = MakeDataConfig(knowledge="invented", qa_forms=2)
+    rows = _items(cfg, "qa_text")
+    assert len({r["row_id"] for r in rows}) == len(rows) == len(pairs)
+    heard, held = _items(cfg, "qa_speech"), _items(cfg, "qa_speech_heldout")
+    assert {q["condition"] for q in heard} == speech_conditions(cfg) and speech_conditions(cfg) <= {c.id for c in kb.INVENTED}
+    assert not {q["condition"] for q in heard} & {q["condition"] for q in held}
+    assert kb.qa_pairs(0) == kb.qa_pairs(0, conditions=kb.CONDITIONS, forms=1)  # the default is unchanged
 
 
 def test_rule_backend_annotates_and_filters():

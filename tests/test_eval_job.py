@@ -215,7 +215,11 @@ def test_consistency_views_and_their_scores(tmp_path):
     c = report["consistency"]["qa_speech"]
     expected = M.consistency_scores([v["text"] for v in views], [p["prediction"] for p in preds],
                                     [v["topic"] for v in views])
-    assert c["n"] == 3 and c["speech"] == expected
+    keys = [kb.fact_key(q["fact_id"]) for q in kb.qa_pairs()[:3]]  # the facts the rows ask about
+    assert [p["fact_id"] for p in preds] == [q["fact_id"] for q in kb.qa_pairs()[:3]]
+    assert c["n"] == 3 and c["speech"] == {**expected,
+                                           "fact_accuracy": M.fact_accuracy(keys, [p["prediction"] for p in preds])}
+    assert c["text"]["fact_accuracy"] == M.fact_accuracy(keys, [v["text"] for v in views])
     if asr:  # tones are not speech: whisper hears (almost) nothing of the questions
         assert c["cascade"]["asr_wer"] > 0.5
     from medlm.eval.job import render_markdown

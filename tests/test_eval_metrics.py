@@ -269,3 +269,13 @@ def test_rouge_l_and_consistency():
                              ["asthma is bad", "no idea", "I do not know."], ["asthma", "gout", "migraine"])
     assert s["topic_n"] == 2 and s["topic_accuracy"] == 0.5  # the third text answer does not name migraine
     assert s["f1"] == pytest.approx((M._token_f1("Asthma causes wheeze.", "asthma is bad") + 0 + 1) / 3)
+
+
+def test_fact_accuracy_needs_the_key_phrase():
+    keys = ["velotrexin", "Halden breath scan", "avoid citrus fruit for a week"]
+    answers = ["Silver lung is treated with Velotrexin, 35 mg.", "It is confirmed with a Halden scan.",
+               "With amber fever, avoid citrus fruit for a week."]
+    assert M.fact_accuracy(keys, answers) == pytest.approx(2 / 3)
+    assert M.fact_accuracy(["velotrexin"], ["velotrexinol"]) == 0.0  # whole phrases only
+    with pytest.raises(ValueError, match="as many"):
+        M.fact_accuracy(keys, answers[:2])

@@ -537,3 +537,31 @@ def test_ctc_alignment_skips_the_llm_and_teaches_the_adapter_the_words():
         best = (torch.nn.functional.normalize(f, dim=-1) @ table.T).argmax(-1).tolist()
         collapsed = [t for i, t in enumerate(best) if t != proc.ctc_blank_id and (i == 0 or t != best[i - 1])]
         assert proc.tokenizer.decode(collapsed) == text
+
+
+def test_classifier_regularizer_learns_sentiment_and_entity_types():
+    """With num_entity_labels the head predicts the sentiment (CE) and which entity types an utterance
+    mentions (BCE, -1 = unknown); the targets come from collate as (B, 1 + K) even when a text-only example
+    (no targets) is in the batch, and a few steps on fixed targets fit both parts."""
+    model, proc = tiny(num_classes=3, num_entity_labels=2, classifier_weight=1.0, lm_weight=0.0,
+                       trainable=[r"^adapter\.", r"^classifier\."])
+    convs = mixed_conversations()
+    targets = [[2, 1, 0], [0, 0, 1], None]  # sentiment, entity types; the text-only example has none
+    batch = proc.collate([proc.featurize(m, class_label=t) for m, t in zip(convs, targets)])
+    assert batch["class_labels"].tolist() == [[2, 1, 0], [0, 0, 1], [-100, -100, -100]]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    first = None
+    for _ in range(40):
+        out = model(**batch)
+        first = first if first is not None else out.loss.item()
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert out.loss.item() < 0.2 * first
+    logits = model(**batch).class_logits[:2].detach()
+    assert logits[:, :3].argmax(-1).tolist() == [2, 0]
+    assert (logits[:, 3:] > 0).long().tolist() == [[1, 0], [0, 1]]
+    # a head without entity outputs reads only the sentiment target of the same labels
+    plain, proc2 = tiny(num_classes=3)
+    assert plain.classifier.out_features == 3 and model.classifier.out_features == 5
+    assert plain(**proc2.collate([proc2.featurize(convs[0], class_label=[2, 1, 0])])).loss.isfinite()

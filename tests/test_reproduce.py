@@ -1,28 +1,67 @@
-"""``medlm reproduce`` end to end on one cheap reproduction (SpeechLLM, 3 steps per run, 1 worker)."""
+"""``medlm reproduce``: every reproduction end to end at tiny sizes, and the README section it writes."""
 
 import json
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# The real preset's code paths (invented knowledge, the CTC-aligned start, the real-preset job configs) on the
+# tiny models and a few rows of data; the CT reproduction on its tiny config.
+TINY_REAL = ["model=tiny", "steps=2", "job_steps={}", "num_workers=1", "max_new_tokens=6", "eval_limit=4",
+             "data=[knowledge=invented, qa_forms=2, consultations=8, speech_consultations=4, utterances=8, "
+             "sentences=8, 'tts.backend=espeak']",
+             "ct_config=ct_clip", "ct=[data.synthetic_cases=32, teacher.steps=4, align.steps=4, distill.steps=4, "
+             "teacher.batch_size=8, align.batch_size=8, distill.batch_size=8]"]
 
 
-def test_speechllm_reproduction_writes_table_and_json(stack, tmp_path):
-    from medlm.eval.reproduce import run_reproductions
+def _report(workdir, name):
+    return json.loads((workdir / "eval" / name / "report.json").read_text())
 
-    summary = run_reproductions("tiny", only=["speechllm"], output=str(tmp_path),
-                                overrides=["steps=3", "max_new_tokens=8", "eval_limit=8"])
-    assert set(summary["checks"]) == {"speechllm"}
-    table = (tmp_path / "speechllm.md").read_text()
-    assert "| classifier regularizer + LoRA |" in table and "medlm reproduce --preset tiny" in table
-    results = json.loads((tmp_path / "reproductions-tiny.json").read_text())
-    rows = results["reproductions"]["speechllm"]["rows"]
-    assert [r["variant"] for r in rows] == ["classifier regularizer + LoRA", "LoRA, no classifier",
-                                            "classifier, no LoRA"]
-    for r in rows:
-        for k in ("NER F1", "sentiment macro F1", "WER"):
-            assert isinstance(r[k], float) and r[k] >= 0, (k, r)
-        assert r["n"] == 8
+
+@pytest.mark.slow
+def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tmp_path):
+    from medlm.eval.reproduce import NAMES, _fmt, run_reproductions
+
+    out, workdir = tmp_path / "out", tmp_path / "work"
+    summary = run_reproductions("real", output=str(out), overrides=TINY_REAL, workdir=str(workdir))
+    assert set(summary["checks"]) == set(NAMES)
+    results = json.loads((out / "reproductions-real.json").read_text())["reproductions"]
+    tables = {n: (out / f"{n}.md").read_text() for n in NAMES}
+    for n, res in results.items():  # every number of every row is in the table as written
+        for row in res["rows"]:
+            line = next(x for x in tables[n].splitlines() if x.startswith(f"| {row['variant']} |"))
+            cells = line.strip("|").split(" | ")
+            assert all(_fmt(v) in cells for v in row.values()), (n, row, line)
+        assert "medlm reproduce --preset real" in tables[n] and f"--workdir {workdir}" in tables[n]
+
+    sma = {r["variant"].split(":")[0]: r for r in results["speechmedassist"]["rows"]}
+    two = _report(workdir, "sma-two-stage")["consistency"]["qa_speech_heldout"]
+    assert sma["two-stage"]["spoken questions: fact accuracy"] == two["speech"]["fact_accuracy"]
+    assert sma["two-stage"]["same questions in text: fact accuracy"] == two["text"]["fact_accuracy"]
+    assert sma["cascade"]["spoken questions: fact accuracy"] == two["cascade"]["fact_accuracy"]
+    one = _report(workdir, "sma-one-stage")["consistency"]["qa_speech_heldout"]["speech"]["fact_accuracy"]
+    assert results["speechmedassist"]["check"]["two-stage > one-stage on spoken fact accuracy"] == \
+        (two["speech"]["fact_accuracy"] > one)
+
+    vtb = results["voicetextblender"]["rows"]
+    assert [r["variant"] for r in vtb] == ["before SFT (the two-stage model)", "joint speech+text SFT", "speech-only SFT"]
+    assert vtb[1]["text fact accuracy (injected facts)"] == \
+        _report(workdir, "vtb-joint")["datasets"]["qa_text"]["metrics"]["fact_accuracy"]
+    assert vtb[0]["text score change (relative)"] == 0.0
+
+    slm = results["speechllm"]["rows"]
+    full = _report(workdir, "slm-full")
+    assert slm[0]["NER F1"] == full["datasets"]["utterances_ner"]["metrics"]["f1"]
+    assert slm[-1]["WER"] == full["cascade"]["datasets"]["utterances_asr"]["metrics"]["wer"]
+    assert slm[-1]["variant"].startswith("whisper-tiny.en") and slm[0]["n"] == 4
+
+    ct = json.loads((workdir / "ct_clip" / "results.json").read_text())
+    assert results["speechct"]["rows"][2]["zero-shot F1"] == ct["zero_shot"]["speech_kd"]["f1"]
+
+    # a rerun on the same workdir reuses every run and evaluation: the same numbers, no training
+    again = run_reproductions("real", only=["speechmedassist"], output=str(out), overrides=TINY_REAL,
+                              workdir=str(workdir))
+    rerun = json.loads((out / "reproductions-real.json").read_text())["reproductions"]["speechmedassist"]
+    assert rerun["rows"] == results["speechmedassist"]["rows"] and again["wall_s"] < results["speechmedassist"]["wall_s"]
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):

@@ -43,6 +43,20 @@ TEXT_PRESETS: dict[str, dict] = {
 }
 
 
+def text_model_kwargs(config: PretrainedConfig) -> dict:
+    """``AutoModel`` kwargs for a text encoder config: BERT-likes drop their pooler (``add_pooling_layer=False``);
+    other models (e.g. a decoder such as SmolLM2's ``LlamaModel``) take no such argument."""
+    import inspect
+
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    try:
+        cls = MODEL_MAPPING[type(config)]
+    except KeyError:
+        return {}
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+
+
 def _as_config(value) -> PretrainedConfig | None:
     if value is None or isinstance(value, PretrainedConfig):
         return value
@@ -114,7 +128,8 @@ class CTClipModelConfig(PretrainedConfig):
     model_type = "medlm_ct_clip"
 
     def __init__(self, vision: dict | None = None, text_config=None, latent_dim: int = 512,
-                 text_pooling: str = "cls", init_logit_scale: float = math.log(1 / 0.07), **kwargs):
+                 text_pooling: str = "cls", init_logit_scale: float = math.log(1 / 0.07),
+                 text_trainable: bool = True, **kwargs):
         self.vision = dict(vision or CTVIT_PRESETS["tiny"])
         self.vision["volume_shape"] = tuple(self.vision["volume_shape"])
         self.text_config = _as_config(text_config)
@@ -123,6 +138,7 @@ class CTClipModelConfig(PretrainedConfig):
         self.latent_dim = latent_dim
         self.text_pooling = text_pooling
         self.init_logit_scale = init_logit_scale
+        self.text_trainable = text_trainable  # False: the text encoder is frozen (only text_proj trains)
         super().__init__(**kwargs)
 
     def to_dict(self):
@@ -144,8 +160,10 @@ class CTClipModel(PreTrainedModel):
         if config.text_config is None:
             raise ValueError("CTClipModelConfig needs a text_config")
         self.visual = CTViT(**config.vision)
-        self.text = text_model if text_model is not None else AutoModel.from_config(config.text_config,
-                                                                                   add_pooling_layer=False)
+        self.text = text_model if text_model is not None else AutoModel.from_config(
+            config.text_config, **text_model_kwargs(config.text_config))
+        if not config.text_trainable:
+            self.text.requires_grad_(False)
         self.visual_proj = nn.Linear(config.vision["dim"], config.latent_dim, bias=False)
         self.text_proj = nn.Linear(config.text_config.hidden_size, config.latent_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.init_logit_scale)))  # 1-D: DeepSpeed broadcasts bytes
@@ -157,19 +175,26 @@ class CTClipModel(PreTrainedModel):
     def encode_volume(self, volume: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual_proj(self.visual(volume)), dim=-1)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text encoder's pooled output (before ``text_proj``): CLS, or the masked mean of the last
+        hidden states (the choice for decoders such as SmolLM2, whose first token sees nothing)."""
         hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.text_pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        return F.normalize(self.text_proj(pooled), dim=-1)
+            return hidden[:, 0]
+        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
 
-    def forward(self, volume: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_):
+    def encode_text(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                    text_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Report tokens (or their precomputed :meth:`pool_text` output, ``text_pooled``) -> (B, latent)."""
+        pooled = self.pool_text(input_ids, attention_mask) if text_pooled is None else text_pooled
+        return F.normalize(self.text_proj(pooled.to(self.text_proj.weight.dtype)), dim=-1)
+
+    def forward(self, volume: torch.Tensor, input_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, text_pooled: torch.Tensor | None = None, **_):
         """Returns ``(loss, image_embeds, text_embeds)``."""
         img = self.encode_volume(volume)
-        txt = self.encode_text(input_ids, attention_mask)
+        txt = self.encode_text(input_ids, attention_mask, text_pooled)
         self.logit_scale.data.clamp_(0, math.log(100))
         return clip_loss(txt, img, self.logit_scale), img, txt
 

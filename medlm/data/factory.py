@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -49,6 +49,8 @@ class MakeDataConfig(Section):
     ct_shape: tuple[int, int, int] = (16, 32, 32)
     spoken_ct_reports: bool = True
     speech_fraction: float = Field(default=0.5, ge=0, le=1)  # share of conditions whose facts are spoken
+    knowledge: Literal["standard", "invented"] = "standard"  # kb.KNOWLEDGE: real-world or invented facts
+    qa_forms: int = Field(default=1, ge=1, le=2)          # written questions per fact in qa_text
     rows_per_shard: int = Field(default=2000, ge=1)
     max_audio_seconds: float = 60.0
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -64,7 +66,7 @@ KIND_OF = {"consult_text": "text_dialogue", "qa_text": "text_dialogue", "consult
 
 def speech_conditions(cfg: MakeDataConfig) -> set[str]:
     """The conditions whose facts are spoken in training (the rest stay text-only)."""
-    ids = [c.id for c in kb.CONDITIONS]
+    ids = [c.id for c in kb.KNOWLEDGE[cfg.knowledge]]
     random.Random(cfg.seed).shuffle(ids)
     return set(ids[: round(len(ids) * cfg.speech_fraction)])
 
@@ -91,17 +93,19 @@ class _Speaker:
 
 def _items(cfg: MakeDataConfig, dataset: str) -> list[Any]:
     """The work items of a dataset (indices or QA pairs), in their final order."""
-    speech = speech_conditions(cfg)
+    speech, conditions = speech_conditions(cfg), kb.KNOWLEDGE[cfg.knowledge]
     if dataset == "consult_text":
         return list(range(cfg.consultations))
     if dataset == "qa_text":
-        return kb.qa_pairs(cfg.seed)
+        pairs = kb.qa_pairs(cfg.seed, conditions=conditions, forms=cfg.qa_forms)
+        return [{**q, "row_id": f"qa_text-{q['fact_id']}" + (f"-{i % cfg.qa_forms}" if cfg.qa_forms > 1 else "")}
+                for i, q in enumerate(pairs)]
     if dataset == "consult_speech":
         return list(range(cfg.speech_consultations)) if speech else []
     if dataset == "qa_speech":
-        return [q for q in kb.qa_pairs(cfg.seed + 1) if q["condition"] in speech]
+        return [q for q in kb.qa_pairs(cfg.seed + 1, conditions=conditions) if q["condition"] in speech]
     if dataset == "qa_speech_heldout":
-        return [q for q in kb.qa_pairs(cfg.seed + 1) if q["condition"] not in speech]
+        return [q for q in kb.qa_pairs(cfg.seed + 1, conditions=conditions) if q["condition"] not in speech]
     if dataset == "utterances":
         return list(range(cfg.utterances))
     if dataset == "sentences":
@@ -116,12 +120,12 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
     llm = build_llm(cfg.llm)
     spoken = dataset not in ("consult_text", "qa_text", "ct") or (dataset == "ct" and cfg.spoken_ct_reports)
     speaker = _Speaker(cfg) if spoken else None
-    speech = sorted(speech_conditions(cfg))
+    speech, conditions = sorted(speech_conditions(cfg)), kb.KNOWLEDGE[cfg.knowledge]
     rows: list[dict] = []
     for item in items:
         if dataset in ("consult_text", "consult_speech"):
             rng = _rng(cfg, dataset, item)
-            cond = kb.CONDITIONS[item % len(kb.CONDITIONS)] if dataset == "consult_text" else \
+            cond = conditions[item % len(conditions)] if dataset == "consult_text" else \
                 kb.condition(speech[item % len(speech)])
             turns = kb.consultation(cond, rng)
             meta = {"condition": cond.id}
@@ -135,7 +139,7 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
                         t["transcript"], t["text"] = t.pop("text"), None
             rows.append({"id": f"{dataset}-{item:06d}", "source": "kb", "turns": turns, "meta": dumps_meta(meta)})
         elif dataset == "qa_text":
-            rows.append({"id": f"qa_text-{item['fact_id']}", "source": "kb",
+            rows.append({"id": item["row_id"], "source": "kb",
                          "turns": [{"role": "user", "text": item["question"]},
                                    {"role": "assistant", "text": item["answer"]}],
                          "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"]})})
@@ -157,7 +161,7 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
         elif dataset in ("utterances", "sentences"):
             rng = _rng(cfg, dataset, item)
             if dataset == "utterances":
-                cond = kb.CONDITIONS[rng.randrange(len(kb.CONDITIONS))]
+                cond = conditions[rng.randrange(len(conditions))]
                 utt = kb.patient_utterance(cond, rng)
                 ann, source = llm.annotate(utt["text"]), f"kb/{cfg.llm.backend}"
                 meta = {"condition": cond.id, "planted_sentiment": utt["sentiment"]}
@@ -263,13 +267,13 @@ def make_data(cfg: MakeDataConfig, progress: bool = True) -> dict:
         d["filtered"] += r["filtered"]
     speech = speech_conditions(cfg)
     storage.write_text(storage.join(cfg.output, "facts.jsonl"), "".join(
-        json.dumps({**f, "speech": f["condition"] in speech}) + "\n" for f in kb.facts()))
+        json.dumps({**f, "speech": f["condition"] in speech}) + "\n" for f in kb.facts(kb.KNOWLEDGE[cfg.knowledge])))
     summary = {
         "output": cfg.output,
         "datasets": datasets,
         "audio_hours": sum(d["audio_hours"] for d in datasets.values()),
         "voices": sorted({v for r in results for v in r["voices"]}),
-        "facts": len(kb.facts()),
+        "facts": len(kb.facts(kb.KNOWLEDGE[cfg.knowledge])),
         "speech_conditions": sorted(speech),
         "quarantine": summarize_quarantine(quarantine_uri),
     }

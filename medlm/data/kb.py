@@ -92,6 +92,62 @@ CONDITIONS: tuple[Condition, ...] = (
               "gargle with warm salt water", "throat"),
 )
 
+
+# An *invented* knowledge base (``MakeDataConfig.knowledge = "invented"``): fictional conditions, drugs,
+# tests, doses and advice that no pretrained model can know, so that knowledge injection is measurable
+# (a base model scores ~0 on it). Condition names, symptoms and advice are ordinary English words, so they
+# can be spoken and heard; the drug and test names are made up. Ids start with ``inv_``.
+INVENTED: tuple[Condition, ...] = tuple(Condition(*row) for row in (
+    ("inv_silver_lung", "silver lung", ("a metallic taste", "a dry evening cough", "tingling in the ribs"),
+     "Halden breath scan", "velotrexin", "35 milligrams every other day", "sleep with the window slightly open",
+     "chest"),
+    ("inv_amber_fever", "amber fever", ("yellow fingertips", "night sweats", "a bitter taste"),
+     "Corvan blood panel", "norbasil", "12 milligrams at noon", "avoid citrus fruit for a week", "blood"),
+    ("inv_harbor_knee", "harbor knee", ("clicking knees", "stiff ankles", "cold feet"),
+     "Tressler joint echo", "quentamide", "40 milligrams after dinner", "walk barefoot on sand", "knee"),
+    ("inv_winter_rash", "winter rash", ("blue patches on the arms", "burning palms", "flaky elbows"),
+     "Morrow skin print", "dravolin cream", "a pea-sized amount every evening", "wear cotton gloves at night",
+     "skin"),
+    ("inv_glass_throat", "glass throat", ("a squeaky voice", "throat clicking", "dry swallowing"),
+     "Pellor throat swab", "tesmarin lozenges", "one lozenge every four hours",
+     "hum quietly for ten minutes a day", "throat"),
+    ("inv_copper_gut", "copper gut", ("green stools", "belly humming", "hunger at night"),
+     "Ansel stool stain", "kalvorex", "250 milligrams before sleep", "eat plain rice for two days", "stomach"),
+    ("inv_paper_bone", "paper bone", ("aching wrists", "soft nails", "tender shins"),
+     "Brenner density test", "miltrazone", "8 milligrams every Monday",
+     "carry nothing heavier than a kettle", "bones"),
+    ("inv_river_ear", "river ear", ("rushing sounds", "itchy ear canals", "tilting when standing"),
+     "Dunmore tone test", "oberacet drops", "three drops at sunrise", "keep your head still after meals", "ear"),
+    ("inv_ember_eye", "ember eye", ("orange halos around lights", "warm eyelids", "flickering vision"),
+     "Caskey lamp exam", "pexilane drops", "two drops every six hours", "wear a wide-brimmed hat outdoors", "eye"),
+    ("inv_hollow_heart", "hollow heart", ("a fluttering chest", "cold hands", "yawning spells"),
+     "Varga rhythm strip", "ravutin", "15 milligrams twice a week", "count your pulse each morning", "heart"),
+    ("inv_salt_kidney", "salt kidney", ("salty sweat", "puffy ankles", "pale urine"),
+     "Lindqvist urine assay", "sorbenac", "60 milligrams with breakfast", "drink warm water only", "kidney"),
+    ("inv_thistle_cough", "thistle cough", ("a barking cough at dawn", "scratchy ribs", "hoarse mornings"),
+     "Okafor sputum card", "belcoran syrup", "ten millilitres at bedtime", "breathe through a damp cloth", "lungs"),
+    ("inv_velvet_nerve", "velvet nerve", ("numb earlobes", "buzzing fingers", "heavy eyelids"),
+     "Strand nerve sweep", "fenolide", "5 milligrams every eight hours", "avoid wool clothing", "nerves"),
+    ("inv_marble_liver", "marble liver", ("a grey tongue", "itchy shins", "sugar cravings"),
+     "Petrov stripe test", "hepazin", "100 milligrams on waking", "skip fried food on weekdays", "liver"),
+    ("inv_lantern_head", "lantern head", ("a glowing headache", "ringing at dusk", "heavy temples"),
+     "Quill pressure map", "cephadrol", "20 milligrams when it starts", "sit upright in dim light", "head"),
+    ("inv_pebble_bladder", "pebble bladder", ("rattling pain when walking", "cloudy urine", "urgency at night"),
+     "Renwick bladder echo", "urolant", "two capsules at dusk", "avoid fizzy drinks", "bladder"),
+    ("inv_ash_sinus", "ash sinus", ("a smoky smell", "grey mucus", "cheek pressure"),
+     "Marlow light test", "nasotrin spray", "one spray in each nostril at noon", "rinse the nose with cool tea",
+     "sinuses"),
+    ("inv_frost_foot", "frost foot", ("white toes", "aching heels", "numb soles"),
+     "Eckert warmth scan", "podraxin gel", "a thin strip on each heel", "soak the feet in warm milk", "foot"),
+    ("inv_tidal_back", "tidal back", ("rolling back pain", "stiff hips", "pins in the spine"),
+     "Holloway spine sweep", "dorsamil", "30 milligrams every third day", "sleep on a firm floor mat", "back"),
+    ("inv_cinder_skin", "cinder skin", ("itchy dark freckles", "dry knuckles", "burning shoulders"),
+     "Fairbairn skin lamp", "cutivex ointment", "a thin film at midday", "avoid hot showers", "skin"),
+))
+
+KNOWLEDGE: dict[str, tuple[Condition, ...]] = {"standard": CONDITIONS, "invented": INVENTED}
+ALL_CONDITIONS: tuple[Condition, ...] = CONDITIONS + INVENTED
+
 ATTRIBUTES = ("symptoms", "test", "drug", "advice")
 DURATIONS = ("two days", "three days", "a week", "two weeks", "a month", "one day")
 
@@ -108,7 +164,7 @@ POSITIVE_PHRASES = ("It's getting a bit better, thankfully.", "Thanks, I feel re
 
 
 def condition(cid: str) -> Condition:
-    for c in CONDITIONS:
+    for c in ALL_CONDITIONS:
         if c.id == cid:
             return c
     raise KeyError(f"unknown condition {cid!r}")
@@ -124,10 +180,18 @@ def fact_value(c: Condition, attribute: str) -> str:
             "advice": c.advice}[attribute]
 
 
-def facts() -> list[dict]:
+def facts(conditions: tuple[Condition, ...] = CONDITIONS) -> list[dict]:
     """Every fact: ``{fact_id, condition, attribute, value}``."""
     return [{"fact_id": f"{c.id}.{a}", "condition": c.id, "attribute": a, "value": fact_value(c, a)}
-            for c in CONDITIONS for a in ATTRIBUTES]
+            for c in conditions for a in ATTRIBUTES]
+
+
+def fact_key(fact_id: str) -> str:
+    """The phrase an answer must state to state fact ``fact_id``: the drug, the test, the advice, or the first
+    symptom (what :func:`short_answer` leads with)."""
+    cid, attribute = fact_id.rsplit(".", 1)
+    c = condition(cid)
+    return {"symptoms": c.symptoms[0], "test": c.test, "drug": c.drug, "advice": c.advice}[attribute]
 
 
 def short_answer(c: Condition, attribute: str) -> str:
@@ -155,19 +219,22 @@ def long_answer(c: Condition, attribute: str, reference_only: bool = False) -> s
             f"If symptoms persist or worsen, consult your physician, who may adjust the plan accordingly.")
 
 
-def qa_pairs(seed: int = 0, reference_share: float = 0.1) -> list[dict]:
-    """One QA per fact: ``{fact_id, condition, attribute, question, answer, long_answer}``.
+def qa_pairs(seed: int = 0, reference_share: float = 0.1, conditions: tuple[Condition, ...] = CONDITIONS,
+             forms: int = 1) -> list[dict]:
+    """``forms`` QAs per fact (1: one question form drawn at random; 2: every form of :data:`QUESTIONS`):
+    ``{fact_id, condition, attribute, question, answer, long_answer}``.
 
     About ``reference_share`` of the long answers are table-only references (not speakable).
     """
     rng = random.Random(seed)
     out = []
-    for c in CONDITIONS:
+    for c in conditions:
         for a in ATTRIBUTES:
-            q = rng.choice(QUESTIONS[a]).format(name=c.name)
-            out.append({"fact_id": f"{c.id}.{a}", "condition": c.id, "attribute": a, "question": q,
-                        "answer": short_answer(c, a),
-                        "long_answer": long_answer(c, a, reference_only=rng.random() < reference_share)})
+            qs = rng.sample(QUESTIONS[a], k=forms) if forms > 1 else [rng.choice(QUESTIONS[a])]
+            for q in qs:
+                out.append({"fact_id": f"{c.id}.{a}", "condition": c.id, "attribute": a,
+                            "question": q.format(name=c.name), "answer": short_answer(c, a),
+                            "long_answer": long_answer(c, a, reference_only=rng.random() < reference_share)})
     return out
 
 
@@ -206,7 +273,7 @@ def patient_utterance(c: Condition, rng: random.Random) -> dict:
 def lexicon() -> dict[str, str]:
     """Surface form -> entity label, for the rule-based annotator (longest forms first)."""
     lex: dict[str, str] = {}
-    for c in CONDITIONS:
+    for c in ALL_CONDITIONS:
         lex[c.name] = "CONDITION"
         for s in c.symptoms:
             lex[s] = "SYMPTOM"

@@ -254,13 +254,15 @@ def entities_text(row: dict) -> str:
     return "\n".join(f"{e['label']}: {text[e['start']:e['end']]}" for e in ents) or "none"
 
 
-def utterance_class_label(row: dict) -> int:
-    """Classifier-head target of an utterance: its sentiment index in :data:`SENTIMENTS`."""
+def utterance_class_label(row: dict) -> list[int]:
+    """Classifier-head targets of an utterance: ``[sentiment index in SENTIMENTS, *entity-type presence]``,
+    the presence (0/1) of each label of :data:`ENTITY_LABELS` among its entities (the SpeechLLM regularizer
+    sees NER as well as sentiment; a head without entity outputs uses the first target only)."""
     sentiment = row.get("sentiment")
     if sentiment not in SENTIMENTS:
         raise BadRecord("unknown_label", f"sentiment {sentiment!r}")
-    check_entities(row)
-    return SENTIMENTS.index(sentiment)
+    present = {e["label"] for e in check_entities(row)}
+    return [SENTIMENTS.index(sentiment), *(int(label in present) for label in ENTITY_LABELS)]
 
 
 def utterance_to_messages(row: dict, task: str = "asr", max_audio_seconds: float | None = None) -> list[dict]:
@@ -329,7 +331,8 @@ def to_messages(row: dict, kind: str, task: str | None = None,
         return dialogue_to_messages(row, max_audio_seconds), None
     if base == "utterance":
         messages = utterance_to_messages(row, task, max_audio_seconds)
-        return messages, utterance_class_label(row) if task == "multitask" else None
+        # every task of a labelled utterance feeds the classifier regularizer (not only "multitask")
+        return messages, utterance_class_label(row) if task == "multitask" or row.get("sentiment") else None
     return ct_to_messages(row, task, max_audio_seconds), None
 
 

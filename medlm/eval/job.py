@@ -47,10 +47,10 @@ TASK_GROUP = {"asr": "asr", "multitask": "asr", "ner": "ner", "sentiment": "sent
               "report": "findings", "spoken_report": "findings"}
 PREDICTIONS = pa.schema([("dataset", pa.string()), ("kind", pa.string()), ("task", pa.string()), ("id", pa.string()),
                          ("reference", pa.string()), ("prediction", pa.string()), ("error", pa.string()),
-                         ("seconds", pa.float64()), ("views", pa.string())])
+                         ("seconds", pa.float64()), ("views", pa.string()), ("fact_id", pa.string())])
 # views (JSON, "consistency" task, spoken chat rows with transcripts): the same model's answer to the
 # transcript ("text"), to whisper's transcript ("cascade", with "asr": that transcript), and the row's
-# key entity ("topic", its knowledge-base condition)
+# key entity ("topic", its knowledge-base condition); fact_id: the knowledge-base fact a QA row asks about
 CONSULTATION = "consultation"  # kind/task/dataset of the simulated-consultation work items
 
 
@@ -189,7 +189,9 @@ class ModelPredictor:
                 out.append({**rec, "reference": "", "prediction": "", "error": str(e), "seconds": 0.0})
                 continue
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            out.append({**rec, "reference": messages[last]["content"], "prediction": "", "error": "", "seconds": 0.0})
+            fact_id = json.loads(pickle.loads(env["row"]).get("meta") or "{}").get("fact_id")
+            out.append({**rec, "reference": messages[last]["content"], "prediction": "", "error": "", "seconds": 0.0,
+                        "fact_id": fact_id})
             prompts.append(messages[:last])
             tasks.append(env["task"])
             slots.append(len(out) - 1)
@@ -218,7 +220,7 @@ class ModelPredictor:
                 if (parts := audio_parts(prompt)) and all("transcript" in p for p in parts)]
         heard = iter(self.asr.transcribe([p["audio"] for _, _, parts, _ in rows for p in parts])) \
             if self.asr is not None and rows else None
-        names = {c.id: c.name for c in kb.CONDITIONS}
+        names = {c.id: c.name for c in kb.ALL_CONDITIONS}
         views, prompts = {}, []  # prompts: (slot, view name, text-view prompt)
         for slot, prompt, parts, row in rows:
             said = [p["transcript"] for p in parts]
@@ -377,12 +379,22 @@ def score_dataset(task: str, preds: list[dict]) -> dict[str, float]:
                 "accuracy": sum(r == p for r, p in zip(refs, parsed)) / len(refs),
                 "invalid": sum(p == "invalid" for p in parsed) / len(refs)}
     if group == "qa":
-        return M.short_answer_scores(refs, hyps)
+        return {**M.short_answer_scores(refs, hyps), **_fact_accuracy(preds, hyps)}
     if group == "findings":
         names = _ct_class_names()
         out = M.ner_span_f1([_findings(r, names) for r in refs], [_findings(h, names) for h in hyps], "label")
         return {"f1": out["f1"], "precision": out["precision"], "recall": out["recall"]}
     raise ValueError(f"no metrics for task {task!r}")
+
+
+def _fact_accuracy(rows: list[dict], answers: list[str]) -> dict[str, float]:
+    """``{"fact_accuracy"}``: the share of ``answers`` that state their row's knowledge-base fact (its
+    :func:`medlm.data.kb.fact_key`); empty when some row asks about no fact."""
+    from medlm.data import kb
+
+    if not rows or not all(r.get("fact_id") for r in rows):
+        return {}
+    return {"fact_accuracy": M.fact_accuracy([kb.fact_key(r["fact_id"]) for r in rows], answers)}
 
 
 def _nan_to_none(x):
@@ -444,12 +456,15 @@ def build_report(cfg: EvalConfig, datasets: list[ResolvedDataset], preds: list[d
             continue
         views = [json.loads(r["views"]) for r in rows]
         text, topics = [v["text"] for v in views], [v.get("topic") for v in views]
-        entry = {"n": len(rows), "speech": M.consistency_scores(text, [r["prediction"] for r in rows], topics),
-                 "text": {"topic_rate": sum(bool(k) and M.names_topic(t, k) for t, k in zip(text, topics)) / len(rows)},
+        entry = {"n": len(rows), "speech": {**M.consistency_scores(text, [r["prediction"] for r in rows], topics),
+                                            **_fact_accuracy(rows, [r["prediction"] for r in rows])},
+                 "text": {"topic_rate": sum(bool(k) and M.names_topic(t, k) for t, k in zip(text, topics)) / len(rows),
+                          **_fact_accuracy(rows, text)},
                  "samples": [{"id": r["id"], "text": v["text"], "speech": r["prediction"], "cascade": v.get("cascade"),
                               "asr": v.get("asr")} for r, v in list(zip(rows, views))[: cfg.samples]]}
         if all("cascade" in v for v in views):
-            entry["cascade"] = M.consistency_scores(text, [v["cascade"] for v in views], topics)
+            entry["cascade"] = {**M.consistency_scores(text, [v["cascade"] for v in views], topics),
+                                **_fact_accuracy(rows, [v["cascade"] for v in views])}
             entry["cascade"]["asr_wer"] = M.wer([v["transcript"] for v in views], [v["asr"] or "" for v in views])
         consistency[name] = entry
     if consistency:

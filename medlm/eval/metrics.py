@@ -278,6 +278,13 @@ def names_topic(text: str | None, topic: str) -> bool:
     return f" {squad_normalize(topic)} " in f" {squad_normalize(text)} "
 
 
+def fact_accuracy(keys: Sequence[str], answers: Sequence[str]) -> float:
+    """The share of ``answers`` that state their fact, i.e. name its key phrase (``keys``, one per answer)."""
+    if len(keys) != len(answers) or not keys:
+        raise ValueError(f"need as many fact keys as answers (>0), got {len(keys)} and {len(answers)}")
+    return sum(names_topic(a, k) for a, k in zip(answers, keys)) / len(keys)
+
+
 def consistency_scores(text_answers: Sequence[str], answers: Sequence[str],
                        topics: Sequence[str | None]) -> dict[str, float | int | None]:
     """How far answers to speech agree with the same model's answers to the text of the same turns:

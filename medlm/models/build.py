@@ -116,6 +116,7 @@ def speechlm_config(
         encoder_lora_r=spec.encoder_lora_r,
         encoder_lora_targets=spec.encoder_lora_targets,
         num_classes=spec.num_classes,
+        num_entity_labels=spec.num_entity_labels,
         classifier_weight=spec.classifier_weight,
         lm_weight=spec.lm_weight,
         kd_weight=spec.kd_weight,

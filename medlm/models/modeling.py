@@ -71,6 +71,7 @@ class SpeechLMConfig(PretrainedConfig):
         encoder_lora_r: int = 0,
         encoder_lora_targets: list[str] | None = None,
         num_classes: int = 0,
+        num_entity_labels: int = 0,
         classifier_weight: float = 0.1,
         lm_weight: float = 1.0,
         kd_weight: float = 0.0,
@@ -94,6 +95,7 @@ class SpeechLMConfig(PretrainedConfig):
         self.encoder_lora_r = encoder_lora_r
         self.encoder_lora_targets = list(encoder_lora_targets or ["q_proj", "v_proj"])
         self.num_classes = num_classes
+        self.num_entity_labels = num_entity_labels
         self.classifier_weight = classifier_weight
         self.lm_weight = lm_weight
         self.kd_weight = kd_weight
@@ -218,14 +220,27 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def classifier_loss(
-    class_logits: torch.Tensor, class_labels: torch.Tensor, has_audio: torch.Tensor
+    class_logits: torch.Tensor, class_labels: torch.Tensor, has_audio: torch.Tensor, num_classes: int
 ) -> torch.Tensor | None:
-    """CE of the classifier head on the spoken examples (text-only ones have no pooled audio); None when
-    the batch has no spoken example."""
-    targets = class_labels.long().masked_fill(~has_audio, IGNORE_INDEX)
-    if not (targets != IGNORE_INDEX).any():
-        return None
-    return F.cross_entropy(class_logits.float(), targets, ignore_index=IGNORE_INDEX)
+    """The classifier regularizer on the spoken examples (text-only ones have no pooled audio): CE of the
+    first ``num_classes`` logits on ``class_labels[:, 0]`` (sentiment) plus, where the head has more outputs
+    and the labels (B, 1 + K) carry entity-type presence, BCE of the other logits on ``class_labels[:, 1:]``
+    (targets < 0 ignored). None when the batch has no labelled spoken example."""
+    labels = class_labels.long() if class_labels.dim() == 2 else class_labels.long()[:, None]
+    targets = labels[:, 0].masked_fill(~has_audio, IGNORE_INDEX)
+    loss = None
+    if (targets != IGNORE_INDEX).any():
+        loss = F.cross_entropy(class_logits[:, :num_classes].float(), targets, ignore_index=IGNORE_INDEX)
+    k = min(class_logits.shape[-1] - num_classes, labels.shape[-1] - 1)
+    if k > 0:
+        multi = labels[:, 1 : 1 + k]
+        keep = (multi >= 0) & has_audio[:, None]
+        if keep.any():
+            bce = F.binary_cross_entropy_with_logits(
+                class_logits[:, num_classes : num_classes + k].float()[keep], multi[keep].float()
+            )
+            loss = bce if loss is None else loss + bce
+    return loss
 
 
 def shard_by_part(directory: str | Path) -> None:
@@ -286,9 +301,8 @@ class SpeechLM(PreTrainedModel):
             config.stack_factor,
             config.adapter_hidden,
         )
-        self.classifier = (
-            nn.Linear(config.text_config.hidden_size, config.num_classes) if config.num_classes else None
-        )
+        heads = config.num_classes + getattr(config, "num_entity_labels", 0)  # + entity-type presence
+        self.classifier = nn.Linear(config.text_config.hidden_size, heads) if heads else None
         self.frontend = AudioFrontend(config.encoder_config, config.audio_window_seconds)
         self.post_init()
         if config.lora_r:
@@ -547,7 +561,7 @@ class SpeechLM(PreTrainedModel):
             class_logits = self.classifier(pooled if silence is None else pooled + silence)
             has_audio = (input_ids == self.config.audio_token_id).any(-1)
             if class_labels is not None:  # a batch without spoken examples adds (and reports) a zero
-                cls = classifier_loss(class_logits, class_labels, has_audio)
+                cls = classifier_loss(class_logits, class_labels, has_audio, self.config.num_classes)
                 losses["cls_loss"] = cls if cls is not None else 0.0 * class_logits.sum()
             elif lockstep:
                 zero = zero + 0.0 * class_logits.sum()

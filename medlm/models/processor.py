@@ -49,7 +49,7 @@ class SpeechLMProcessor:
 
     # ---- one example -----------------------------------------------------------------------------
     def featurize(
-        self, messages: list[dict], class_label: int | None = None, add_generation_prompt: bool = False
+        self, messages: list[dict], class_label: int | list[int] | None = None, add_generation_prompt: bool = False
     ) -> dict[str, np.ndarray]:
         """One conversation -> numpy arrays for the model.
 
@@ -73,9 +73,7 @@ class SpeechLMProcessor:
             "audio_chunks": np.asarray(chunks, dtype=np.int64),
             "audio_chunk_lengths": np.asarray(lengths, dtype=np.int64),
             "num_tokens": np.asarray(len(ids) - len(waves) + audio_slots, dtype=np.int64),
-            "class_label": np.asarray(
-                IGNORE_INDEX if class_label is None else int(class_label), dtype=np.int64
-            ),
+            "class_label": np.asarray(IGNORE_INDEX if class_label is None else class_label, dtype=np.int64),
         }
         if waves and all(t is not None for t in transcripts):
             t_chat, _, _ = self._flatten(messages, transcripts_for_audio=True)
@@ -208,8 +206,13 @@ class SpeechLMProcessor:
         }
         if all("labels" in e for e in examples):
             batch["labels"] = _pad([e["labels"] for e in examples], IGNORE_INDEX, padding_side)
-        if all("class_label" in e for e in examples):
-            batch["class_labels"] = torch.tensor([int(e["class_label"]) for e in examples], dtype=torch.long)
+        if all("class_label" in e for e in examples):  # (B,) or, with entity-type targets, (B, 1 + K)
+            labels = [np.atleast_1d(np.asarray(e["class_label"], np.int64)) for e in examples]
+            width = max(len(x) for x in labels)
+            padded = np.full((len(labels), width), IGNORE_INDEX, np.int64)
+            for i, x in enumerate(labels):
+                padded[i, : len(x)] = x
+            batch["class_labels"] = torch.from_numpy(padded[:, 0] if width == 1 else padded)
         if all("num_tokens" in e for e in examples):
             batch["num_tokens"] = torch.tensor([int(e["num_tokens"]) for e in examples], dtype=torch.long)
         kd = [("teacher_input_ids" in e) for e in examples]
