@@ -299,3 +299,44 @@ def test_ct_index_roundtrip_and_queries(tmp_path):
         loaded.search_text("x", k=0)
     with pytest.raises(FileNotFoundError):
         CTIndex.load(str(tmp_path / "run"))
+
+
+def test_teacher_text_side_from_smollm2_store_dir(tmp_path):
+    """model.text_path = the SmolLM2 store entry (a decoder: LlamaModel, no pooler): frozen, mean-pooled, only the
+    projections train; the export reloads through CTEncoders with the same text embeddings."""
+    from medlm.models.pretrained import PARTS, model_home
+
+    if not (model_home() / "smollm2-135m-instruct" / "config.json").exists():
+        pytest.skip("smollm2-135m-instruct is not in the model store (medlm models fetch)")
+    from medlm.ct.index import CTEncoders
+    from medlm.ct.job import CTModelSpec, TeacherTask, build_teacher
+
+    assert "smollm2-135m-instruct" in PARTS
+    spec = CTModelSpec(latent_dim=16, text_path="smollm2-135m-instruct", text_trainable=False, text_pooling="mean")
+    teacher, tok = build_teacher(spec)
+    assert type(teacher.text).__name__ == "LlamaModel" and tok.pad_token is not None
+    trainable = {n.split(".")[0] for n, p in teacher.named_parameters() if p.requires_grad}
+    assert trainable == {"visual", "visual_proj", "text_proj", "logit_scale"}
+    texts = ["Cardiomegaly is present.", "Cardiomegaly is not present."]
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        emb = teacher.encode_text(enc["input_ids"], enc["attention_mask"])
+        alone = teacher.encode_text(**tok(texts[:1], return_tensors="pt"))  # padding does not change the pooling
+    assert emb.shape == (2, 16)
+    np.testing.assert_allclose(emb[0].numpy(), alone[0].numpy(), atol=1e-4)
+    teacher.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    loaded = CTEncoders(str(tmp_path / "teacher"))
+    assert not any(p.requires_grad for p in loaded.teacher.text.parameters())
+    np.testing.assert_allclose(loaded.embed_texts(texts), emb.numpy(), atol=1e-4)
+
+    # the teacher task feeds the frozen encoder's pooled output (computed once per report) to the model
+    from medlm.ct.job import CTClipConfig
+
+    task = TeacherTask(CTClipConfig(model=spec))
+    task.model, task.tokenizer = teacher, tok
+    vol = np.zeros((2, *SHAPE), dtype=np.float32)
+    batch = task.collate({"report": np.array(texts, dtype=object), "volume": vol})
+    assert batch["text_pooled"].shape == (2, teacher.config.text_config.hidden_size) and len(task.pooled) == 2
+    loss, _ = task.loss(teacher, batch)
+    assert torch.isfinite(loss)

@@ -49,12 +49,18 @@ class CTModelSpec(Section):
 
     preset: Literal["tiny", "small", "full"] = "tiny"  # CTViT + text encoder shapes (medlm.ct.modeling)
     latent_dim: int = Field(default=64, ge=2)
-    text_path: str | None = None                  # an HF BERT-like checkpoint (e.g. CXR-BERT) + its tokenizer
+    # an HF text checkpoint + its tokenizer: a dir, an s3:// URI or a model store name. BERT-likes (e.g. CXR-BERT,
+    # with text_pooling=cls) or a decoder (e.g. smollm2-135m-instruct: LlamaModel, with text_pooling=mean)
+    text_path: str | None = None
     text_pooling: Literal["cls", "mean"] = "mean"  # CT-CLIP uses CLS of a pretrained encoder
+    text_trainable: bool = True                    # False: the text encoder is frozen, only its projection trains
     max_text_tokens: int = Field(default=256, ge=8)
-    speech_preset: Literal["tiny", "small", "base", "large"] = "tiny"  # medlm.models presets
+    # medlm.models presets; real = whisper-tiny.en's encoder (the model store) cut to a 10 s window
+    speech_preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
     speech_encoder_type: Literal["whisper", "wav2vec2"] = "whisper"
-    speech_encoder_path: str | None = None
+    speech_encoder_path: str | None = None        # a dir, an s3:// URI or a model store name (whisper-tiny.en)
+    # Whisper students: train only the top k encoder layers (+ final norm, projection); None = all of it
+    speech_trainable_layers: int | None = Field(default=None, ge=0)
     audio_window_seconds: float = 20.0
 
 
@@ -104,33 +110,62 @@ def build_teacher(spec: CTModelSpec):
         CTClipModel,
         CTClipModelConfig,
         build_text_tokenizer,
+        text_model_kwargs,
     )
 
-    tok = build_text_tokenizer(spec.text_path)
+    text_path = resolve_model_path(spec.text_path)
+    tok = build_text_tokenizer(text_path)
     text_model = None
-    if spec.text_path:
-        local = storage.local_copy(spec.text_path)
+    if text_path:
+        local = storage.local_copy(text_path)
         text_config = AutoConfig.from_pretrained(local)
-        text_model = AutoModel.from_pretrained(local, add_pooling_layer=False)
+        text_model = AutoModel.from_pretrained(local, **text_model_kwargs(text_config))
+        if tok.pad_token is None:  # decoders (SmolLM2 has one; others may not)
+            tok.pad_token = tok.eos_token
     else:
         text_config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TEXT_PRESETS[spec.preset])
     cfg = CTClipModelConfig(vision=CTVIT_PRESETS[spec.preset], text_config=text_config, latent_dim=spec.latent_dim,
-                            text_pooling=spec.text_pooling)
+                            text_pooling=spec.text_pooling, text_trainable=spec.text_trainable)
     return CTClipModel(cfg, text_model=text_model), tok
+
+
+def resolve_model_path(path: str | None) -> str | None:
+    """A model store name (``smollm2-135m-instruct``, ``whisper-tiny.en``) -> its store dir; other paths as given."""
+    from medlm.models.pretrained import PARTS, model_path
+
+    return str(model_path(path)) if path in PARTS else path
+
+
+def speech_model_spec(spec: CTModelSpec):
+    """The student's ``medlm.models`` spec, preset defaults (``real``: whisper-tiny.en, 10 s) and store names resolved."""
+    from medlm.models import ModelSpec
+    from medlm.models.build import resolve_spec
+
+    return resolve_spec(ModelSpec(preset=spec.speech_preset, encoder_type=spec.speech_encoder_type,
+                                  encoder_path=spec.speech_encoder_path))
 
 
 def build_student(spec: CTModelSpec):
     from medlm.ct.modeling import SpeechCTConfig, SpeechCTModel
-    from medlm.models import ModelSpec, build_audio_encoder
+    from medlm.models import build_audio_encoder
     from medlm.models.build import encoder_config
 
-    mspec = ModelSpec(preset=spec.speech_preset, encoder_type=spec.speech_encoder_type,
-                      encoder_path=spec.speech_encoder_path)
+    mspec = speech_model_spec(spec)
     enc_cfg = encoder_config(mspec)
-    encoder = build_audio_encoder(enc_cfg, spec.speech_encoder_path) if spec.speech_encoder_path else None
+    encoder = build_audio_encoder(enc_cfg, mspec.encoder_path) if mspec.encoder_path else None
     cfg = SpeechCTConfig(encoder_config=enc_cfg, latent_dim=spec.latent_dim,
                          audio_window_seconds=spec.audio_window_seconds)
-    return SpeechCTModel(cfg, encoder=encoder)
+    model = SpeechCTModel(cfg, encoder=encoder)
+    k = spec.speech_trainable_layers
+    if k is not None:
+        inner = model.encoder.model
+        if not hasattr(inner, "layers") or not hasattr(inner, "layer_norm"):
+            raise ValueError("speech_trainable_layers needs a Whisper encoder (layers + layer_norm)")
+        inner.requires_grad_(False)
+        for layer in list(inner.layers)[len(inner.layers) - k:] if k else []:
+            layer.requires_grad_(True)
+        inner.layer_norm.requires_grad_(True)
+    return model
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -139,14 +174,12 @@ class CTFeaturizer:
     """Ray Data ``map_batches`` callable: ct rows -> preprocessed volume + speech features (numpy only)."""
 
     def __init__(self, cfg: dict):
-        from medlm.models import AudioFrontend, ModelSpec
+        from medlm.models import AudioFrontend
         from medlm.models.build import encoder_config
 
         self.cfg = CTClipConfig.model_validate(cfg)
         m = self.cfg.model
-        enc = encoder_config(ModelSpec(preset=m.speech_preset, encoder_type=m.speech_encoder_type,
-                                       encoder_path=m.speech_encoder_path))
-        self.frontend = AudioFrontend(enc, m.audio_window_seconds)
+        self.frontend = AudioFrontend(encoder_config(speech_model_spec(m)), m.audio_window_seconds)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["id"]))]
@@ -201,16 +234,33 @@ class TeacherTask:
     def __init__(self, cfg: CTClipConfig):
         self.cfg = cfg
         self.tokenizer = None
+        self.model = None
+        self.pooled: dict[str, Any] = {}  # report -> frozen text encoder output (text_trainable=False)
 
     def build_model(self):
-        model, self.tokenizer = build_teacher(self.cfg.model)
-        return model
+        self.model, self.tokenizer = build_teacher(self.cfg.model)
+        return self.model
+
+    def _tokens(self, reports: list[str]) -> dict:
+        return self.tokenizer(reports, padding=True, truncation=True, max_length=self.cfg.model.max_text_tokens,
+                              return_tensors="pt")
 
     def collate(self, batch: dict[str, np.ndarray]) -> dict:
+        import torch
+
         out = _tensor_batch(batch)
-        enc = self.tokenizer(out.pop("report"), padding=True, truncation=True,
-                             max_length=self.cfg.model.max_text_tokens, return_tensors="pt")
-        return {**out, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        reports = out.pop("report")
+        if self.cfg.model.text_trainable:
+            enc = self._tokens(reports)
+            return {**out, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        # a frozen text encoder: its pooled output per report is computed once (each epoch repeats the reports)
+        new = sorted({r for r in reports if r not in self.pooled})
+        if new:
+            enc = self._tokens(new)
+            with torch.no_grad():
+                for r, v in zip(new, self.model.pool_text(enc["input_ids"], enc["attention_mask"])):
+                    self.pooled[r] = v
+        return {**out, "text_pooled": torch.stack([self.pooled[r] for r in reports])}
 
     def loss(self, model, batch: dict):
         loss, img, txt = model(**batch)
@@ -226,6 +276,7 @@ class StudentTask:
                  init_from=None):
         self.cfg, self.teacher, self.tokenizer, self.name = cfg, teacher.eval(), tokenizer, phase
         self.init_from = init_from
+        self.text_emb: dict[str, Any] = {}  # report -> the frozen teacher's embedding (computed once)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
 
@@ -239,10 +290,14 @@ class StudentTask:
         import torch
 
         out = _tensor_batch(batch, with_volume=self.name == "distill", with_speech=True)
-        enc = self.tokenizer(out.pop("report"), padding=True, truncation=True,
-                             max_length=self.cfg.model.max_text_tokens, return_tensors="pt")
+        reports = out.pop("report")
+        new = sorted({r for r in reports if r not in self.text_emb})
         with torch.no_grad():
-            out["text_emb"] = self.teacher.encode_text(enc["input_ids"], enc["attention_mask"])
+            if new:
+                enc = self.tokenizer(new, padding=True, truncation=True,
+                                     max_length=self.cfg.model.max_text_tokens, return_tensors="pt")
+                self.text_emb.update(zip(new, self.teacher.encode_text(enc["input_ids"], enc["attention_mask"])))
+            out["text_emb"] = torch.stack([self.text_emb[r] for r in reports])
             if self.name == "distill":
                 out["image_emb"] = self.teacher.encode_volume(out.pop("volume"))
         return out

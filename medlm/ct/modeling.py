@@ -172,6 +172,13 @@ class CTClipModel(PreTrainedModel):
     def _init_weights(self, module):  # sub-modules initialise themselves
         pass
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        if not model.config.text_trainable:  # loading materialises fresh parameters: freeze them again
+            model.text.requires_grad_(False)
+        return model
+
     def encode_volume(self, volume: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual_proj(self.visual(volume)), dim=-1)
 

@@ -140,8 +140,8 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
     cv.paint(cv.cylinder((0.05, 0.28), (0.07, 0.07)), BLOOD)  # descending aorta
     cv.paint(cv.cylinder((0, 0.47), (0.1, 0.08)), BONE)  # spine
     heart = cv.ellipsoid((0.08, -0.1, 0.3), (heart_r, heart_r * 0.9, 0.35))
-    if has["Pericardial effusion"]:
-        cv.paint(cv.ellipsoid((0.08, -0.1, 0.3), (heart_r + 0.07, heart_r * 0.9 + 0.07, 0.42)) & ~lung_any, FLUID - 60)
+    if has["Pericardial effusion"]:  # a thick low-attenuation rim around the heart
+        cv.paint(cv.ellipsoid((0.08, -0.1, 0.3), (heart_r + 0.14, heart_r * 0.9 + 0.14, 0.5)) & ~lung_any, FLUID - 200)
     cv.paint(heart, BLOOD)
 
     def lung_point(lung: np.ndarray) -> tuple[float, float, float]:
@@ -155,26 +155,25 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
 
     side = int(rng.integers(2))
     if has["Medical material"]:
-        cv.paint(cv.cylinder((0.3, -0.35), (0.035, 0.035), -0.8, 0.3), METAL)
-        blob((0.45, -0.5, -0.7), 0.08, METAL)
+        cv.paint(cv.cylinder((0.3, -0.35), (0.07, 0.07), -0.8, 0.3), METAL)
+        blob((0.45, -0.5, -0.7), 0.14, METAL)
     if has["Arterial wall calcification"]:
-        for _ in range(3):
-            ang = rng.uniform(0, 2 * np.pi)
-            blob((0.05 + 0.07 * np.cos(ang), 0.28 + 0.07 * np.sin(ang), rng.uniform(-0.7, 0.7)), 0.05, 900)
+        ring = cv.cylinder((0.05, 0.28), (0.14, 0.14), -0.8, 0.8) & ~cv.cylinder((0.05, 0.28), (0.07, 0.07))
+        cv.paint(ring & (np.cos(cv.z * 6 + rng.uniform(0, 2 * np.pi)) > -0.5), 900)  # calcified aortic wall
     if has["Coronary artery wall calcification"]:
         for _ in range(3):
             ang = rng.uniform(np.pi, 2 * np.pi)
             blob((0.08 + heart_r * np.cos(ang), -0.1 + heart_r * 0.9 * np.sin(ang), rng.uniform(0.1, 0.4)),
-                 0.05, 950)
+                 0.1, 950)
     if has["Hiatal hernia"]:
         blob((0.0, 0.3, 0.75), 0.16, SOFT)
         blob((0.0, 0.3, 0.75), 0.1, AIR + 100)
     if has["Lymphadenopathy"]:
         for _ in range(2):
-            blob((rng.uniform(-0.08, 0.08), rng.uniform(-0.2, 0.0), rng.uniform(-0.6, -0.2)), 0.09, SOFT + 15)
+            blob((rng.uniform(-0.08, 0.08), rng.uniform(-0.2, 0.0), rng.uniform(-0.6, -0.2)), 0.14, SOFT + 120)
     if has["Emphysema"]:
         for _ in range(6):
-            blob(lung_point(lung_any & (cv.z < 0.2)), 0.1, -990, lung_any)
+            blob(lung_point(lung_any & (cv.z < 0.2)), 0.16, -1000, lung_any)
     if has["Mosaic attenuation pattern"]:
         cv.paint(lung_any & ((np.sin(cv.x * 14) * np.sin(cv.y * 14) * np.sin(cv.z * 10)) > 0), -680)
     if has["Interlobular septal thickening"]:
@@ -183,11 +182,11 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
     if has["Pulmonary fibrotic sequela"]:
         for _ in range(3):
             c = lung_point(lung_any)
-            band = (np.abs((cv.x - c[0]) + 0.5 * (cv.y - c[1])) < 0.03) & cv.ellipsoid(c, (0.25, 0.25, 0.3))
-            cv.paint(band & lung_any, -200)
+            band = (np.abs((cv.x - c[0]) + 0.5 * (cv.y - c[1])) < 0.08) & cv.ellipsoid(c, (0.3, 0.3, 0.35))
+            cv.paint(band & lung_any, -100)
     if has["Lung opacity"]:
         for _ in range(2):
-            blob(lung_point(lung_any), 0.16, -450, lung_any)
+            blob(lung_point(lung_any), 0.22, -400, lung_any)
     if has["Peribronchial thickening"] or has["Bronchiectasis"]:
         airway_r = 0.09 if has["Bronchiectasis"] else 0.04
         wall = 0.06 if has["Peribronchial thickening"] else 0.02
@@ -196,15 +195,15 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
             cv.paint(cv.cylinder((sx, 0.0), (airway_r, airway_r), -0.3, 0.6), AIR)
     if has["Consolidation"]:
         c = lung_point(lungs[side])
-        cv.paint(cv.ellipsoid(c, (0.2, 0.2, 0.3)) & lungs[side], SOFT - 10)
-        cv.paint(cv.cylinder((c[0], c[1]), (0.025, 0.025), c[2] - 0.2, c[2] + 0.2) & lungs[side], AIR)
+        cv.paint(cv.ellipsoid(c, (0.26, 0.26, 0.36)) & lungs[side], SOFT - 10)
+        cv.paint(cv.cylinder((c[0], c[1]), (0.05, 0.05), c[2] - 0.25, c[2] + 0.25) & lungs[side], AIR)
     if has["Atelectasis"]:
-        cv.paint(lungs[1 - side] & (cv.y > 0.28) & (cv.z > 0.3), -50)
+        cv.paint(lungs[1 - side] & (cv.y > 0.15) & (cv.z > 0.1), 20)
     if has["Pleural effusion"]:
         cv.paint(lungs[side] & (cv.y > 0.12), FLUID)
     if has["Lung nodule"]:
         for _ in range(int(rng.integers(1, 3))):
-            blob(lung_point(lung_any), 0.07, 60, lung_any)
+            blob(lung_point(lung_any), 0.12, 100, lung_any)
 
     vol = cv.vol + rng.normal(0, 15, cv.vol.shape).astype(np.float32)
     return np.clip(np.rint(vol), -1024, 3071).astype(np.int16)
@@ -223,10 +222,8 @@ def _report(rng: np.random.Generator, labels: np.ndarray) -> str:
     findings.append(NORMAL_SENTENCES[rng.integers(len(NORMAL_SENTENCES))])
     order = rng.permutation(len(findings))
     text = "Findings: " + " ".join(findings[k] for k in order)
-    if present:
-        names = [n.lower() for n in present]
-        impression = (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1])
-        text += " Impression: " + impression[0].upper() + impression[1:] + "."
+    if present:  # the impression states each finding as CT-CLIP's zero-shot prompts do ("{X} is present.")
+        text += " Impression: " + " ".join(f"{n} is present." for n in present)
     else:
         text += " Impression: No acute cardiopulmonary abnormality."
     return text
