@@ -16,77 +16,74 @@ import numpy as np
 
 from medlm.data.schema import CT_RATE_CLASSES  # the 18 CT-RATE abnormality classes (the row schema's labels)
 
-# Prevalence per class (roughly CT-RATE's ordering of frequent vs rare findings).
-PREVALENCE = np.array([0.20, 0.30, 0.15, 0.12, 0.25, 0.15, 0.25, 0.20, 0.22, 0.35,
-                       0.30, 0.22, 0.15, 0.12, 0.12, 0.15, 0.12, 0.10])
+# Prevalence per class (roughly CT-RATE's ordering of frequent vs rare findings; ~1.8 findings per case,
+# so that a spoken report stays around 5-12 s).
+PREVALENCE = np.array([0.10, 0.15, 0.09, 0.07, 0.13, 0.08, 0.13, 0.10, 0.11, 0.17,
+                       0.15, 0.11, 0.08, 0.07, 0.07, 0.08, 0.07, 0.07])
 
 FIELD_OF_VIEW_MM = 360.0  # physical extent covered by ``shape`` at the base spacing, every axis
 SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
 
 AIR, FAT, SOFT, BLOOD, LUNG, BONE, FLUID, METAL = -1000, -100, 45, 40, -850, 700, 10, 3000
 
-_LOBES = ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe", "left lower lobe")
-
+# Every finding has a fixed, class-specific place (its own lung zone, or its own mediastinal / cardiac
+# structure) and a distinct attenuation or texture, large enough to fill about one CTViT patch at
+# 16 x 32 x 32, so that each class is visible at the tiny preset's resolution. The phrasing names that place.
 POSITIVE: dict[str, list[str]] = {
-    "Medical material": ["Medical material is seen: a cardiac device lead courses into the heart.",
-                         "Medical material consistent with a pacemaker lead is noted.",
-                         "There is medical material in the chest wall and heart."],
-    "Arterial wall calcification": ["Arterial wall calcification is present in the thoracic aorta.",
-                                    "Atherosclerotic arterial wall calcification of the aorta is noted.",
-                                    "There are calcified plaques in the aortic arterial wall."],
-    "Cardiomegaly": ["Cardiomegaly is present.", "The heart is enlarged, consistent with cardiomegaly.",
-                     "Cardiac size is increased (cardiomegaly)."],
-    "Pericardial effusion": ["A pericardial effusion is present.",
-                             "There is fluid around the heart consistent with pericardial effusion.",
-                             "Pericardial effusion measuring {mm} mm in thickness is seen."],
-    "Coronary artery wall calcification": ["Coronary artery wall calcification is present.",
-                                           "Calcified plaques are seen in the coronary artery walls.",
-                                           "There is coronary artery calcification."],
-    "Hiatal hernia": ["A hiatal hernia is present.", "There is a small sliding hiatal hernia.",
-                      "Hiatal hernia is noted at the esophageal hiatus."],
-    "Lymphadenopathy": ["Mediastinal lymphadenopathy is present, the largest node measuring {mm} mm.",
-                        "Enlarged mediastinal lymph nodes are seen, consistent with lymphadenopathy.",
-                        "There is lymphadenopathy in the mediastinum."],
-    "Emphysema": ["Centrilobular emphysema is seen in both lungs.", "There are emphysematous changes.",
-                  "Emphysema is present, most marked in the upper lobes."],
-    "Atelectasis": ["Atelectasis is seen in the {lobe}.", "There is subsegmental atelectasis in the {lobe}.",
-                    "Linear atelectasis is noted at the lung bases."],
-    "Lung nodule": ["A {mm} mm lung nodule is seen in the {lobe}.",
-                    "There is a solid pulmonary nodule in the {lobe} measuring {mm} mm.",
-                    "Lung nodule noted in the {lobe}."],
-    "Lung opacity": ["Ground glass lung opacity is seen in the {lobe}.",
-                     "There are patchy lung opacities in the {lobe}.",
-                     "A ground-glass opacity is present in the {lobe}."],
-    "Pulmonary fibrotic sequela": ["Pulmonary fibrotic sequelae are seen in the {lobe}.",
-                                   "There are fibrotic sequela changes in the {lobe}.",
-                                   "Fibrotic bands consistent with pulmonary fibrotic sequela are noted."],
-    "Pleural effusion": ["A {side} pleural effusion is present.",
-                         "There is {side} pleural effusion with adjacent compression.",
-                         "Pleural effusion is seen on the {side} side."],
-    "Mosaic attenuation pattern": ["A mosaic attenuation pattern is seen in both lungs.",
-                                   "There is mosaic attenuation of the lung parenchyma.",
-                                   "Mosaic attenuation pattern is present."],
-    "Peribronchial thickening": ["Peribronchial thickening is present.",
-                                 "There is bronchial wall and peribronchial thickening.",
-                                 "Peribronchial thickening is seen in the lower lobes."],
-    "Consolidation": ["Consolidation is seen in the {lobe}.",
-                      "There is a dense consolidation with air bronchograms in the {lobe}.",
-                      "Consolidation areas are present in the {lobe}."],
-    "Bronchiectasis": ["Bronchiectasis is seen in the {lobe}.", "There are dilated bronchi (bronchiectasis).",
-                       "Cylindrical bronchiectasis is present."],
-    "Interlobular septal thickening": ["Interlobular septal thickening is present.",
-                                       "There is smooth interlobular septal thickening.",
-                                       "Interlobular septal thickening is seen at the lung periphery."],
+    "Medical material": ["A pacemaker lead is seen.", "Medical material: a cardiac device.",
+                         "There is a cardiac device lead."],
+    "Arterial wall calcification": ["The aortic wall is calcified.", "Aortic wall calcification is noted.",
+                                    "There are calcified aortic plaques."],
+    "Cardiomegaly": ["The heart is enlarged.", "Cardiac size is increased.", "There is cardiomegaly."],
+    "Pericardial effusion": ["There is fluid around the heart.", "A pericardial effusion is seen.",
+                             "Pericardial fluid, {mm} mm thick."],
+    "Coronary artery wall calcification": ["The coronary arteries are calcified.",
+                                           "There is coronary calcification.", "Coronary plaques are seen."],
+    "Hiatal hernia": ["There is a hiatal hernia.", "A sliding hiatal hernia is seen.",
+                      "Hiatal hernia at the hiatus."],
+    "Lymphadenopathy": ["Mediastinal nodes are enlarged.", "A {mm} mm mediastinal node is seen.",
+                        "There is mediastinal lymphadenopathy."],
+    "Emphysema": ["Right upper lobe emphysema.", "There is emphysema in the right apex.",
+                  "Emphysema is seen."],
+    "Atelectasis": ["Left basal atelectasis.", "There is atelectasis at the left base.",
+                    "Atelectasis is seen."],
+    "Lung nodule": ["A {mm} mm left lung nodule.", "There is a nodule in the left lung.",
+                    "A lung nodule is seen."],
+    "Lung opacity": ["Right ground glass opacity.", "There is a right lung opacity.",
+                     "A lung opacity is seen."],
+    "Pulmonary fibrotic sequela": ["Right apical fibrotic bands.", "There are fibrotic sequelae.",
+                                   "Fibrotic sequela at the right apex."],
+    "Pleural effusion": ["A right pleural effusion.", "There is a right pleural effusion.",
+                         "Pleural fluid on the right."],
+    "Mosaic attenuation pattern": ["Mosaic attenuation, left upper lobe.", "There is mosaic attenuation.",
+                                   "A mosaic pattern is seen."],
+    "Peribronchial thickening": ["Left peribronchial thickening.", "The bronchial walls are thickened.",
+                                 "There is peribronchial thickening."],
+    "Consolidation": ["Right basal consolidation.", "There is consolidation at the right base.",
+                      "A consolidation is seen."],
+    "Bronchiectasis": ["Right bronchiectasis.", "There are dilated bronchi.", "Bronchiectasis is seen."],
+    "Interlobular septal thickening": ["Left apical septal thickening.", "The interlobular septa are thickened.",
+                                       "There is septal thickening."],
 }
 
 NEGATIVE: dict[str, list[str]] = {
-    name: [f"No {name.lower()} is seen.", f"There is no {name.lower()}.", f"{name} is not present."]
+    name: [f"No {name.lower()}.", f"There is no {name.lower()}.", f"{name} is not present."]
     for name in CT_RATE_CLASSES
 }
 
-NORMAL_SENTENCES = ("Trachea and both main bronchi are patent.", "The thoracic esophagus is normal in calibre.",
-                    "No acute osseous abnormality is seen.", "Thyroid gland is unremarkable.",
-                    "The visualized upper abdominal organs are unremarkable.")
+NORMAL_SENTENCES = ("The airways are patent.", "The bones are intact.", "The thyroid is normal.")
+
+# Lung zones: (side, level, half) -> a class. side -1 = right (x < 0), +1 = left; level by z (upper /
+# middle / lower third of the lung); half by y (anterior / posterior).
+_ZONES = {
+    "Emphysema": (-1, 0, 0), "Pulmonary fibrotic sequela": (-1, 0, 1),
+    "Mosaic attenuation pattern": (1, 0, 0), "Interlobular septal thickening": (1, 0, 1),
+    "Lung opacity": (-1, 1, 0), "Bronchiectasis": (-1, 1, 1),
+    "Lung nodule": (1, 1, 0), "Peribronchial thickening": (1, 1, 1),
+    "Consolidation": (-1, 2, 0), "Pleural effusion": (-1, 2, 1),
+    "Atelectasis": (1, 2, 0),
+}
+_LEVELS = ((-0.9, -0.3), (-0.3, 0.3), (0.3, 0.9))
 
 
 def base_spacing(shape: tuple[int, int, int]) -> tuple[float, float, float]:
@@ -132,78 +129,82 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
     cv.paint(ring & (np.cos(cv.z * 18) > 0.3), BONE)  # ribs
     heart_r = 0.34 if has["Cardiomegaly"] else 0.25
     lungs = _lung_masks(cv, heart_r)
-    for lung in lungs:
-        cv.paint(lung, LUNG)
     lung_any = lungs[0] | lungs[1]
+    cv.paint(lung_any, LUNG)
+    vessels = (np.sin(cv.x * 23 + rng.uniform(0, 6.3)) * np.sin(cv.y * 19) * np.sin(cv.z * 17)) > 0.45
+    cv.paint(lung_any & vessels, -600)  # normal lung: air with some vessel texture
     cv.paint(cv.cylinder((0, -0.08), (0.12, 0.3), -0.9, 0.0), FAT)  # mediastinal fat
     cv.paint(cv.cylinder((0, -0.08), (0.06, 0.06), -1.0, -0.1), AIR)  # trachea
     cv.paint(cv.cylinder((0.05, 0.28), (0.07, 0.07)), BLOOD)  # descending aorta
     cv.paint(cv.cylinder((0, 0.47), (0.1, 0.08)), BONE)  # spine
     heart = cv.ellipsoid((0.08, -0.1, 0.3), (heart_r, heart_r * 0.9, 0.35))
-    if has["Pericardial effusion"]:  # a thick low-attenuation rim around the heart
-        cv.paint(cv.ellipsoid((0.08, -0.1, 0.3), (heart_r + 0.14, heart_r * 0.9 + 0.14, 0.5)) & ~lung_any, FLUID - 200)
+    if has["Pericardial effusion"]:  # a thick low-attenuation rim around the heart, displacing lung
+        cv.paint(cv.ellipsoid((0.08, -0.1, 0.3), (heart_r + 0.13, heart_r * 0.9 + 0.13, 0.48)), FLUID - 200)
     cv.paint(heart, BLOOD)
 
-    def lung_point(lung: np.ndarray) -> tuple[float, float, float]:
-        idx = np.argwhere(np.broadcast_to(lung, cv.vol.shape))
-        z, y, x = idx[rng.integers(len(idx))]
-        return float(np.ravel(cv.x)[x]), float(np.ravel(cv.y)[y]), float(np.ravel(cv.z)[z])
+    def zone(name: str) -> np.ndarray:
+        side, level, half = _ZONES[name]
+        z0, z1 = _LEVELS[level]
+        m = lungs[0 if side < 0 else 1] & (cv.z >= z0) & (cv.z < z1)
+        return m & ((cv.y < 0.02) if half == 0 else (cv.y >= 0.02))
 
-    def blob(center, radius, hu, within=None):
-        m = cv.ellipsoid(center, (radius, radius, radius * 1.5))
-        cv.paint(m if within is None else m & within, hu)
+    def centre(name: str) -> tuple[float, float, float]:
+        side, level, half = _ZONES[name]
+        return 0.4 * side, (-0.18, 0.22)[half], float(np.mean(_LEVELS[level]))
 
-    side = int(rng.integers(2))
-    if has["Medical material"]:
+    jit = lambda: rng.uniform(-0.03, 0.03)  # small positional jitter, well inside the zone
+    if has["Medical material"]:  # generator in the left anterior chest wall, lead into the heart
         cv.paint(cv.cylinder((0.3, -0.35), (0.07, 0.07), -0.8, 0.3), METAL)
-        blob((0.45, -0.5, -0.7), 0.14, METAL)
+        cv.paint(cv.ellipsoid((0.55, -0.5, -0.7), (0.16, 0.1, 0.22)), METAL)
     if has["Arterial wall calcification"]:
         ring = cv.cylinder((0.05, 0.28), (0.14, 0.14), -0.8, 0.8) & ~cv.cylinder((0.05, 0.28), (0.07, 0.07))
         cv.paint(ring & (np.cos(cv.z * 6 + rng.uniform(0, 2 * np.pi)) > -0.5), 900)  # calcified aortic wall
-    if has["Coronary artery wall calcification"]:
-        for _ in range(3):
-            ang = rng.uniform(np.pi, 2 * np.pi)
-            blob((0.08 + heart_r * np.cos(ang), -0.1 + heart_r * 0.9 * np.sin(ang), rng.uniform(0.1, 0.4)),
-                 0.1, 950)
-    if has["Hiatal hernia"]:
-        blob((0.0, 0.3, 0.75), 0.16, SOFT)
-        blob((0.0, 0.3, 0.75), 0.1, AIR + 100)
-    if has["Lymphadenopathy"]:
-        for _ in range(2):
-            blob((rng.uniform(-0.08, 0.08), rng.uniform(-0.2, 0.0), rng.uniform(-0.6, -0.2)), 0.14, SOFT + 120)
-    if has["Emphysema"]:
-        for _ in range(6):
-            blob(lung_point(lung_any & (cv.z < 0.2)), 0.16, -1000, lung_any)
-    if has["Mosaic attenuation pattern"]:
-        cv.paint(lung_any & ((np.sin(cv.x * 14) * np.sin(cv.y * 14) * np.sin(cv.z * 10)) > 0), -680)
-    if has["Interlobular septal thickening"]:
-        grid = (np.abs(np.sin(cv.x * 20)) < 0.25) | (np.abs(np.sin(cv.y * 20)) < 0.25)
-        cv.paint(lung_any & grid & ~cv.cylinder((0, 0), (0.6, 0.4)), -250)
-    if has["Pulmonary fibrotic sequela"]:
-        for _ in range(3):
-            c = lung_point(lung_any)
-            band = (np.abs((cv.x - c[0]) + 0.5 * (cv.y - c[1])) < 0.08) & cv.ellipsoid(c, (0.3, 0.3, 0.35))
-            cv.paint(band & lung_any, -100)
-    if has["Lung opacity"]:
-        for _ in range(2):
-            blob(lung_point(lung_any), 0.22, -400, lung_any)
-    if has["Peribronchial thickening"] or has["Bronchiectasis"]:
-        airway_r = 0.09 if has["Bronchiectasis"] else 0.04
-        wall = 0.06 if has["Peribronchial thickening"] else 0.02
-        for sx in (-0.3, 0.3):
-            cv.paint(cv.cylinder((sx, 0.0), (airway_r + wall, airway_r + wall), -0.3, 0.6), SOFT - 20)
-            cv.paint(cv.cylinder((sx, 0.0), (airway_r, airway_r), -0.3, 0.6), AIR)
-    if has["Consolidation"]:
-        c = lung_point(lungs[side])
-        cv.paint(cv.ellipsoid(c, (0.26, 0.26, 0.36)) & lungs[side], SOFT - 10)
-        cv.paint(cv.cylinder((c[0], c[1]), (0.05, 0.05), c[2] - 0.25, c[2] + 0.25) & lungs[side], AIR)
-    if has["Atelectasis"]:
-        cv.paint(lungs[1 - side] & (cv.y > 0.15) & (cv.z > 0.1), 20)
-    if has["Pleural effusion"]:
-        cv.paint(lungs[side] & (cv.y > 0.12), FLUID)
-    if has["Lung nodule"]:
-        for _ in range(int(rng.integers(1, 3))):
-            blob(lung_point(lung_any), 0.12, 100, lung_any)
+    if has["Coronary artery wall calcification"]:  # plaques along the anterior-left heart surface
+        for ang in (1.15 * np.pi, 1.4 * np.pi, 1.65 * np.pi):
+            c = (0.08 + heart_r * np.cos(ang), -0.1 + heart_r * 0.9 * np.sin(ang), 0.2 + jit())
+            cv.paint(cv.ellipsoid(c, (0.1, 0.1, 0.16)), 950)
+    if has["Hiatal hernia"]:  # a gas-filled sac below the heart, behind it
+        cv.paint(cv.ellipsoid((0.0, 0.2, 0.72), (0.28, 0.2, 0.24)), SOFT + 30)
+        cv.paint(cv.ellipsoid((0.0, 0.2, 0.72), (0.22, 0.15, 0.2)), AIR + 100)
+    if has["Lymphadenopathy"]:  # enlarged nodes in the upper mediastinum
+        for c in ((-0.07, -0.25, -0.45), (0.07, 0.12, -0.35)):
+            cv.paint(cv.ellipsoid((c[0] + jit(), c[1], c[2]), (0.12, 0.12, 0.18)), SOFT + 120)
+    if has["Emphysema"]:  # destroyed parenchyma: no vessels, dark bullae
+        cv.paint(zone("Emphysema"), -1000)
+    if has["Pulmonary fibrotic sequela"]:  # dense bands
+        band = np.abs(np.sin((cv.x + 0.5 * cv.y) * 18)) < 0.7
+        cv.paint(zone("Pulmonary fibrotic sequela") & band, -50)
+    if has["Mosaic attenuation pattern"]:  # alternating dark and grey lobules
+        z = zone("Mosaic attenuation pattern")
+        check = (np.sin(cv.x * 16) * np.sin(cv.y * 16) * np.sin(cv.z * 12)) > 0
+        cv.paint(z & check, -450)
+        cv.paint(z & ~check, -1000)
+    if has["Interlobular septal thickening"]:  # a fine grid of thickened septa
+        grid = (np.abs(np.sin(cv.x * 20)) < 0.5) | (np.abs(np.sin(cv.y * 20)) < 0.5)
+        cv.paint(zone("Interlobular septal thickening") & grid, -150)
+    if has["Lung opacity"]:  # ground glass: hazy grey
+        c = centre("Lung opacity")
+        cv.paint(zone("Lung opacity") & cv.ellipsoid((c[0] + jit(), c[1], c[2]), (0.22, 0.24, 0.4)), -450)
+    if has["Bronchiectasis"]:  # a dilated, air-filled airway with a thin wall
+        c = centre("Bronchiectasis")
+        cv.paint(zone("Bronchiectasis") & cv.cylinder((c[0], c[1]), (0.16, 0.16)), SOFT - 20)
+        cv.paint(zone("Bronchiectasis") & cv.cylinder((c[0], c[1]), (0.12, 0.12)), AIR)
+    if has["Lung nodule"]:  # a solid round nodule
+        c = centre("Lung nodule")
+        cv.paint(cv.ellipsoid((c[0] + jit(), c[1] + jit(), c[2]), (0.14, 0.14, 0.22)) & lungs[1], 100)
+    if has["Peribronchial thickening"]:  # a thick soft-tissue cuff around a normal-calibre airway
+        c = centre("Peribronchial thickening")
+        cv.paint(zone("Peribronchial thickening") & cv.cylinder((c[0], c[1]), (0.15, 0.15)), SOFT + 20)
+        cv.paint(zone("Peribronchial thickening") & cv.cylinder((c[0], c[1]), (0.04, 0.04)), AIR)
+    if has["Consolidation"]:  # dense airless lung with an air bronchogram
+        c = centre("Consolidation")
+        cv.paint(zone("Consolidation"), SOFT - 10)
+        cv.paint(zone("Consolidation") & cv.cylinder((c[0], c[1]), (0.04, 0.04)), AIR)
+    if has["Pleural effusion"]:  # dependent fluid
+        cv.paint(zone("Pleural effusion"), FLUID)
+    if has["Atelectasis"]:  # collapsed lung: a dense plate
+        c = centre("Atelectasis")
+        cv.paint(zone("Atelectasis") & (np.abs(cv.z - c[2]) < 0.25), 20)
 
     vol = cv.vol + rng.normal(0, 15, cv.vol.shape).astype(np.float32)
     return np.clip(np.rint(vol), -1024, 3071).astype(np.int16)
@@ -211,21 +212,21 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
 
 def _report(rng: np.random.Generator, labels: np.ndarray) -> str:
     def fill(t: str) -> str:
-        return t.format(lobe=_LOBES[rng.integers(len(_LOBES))], mm=int(rng.integers(4, 25)),
-                        side=("right", "left", "bilateral")[rng.integers(3)])
+        return t.format(mm=int(rng.integers(5, 25)))
 
     present = [n for i, n in enumerate(CT_RATE_CLASSES) if labels[i]]
     absent = [n for i, n in enumerate(CT_RATE_CLASSES) if not labels[i]]
     findings = [fill(POSITIVE[n][rng.integers(3)]) for n in present]
-    for j in rng.choice(len(absent), size=min(len(absent), int(rng.integers(1, 4))), replace=False):
-        findings.append(NEGATIVE[absent[j]][rng.integers(3)])
-    findings.append(NORMAL_SENTENCES[rng.integers(len(NORMAL_SENTENCES))])
+    if absent:  # one negation, worded as the zero-shot "absent" prompt, so that the text side learns the contrast
+        findings.append(NEGATIVE[absent[rng.integers(len(absent))]][2])
+    if not present:
+        findings.append(NORMAL_SENTENCES[rng.integers(len(NORMAL_SENTENCES))])
     order = rng.permutation(len(findings))
     text = "Findings: " + " ".join(findings[k] for k in order)
     if present:  # the impression states each finding as CT-CLIP's zero-shot prompts do ("{X} is present.")
         text += " Impression: " + " ".join(f"{n} is present." for n in present)
     else:
-        text += " Impression: No acute cardiopulmonary abnormality."
+        text += " Impression: No acute abnormality."
     return text
 
 
