@@ -104,6 +104,7 @@ class Runner:
         self.cache: dict[str, dict] = {}
         self.samples: dict[str, dict] = {}  # evaluation name -> dataset -> example predictions
         self.predictions: dict[str, list[dict]] = {}  # evaluation name -> its predictions
+        self.reused: list[str] = []  # runs and evaluations an earlier command on the same root finished
 
     # data
     def data_config(self):
@@ -141,6 +142,7 @@ class Runner:
         done = storage.join(self.root, "runs", name, "result.json")
         if storage.exists(done):
             log.info("reproduce: reusing %s (%s)", name, done)
+            self.reused.append(name)
             self.cache[name] = json.loads(storage.read_text(done))
             return self.cache[name]
         p, steps = self.p, steps or self.steps(job)
@@ -186,6 +188,7 @@ class Runner:
         out = storage.join(self.root, "eval", name)
         if storage.exists(storage.join(out, "report.json")):
             log.info("reproduce: reusing evaluation %s", name)
+            self.reused.append(f"eval {name}")
             report = json.loads(storage.read_text(storage.join(out, "report.json")))
             report["files"] = {"predictions.jsonl": storage.join(out, "predictions.jsonl")}
         else:
@@ -308,7 +311,7 @@ def speechmedassist(r: Runner) -> dict:
                      "n (held-out facts)": c["n"],
                      "train s": None if name == "sma-base" else (s1["wall_s"] + two["wall_s"] if model == two["export"]
                                                                  else one["wall_s"])})
-        if "cascade" in c:
+        if name == "sma-two-stage" and "cascade" in c:  # the baseline a user would pick instead
             rows.append({"variant": "cascade: whisper-tiny.en transcribes, the stage-1 LLM answers",
                          _SPOKEN: c["cascade"].get("fact_accuracy"), _TEXT: c["text"].get("fact_accuracy"),
                          "spoken / text": _ratio(c["cascade"].get("fact_accuracy"), c["text"].get("fact_accuracy")),
@@ -521,7 +524,9 @@ def render_markdown(name: str, result: dict) -> str:
     lines += ["", result["notes"], "",
               (f"Preset `{result['preset']}` ({result['preset_config']}), seed {result['seed']}; "
                f"{result['wall_s']:.0f} s wall for this reproduction (a run shared with an earlier one, such as "
-               f"stage 1, counts where first trained); finished {result['finished']}."), "",
+               f"stage 1, counts where first trained"
+               + (f"; reused from an earlier command on the workdir, not counted: {', '.join(result['reused'])}"
+                  if result.get("reused") else "") + f"); finished {result['finished']}."), "",
               f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
@@ -561,8 +566,9 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
         results["data_s"] = round(time.time() - t0, 1)
         for n in names:
             t0 = time.time()
-            runner.samples = {}
+            runner.samples, runner.reused = {}, []
             res = REPRODUCTIONS[n](runner)
+            res["reused"] = list(runner.reused)
             res["samples"] = runner.samples
             res.update(preset=preset, preset_config=_short(p), seed=p.seed, command=command,
                        wall_s=round(time.time() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
@@ -609,5 +615,6 @@ def update_readme(readme: Path, out_dir: Path) -> None:
 
 
 def _short(p: ReproPreset) -> str:
-    return (f"model {p.model}, {p.steps} steps/run, {p.num_workers} worker(s)"
+    steps = f"{p.steps} steps/run" + (f" ({', '.join(f'{k} {v}' for k, v in p.job_steps.items())})" if p.job_steps else "")
+    return (f"model {p.model}, {steps}, {p.num_workers} worker(s)"
             + (", GPU" if p.use_gpu else ", CPU"))
