@@ -113,11 +113,12 @@ def build_teacher(spec: CTModelSpec):
         text_model_kwargs,
     )
 
-    text_path = resolve_model_path(spec.text_path)
-    tok = build_text_tokenizer(text_path)
+    from medlm.models.baselines import resolve_checkpoint
+
+    local = resolve_checkpoint(spec.text_path) if spec.text_path else None  # store name, dir or s3:// URI
+    tok = build_text_tokenizer(local)
     text_model = None
-    if text_path:
-        local = storage.local_copy(text_path)
+    if local:
         text_config = AutoConfig.from_pretrained(local)
         text_model = AutoModel.from_pretrained(local, **text_model_kwargs(text_config))
         if tok.pad_token is None:  # decoders (SmolLM2 has one; others may not)
@@ -127,13 +128,6 @@ def build_teacher(spec: CTModelSpec):
     cfg = CTClipModelConfig(vision=CTVIT_PRESETS[spec.preset], text_config=text_config, latent_dim=spec.latent_dim,
                             text_pooling=spec.text_pooling, text_trainable=spec.text_trainable)
     return CTClipModel(cfg, text_model=text_model), tok
-
-
-def resolve_model_path(path: str | None) -> str | None:
-    """A model store name (``smollm2-135m-instruct``, ``whisper-tiny.en``) -> its store dir; other paths as given."""
-    from medlm.models.pretrained import PARTS, model_path
-
-    return str(model_path(path)) if path in PARTS else path
 
 
 def speech_model_spec(spec: CTModelSpec):

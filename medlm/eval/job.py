@@ -183,20 +183,21 @@ class ModelPredictor:
             if env["kind"] == CONSULTATION:
                 out.append({**rec, **self.consult(pickle.loads(env["row"]))})
                 continue
+            row = pickle.loads(env["row"])
             try:
-                messages, _ = to_messages(pickle.loads(env["row"]), env["kind"], env["task"], self.max_audio_seconds)
+                messages, _ = to_messages(row, env["kind"], env["task"], self.max_audio_seconds)
             except BadRecord as e:
                 out.append({**rec, "reference": "", "prediction": "", "error": str(e), "seconds": 0.0})
                 continue
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            fact_id = json.loads(pickle.loads(env["row"]).get("meta") or "{}").get("fact_id")
+            fact_id = json.loads(row.get("meta") or "{}").get("fact_id")
             out.append({**rec, "reference": messages[last]["content"], "prediction": "", "error": "", "seconds": 0.0,
                         "fact_id": fact_id})
             prompts.append(messages[:last])
             tasks.append(env["task"])
             slots.append(len(out) - 1)
             if self.consistency and env["task"] == "chat":
-                spoken.append((len(out) - 1, messages[:last], pickle.loads(env["row"])))
+                spoken.append((len(out) - 1, messages[:last], row))
         if prompts:
             start = time.perf_counter()
             answers = self.generate(prompts, tasks)

@@ -174,7 +174,7 @@ class Runner:
 
     def pretrained(self) -> str | None:
         """The export of the pretrained parts with only the adapter aligned (None without an ``align`` job)."""
-        return self.train("align", "align")["export"] if self.aligned() else None
+        return self.cache["align"]["export"] if self.aligned() else None
 
     # evaluation
     def evaluate(self, name: str, model: str, datasets: list[dict], tasks: list[str],
@@ -356,14 +356,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _spoken_recordings(r: Runner) -> str:
-    """How many spoken recordings the training data holds (the speech budget), from the data manifest."""
-    counts = {}
-    from medlm.data.io import iter_rows
+    """How many spoken recordings the training data holds (the speech budget)."""
+    from medlm.data.io import read_table
 
-    for name in ("sentences", "utterances", "consult_speech", "qa_speech"):
-        uri = storage.join(r.data_root, name)
-        if storage.exists(uri):
-            counts[name] = sum(1 for _ in iter_rows(uri))
+    counts = {name: read_table(uri, columns=["id"]).num_rows for name in
+              ("sentences", "utterances", "consult_speech", "qa_speech")
+              if storage.exists(uri := storage.join(r.data_root, name))}
     return ("Spoken training recordings (the speech budget): " + ", ".join(f"{k} {v}" for k, v in counts.items())
             + f"; {sum(counts.values())} in all.")
 
