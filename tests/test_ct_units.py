@@ -301,9 +301,11 @@ def test_ct_index_roundtrip_and_queries(tmp_path):
         CTIndex.load(str(tmp_path / "run"))
 
 
-def test_teacher_text_side_from_smollm2_store_dir(tmp_path):
+@pytest.mark.parametrize("adapter_layers", [0, 1])
+def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers):
     """model.text_path = the SmolLM2 store entry (a decoder: LlamaModel, no pooler): frozen, mean-pooled, only the
-    projections train; the export reloads through CTEncoders with the same text embeddings."""
+    projections (and the text adapter, when asked for) train; the export reloads through CTEncoders with the same
+    text embeddings, and training's cached text states give the embeddings the full forward gives."""
     from medlm.models.pretrained import PARTS, model_home
 
     if not (model_home() / "smollm2-135m-instruct" / "config.json").exists():
@@ -312,11 +314,13 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path):
     from medlm.ct.job import CTModelSpec, TeacherTask, build_teacher
 
     assert "smollm2-135m-instruct" in PARTS
-    spec = CTModelSpec(latent_dim=16, text_path="smollm2-135m-instruct", text_trainable=False, text_pooling="mean")
+    spec = CTModelSpec(latent_dim=16, text_path="smollm2-135m-instruct", text_trainable=False, text_pooling="mean",
+                       text_adapter_layers=adapter_layers, text_adapter_dim=32)
     teacher, tok = build_teacher(spec)
     assert type(teacher.text).__name__ == "LlamaModel" and tok.pad_token is not None
     trainable = {n.split(".")[0] for n, p in teacher.named_parameters() if p.requires_grad}
-    assert trainable == {"visual", "visual_proj", "text_proj", "logit_scale"}
+    assert trainable == {"visual", "visual_proj", "text_proj", "logit_scale"} | ({"text_adapter"} if adapter_layers
+                                                                                 else set())
     texts = ["Cardiomegaly is present.", "Cardiomegaly is not present."]
     enc = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -330,13 +334,17 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path):
     assert not any(p.requires_grad for p in loaded.teacher.text.parameters())
     np.testing.assert_allclose(loaded.embed_texts(texts), emb.numpy(), atol=1e-4)
 
-    # the teacher task feeds the frozen encoder's pooled output (computed once per report) to the model
+    # the teacher task feeds the frozen encoder's states (computed once per report, re-padded per batch)
     from medlm.ct.job import CTClipConfig
 
     task = TeacherTask(CTClipConfig(model=spec))
     task.model, task.tokenizer = teacher, tok
     vol = np.zeros((2, *SHAPE), dtype=np.float32)
     batch = task.collate({"report": np.array(texts, dtype=object), "volume": vol})
-    assert batch["text_pooled"].shape == (2, teacher.config.text_config.hidden_size) and len(task.pooled) == 2
+    assert batch["text_states"].shape[::2] == (2, teacher.config.text_config.hidden_size) and len(task.states) == 2
+    assert batch["attention_mask"].sum(1).tolist() == enc["attention_mask"].sum(1).tolist()
+    with torch.no_grad():
+        cached = teacher.encode_text(text_states=batch["text_states"], attention_mask=batch["attention_mask"])
+    np.testing.assert_allclose(cached.numpy(), emb.numpy(), atol=1e-4)
     loss, _ = task.loss(teacher, batch)
     assert torch.isfinite(loss)

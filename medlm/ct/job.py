@@ -54,6 +54,10 @@ class CTModelSpec(Section):
     text_path: str | None = None
     text_pooling: Literal["cls", "mean"] = "mean"  # CT-CLIP uses CLS of a pretrained encoder
     text_trainable: bool = True                    # False: the text encoder is frozen, only its projection trains
+    # > 0: a small transformer (text_adapter_dim wide) trains over the text states before pooling; with a frozen
+    # decoder it is what lets zero-shot prompts tell "X is present." from "X is not present." (modeling.TextAdapter)
+    text_adapter_layers: int = Field(default=0, ge=0)
+    text_adapter_dim: int = Field(default=128, ge=8)
     max_text_tokens: int = Field(default=256, ge=8)
     # medlm.models presets; real = whisper-tiny.en's encoder (the model store) cut to a 10 s window
     speech_preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
@@ -126,7 +130,8 @@ def build_teacher(spec: CTModelSpec):
     else:
         text_config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TEXT_PRESETS[spec.preset])
     cfg = CTClipModelConfig(vision=CTVIT_PRESETS[spec.preset], text_config=text_config, latent_dim=spec.latent_dim,
-                            text_pooling=spec.text_pooling, text_trainable=spec.text_trainable)
+                            text_pooling=spec.text_pooling, text_trainable=spec.text_trainable,
+                            text_adapter_layers=spec.text_adapter_layers, text_adapter_dim=spec.text_adapter_dim)
     return CTClipModel(cfg, text_model=text_model), tok
 
 
@@ -229,7 +234,7 @@ class TeacherTask:
         self.cfg = cfg
         self.tokenizer = None
         self.model = None
-        self.pooled: dict[str, Any] = {}  # report -> frozen text encoder output (text_trainable=False)
+        self.states: dict[str, Any] = {}  # report -> the frozen text encoder's states, (T, hidden) unpadded
 
     def build_model(self):
         self.model, self.tokenizer = build_teacher(self.cfg.model)
@@ -247,14 +252,18 @@ class TeacherTask:
         if self.cfg.model.text_trainable:
             enc = self._tokens(reports)
             return {**out, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        # a frozen text encoder: its pooled output per report is computed once (each epoch repeats the reports)
-        new = sorted({r for r in reports if r not in self.pooled})
+        # a frozen text encoder: its states per report are computed once (each epoch repeats the reports)
+        new = sorted({r for r in reports if r not in self.states})
         if new:
             enc = self._tokens(new)
             with torch.no_grad():
-                for r, v in zip(new, self.model.pool_text(enc["input_ids"], enc["attention_mask"])):
-                    self.pooled[r] = v
-        return {**out, "text_pooled": torch.stack([self.pooled[r] for r in reports])}
+                states = self.model.text_states(enc["input_ids"], enc["attention_mask"])
+            self.states.update((r, h[m.bool()]) for r, h, m in zip(new, states, enc["attention_mask"]))
+        seqs = [self.states[r] for r in reports]
+        mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long)
+        for i, x in enumerate(seqs):
+            mask[i, :len(x)] = 1
+        return {**out, "text_states": torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True), "attention_mask": mask}
 
     def loss(self, model, batch: dict):
         loss, img, txt = model(**batch)

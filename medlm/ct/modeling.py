@@ -124,12 +124,30 @@ class CTViT(nn.Module):
 
 # --- teacher ------------------------------------------------------------------------------------
 
+class TextAdapter(nn.Module):
+    """A small trained transformer over a (frozen) text encoder's token states, LiT-style: a linear map of
+    pooled states cannot learn that "X is not present." means the opposite of "X is present." (measured on
+    SmolLM2: zero-shot AUROC 0.76 at most even with perfect image features, 0.85 with this adapter;
+    BENCHMARKS.md), while attention over the tokens learns which finding a sentence is about and whether it
+    is negated. Bidirectional, so it also lets a decoder's early tokens see the rest of the report."""
+
+    def __init__(self, in_dim: int, dim: int = 128, layers: int = 2, heads: int = 4):
+        super().__init__()
+        self.inp = nn.Linear(in_dim, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.inp(states), src_key_padding_mask=attention_mask == 0)
+
+
 class CTClipModelConfig(PretrainedConfig):
     model_type = "medlm_ct_clip"
 
     def __init__(self, vision: dict | None = None, text_config=None, latent_dim: int = 512,
                  text_pooling: str = "cls", init_logit_scale: float = math.log(1 / 0.07),
-                 text_trainable: bool = True, **kwargs):
+                 text_trainable: bool = True, text_adapter_layers: int = 0, text_adapter_dim: int = 128,
+                 **kwargs):
         self.vision = dict(vision or CTVIT_PRESETS["tiny"])
         self.vision["volume_shape"] = tuple(self.vision["volume_shape"])
         self.text_config = _as_config(text_config)
@@ -139,6 +157,8 @@ class CTClipModelConfig(PretrainedConfig):
         self.text_pooling = text_pooling
         self.init_logit_scale = init_logit_scale
         self.text_trainable = text_trainable  # False: the text encoder is frozen (only text_proj trains)
+        self.text_adapter_layers = text_adapter_layers  # > 0: a small trained transformer over the text states
+        self.text_adapter_dim = text_adapter_dim
         super().__init__(**kwargs)
 
     def to_dict(self):
@@ -165,7 +185,11 @@ class CTClipModel(PreTrainedModel):
         if not config.text_trainable:
             self.text.requires_grad_(False)
         self.visual_proj = nn.Linear(config.vision["dim"], config.latent_dim, bias=False)
-        self.text_proj = nn.Linear(config.text_config.hidden_size, config.latent_dim, bias=False)
+        hidden = config.text_config.hidden_size
+        self.text_adapter = TextAdapter(hidden, config.text_adapter_dim, config.text_adapter_layers) \
+            if config.text_adapter_layers else None
+        self.text_proj = nn.Linear(config.text_adapter_dim if self.text_adapter else hidden, config.latent_dim,
+                                   bias=False)
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.init_logit_scale)))  # 1-D: DeepSpeed broadcasts bytes
         self.post_init()
 
@@ -182,26 +206,33 @@ class CTClipModel(PreTrainedModel):
     def encode_volume(self, volume: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual_proj(self.visual(volume)), dim=-1)
 
-    def pool_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The text encoder's pooled output (before ``text_proj``): CLS, or the masked mean of the last
-        hidden states (the choice for decoders such as SmolLM2, whose first token sees nothing)."""
-        hidden = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text encoder's last hidden states, (B, T, hidden). A frozen encoder's are the same every epoch,
+        so training computes them once per report and passes them as ``encode_text(text_states=...)``."""
+        return self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def pool_text(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text states -> (B, d) before ``text_proj``: through the adapter (if any), then CLS or the masked mean
+        (the choice for decoders such as SmolLM2, whose first token sees nothing)."""
+        if self.text_adapter is not None:
+            states = self.text_adapter(states.to(self.text_proj.weight.dtype), attention_mask)
         if self.config.text_pooling == "cls":
-            return hidden[:, 0]
-        m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            return states[:, 0]
+        m = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
     def encode_text(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                    text_pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """Report tokens (or their precomputed :meth:`pool_text` output, ``text_pooled``) -> (B, latent)."""
-        pooled = self.pool_text(input_ids, attention_mask) if text_pooled is None else text_pooled
-        return F.normalize(self.text_proj(pooled.to(self.text_proj.weight.dtype)), dim=-1)
+                    text_states: torch.Tensor | None = None) -> torch.Tensor:
+        """Report tokens (or their precomputed :meth:`text_states`) + attention mask -> (B, latent)."""
+        states = self.text_states(input_ids, attention_mask) if text_states is None else text_states
+        return F.normalize(self.text_proj(self.pool_text(states, attention_mask).to(self.text_proj.weight.dtype)),
+                           dim=-1)
 
     def forward(self, volume: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, text_pooled: torch.Tensor | None = None, **_):
+                attention_mask: torch.Tensor | None = None, text_states: torch.Tensor | None = None, **_):
         """Returns ``(loss, image_embeds, text_embeds)``."""
         img = self.encode_volume(volume)
-        txt = self.encode_text(input_ids, attention_mask, text_pooled)
+        txt = self.encode_text(input_ids, attention_mask, text_states)
         self.logit_scale.data.clamp_(0, math.log(100))
         return clip_loss(txt, img, self.logit_scale), img, txt
 

@@ -475,13 +475,16 @@ def speechct(r: Runner) -> dict:
     rows.append({"variant": "gap recovered by KD", "zero-shot F1": g["f1"], "zero-shot AUROC": g["auroc"],
                  "R@5 (report -> volume)": None})
     gap = z["teacher_text"]["f1"] - z["speech_no_kd"]["f1"]
-    check = {"there is a gap: text teacher F1 > speech student F1 without KD": gap > 0,
+    teacher_auroc = z["teacher_text"]["auroc"]
+    check = {"precondition: the text teacher's zero-shot AUROC >= 0.85 (learnable findings)":
+             teacher_auroc is not None and teacher_auroc >= 0.85,
+             "there is a gap: text teacher F1 > speech student F1 without KD": gap > 0,
              "KD raises the speech student's F1": z["speech_kd"]["f1"] > z["speech_no_kd"]["f1"],
              "KD recovers most (50-100%+) of a positive F1 gap": gap > 0 and g["f1"] is not None and g["f1"] >= 0.5}
     return {"title": "SpeechCT-CLIP: distillation closes the speech-text gap",
             "claim": "Distillation recovers most of the gap between speech and text zero-shot F1.",
             "rows": rows, "check": check, "train_s": wall,
-            "notes": f"The ct_clip job (medlm.ct, configs/ct_clip.yaml) with {' '.join(p.ct) or 'its defaults'}; "
+            "notes": f"The ct_clip job (medlm.ct, configs/{p.ct_config}.yaml) with {' '.join(p.ct) or 'its defaults'}; "
                      "gap recovered = (F1 with KD - F1 without) / (F1 teacher - F1 without), meaningless when "
                      "the gap is not positive; paper: 88%."}
 
