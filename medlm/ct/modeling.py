@@ -126,10 +126,10 @@ class CTViT(nn.Module):
 
 class TextAdapter(nn.Module):
     """A small trained transformer over a (frozen) text encoder's token states, LiT-style: a linear map of
-    pooled states cannot learn that "X is not present." means the opposite of "X is present." (measured on
-    SmolLM2: zero-shot AUROC 0.76 at most even with perfect image features, 0.85 with this adapter;
-    BENCHMARKS.md), while attention over the tokens learns which finding a sentence is about and whether it
-    is negated. Bidirectional, so it also lets a decoder's early tokens see the rest of the report."""
+    pooled states barely learns that "X is not present." means the opposite of "X is present." (frozen
+    SmolLM2 with perfect image features, ``bench/ct_text_oracle.py``: zero-shot AUROC 0.75 mean-pool + linear,
+    0.81 with a 2-layer adapter; BENCHMARKS.md), while attention over the tokens can learn which finding a
+    sentence is about and whether it is negated. Bidirectional, so a decoder's early tokens see the rest."""
 
     def __init__(self, in_dim: int, dim: int = 128, layers: int = 2, heads: int = 4):
         super().__init__()
