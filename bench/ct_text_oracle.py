@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from medlm.ct.job import CTModelSpec, build_teacher
-from medlm.ct.metrics import prompts
-from medlm.ct.modeling import clip_loss
+from medlm.ct.metrics import prompts, zero_shot_probs
+from medlm.ct.modeling import clip_loss, pad_text_states
 from medlm.ct.synth import CT_RATE_CLASSES, generate_ct_cases
 from medlm.eval.metrics import zero_shot_auroc_f1
 
@@ -35,10 +35,7 @@ def states(teacher, tok, texts: list[str], batch: int = 32):
         with torch.no_grad():
             h = teacher.text_states(enc["input_ids"], enc["attention_mask"])
         out += [x[m.bool()] for x, m in zip(h, enc["attention_mask"])]
-    mask = torch.zeros(len(out), max(len(x) for x in out), dtype=torch.long)
-    for i, x in enumerate(out):
-        mask[i, :len(x)] = 1
-    return torch.nn.utils.rnn.pad_sequence(out, batch_first=True), mask
+    return pad_text_states(out)
 
 
 def main() -> None:
@@ -82,7 +79,7 @@ def main() -> None:
             img = F.normalize(image(y), dim=-1)
             p = teacher.encode_text(text_states=p_states, attention_mask=p_mask)
             n = len(CT_RATE_CLASSES)
-            score = torch.sigmoid(teacher.logit_scale.exp() * (img @ p[:n].T - img @ p[n:].T)).numpy()
+            score = zero_shot_probs(img.numpy(), p[:n].numpy(), p[n:].numpy(), teacher.logit_scale.item())
         m = zero_shot_auroc_f1(score[test], y[test].numpy(), score[val], y[val].numpy(),
                                class_names=list(CT_RATE_CLASSES))
         name = f"adapter {layers} layers" if layers else "mean-pool + linear"

@@ -116,7 +116,6 @@ def build_teacher(spec: CTModelSpec):
         build_text_tokenizer,
         text_model_kwargs,
     )
-
     from medlm.models.baselines import resolve_checkpoint
 
     local = resolve_checkpoint(spec.text_path) if spec.text_path else None  # store name, dir or s3:// URI
@@ -247,6 +246,8 @@ class TeacherTask:
     def collate(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
 
+        from medlm.ct.modeling import pad_text_states
+
         out = _tensor_batch(batch)
         reports = out.pop("report")
         if self.cfg.model.text_trainable:
@@ -259,11 +260,8 @@ class TeacherTask:
             with torch.no_grad():
                 states = self.model.text_states(enc["input_ids"], enc["attention_mask"])
             self.states.update((r, h[m.bool()]) for r, h, m in zip(new, states, enc["attention_mask"]))
-        seqs = [self.states[r] for r in reports]
-        mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long)
-        for i, x in enumerate(seqs):
-            mask[i, :len(x)] = 1
-        return {**out, "text_states": torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True), "attention_mask": mask}
+        states, mask = pad_text_states([self.states[r] for r in reports])
+        return {**out, "text_states": states, "attention_mask": mask}
 
     def loss(self, model, batch: dict):
         loss, img, txt = model(**batch)

@@ -124,6 +124,15 @@ class CTViT(nn.Module):
 
 # --- teacher ------------------------------------------------------------------------------------
 
+def pad_text_states(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpadded (T_i, hidden) text states -> right-padded (B, T, hidden) states and their (B, T) attention mask,
+    as ``CTClipModel.encode_text(text_states=..., attention_mask=...)`` takes them."""
+    mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        mask[i, :len(x)] = 1
+    return nn.utils.rnn.pad_sequence(seqs, batch_first=True), mask
+
+
 class TextAdapter(nn.Module):
     """A small trained transformer over a (frozen) text encoder's token states, LiT-style: a linear map of
     pooled states barely learns that "X is not present." means the opposite of "X is present." (frozen
