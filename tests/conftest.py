@@ -1,12 +1,36 @@
 """Shared fixtures: one local stack (moto S3 + Ray on 127.0.0.1) per test session."""
 
+import glob
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# The session's S3 download cache (storage.local_copy) is its own, set before Ray starts so that every worker
+# shares it, and removed at the end: each training run's export is a new cache entry of up to 300 MB.
+_OWN_CACHE = None if "MEDLM_CACHE" in os.environ else tempfile.mkdtemp(prefix="medlm-test-cache-")
+if _OWN_CACHE:
+    os.environ["MEDLM_CACHE"] = _OWN_CACHE
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+def _scratch() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "medlm-*-*"))) - {os.environ["MEDLM_CACHE"]}
+
+
+@pytest.fixture(scope="session")
+def scratch():
+    """A function listing the jobs' scratch directories (checkpoint, export, TensorBoard, index) in the temp
+    dir: a job must remove its own, since each one of the real preset's is ~300 MB."""
+    return _scratch
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from medlm import storage
 
 
 @pytest.mark.slow
-def test_ct_clip_job_end_to_end_and_index(stack, tmp_path):
+def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
     from medlm.config import load_config
     from medlm.ct import CTIndex, CT_RATE_CLASSES
     from medlm.data.tts import speak, voice_bank
@@ -23,6 +23,7 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path):
     batch = ["teacher.batch_size=4", "align.batch_size=4", "distill.batch_size=4"]
     cfg = load_config(CTClipConfig, "configs/ct_clip.yaml",
                       [f"output={output}", "data.synthetic_cases=24", "name=test-ct-clip", *steps, *batch])
+    before = scratch()
     summary = run_ct_clip(cfg)
 
     # exports are HF save_pretrained dirs on S3; results were written next to them
@@ -42,7 +43,11 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path):
     volumes = [decode_volume(r["volume"], r["shape"]) for r in rows]
     index = CTIndex.build(output, volumes, [r["id"] for r in rows], [r["spacing"] for r in rows])
     index.save(str(tmp_path / "index"))
+    index.save(storage.join(output, "index"))
+    from_s3 = CTIndex.load(storage.join(output, "index"))
     index = CTIndex.load(str(tmp_path / "index"))
+    assert from_s3.ids == index.ids and np.array_equal(from_s3.embeddings, index.embeddings)
+    assert scratch() == before, "the job's checkpoints and the index's staging dir are removed"
     ids = {r["id"] for r in rows}
     hits = index.search_text(rows[0]["report"], k=3)
     assert len(hits) == 3 and {h[0] for h in hits} <= ids and hits[0][1] >= hits[1][1] >= hits[2][1]

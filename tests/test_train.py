@@ -25,8 +25,17 @@ def _cfg(job, tiny_data, stack, name, *extra):
 
 
 @pytest.fixture(scope="module")
-def stage1(tiny_data, stack):
-    return train(_cfg("stage1", tiny_data, stack, "t-stage1"))
+def stage1(tiny_data, stack, scratch):
+    before = scratch()
+    result = train(_cfg("stage1", tiny_data, stack, "t-stage1"))
+    return {**result, "scratch_left": scratch() - before}
+
+
+def test_a_run_leaves_no_scratch_files(stage1):
+    """Ray uploads every checkpoint and the export is copied to the run dir; their local copies must go."""
+    assert stage1["scratch_left"] == set()
+    tensorboard = storage.join(stage1["export"].rsplit("/", 1)[0], "tensorboard")
+    assert storage.list_files(tensorboard, suffix=""), "the TensorBoard events reach the run dir"
 
 
 def test_stage1_loss_falls_and_export_generates(stage1):

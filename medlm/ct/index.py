@@ -48,10 +48,10 @@ class CTEncoders:
 
         from medlm.ct.modeling import CTClipModel, SpeechCTModel
 
-        local = _fetch(teacher_dir)
+        local = storage.local_copy(teacher_dir)
         self.teacher = CTClipModel.from_pretrained(local).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(local)
-        self.student = SpeechCTModel.from_pretrained(_fetch(student_dir)).eval() if student_dir else None
+        self.student = SpeechCTModel.from_pretrained(storage.local_copy(student_dir)).eval() if student_dir else None
         self.volume_shape = tuple(self.teacher.config.vision["volume_shape"])
         self.logit_scale = float(self.teacher.logit_scale.detach())
 
@@ -98,18 +98,6 @@ class CTEncoders:
         return np.concatenate(out)
 
 
-def _fetch(uri: str) -> str:
-    """A local directory with ``uri``'s files: the path itself, or a fresh download (a re-trained output
-    at the same URI must not be served from a stale cache)."""
-    if not storage.is_s3(uri):
-        return uri
-    import tempfile
-
-    local = tempfile.mkdtemp(prefix="medlm-ct-")
-    storage.copy_tree(uri, local)
-    return local
-
-
 class CTIndex:
     """Volume embeddings + the encoders that query them (text, speech) and zero-shot class prompts."""
 
@@ -148,9 +136,14 @@ class CTIndex:
 
     def save(self, path: str) -> str:
         """``index.json`` + ``embeddings.npy`` + the encoders (``teacher/``, ``student/``) under ``path``."""
-        import tempfile
+        if storage.is_s3(path):
+            import tempfile
 
-        local = Path(tempfile.mkdtemp(prefix="medlm-ctindex-")) if storage.is_s3(path) else Path(path)
+            with tempfile.TemporaryDirectory(prefix="medlm-ctindex-") as tmp:
+                self.save(tmp)
+                storage.copy_tree(tmp, path)
+            return path
+        local = Path(path)
         local.mkdir(parents=True, exist_ok=True)
         self.encoders.teacher.save_pretrained(str(local / "teacher"))
         self.encoders.tokenizer.save_pretrained(str(local / "teacher"))
@@ -159,13 +152,11 @@ class CTIndex:
         np.save(local / "embeddings.npy", self.embeddings)
         (local / "index.json").write_text(json.dumps({"ids": self.ids, "classes": list(self.classes),
                                                       "volume_spec": self.volume_spec.model_dump(mode="json")}))
-        if storage.is_s3(path):
-            storage.copy_tree(str(local), path)
         return path
 
     @classmethod
     def load(cls, path: str) -> "CTIndex":
-        local = Path(_fetch(path))
+        local = Path(storage.local_copy(path))
         if not (local / "index.json").exists():
             raise FileNotFoundError(f"{path} is not a saved CTIndex (no index.json)")
         meta = json.loads((local / "index.json").read_text())

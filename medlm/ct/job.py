@@ -369,16 +369,16 @@ def train_loop(config: dict) -> None:
             log.info("[%s] step %d %s", name, step, {k: round(v, 4) for k, v in metrics.items()})
 
     def finish(name: str, engine, tokenizer=None, metrics=None):
-        ckpt_dir = tempfile.mkdtemp(prefix=f"medlm-ct-{name}-")
-        engine.save_checkpoint(ckpt_dir, tag=name)  # every rank writes its own ZeRO shard
-        if rank == 0:
-            export = Path(ckpt_dir) / EXPORTS[name]
-            engine.module.save_pretrained(str(export))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(export))
-            storage.copy_tree(str(export), storage.join(cfg.output, EXPORTS[name]))
-        ray.train.report({"phase": name, **(metrics or {})},
-                         checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
+        with tempfile.TemporaryDirectory(prefix=f"medlm-ct-{name}-") as ckpt_dir:  # report() uploads it
+            engine.save_checkpoint(ckpt_dir, tag=name)  # every rank writes its own ZeRO shard
+            if rank == 0:
+                export = Path(ckpt_dir) / EXPORTS[name]
+                engine.module.save_pretrained(str(export))
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(str(export))
+                storage.copy_tree(str(export), storage.join(cfg.output, EXPORTS[name]))
+            ray.train.report({"phase": name, **(metrics or {})},
+                             checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
 
     teacher_task = TeacherTask(cfg)
     engine, m = run_phase(teacher_task, cfg.teacher, shard, cfg.seed, log_fn)

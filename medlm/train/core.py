@@ -203,11 +203,12 @@ class Recipe:
         self.device = self.engine.device
         self.flops_peak = peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
         self.val_ds = ray.train.get_dataset_shard("val") if self.cfg.val else None
-        self.writer, self.tb_dir = None, Path(tempfile.mkdtemp(prefix="medlm-tb-"))
+        self.writer, self.tb_dir = None, None
         if self.rank == 0 and self.cfg.run.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.tb_dir))
+            self.tb_dir = tempfile.TemporaryDirectory(prefix="medlm-tb-")  # copied to the run dir at export
+            self.writer = SummaryWriter(self.tb_dir.name)
 
     def resume(self) -> None:
         """Weights, optimizer, scheduler and data position from Ray Train's latest checkpoint, if any."""
@@ -276,11 +277,12 @@ class Recipe:
         """Every rank writes its DeepSpeed shard, then reports; Ray merges them into one checkpoint."""
         import ray.train
 
-        tmp = tempfile.mkdtemp(prefix="medlm-ckpt-")
-        self.engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
-        if self.rank == 0:
-            (Path(tmp) / "trainer_state.json").write_text(json.dumps(self.state))
-        ray.train.report({**metrics, "step": self.state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        with tempfile.TemporaryDirectory(prefix="medlm-ckpt-") as tmp:  # report() uploads it before returning
+            self.engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
+            if self.rank == 0:
+                (Path(tmp) / "trainer_state.json").write_text(json.dumps(self.state))
+            ray.train.report({**metrics, "step": self.state["step"]},
+                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def export(self) -> None:
         """The run's record (history, resumes, tokens, workers, nodes) and a consolidated ``from_pretrained``
@@ -289,17 +291,18 @@ class Recipe:
 
         if self.writer:
             self.writer.close()
-            storage.copy_tree(str(self.tb_dir), storage.join(self.cfg.run.storage_path, self.cfg.run.name, "tensorboard"))
+            storage.copy_tree(self.tb_dir.name, storage.join(self.cfg.run.storage_path, self.cfg.run.name, "tensorboard"))
+            self.tb_dir.cleanup()
         nodes = int(all_reduce([self.ctx.get_node_rank()], torch.int64, self.device, op="MAX")) + 1
         state_dict = self.engine._zero3_consolidated_16bit_state_dict() if self.o.zero_stage == 3 else None
         if self.rank != 0:
             return
         record = {**{k: self.state[k] for k in ("history", "resumes", "tokens")}, "workers": self.world, "nodes": nodes}
         storage.write_text(history_uri(self.cfg), json.dumps(record))
-        tmp = tempfile.mkdtemp(prefix="medlm-export-")
-        self.engine.module.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
-        self.processor.save_pretrained(tmp)
-        storage.copy_tree(tmp, export_dir(self.cfg))
+        with tempfile.TemporaryDirectory(prefix="medlm-export-") as tmp:
+            self.engine.module.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+            self.processor.save_pretrained(tmp)
+            storage.copy_tree(tmp, export_dir(self.cfg))
         log.info("exported model to %s", export_dir(self.cfg))
 
     def run(self) -> None:
