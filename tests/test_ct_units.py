@@ -1,6 +1,7 @@
 """SpeechCT-CLIP units: synthetic volumes, the preprocessing contract, losses, metrics, models (fast, no Ray)."""
 
 import gzip
+import itertools
 import math
 
 import numpy as np
@@ -301,37 +302,48 @@ def test_ct_index_roundtrip_and_queries(tmp_path):
         CTIndex.load(str(tmp_path / "run"))
 
 
-@pytest.mark.parametrize("adapter_layers", [0, 1])
-def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers):
+@pytest.mark.parametrize("adapter_layers, per_sentence", [(0, False), (1, False), (1, True)])
+def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers, per_sentence):
     """model.text_path = the SmolLM2 store entry (a decoder: LlamaModel, no pooler): frozen, mean-pooled, only the
     projections (and the text adapter, when asked for) train; the export reloads through CTEncoders with the same
-    text embeddings, and training's cached text states give the embeddings the full forward gives."""
+    text embeddings, and training's cached text states give the embeddings the full forward gives. Per sentence,
+    a report's states are its sentences' states each computed alone."""
     from medlm.models.pretrained import PARTS, model_home
 
     if not (model_home() / "smollm2-135m-instruct" / "config.json").exists():
         pytest.skip("smollm2-135m-instruct is not in the model store (medlm models fetch)")
     from medlm.ct.index import CTEncoders
     from medlm.ct.job import CTModelSpec, TeacherTask, build_teacher
+    from medlm.ct.modeling import text_inputs
 
     assert "smollm2-135m-instruct" in PARTS
     spec = CTModelSpec(latent_dim=16, text_path="smollm2-135m-instruct", text_trainable=False, text_pooling="mean",
-                       text_adapter_layers=adapter_layers, text_adapter_dim=32)
+                       text_adapter_layers=adapter_layers, text_adapter_dim=32, text_per_sentence=per_sentence)
     teacher, tok = build_teacher(spec)
     assert type(teacher.text).__name__ == "LlamaModel" and tok.pad_token is not None
     trainable = {n.split(".")[0] for n, p in teacher.named_parameters() if p.requires_grad}
     assert trainable == {"visual", "visual_proj", "text_proj", "logit_scale"} | ({"text_adapter"} if adapter_layers
                                                                                  else set())
-    texts = ["Cardiomegaly is present.", "Cardiomegaly is not present."]
-    enc = tok(texts, padding=True, return_tensors="pt")
+    sentences = ["Findings:", "The heart is enlarged.", "Cardiomegaly is not present."]
+    texts = ["Cardiomegaly is present.", " ".join(sentences)]
+    enc = text_inputs(tok, texts, per_sentence=per_sentence)
+    assert ("text_index" in enc) == per_sentence
     with torch.no_grad():
-        emb = teacher.encode_text(enc["input_ids"], enc["attention_mask"])
-        alone = teacher.encode_text(**tok(texts[:1], return_tensors="pt"))  # padding does not change the pooling
+        emb = teacher.encode_text(**enc)
+        alone = teacher.encode_text(**text_inputs(tok, texts[:1], per_sentence=per_sentence))  # padding: no change
+        states, mask = teacher.text_states(**enc)
+        one_by_one = [teacher.text_states(**text_inputs(tok, [t]))[0][0] for t in sentences]
     assert emb.shape == (2, 16)
     np.testing.assert_allclose(emb[0].numpy(), alone[0].numpy(), atol=1e-4)
+    if per_sentence:
+        np.testing.assert_allclose(states[1][mask[1].bool()].numpy(), torch.cat(one_by_one).numpy(), atol=1e-4)
+    else:  # one sequence: later sentences' states depend on what came before them
+        assert int(mask[1].sum()) == len(tok(texts[1])["input_ids"])
     teacher.save_pretrained(tmp_path / "teacher")
     tok.save_pretrained(tmp_path / "teacher")
     loaded = CTEncoders(str(tmp_path / "teacher"))
     assert not any(p.requires_grad for p in loaded.teacher.text.parameters())
+    assert loaded.teacher.config.text_per_sentence == per_sentence
     np.testing.assert_allclose(loaded.embed_texts(texts), emb.numpy(), atol=1e-4)
 
     # the teacher task feeds the frozen encoder's states (computed once per report, re-padded per batch)
@@ -341,10 +353,37 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers):
     task.model, task.tokenizer = teacher, tok
     vol = np.zeros((2, *SHAPE), dtype=np.float32)
     batch = task.collate({"report": np.array(texts, dtype=object), "volume": vol})
-    assert batch["text_states"].shape[::2] == (2, teacher.config.text_config.hidden_size) and len(task.states) == 2
-    assert batch["attention_mask"].sum(1).tolist() == enc["attention_mask"].sum(1).tolist()
+    assert batch["text_states"].shape[::2] == (2, teacher.config.text_config.hidden_size)
+    assert len(task.states) == (1 + len(sentences) if per_sentence else 2)  # cached per sentence or per report
+    assert batch["attention_mask"].sum(1).tolist() == mask.sum(1).tolist()
     with torch.no_grad():
         cached = teacher.encode_text(text_states=batch["text_states"], attention_mask=batch["attention_mask"])
     np.testing.assert_allclose(cached.numpy(), emb.numpy(), atol=1e-4)
+    if per_sentence:  # sentence dropout: each sample is an ordered, non-empty subset of the report's sentences
+        task = TeacherTask(CTClipConfig(model=spec, teacher={"sentence_keep": 0.5}))
+        task.model, task.tokenizer = teacher, tok
+        reports = np.array([texts[1]] * 16, dtype=object)
+        batch = task.collate({"report": reports, "volume": np.zeros((16, *SHAPE), dtype=np.float32)})
+        lengths = {len(x) for x in one_by_one}
+        subsets = {}
+        for h, m in zip(batch["text_states"], batch["attention_mask"]):
+            h = h[m.bool()]
+            for keep in itertools.product([0, 1], repeat=3):
+                parts = [x for x, k in zip(one_by_one, keep) if k]
+                if parts and len(h) == sum(map(len, parts)) and torch.allclose(h, torch.cat(parts), atol=1e-4):
+                    subsets[keep] = subsets.get(keep, 0) + 1
+                    break
+            else:
+                raise AssertionError("a sample is not a subset of the report's sentences")
+        assert len(subsets) > 1 and len(lengths) > 1, subsets
     loss, _ = task.loss(teacher, batch)
     assert torch.isfinite(loss)
+
+
+def test_sentence_dropout_with_a_frozen_encoder_needs_per_sentence_states():
+    from medlm.ct.job import CTClipConfig
+
+    with pytest.raises(ValueError, match="text_per_sentence"):
+        CTClipConfig(model={"text_trainable": False}, teacher={"sentence_keep": 0.5})
+    CTClipConfig(model={"text_trainable": False, "text_per_sentence": True}, teacher={"sentence_keep": 0.5})
+    CTClipConfig(teacher={"sentence_keep": 0.5})  # a trained encoder reads the kept sentences' text

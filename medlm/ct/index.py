@@ -74,13 +74,14 @@ class CTEncoders:
 
     @_no_grad
     def embed_texts(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        from medlm.ct.modeling import text_inputs
+
         if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
             raise ValueError("texts must be a non-empty list of non-empty strings")
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=512,
-                                 return_tensors="pt")
-            out.append(self.teacher.encode_text(enc["input_ids"], enc["attention_mask"]).numpy())
+            enc = text_inputs(self.tokenizer, texts[i:i + batch_size], 512, self.teacher.config.text_per_sentence)
+            out.append(self.teacher.encode_text(**enc).numpy())
         return np.concatenate(out)
 
     @_no_grad

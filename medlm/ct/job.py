@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medlm import storage
 from medlm.config import Section, config_to_dict
@@ -58,7 +58,9 @@ class CTModelSpec(Section):
     # decoder it is what lets zero-shot prompts tell "X is present." from "X is not present." (modeling.TextAdapter)
     text_adapter_layers: int = Field(default=0, ge=0)
     text_adapter_dim: int = Field(default=128, ge=8)
-    max_text_tokens: int = Field(default=256, ge=8)
+    # True: the text encoder reads each sentence of a report on its own (modeling.CTClipModelConfig)
+    text_per_sentence: bool = False
+    max_text_tokens: int = Field(default=256, ge=8)  # per text, or per sentence with text_per_sentence
     # medlm.models presets; real = whisper-tiny.en's encoder (the model store) cut to a 10 s window
     speech_preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
     speech_encoder_type: Literal["whisper", "wav2vec2"] = "whisper"
@@ -82,6 +84,13 @@ class PhaseSpec(OptimSpec):
     batch_size: int = Field(default=16, ge=2)  # per worker; the contrastive batch
 
 
+class TeacherSpec(PhaseSpec):
+    # < 1: each training report keeps each of its sentences with this probability (at least one), drawn anew
+    # every time (ConVIRT samples one sentence). A report's parts then pair with the volume too, which is what a
+    # one-sentence zero-shot prompt is. With a frozen text encoder it needs model.text_per_sentence.
+    sentence_keep: float = Field(default=1.0, gt=0, le=1)
+
+
 class DistillSpec(PhaseSpec):
     kd_temperature: float = Field(default=1.0, gt=0)
     align_weight: float = Field(default=0.5, ge=0, le=1)  # weight of the alignment InfoNCE kept during KD
@@ -96,10 +105,17 @@ class CTClipConfig(Section):
     seed: int = 0
     data: CTDataSpec = CTDataSpec()
     model: CTModelSpec = CTModelSpec()
-    teacher: PhaseSpec = PhaseSpec(steps=200, lr=1e-3, warmup_steps=10)
+    teacher: TeacherSpec = TeacherSpec(steps=200, lr=1e-3, warmup_steps=10)
     align: PhaseSpec = PhaseSpec(steps=200, lr=1e-3, warmup_steps=10)
     distill: DistillSpec = DistillSpec(steps=200, lr=3e-4, warmup_steps=0)
     eval_batch_size: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _sentence_keep_needs_sentences(self):
+        if self.teacher.sentence_keep < 1 and not (self.model.text_trainable or self.model.text_per_sentence):
+            raise ValueError("teacher.sentence_keep < 1 with a frozen text encoder needs model.text_per_sentence=true "
+                             "(its states are then cached per sentence)")
+        return self
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -130,8 +146,15 @@ def build_teacher(spec: CTModelSpec):
         text_config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TEXT_PRESETS[spec.preset])
     cfg = CTClipModelConfig(vision=CTVIT_PRESETS[spec.preset], text_config=text_config, latent_dim=spec.latent_dim,
                             text_pooling=spec.text_pooling, text_trainable=spec.text_trainable,
-                            text_adapter_layers=spec.text_adapter_layers, text_adapter_dim=spec.text_adapter_dim)
+                            text_adapter_layers=spec.text_adapter_layers, text_adapter_dim=spec.text_adapter_dim,
+                            text_per_sentence=spec.text_per_sentence)
     return CTClipModel(cfg, text_model=text_model), tok
+
+
+def teacher_text_inputs(teacher, tokenizer, texts: list[str], spec: CTModelSpec) -> dict:
+    from medlm.ct.modeling import text_inputs
+
+    return text_inputs(tokenizer, texts, spec.max_text_tokens, teacher.config.text_per_sentence)
 
 
 def speech_model_spec(spec: CTModelSpec):
@@ -233,34 +256,43 @@ class TeacherTask:
         self.cfg = cfg
         self.tokenizer = None
         self.model = None
-        self.states: dict[str, Any] = {}  # report -> the frozen text encoder's states, (T, hidden) unpadded
+        # a frozen text encoder's states, (T, hidden) unpadded: per report, or per sentence (text_per_sentence)
+        self.states: dict[str, Any] = {}
+        self.rng = np.random.default_rng(cfg.seed)
 
     def build_model(self):
         self.model, self.tokenizer = build_teacher(self.cfg.model)
         return self.model
 
-    def _tokens(self, reports: list[str]) -> dict:
-        return self.tokenizer(reports, padding=True, truncation=True, max_length=self.cfg.model.max_text_tokens,
-                              return_tensors="pt")
+    def _sample(self, report: str) -> str:
+        """The report, or the sentences of it that ``teacher.sentence_keep`` keeps this time."""
+        from medlm.ct.modeling import split_sentences
+
+        p = self.cfg.teacher.sentence_keep
+        if p >= 1:
+            return report
+        parts = split_sentences(report)
+        kept = [s for s in parts if self.rng.random() < p]
+        return " ".join(kept or [parts[self.rng.integers(len(parts))]])
 
     def collate(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
 
-        from medlm.ct.modeling import pad_text_states
+        from medlm.ct.modeling import pad_text_states, split_sentences, text_inputs
 
         out = _tensor_batch(batch)
-        reports = out.pop("report")
-        if self.cfg.model.text_trainable:
-            enc = self._tokens(reports)
-            return {**out, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-        # a frozen text encoder: its states per report are computed once (each epoch repeats the reports)
-        new = sorted({r for r in reports if r not in self.states})
-        if new:
-            enc = self._tokens(new)
+        texts = [self._sample(r) for r in out.pop("report")]
+        spec = self.cfg.model
+        if spec.text_trainable:
+            return {**out, **teacher_text_inputs(self.model, self.tokenizer, texts, spec)}
+        # a frozen text encoder: its states are computed once per report (or sentence), as epochs repeat them
+        keys = [split_sentences(t) if spec.text_per_sentence else [t] for t in texts]
+        new = sorted({k for ks in keys for k in ks if k not in self.states})
+        if new:  # each key is one sequence
             with torch.no_grad():
-                states = self.model.text_states(enc["input_ids"], enc["attention_mask"])
-            self.states.update((r, h[m.bool()]) for r, h, m in zip(new, states, enc["attention_mask"]))
-        states, mask = pad_text_states([self.states[r] for r in reports])
+                states, mask = self.model.text_states(**text_inputs(self.tokenizer, new, spec.max_text_tokens))
+            self.states.update((k, h[m.bool()]) for k, h, m in zip(new, states, mask))
+        states, mask = pad_text_states([torch.cat([self.states[k] for k in ks]) for ks in keys])
         return {**out, "text_states": states, "attention_mask": mask}
 
     def loss(self, model, batch: dict):
@@ -295,9 +327,8 @@ class StudentTask:
         new = sorted({r for r in reports if r not in self.text_emb})
         with torch.no_grad():
             if new:
-                enc = self.tokenizer(new, padding=True, truncation=True,
-                                     max_length=self.cfg.model.max_text_tokens, return_tensors="pt")
-                self.text_emb.update(zip(new, self.teacher.encode_text(enc["input_ids"], enc["attention_mask"])))
+                enc = teacher_text_inputs(self.teacher, self.tokenizer, new, self.cfg.model)
+                self.text_emb.update(zip(new, self.teacher.encode_text(**enc)))
             out["text_emb"] = torch.stack([self.text_emb[r] for r in reports])
             if self.name == "distill":
                 out["image_emb"] = self.teacher.encode_volume(out.pop("volume"))

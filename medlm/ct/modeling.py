@@ -14,6 +14,7 @@ Both models are ``PreTrainedModel``s: ``save_pretrained(dir)`` / ``from_pretrain
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -124,10 +125,36 @@ class CTViT(nn.Module):
 
 # --- teacher ------------------------------------------------------------------------------------
 
+SENTENCE_BREAK = re.compile(r"(?<=[.!?:])\s+")
+
+
+def text_inputs(tokenizer, texts: list[str], max_length: int = 512, per_sentence: bool = False) -> dict:
+    """``texts`` tokenized for :meth:`CTClipModel.encode_text`. ``per_sentence``: every sentence is a sequence of
+    its own and ``text_index`` says whose text it is, so that the encoder sees each sentence alone (see
+    ``CTClipModelConfig.text_per_sentence``); ``max_length`` then bounds each sentence."""
+    def tokens(batch: list[str]) -> dict:
+        enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    if not per_sentence:
+        return tokens(texts)
+    sentences, owner = [], []
+    for i, text in enumerate(texts):
+        parts = split_sentences(text)
+        sentences += parts
+        owner += [i] * len(parts)
+    return {**tokens(sentences), "text_index": torch.tensor(owner)}
+
+
+def split_sentences(text: str) -> list[str]:
+    """A report's sentences (and headings such as "Findings:"), in order."""
+    return [p for p in SENTENCE_BREAK.split(text.strip()) if p] or [text]
+
+
 def pad_text_states(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Unpadded (T_i, hidden) text states -> right-padded (B, T, hidden) states and their (B, T) attention mask,
     as ``CTClipModel.encode_text(text_states=..., attention_mask=...)`` takes them."""
-    mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long)
+    mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long, device=seqs[0].device)
     for i, x in enumerate(seqs):
         mask[i, :len(x)] = 1
     return nn.utils.rnn.pad_sequence(seqs, batch_first=True), mask
@@ -156,7 +183,7 @@ class CTClipModelConfig(PretrainedConfig):
     def __init__(self, vision: dict | None = None, text_config=None, latent_dim: int = 512,
                  text_pooling: str = "cls", init_logit_scale: float = math.log(1 / 0.07),
                  text_trainable: bool = True, text_adapter_layers: int = 0, text_adapter_dim: int = 128,
-                 **kwargs):
+                 text_per_sentence: bool = False, **kwargs):
         self.vision = dict(vision or CTVIT_PRESETS["tiny"])
         self.vision["volume_shape"] = tuple(self.vision["volume_shape"])
         self.text_config = _as_config(text_config)
@@ -168,6 +195,10 @@ class CTClipModelConfig(PretrainedConfig):
         self.text_trainable = text_trainable  # False: the text encoder is frozen (only text_proj trains)
         self.text_adapter_layers = text_adapter_layers  # > 0: a small trained transformer over the text states
         self.text_adapter_dim = text_adapter_dim
+        # True: the text encoder reads each sentence on its own (``text_inputs(per_sentence=True)``) and a report's
+        # states are its sentences' states in order. A decoder's states for "X is present." then do not depend on
+        # what came before it, so a one-sentence zero-shot prompt is encoded as the same sentence in a report is.
+        self.text_per_sentence = text_per_sentence
         super().__init__(**kwargs)
 
     def to_dict(self):
@@ -215,10 +246,17 @@ class CTClipModel(PreTrainedModel):
     def encode_volume(self, volume: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual_proj(self.visual(volume)), dim=-1)
 
-    def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The text encoder's last hidden states, (B, T, hidden). A frozen encoder's are the same every epoch,
-        so training computes them once per report and passes them as ``encode_text(text_states=...)``."""
-        return self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    text_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's last hidden states and their mask, (B, T, hidden) and (B, T); with ``text_index``
+        (:func:`text_inputs` per sentence) each text's sentences' states are joined in order. A frozen encoder's
+        are the same every epoch, so training computes them once per report (``encode_text(text_states=...)``)."""
+        states = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if text_index is None:
+            return states, attention_mask
+        keep = attention_mask.bool()
+        return pad_text_states([torch.cat([states[j][keep[j]] for j in torch.nonzero(text_index == i)[:, 0]])
+                                for i in range(int(text_index.max()) + 1)])
 
     def pool_text(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text states -> (B, d) before ``text_proj``: through the adapter (if any), then CLS or the masked mean
@@ -231,17 +269,19 @@ class CTClipModel(PreTrainedModel):
         return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
     def encode_text(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                    text_states: torch.Tensor | None = None) -> torch.Tensor:
-        """Report tokens (or their precomputed :meth:`text_states`) + attention mask -> (B, latent)."""
-        states = self.text_states(input_ids, attention_mask) if text_states is None else text_states
-        return F.normalize(self.text_proj(self.pool_text(states, attention_mask).to(self.text_proj.weight.dtype)),
-                           dim=-1)
+                    text_states: torch.Tensor | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
+        """:func:`text_inputs` (or precomputed :meth:`text_states` + their mask) -> (B, latent)."""
+        if text_states is None:
+            text_states, attention_mask = self.text_states(input_ids, attention_mask, text_index)
+        pooled = self.pool_text(text_states, attention_mask)
+        return F.normalize(self.text_proj(pooled.to(self.text_proj.weight.dtype)), dim=-1)
 
     def forward(self, volume: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, text_states: torch.Tensor | None = None, **_):
+                attention_mask: torch.Tensor | None = None, text_states: torch.Tensor | None = None,
+                text_index: torch.Tensor | None = None, **_):
         """Returns ``(loss, image_embeds, text_embeds)``."""
         img = self.encode_volume(volume)
-        txt = self.encode_text(input_ids, attention_mask, text_states)
+        txt = self.encode_text(input_ids, attention_mask, text_states, text_index)
         self.logit_scale.data.clamp_(0, math.log(100))
         return clip_loss(txt, img, self.logit_scale), img, txt
 
