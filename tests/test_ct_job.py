@@ -21,14 +21,16 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
     output = storage.join(stack.root, "test-ct-clip")
     steps = ["teacher.steps=2", "align.steps=2", "distill.steps=2"]
     batch = ["teacher.batch_size=4", "align.batch_size=4", "distill.batch_size=4"]
+    text = ["model.text_per_sentence=true", "teacher.sentence_keep=0.5"]  # the trained BERT reads kept sentences
     cfg = load_config(CTClipConfig, "configs/ct_clip.yaml",
-                      [f"output={output}", "data.synthetic_cases=24", "name=test-ct-clip", *steps, *batch])
+                      [f"output={output}", "data.synthetic_cases=24", "name=test-ct-clip", *steps, *batch, *text])
     before = scratch()
     summary = run_ct_clip(cfg)
 
     # exports are HF save_pretrained dirs on S3; results were written next to them
     for name in ("teacher", "student_align", "student"):
         assert storage.exists(storage.join(output, name, "config.json"))
+    assert json.loads(storage.read_text(storage.join(output, "teacher", "config.json")))["text_per_sentence"]
     results = json.loads(storage.read_text(storage.join(output, "results.json")))
     assert set(results["zero_shot"]) == {"teacher_text", "speech_no_kd", "speech_kd"}
     for m in results["zero_shot"].values():

@@ -1,10 +1,11 @@
-"""CT-CLIP teacher (CTViT-like 3D encoder + BERT text encoder) and the SpeechCT-CLIP speech student.
+"""CT-CLIP teacher (CTViT-like 3D encoder + a text encoder) and the SpeechCT-CLIP speech student.
 
 Picture::
 
     volume (1, D, H, W) --Conv3d patches (tp x p x p)--> [spatial attention per slice group,
         temporal attention per patch column] x L --mean--> Linear --> image latent     (teacher)
-    report tokens --BERT--> CLS (or masked mean) --> Linear --> text latent            (teacher)
+    report tokens (whole, or each sentence alone) --text encoder (BERT, or a decoder such as SmolLM2)
+        [--TextAdapter]--> CLS (or masked mean) --> Linear --> text latent           (teacher)
     spoken report --log-mel chunks--> speech encoder --masked mean--> Linear --> speech latent  (student)
 
 All latents are L2-normalised; similarities are scaled by a learned temperature (CLIP's logit_scale).
