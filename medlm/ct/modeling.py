@@ -251,7 +251,8 @@ class CTClipModel(PreTrainedModel):
                     text_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The text encoder's last hidden states and their mask, (B, T, hidden) and (B, T); with ``text_index``
         (:func:`text_inputs` per sentence) each text's sentences' states are joined in order. A frozen encoder's
-        are the same every epoch, so training computes them once per report (``encode_text(text_states=...)``)."""
+        are the same every epoch, so training computes them once per report, or per sentence, and passes them as
+        ``encode_text(text_states=...)``."""
         states = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if text_index is None:
             return states, attention_mask
