@@ -47,7 +47,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from medlm.data.tts import build_tts, TTSConfig, voice_bank
+    from medlm.audio import SAMPLING_RATE
+    from medlm.models.tts import build_tts, TTSConfig, voice_bank
     from medlm.eval.metrics import wer
     from medlm.models.audio import as_waveform
     from medlm.models.baselines import WhisperASR
@@ -70,7 +71,7 @@ def main() -> None:
         t0 = time.perf_counter()
         waves = [as_waveform(*tts.synthesize(t, voices[i % len(voices)].for_utterance(rng))) for i, t in enumerate(refs)]
         synth = time.perf_counter() - t0
-        seconds = sum(len(w) for w in waves) / 16000
+        seconds = sum(len(w) for w in waves) / SAMPLING_RATE
         t0 = time.perf_counter()
         hyps = []
         for i in range(0, len(waves), args.batch):

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from medlm.ct.job import CTClipConfig, TeacherTask
 from medlm.ct.metrics import prompts, zero_shot_probs
 from medlm.ct.modeling import clip_loss, text_inputs
-from medlm.ct.synth import CT_RATE_CLASSES, generate_ct_cases
+from medlm.data.schema import CT_RATE_CLASSES
+from medlm.data.synth_ct import generate_ct_cases
 from medlm.eval.metrics import zero_shot_auroc_f1
 
 VARIANTS = ["report:0:1", "report:2:1", "sentence:2:1", "sentence:2:0.5"]

@@ -20,6 +20,7 @@ import random
 import tempfile
 import time
 
+from medlm.audio import SAMPLING_RATE
 from medlm.data.factory import MakeDataConfig, make_shard, plan
 from medlm.data.io import iter_rows
 from medlm.data.pipeline import padding_fraction, plan_batches
@@ -61,7 +62,7 @@ def main() -> None:
     for kind, task, row in speech:
         messages, label = to_messages(row, kind, task, 60.0)
         audio_s += sum(len(p["audio"]) for m in messages if isinstance(m["content"], list)
-                       for p in m["content"] if p["type"] == "audio") / 16000
+                       for p in m["content"] if p["type"] == "audio") / SAMPLING_RATE
         processor.featurize(messages, class_label=label)
     cpu, wall = time.process_time() - cpu0, time.time() - wall0
     for kind, task, row in rows:

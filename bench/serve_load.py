@@ -38,12 +38,13 @@ TEXT_QUESTIONS = ["What is asthma?", "How is high blood pressure treated?", "Wha
 
 
 def spoken_part(text: str) -> dict:
-    from medlm.data.tts import speak, voice_bank
+    from medlm.audio import SAMPLING_RATE
+    from medlm.models.tts import speak, voice_bank
     from medlm.serving.audio import encode_wav
 
     (wave,) = speak([text], voice_bank(1, backend="piper")[0])
-    data = base64.b64encode(encode_wav(wave, 16000)).decode()
-    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}, len(wave) / 16000
+    data = base64.b64encode(encode_wav(wave, SAMPLING_RATE)).decode()
+    return {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}, len(wave) / SAMPLING_RATE
 
 
 async def stream_one(http: httpx.AsyncClient, body: dict) -> dict:

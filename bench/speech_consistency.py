@@ -30,7 +30,7 @@ def main() -> None:
     from medlm import storage
     from medlm.data import DataSpec, DatasetEntry, iter_rows, write_rows
     from medlm.data.schema import encode_flac
-    from medlm.data.tts import build_tts, espeak_voices, TTSConfig, voice_bank
+    from medlm.models.tts import build_tts, espeak_voices, TTSConfig, voice_bank
     from medlm.eval.job import EvalConfig, evaluate
     from medlm.stack import local_stack
 

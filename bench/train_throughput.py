@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medlm.audio import SAMPLING_RATE
 from medlm.models import ModelSpec, build_model  # noqa: E402
 from medlm.train.config import OptimSpec  # noqa: E402
 from medlm.train.core import deepspeed_config, peak_flops  # noqa: E402
@@ -47,8 +48,8 @@ def make_batch(processor, shape: str, seq: int, batch: int, audio_s: float, seed
     text = " ".join(rng.choice(words, size=seq))
     user: list = [{"type": "text", "text": "Question?"}]
     if SHAPES[shape]["audio"]:
-        user = [{"type": "audio", "audio": (0.1 * rng.standard_normal(int(16000 * audio_s))).astype(np.float32),
-                 "sampling_rate": 16000}]
+        user = [{"type": "audio", "audio": (0.1 * rng.standard_normal(int(SAMPLING_RATE * audio_s))).astype(np.float32),
+                 "sampling_rate": SAMPLING_RATE}]
     ex = processor.featurize([{"role": "user", "content": user}, {"role": "assistant", "content": text}])
     ex = {k: v for k, v in ex.items() if not k.startswith("teacher_")}
     b = processor.collate([ex] * batch)

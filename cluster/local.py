@@ -13,7 +13,8 @@ the few after it; the rest are picked by the OS), so they do not disturb another
 plus the same moto S3 server unless ``--no-s3``.
 Every process a multi-node ``up`` starts is recorded by its session id, and ``down`` ends those
 sessions and nothing else (not ``ray stop``, which ends every Ray on the machine); a one-node ``down``
-is ``medlm stack down``. Linux routes all of 127/8 to the loopback device; on macOS add the addresses
+is ``medlm stack down``. The multi-node cluster is built from ``medlm.stack``'s pieces (moto, sessions,
+state file, client exports); its state is under ``$MEDLM_HOME/cluster`` (``medlm.paths.cluster_dir``). Linux routes all of 127/8 to the loopback device; on macOS add the addresses
 first (``sudo ifconfig lo0 alias 127.0.0.2 up``, and so on).
 
 Ray 2.60 clusters require a token (``~/.ray/auth_token``): the CLI needs ``RAY_AUTH_MODE=token``,
@@ -27,7 +28,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,11 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from medlm import stack  # noqa: E402
+from medlm import paths, stack  # noqa: E402
 
-STATE_DIR = Path(os.environ.get("MEDLM_HOME", Path.home() / ".medlm")) / "cluster"
 DEFAULT_PORT = 26379
-RAY = str(Path(sys.executable).parent / "ray")
+RAY = stack.RAY_CLI
 
 
 def node_ip(i: int) -> str:
@@ -64,10 +63,6 @@ def _ray_env() -> dict[str, str]:
     return env
 
 
-def _state_file(state_dir: Path) -> Path:
-    return state_dir / "state.json"
-
-
 def _check_free(ports: list[int]) -> None:
     for p in ports:
         with socket.socket() as s:
@@ -78,17 +73,19 @@ def _check_free(ports: list[int]) -> None:
 
 
 def up_multi(nodes: int, cpus: int, port: int = DEFAULT_PORT, s3_port: int | None = stack.DEFAULT_S3_PORT,
-             dashboard: bool = True, state_dir: Path = STATE_DIR, bucket: str = stack.DEFAULT_BUCKET) -> dict:
+             dashboard: bool = True, state_dir: Path | None = None, bucket: str = stack.DEFAULT_BUCKET) -> dict:
     """A head and ``nodes - 1`` worker nodes (``cpus`` CPUs each) on 127.0.0.2, 127.0.0.3, ...
 
     Fixed ports: the head's GCS on ``port``, dashboard (job submission) on ``port + 1``, client server
     on ``port + 2``; node ``i``'s dashboard agent on ``port + 3 + i``; S3 (moto) on ``s3_port``
-    unless it is None. All other ports are picked by the OS.
+    unless it is None. All other ports are picked by the OS. State: ``state_dir`` (default
+    ``$MEDLM_HOME/cluster``).
     """
+    state_dir = state_dir or paths.cluster_dir()
     if nodes < 2:
         raise ValueError("a multi-node cluster needs --nodes >= 2 (one node is `medlm stack up`)")
-    if _state_file(state_dir).exists():
-        raise RuntimeError(f"a local cluster is already up ({_state_file(state_dir)}); run `down` first")
+    if stack.state_file(state_dir).exists():
+        raise RuntimeError(f"a local cluster is already up ({stack.state_file(state_dir)}); run `down` first")
     _check_free([*range(port, port + 3 + nodes), *([s3_port] if s3_port else [])])
     state_dir.mkdir(parents=True, exist_ok=True)
     # Short path: Ray's unix socket paths under it must stay below ~100 characters.
@@ -101,14 +98,9 @@ def up_multi(nodes: int, cpus: int, port: int = DEFAULT_PORT, s3_port: int | Non
               "--min-worker-port=0", "--max-worker-port=0"]
     try:
         if s3_port:
-            with open(state_dir / "moto.log", "ab") as log:
-                moto = subprocess.Popen(
-                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
-                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            state["sessions"].append(moto.pid)
-            stack._wait_port(s3_port)
+            state["sessions"].append(stack.start_moto(s3_port, state_dir / "moto.log"))
             state["s3_endpoint"] = f"http://127.0.0.1:{s3_port}"
-            env.update({**stack.S3_LOCAL_ENV, "AWS_ENDPOINT_URL": state["s3_endpoint"]})
+            env.update(stack.s3_env(state["s3_endpoint"]))
         head = [RAY, "start", "--head", f"--node-ip-address={node_ip(0)}", f"--port={port}",
                 f"--temp-dir={temp_dir}", f"--include-dashboard={str(dashboard).lower()}",
                 "--dashboard-host=127.0.0.1", f"--dashboard-port={port + 1}",
@@ -122,36 +114,31 @@ def up_multi(nodes: int, cpus: int, port: int = DEFAULT_PORT, s3_port: int | Non
         stack.end_sessions(set(state["sessions"]))
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
-    _state_file(state_dir).write_text(json.dumps(state, indent=2))
+    stack.write_state(state, state_dir)
     if state["s3_endpoint"]:
-        os.environ.update({**stack.S3_LOCAL_ENV, "AWS_ENDPOINT_URL": state["s3_endpoint"]})
-        from medlm import storage
-
-        storage.makedirs(f"s3://{bucket}")
+        stack.use_s3(state["s3_endpoint"], bucket)
     return state
 
 
-def down_multi(state_dir: Path = STATE_DIR) -> bool:
-    if not _state_file(state_dir).exists():
+def down_multi(state_dir: Path | None = None) -> bool:
+    state_dir = state_dir or paths.cluster_dir()
+    state = stack.read_state(state_dir)
+    if state is None:
         return False
-    state = json.loads(_state_file(state_dir).read_text())
     stack.end_sessions(set(state["sessions"]))
     shutil.rmtree(state["temp_dir"], ignore_errors=True)
-    _state_file(state_dir).unlink()
+    stack.state_file(state_dir).unlink()
     return True
 
 
-def cluster_env(state_dir: Path = STATE_DIR) -> dict[str, str]:
+def cluster_env(state_dir: Path | None = None) -> dict[str, str]:
     """Exports for clients of the running cluster (multi-node state first, else the one-node stack)."""
-    if _state_file(state_dir).exists():
-        state = json.loads(_state_file(state_dir).read_text())
-        env = {"RAY_ADDRESS": state["address"], "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-        if state["dashboard"]:  # as in `medlm stack env`: job submission and `serve status` use HTTP
-            env.update({"RAY_API_SERVER_ADDRESS": state["dashboard"], "RAY_DASHBOARD_ADDRESS": state["dashboard"]})
-        if state["s3_endpoint"]:
-            env.update({**stack.S3_LOCAL_ENV, "AWS_ENDPOINT_URL": state["s3_endpoint"]})
-        return env
-    return stack.stack_env()
+    state = stack.read_state(state_dir or paths.cluster_dir())
+    if state is None:
+        return stack.stack_env()
+    # Not the one-node stack's RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (see _ray_env).
+    return stack.client_env(state["address"], state["dashboard"], state["s3_endpoint"],
+                            ray_env={"RAY_USAGE_STATS_ENABLED": "0"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "down":
             print("stopped" if down_multi() or stack.stack_down() else "nothing was up")
         elif args.command == "status":
-            for f in (_state_file(STATE_DIR), stack.STATE_DIR / "state.json"):
+            for f in (stack.state_file(paths.cluster_dir()), stack.state_file()):
                 if f.exists():
                     print(f"{f}:\n{f.read_text()}")
                     return 0

@@ -2,7 +2,8 @@
 
 Sources (edit these, never the output):
   infra/values/<env>.yaml   image, IAM role, node shapes and sizes of one environment
-  infra/jobs.yaml           the jobs: one RayJob each, same entry points as `ray job submit`
+  infra/jobs.yaml           the jobs: one RayJob each, same entry points as `ray job submit`, each running
+                            configs/<job>_<env>.yaml (the job sized for the environment)
   serve/config.yaml         the Serve config; the RayService's serveConfigV2 is made from it
   pyproject.toml            the Ray version (image tags and `rayVersion`)
 
@@ -90,9 +91,19 @@ class Values(Section):
 
 
 class JobSpec(Section):
-    entrypoint: str
+    entrypoint: str                  # `{env}` becomes the environment's name (configs/<job>_<env>.yaml)
     gpu: bool
     deadline_hours: float = Field(gt=0)
+
+    def command(self, env: str) -> str:
+        """The entry point of this job in environment ``env``; the config file it names must exist."""
+        command = self.entrypoint.replace("{env}", env)
+        argv = command.split()
+        if "--config" in argv[:-1]:
+            config = argv[argv.index("--config") + 1]
+            if not (ROOT / config).is_file():
+                raise ConfigError(f"infra/jobs.yaml: `{command}` names {config}, which does not exist")
+        return command
 
 
 class JobList(Section):
@@ -281,7 +292,7 @@ def rayjob(values: Values, name: str, job: JobSpec) -> dict[str, Any]:
         "kind": "RayJob",
         "metadata": _meta(values, f"medlm-{name}", "rayjob"),
         "spec": {
-            "entrypoint": job.entrypoint,
+            "entrypoint": job.command(values.environment),
             # Use S3 through the pod's IAM role (never the embedded test server of the local stack).
             "runtimeEnvYAML": yaml.safe_dump({"env_vars": {"MEDLM_STACK": "external"}}, sort_keys=False),
             "submissionMode": "SidecarMode",

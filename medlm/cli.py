@@ -70,12 +70,20 @@ _register(train_app, "ct_clip", "ct-clip")
 _register(app, "evaluate", "eval")
 
 
-@app.command()
-def serve(model: Optional[str] = typer.Option(None, help="an exported model dir or s3:// URI (default: "
+serve_app = typer.Typer(invoke_without_command=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.callback()
+def serve(ctx: typer.Context,
+          model: Optional[str] = typer.Option(None, help="an exported model dir or s3:// URI (default: "
                                                           "the real preset with an untrained adapter, or the tiny one without a model store)"),
           port: int = typer.Option(8000, help="HTTP port on 127.0.0.1"),
           api_key: Optional[str] = typer.Option(None, envvar="MEDLM_API_KEY", help="bearer key (generated if unset)")) -> None:
-    """Serve the OpenAI-compatible API (Ray Serve) on the local stack until Ctrl-C."""
+    """Serve the OpenAI-compatible API (Ray Serve) on the local stack until Ctrl-C (`medlm serve config`:
+    regenerate serve/config.yaml's deployments)."""
+    if ctx.invoked_subcommand is not None:
+        return
     import secrets
     import time
 
@@ -96,33 +104,18 @@ def serve(model: Optional[str] = typer.Option(None, help="an exported model dir 
             pass
 
 
-@app.command()
-def demo(preset: str = typer.Option("real", help="real (the pretrained parts, ~20 min on 2 cores), tiny (a "
-                                                    "random toy, ~4 min) or small (a bigger toy)"),
-         workdir: Optional[str] = typer.Option(None, help="where to keep the run's local files")) -> None:
-    """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve -> a spoken question over HTTP."""
-    from medlm.demo import run_demo
+@serve_app.command("config")
+def serve_config_cmd(path: str = typer.Option("serve/config.yaml", help="the Serve config to update"),
+                     check: bool = typer.Option(False, "--check", help="only say whether it is stale (exit 1)")) -> None:
+    """Regenerate the `deployments:` list of serve/config.yaml from medlm.serving.config.DEPLOYMENTS and the
+    config's own args (the deployment shape `medlm serve` uses too)."""
+    from medlm.serving.config import write_serve_config
 
-    _setup_logging()
-    summary = run_demo(preset=preset, workdir=workdir)
-    typer.echo(json.dumps(summary, indent=2, default=str))
-
-
-@app.command()
-def reproduce(preset: str = typer.Option("tiny", help="tiny (CPU, CI), real (pretrained parts, CPU) or small (GPU)"),
-              only: Optional[list[str]] = typer.Option(None, help="subset of: speechmedassist, voicetextblender, "
-                                                                   "speechllm, speechct"),
-              workdir: Optional[str] = typer.Option(None, help="keep data, runs and evaluations here (dir or "
-                                                               "s3://); a rerun on it reuses what finished"),
-              set_: Optional[list[str]] = typer.Option(None, "--set", help="preset override, e.g. seed=1"),
-              output: Optional[str] = typer.Option(None, help="tables dir (default docs/reproductions, which "
-                                                              "also rewrites the README's Evidence tables)")) -> None:
-    """Reproduce the papers' claims and write their tables."""
-    from medlm.eval.reproduce import run_reproductions
-
-    _setup_logging()
-    typer.echo(json.dumps(run_reproductions(preset=preset, only=only, output=output, overrides=set_,
-                                            workdir=workdir), indent=2, default=str))
+    stale = write_serve_config(path, check=check)
+    if check:
+        typer.echo(f"{path}: {'stale: run `medlm serve config`' if stale else 'up to date'}")
+        raise typer.Exit(1 if stale else 0)
+    typer.echo(f"{path}: {'deployments regenerated' if stale else 'already up to date'}")
 
 
 @stack_app.command("up")

@@ -9,13 +9,32 @@ or on the command line fails loudly instead of being silently ignored::
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+def _config_dir() -> Path:
+    """Where the default job configs (the repository's ``configs/``) are.
+
+    From a source tree (a checkout, editable or not installed, the copy ``ray job submit --working-dir``
+    uploads, the image's /home/ray/medlm) it is the ``configs/`` beside this package, so the configs always
+    belong to the code that runs. An installed wheel carries them as the package data ``medlm.configs``
+    (pyproject.toml maps that package to ``configs/``), found through importlib.resources.
+    """
+    tree = Path(__file__).resolve().parent.parent
+    if (tree / "pyproject.toml").is_file() and (tree / "configs").is_dir():
+        return tree / "configs"
+    try:
+        return Path(str(importlib.resources.files("medlm.configs")))
+    except ModuleNotFoundError:  # neither: the error of a lookup names this path
+        return tree / "configs"
+
+
+CONFIG_DIR = _config_dir()
 
 T = TypeVar("T", bound="Section")
 
@@ -71,10 +90,13 @@ def _deepcopy(data: Any) -> Any:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config path as given, or relative to the project's ``configs/`` directory."""
+    """A config path as given, or relative to the project's ``configs/`` directory (also when it is
+    written ``configs/<file>`` and the working directory has no ``configs/``, as with an installed medlm)."""
     p = Path(path)
     if p.exists():
         return p
+    if not p.is_absolute() and p.parts[:1] == ("configs",):
+        p = Path(*p.parts[1:])
     for candidate in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"):
         if candidate.exists():
             return candidate

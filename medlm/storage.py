@@ -13,6 +13,8 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from medlm import paths
+
 
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
@@ -94,6 +96,18 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return [f"s3://{p}" for p in files] if is_s3(uri) else files
 
 
+def delete_files(uri: str, name_prefix: str = "") -> int:
+    """Delete every file under the prefix ``uri`` (recursive) whose base name starts with ``name_prefix``, e.g.
+    a dataset's shards before it is written again; nothing when ``uri`` does not exist. Returns the count."""
+    if not exists(uri):
+        return 0
+    fs, _ = resolve(uri)
+    files = [f for f in list_files(uri) if f.rsplit("/", 1)[-1].startswith(name_prefix)]
+    for f in files:
+        fs.delete_file(f[len("s3://"):] if is_s3(f) else f)
+    return len(files)
+
+
 def copy_tree(src: str, dst: str) -> None:
     """Copy a directory tree between any two of local / S3."""
     sfs, spath = resolve(src)
@@ -113,7 +127,6 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tu
     if not is_s3(uri):
         return str(Path(uri).expanduser().resolve())
     import hashlib
-    import tempfile
 
     fs, path = resolve(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
@@ -123,7 +136,7 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tu
     listing = sorted((i.path, i.size, str(i.mtime)) for i in infos if i.type == pafs.FileType.File
                      and not any(fnmatch.fnmatch(i.base_name, p) for p in exclude))
     key = hashlib.sha1(repr((uri, listing)).encode()).hexdigest()[:16]
-    root = Path(cache_dir or os.environ.get("MEDLM_CACHE", Path(tempfile.gettempdir()) / "medlm-cache"))
+    root = Path(cache_dir or paths.download_cache())
     dest = root / key
     if not (dest / ".complete").exists():
         if exclude:

@@ -12,11 +12,12 @@ from medlm import storage
 @pytest.mark.slow
 def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
     from medlm.config import load_config
-    from medlm.ct import CTIndex, CT_RATE_CLASSES
-    from medlm.data.tts import speak, voice_bank
+    from medlm.ct import CTIndex
+    from medlm.data.schema import CT_RATE_CLASSES
+    from medlm.models.tts import speak, voice_bank
     from medlm.ct.job import CTClipConfig, run_ct_clip
     from medlm.data import iter_rows
-    from medlm.data.schema import decode_volume
+    from medlm.data.schema import unpack_volume
 
     output = storage.join(stack.root, "test-ct-clip")
     steps = ["teacher.steps=2", "align.steps=2", "distill.steps=2"]
@@ -42,7 +43,7 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
 
     # the retriever index built from the job's output
     rows = [r for r in iter_rows(storage.join(output, "data", "ct")) if r["split"] == "test"]
-    volumes = [decode_volume(r["volume"], r["shape"]) for r in rows]
+    volumes = [unpack_volume(r["volume"], r["shape"]) for r in rows]
     index = CTIndex.build(output, volumes, [r["id"] for r in rows], [r["spacing"] for r in rows])
     index.save(str(tmp_path / "index"))
     index.save(storage.join(output, "index"))

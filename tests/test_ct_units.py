@@ -10,7 +10,8 @@ import torch
 
 from medlm.ct.metrics import gap_recovered, zero_shot_probs
 from medlm.ct.preprocess import VolumeSpec, crop_or_pad, load_volume, normalize_hu, preprocess_volume
-from medlm.ct.synth import CT_RATE_CLASSES, base_spacing, generate_ct_cases
+from medlm.data.synth_ct import base_spacing, generate_ct_cases
+from medlm.data.schema import CT_RATE_CLASSES
 
 SHAPE = (16, 32, 32)
 
@@ -42,7 +43,7 @@ def test_reports_mention_exactly_the_present_findings():
 
 def test_planted_findings_change_the_volume():
     """Same case with and without a class differs where that class is planted (e.g. effusion = fluid in lung)."""
-    from medlm.ct.synth import _render
+    from medlm.data.synth_ct import _render
 
     labels = np.zeros(18, dtype=np.int8)
     base = _render(np.random.default_rng(0), labels, (32, 64, 64), base_spacing((32, 64, 64)))
@@ -232,7 +233,7 @@ def test_gap_recovered():
 # --- models ---------------------------------------------------------------------------------------
 
 def test_ct_encoder_shapes_and_roundtrip(tmp_path):
-    from medlm.ct.job import CTModelSpec, build_teacher
+    from medlm.ct.build import CTModelSpec, build_teacher
     from medlm.ct.modeling import CTClipModel
 
     model, tok = build_teacher(CTModelSpec(latent_dim=16))
@@ -251,7 +252,7 @@ def test_ct_encoder_shapes_and_roundtrip(tmp_path):
 
 
 def test_speech_student_pools_only_valid_frames():
-    from medlm.ct.job import CTModelSpec, build_student
+    from medlm.ct.build import CTModelSpec, build_student
 
     student = build_student(CTModelSpec(latent_dim=16)).eval()
     rng = np.random.default_rng(0)
@@ -271,7 +272,7 @@ def test_speech_student_pools_only_valid_frames():
 
 def test_ct_index_roundtrip_and_queries(tmp_path):
     from medlm.ct import CTIndex
-    from medlm.ct.job import CTModelSpec, build_student, build_teacher
+    from medlm.ct.build import CTModelSpec, build_student, build_teacher
 
     spec = CTModelSpec(latent_dim=16)
     teacher, tok = build_teacher(spec)
@@ -313,7 +314,8 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers, per_
     if not (model_home() / "smollm2-135m-instruct" / "config.json").exists():
         pytest.skip("smollm2-135m-instruct is not in the model store (medlm models fetch)")
     from medlm.ct.index import CTEncoders
-    from medlm.ct.job import CTModelSpec, TeacherTask, build_teacher
+    from medlm.ct.build import CTModelSpec, build_teacher
+    from medlm.ct.job import TeacherTask
     from medlm.ct.modeling import text_inputs
 
     assert "smollm2-135m-instruct" in PARTS

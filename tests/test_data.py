@@ -15,15 +15,14 @@ from medlm.data.pipeline import decode_example, encode_example, padding_fraction
 from medlm.data.quarantine import read_quarantine, summarize_quarantine, write_quarantine
 from medlm.data.registry import DataSpec
 from medlm.data.schema import (
-    ENTITY_LABELS,
-    SENTIMENTS,
     BadRecord,
     decode_audio,
     encode_flac,
-    encode_volume,
+    pack_volume,
     to_messages,
 )
-from medlm.data.tts import EspeakTTS, voice_bank
+from medlm.models.tts import EspeakTTS, voice_bank
+from medlm.models.prompts import ENTITY_LABELS, SENTIMENTS
 
 
 def tone(seconds=1.0, rate=22050, freq=220.0):
@@ -122,11 +121,11 @@ def test_dialogue_messages_mixed_modal():
 
 
 def test_ct_messages():
-    from medlm.ct.synth import CT_RATE_CLASSES
+    from medlm.data.schema import CT_RATE_CLASSES
 
     labels = [0] * 18
     labels[2] = 1
-    row = {"id": "c", "volume": encode_volume(np.zeros((8, 8, 8), np.int16)), "shape": [8, 8, 8],
+    row = {"id": "c", "volume": pack_volume(np.zeros((8, 8, 8), np.int16)), "shape": [8, 8, 8],
            "spacing": [1.5, 1.0, 1.0], "labels": labels, "report": "The heart is enlarged.",
            "report_audio": encode_flac(tone(), 22050), "sample_rate": 22050, "split": "train"}
     msgs, _ = to_messages(row, "ct", "spoken_report")
@@ -271,3 +270,61 @@ def test_sentences_broad_distinct_and_labelled():
                "sentiment": r["sentiment"]}
         check_entities(row)
     assert {r["sentiment"] for r in rows} == set(SENTIMENTS)
+
+
+def test_one_table_gives_the_factory_datasets_and_the_registry():
+    from medlm.data.factory import DATASETS, KIND_OF
+    from medlm.data.registry import FACTORY_DATASETS, REGISTRY
+
+    assert DATASETS == ("consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances",
+                        "sentences", "ct")
+    assert KIND_OF == {d.path: d.kind for d in FACTORY_DATASETS}
+    assert {(n, r.path, r.kind, r.task) for n, r in REGISTRY.items()} >= {
+        ("consult_text", "consult_text", "text_dialogue", "chat"), ("qa_speech_heldout", "qa_speech_heldout",
+                                                                    "speech_dialogue", "chat"),
+        ("utterances_multitask", "utterances", "utterance", "multitask"), ("sentences_ner", "sentences", "utterance",
+                                                                          "ner"),
+        ("ct_reports", "ct", "ct", "report"), ("ct_spoken_reports", "ct", "ct", "spoken_report")}
+    assert all(KIND_OF[r.path] == r.kind for r in REGISTRY.values() if r.path in KIND_OF)
+
+
+def test_envelopes_stream_a_shard_with_a_row_limit(tmp_path):
+    import pyarrow as pa
+
+    from medlm.data.pipeline import ENVELOPE, envelope, envelope_row, iter_envelopes
+
+    write_rows([utt_row(i) for i in range(5)], str(tmp_path / "u"), "utterance")
+    (shard,) = shard_files(str(tmp_path / "u"))
+    tables = list(iter_envelopes(shard, "utterances_asr", "utterance", "asr", rows=2, limit=3))
+    assert [t.num_rows for t in tables] == [2, 1] and all(t.schema.equals(ENVELOPE) for t in tables)
+    rows = pa.concat_tables(tables).to_pylist()
+    assert [r["id"] for r in rows] == ["u0", "u1", "u2"]
+    assert {(r["dataset"], r["kind"], r["task"]) for r in rows} == {("utterances_asr", "utterance", "asr")}
+    assert envelope_row(rows[1])["transcript"] == utt_row(1)["transcript"]
+    assert sum(t.num_rows for t in iter_envelopes(shard, "u", "utterance", "asr", rows=2)) == 5
+    one = envelope([{"condition": "gout"}], "c", "c", "c", ids=["gout"]).to_pylist()[0]
+    assert one["id"] == "gout" and envelope_row(one) == {"condition": "gout"}
+
+
+def test_make_shards_fans_out_the_named_datasets(tmp_path, monkeypatch):
+    """One task per planned shard of the named datasets, stats in plan order (Ray replaced by a stand-in)."""
+    import sys
+    import types
+
+    from medlm.data.factory import MakeDataConfig, make_shards, plan
+
+    calls = []
+    fake = types.ModuleType("ray")
+    fake.remote = lambda **opts: lambda fn: types.SimpleNamespace(
+        remote=lambda *a: calls.append((opts, a[1], a[2])) or fn(*a))
+    fake.wait = lambda pending, num_returns: (pending[:num_returns], pending[num_returns:])
+    fake.get = lambda refs: refs
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    cfg = MakeDataConfig(output=str(tmp_path / "data"), consultations=3, speech_consultations=0, utterances=0,
+                         sentences=0, ct_cases=2, ct_shape=(8, 8, 8), spoken_ct_reports=False, rows_per_shard=2)
+    assert make_shards(cfg, []) == [] and make_shards(cfg, ["nothing"]) == [] and calls == []
+    stats = make_shards(cfg, {"ct", "consult_text"})
+    assert [(s["dataset"], s["rows"]) for s in stats] == [("consult_text", 2), ("consult_text", 1), ("ct", 2)]
+    assert [(d, i) for _, d, i in calls] == [(n, i) for n, i, _ in plan(cfg) if n in ("ct", "consult_text")]
+    assert all(opts == {"num_cpus": 1} for opts, _, _ in calls)
+    assert read_table(str(tmp_path / "data" / "consult_text")).num_rows == 3

@@ -1,4 +1,4 @@
-"""`medlm demo`'s code path end to end on the tiny preset (the real preset is the same code with the real
+"""The demo's code path (`python -m recipes.demo`) end to end on the tiny preset (the real preset is the same code with the real
 checkpoints and more steps; its run is recorded in BENCHMARKS.md)."""
 
 import pytest
@@ -7,7 +7,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_tiny_end_to_end(capsys):
-    from medlm.demo import run_demo
+    from recipes.demo import run_demo
     from medlm.models.pretrained import is_fetched
 
     summary = run_demo(preset="tiny")

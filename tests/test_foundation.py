@@ -98,8 +98,11 @@ def _medlm(*args, env=None, timeout=120):
 def test_cli_lists_the_jobs():
     out = _medlm("--help")
     assert out.returncode == 0, out.stderr
-    for cmd in ("demo", "serve", "train", "data", "eval", "stack", "reproduce", "config"):
+    for cmd in ("serve", "train", "data", "eval", "stack", "config"):
         assert cmd in out.stdout
+    for recipe in ("recipes.demo", "recipes.reproduce"):  # the experiments: over the library, not in its CLI
+        out = subprocess.run([sys.executable, "-m", recipe, "--help"], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0 and "Usage" in out.stdout, out.stderr
     out = _medlm("train", "--help")
     for cmd in ("stage1", "stage2", "joint-sft", "multitask", "ct-clip"):
         assert cmd in out.stdout
@@ -226,3 +229,112 @@ def test_no_import_cycles_inside_functions_included():
                     stack.append((nxt, path + [nxt]))
         done.add(start)
     assert cycles == []
+
+
+# The library's layers, bottom first (docs/DESIGN.md, "Layout"): a module may import its own package and the
+# layers below it, never one above, inside functions too. The foundation's modules may import each other.
+LAYERS = [
+    {"medlm", "medlm.paths", "medlm.config", "medlm.audio", "medlm.storage"},  # foundation
+    {"medlm.models"},
+    {"medlm.data"},
+    {"medlm.train"},
+    {"medlm.eval"},
+    {"medlm.ct"},
+    {"medlm.serving"},
+    {"medlm.stack"},
+    {"medlm.jobs"},
+    {"medlm.cli"},
+    {"medlm.__main__"},
+]
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer index, the layer's package holding ``module``)."""
+    for i, layer in enumerate(LAYERS):
+        for pkg in sorted(layer, key=len, reverse=True):
+            if module == pkg or (pkg != "medlm" and module.startswith(pkg + ".")):
+                return i, pkg
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to DESIGN.md's layout")
+
+
+def test_layers_import_downward_only():
+    graph = import_graph()
+    assert graph["medlm.serving.defaults"] >= {"medlm.ct.build"}  # the walk sees imports inside functions
+    upward = []
+    for module, targets in graph.items():
+        i, pkg = layer_of(module)
+        for target in targets:
+            j, target_pkg = layer_of(target)
+            if j > i or (j == i and target_pkg != pkg and i > 0):
+                upward.append(f"{module} -> {target}")
+    assert upward == []
+
+
+def test_experiments_live_outside_the_library():
+    """The demo and the reproductions are recipes over the library: nothing in medlm imports them."""
+    assert not (ROOT / "medlm" / "demo.py").exists() and not (ROOT / "medlm" / "eval" / "reproduce.py").exists()
+    assert not [m for m, targets in import_graph().items() if any(t.startswith("recipes") for t in targets)]
+    for path in (ROOT / "medlm").rglob("*.py"):
+        assert "recipes" not in {n.split(".")[0] for n in re.findall(r"^\s*(?:from|import) ([\w.]+)", path.read_text(), re.M)}, path
+
+
+def test_paths_and_their_variables_are_read_in_one_module(monkeypatch, tmp_path):
+    import tempfile
+
+    from medlm import paths
+    from medlm.models.pretrained import model_home
+
+    for var in ("MEDLM_HOME", "MEDLM_MODELS", "MEDLM_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    home = Path.home() / ".cache" / "medlm"
+    assert (paths.home(), paths.stack_dir(), paths.model_store()) == (home, home / "stack", home / "models")
+    assert paths.download_cache() == Path(tempfile.gettempdir()) / "medlm-cache"
+    monkeypatch.setenv("MEDLM_HOME", str(tmp_path / "h"))
+    assert [paths.stack_dir(), paths.cluster_dir(), paths.tokenizer_dir(), paths.serve_defaults_dir()] == [
+        tmp_path / "h" / d for d in ("stack", "cluster", "tokenizers", "serve-defaults")]
+    assert model_home() == home / "models"  # the model store does not move with MEDLM_HOME
+    monkeypatch.setenv("MEDLM_MODELS", str(tmp_path / "m"))
+    monkeypatch.setenv("MEDLM_CACHE", str(tmp_path / "c"))
+    assert (model_home(), paths.download_cache()) == (tmp_path / "m", tmp_path / "c")
+    assert import_graph()["medlm.paths"] == set()  # the bottom layer
+    readers = [str(p.relative_to(ROOT)) for p in [*(ROOT / "medlm").rglob("*.py"), ROOT / "cluster" / "local.py"]
+               if p.name != "paths.py" and re.search(r"MEDLM_(HOME|MODELS|CACHE)[\"']", p.read_text())]
+    assert readers == []
+
+
+def test_delete_files_clears_a_prefix(tmp_path):
+    for name in ("part-0.parquet", "sub/part-1.parquet", "make_data-x.jsonl", "other.jsonl"):
+        storage.write_text(str(tmp_path / "d" / name), "x")
+    assert storage.delete_files(str(tmp_path / "d"), name_prefix="make_data-") == 1
+    assert storage.delete_files(str(tmp_path / "d")) == 3
+    assert storage.list_files(str(tmp_path / "d")) == []
+    assert storage.delete_files(str(tmp_path / "missing")) == 0
+
+
+def test_cluster_script_builds_on_the_stacks_public_pieces(monkeypatch, tmp_path):
+    """cluster/local.py uses medlm.stack's public functions (no private helper, no copy of its start-up), and
+    both keep their client exports."""
+    import importlib.util
+    import json
+
+    from medlm import stack
+
+    text = (ROOT / "cluster" / "local.py").read_text()
+    assert not re.search(r"stack\._|moto\.server|AWS_ENDPOINT_URL|state\.json", text)
+    spec = importlib.util.spec_from_file_location("medlm_cluster_local", ROOT / "cluster" / "local.py")
+    local = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(local)
+    monkeypatch.setenv("MEDLM_HOME", str(tmp_path))
+    assert local.cluster_env() == {} == stack.stack_env()
+    (tmp_path / "stack").mkdir()
+    stack.write_state({"moto_pid": 1, "ray_session": 2, "s3_endpoint": "http://127.0.0.1:5", "bucket": "medlm",
+                       "ray_address": "127.0.0.1:6379", "dashboard": "http://127.0.0.1:8265"})
+    one = {**stack.RAY_LOCAL_ENV, **stack.S3_LOCAL_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:5",
+           "RAY_ADDRESS": "127.0.0.1:6379", "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8265",
+           "RAY_DASHBOARD_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_MODE": "token"}
+    assert stack.stack_env() == one == local.cluster_env()  # no multi-node state: the one-node stack's
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "state.json").write_text(json.dumps(
+        {"address": "127.0.0.2:7", "dashboard": None, "s3_endpoint": None, "sessions": [], "temp_dir": "/x"}))
+    assert local.cluster_env() == {"RAY_ADDRESS": "127.0.0.2:7", "RAY_AUTH_MODE": "token",
+                                   "RAY_USAGE_STATS_ENABLED": "0"}

@@ -278,9 +278,125 @@ def test_rayjobs_run_the_registered_jobs_with_existing_entry_points():
             assert spec["backoffLimit"] >= 0 and spec["activeDeadlineSeconds"] > 0
             assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
             commands.add(spec["entrypoint"])
-        # One RayJob per registered job, with the job's own entry point and default config.
-        want = {f"python ray_jobs/{j.name}.py --config configs/{j.config_file}" for j in JOBS.values()}
+        # One RayJob per registered job, with the job's own entry point and its config for this environment
+        # (configs/<job>_<env>.yaml: the default config's recipe at the environment's scale).
+        want = {f"python ray_jobs/{j.name}.py --config configs/{Path(j.config_file).stem}_{env}.yaml"
+                for j in JOBS.values()}
         assert commands == want
+
+
+def _gpu_group(cluster: dict) -> dict | None:
+    """The worker group of a RayCluster spec whose pods request GPUs (None when it has none)."""
+    groups = [g for g in cluster["workerGroupSpecs"]
+              if int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) > 0]
+    assert len(groups) <= 1, [g["groupName"] for g in groups]
+    return groups[0] if groups else None
+
+
+class _Launched(Exception):
+    """Raised by the fake TorchTrainer: the job built its Ray Train trainer; nothing runs."""
+
+
+def _scaling_config(job_cfg, tmp_path, monkeypatch):
+    """The ``ScalingConfig`` that the job's own driver code hands to Ray Train for ``job_cfg`` (training jobs and
+    ct_clip), captured by a fake ``TorchTrainer``; no Ray cluster, S3 or data is touched (storage and data
+    locations point at ``tmp_path``, datasets are stubbed)."""
+    import ray.data
+    import ray.train.torch
+
+    from medlm.ct.job import CTClipConfig
+    from medlm.train.config import TrainJobConfig
+
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, *args, scaling_config, **kwargs):
+            seen["scaling"] = scaling_config
+
+        def fit(self):
+            raise _Launched
+
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", FakeTrainer)
+    stub = type("Dataset", (), {"context": ray.data.DataContext()})()
+    if isinstance(job_cfg, TrainJobConfig):
+        import medlm.data.pipeline
+        from medlm.train.core import train
+
+        monkeypatch.setattr(medlm.data.pipeline, "build_dataset", lambda data, model: stub)
+        cfg = job_cfg.model_copy(update={"run": job_cfg.run.model_copy(update={"storage_path": str(tmp_path)})})
+        with pytest.raises(_Launched):
+            train(cfg)
+    elif isinstance(job_cfg, CTClipConfig):
+        import medlm.ct.job
+
+        monkeypatch.setattr(medlm.ct.job, "train_dataset", lambda cfg, uri: stub)
+        cfg = job_cfg.model_copy(update={"output": str(tmp_path),
+                                         "data": job_cfg.data.model_copy(update={"uri": str(tmp_path / "ct")})})
+        with pytest.raises(_Launched):
+            medlm.ct.job.run_ct_clip(cfg)
+    else:
+        raise AssertionError(f"{type(job_cfg).__name__} runs no Ray Train trainer")
+    return seen["scaling"]
+
+
+def _gpu_ask(job_cfg, tmp_path, monkeypatch) -> tuple[int, float, float]:
+    """(workers, GPUs per worker, CPUs per worker) that a job's config asks of the cluster, read from what the
+    job's own code hands to Ray: the Ray Train ScalingConfig (training jobs, ct_clip), the evaluation's Ray Data
+    actor pool (``actor_gpus``), make_data's 1-CPU tasks."""
+    from medlm.data.factory import MakeDataConfig
+    from medlm.eval.job import EvalConfig, _actors
+
+    if isinstance(job_cfg, EvalConfig):
+        actors = _actors(job_cfg)
+        return job_cfg.num_actors, float(actors["num_gpus"] or 0), float(actors["num_cpus"])
+    if isinstance(job_cfg, MakeDataConfig):
+        return 1, 0.0, 1.0  # one Ray task (num_cpus=1) per shard; nothing of it asks for a GPU
+    scaling = _scaling_config(job_cfg, tmp_path, monkeypatch)
+    per_worker = scaling._resources_per_worker_not_none
+    assert bool(per_worker.get("GPU")) == scaling.use_gpu
+    return scaling.num_workers, float(per_worker.get("GPU", 0)), float(per_worker.get("CPU", 0))
+
+
+def test_gpu_jobs_ask_for_gpus_that_their_cluster_has(tmp_path, monkeypatch):
+    """Every RayJob as rendered now: a `gpu: true` job's config (loaded through medlm's job registry) asks for
+    GPUs in Ray (Ray Train's ScalingConfig has use_gpu; the evaluation's model actors have actor_gpus) and its
+    cluster has a GPU worker group requesting nvidia.com/gpu, big enough for the workers; a `gpu: false` job asks
+    for no GPU and its cluster has no GPU group."""
+    from medlm.jobs import JOBS
+
+    r = render()
+    specs = r.load_jobs()
+    rendered = r.render_all()
+    seen = set()
+    for path, text in rendered.items():
+        if path.parent.name != "jobs":
+            continue
+        env = path.parent.parent.name
+        (job,) = [d for d in yaml.load_all(text, Loader=LOADER) if d]
+        name = job["metadata"]["name"].removeprefix("medlm-")
+        argv = shlex.split(job["spec"]["entrypoint"])
+        registered = JOBS[Path(argv[1]).stem]
+        cfg = registered.load(str(ROOT / argv[3]))  # the config the entry point names, as the job loads it
+        workers, gpus, cpus = _gpu_ask(cfg, tmp_path / env / name, monkeypatch)
+        group = _gpu_group(job["spec"]["rayClusterSpec"])
+        where = f"{env}/{name} ({argv[3]})"
+        if specs[name].gpu:
+            assert gpus > 0, f"{where}: marked gpu: true, but its config asks Ray for no GPU"
+            assert group is not None, f"{where}: no GPU worker group in the RayJob's cluster"
+            limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+            node_gpus, node_cpus = int(limits["nvidia.com/gpu"]), int(limits["cpu"])
+            per_node = min(workers, int(node_gpus // gpus))
+            assert per_node >= 1, f"{where}: one worker asks for {gpus} GPUs, a GPU node has {node_gpus}"
+            assert workers <= per_node * group["maxReplicas"], f"{where}: {workers} GPU workers never fit the group"
+            assert per_node * cpus <= node_cpus, f"{where}: {per_node} workers x {cpus} CPUs > a node's {node_cpus}"
+        else:
+            assert gpus == 0, f"{where}: marked gpu: false, but its config asks for GPUs"
+            assert group is None, f"{where}: gpu: false, yet the cluster has a GPU worker group"
+        seen.add((env, name))
+    assert seen == {(env, name) for env in r.environments() for name in specs}
+    # the laptop defaults stay on CPU (the tiny preset): the cluster configs are separate files
+    for job in ("stage1", "ct_clip", "evaluate"):
+        assert _gpu_ask(JOBS[job].load(), tmp_path / "default" / job, monkeypatch)[1] == 0, job
 
 
 def test_rayservice_serve_config_is_generated_from_serve_config_yaml():
@@ -333,6 +449,80 @@ def test_no_static_credentials_anywhere():
                 assert "value" in var or "secretKeyRef" in var.get("valueFrom", {}), (where, var)
                 if re.search(r"KEY|TOKEN|SECRET|PASSWORD", var["name"]):
                     assert "valueFrom" in var, f"{where}: {var['name']} must come from a Secret"
+
+
+# --- packaging: the configs inside the wheel -----------------------------------------------------
+
+def test_pyproject_packages_medlm_and_ships_the_configs():
+    """pyproject lists the packages (setuptools cannot both discover them and map configs/ into one): every
+    package of medlm/ must be there, and configs/ (and each folder in it) as medlm.configs[.<folder>] with its
+    YAMLs as package data."""
+    import tomllib
+
+    st = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    code = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "medlm").rglob("__init__.py")}
+    folders = [p for p in (ROOT / "configs").rglob("*") if p.is_dir() and p.name != "__pycache__"]
+    data = {"medlm.configs", *(".".join(("medlm", *p.relative_to(ROOT).parts)) for p in folders)}
+    assert set(st["packages"]) == code | data, "pyproject.toml [tool.setuptools] packages: list medlm's packages " \
+        "and each folder of configs/ as medlm.configs.<folder>"
+    assert st["package-dir"] == {"medlm.configs": "configs"}
+    assert (ROOT / "configs" / "__init__.py").is_file()  # a regular package: editable installs map it too
+    for pkg in data:
+        assert st["package-data"].get(pkg) == ["*.yaml"], f"pyproject.toml: package-data {pkg} = ['*.yaml']"
+    others = [str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*")
+              if p.is_file() and p.suffix != ".yaml" and p.name != "__init__.py" and "__pycache__" not in p.parts]
+    assert others == [], f"{others}: only *.yaml files travel as package data"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_installed_wheel_finds_its_configs_outside_the_repository(tmp_path):
+    """A non-editable install: `pip wheel --no-deps --no-build-isolation .`, the wheel installed into a fresh venv
+    that sees the locked packages, then `medlm config show stage1` from a directory outside the repository."""
+    import shutil
+    import sysconfig
+    import zipfile
+
+    def run(*argv, **kw):
+        out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=300, **kw)
+        assert out.returncode == 0, f"{argv}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        return out.stdout
+
+    src = tmp_path / "src"  # a copy: a build in the checkout would leave build/, which later builds reuse
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("medlm", "configs"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", src, "-w", tmp_path / "wheels")
+    (wheel,) = (tmp_path / "wheels").glob("medlm-*.whl")
+    want = {f"medlm/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "configs").rglob("*.yaml")}
+    missing = want - set(zipfile.ZipFile(wheel).namelist())
+    assert len(want) > 10 and not missing, sorted(missing)
+
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", "--without-pip", venv)
+    py = venv / "bin" / "python"
+    purelib = Path(run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
+    # This interpreter's locked packages (pip included) on the new venv's path, as a plain path line: it gets
+    # no .pth processing, so the checkout's editable medlm stays invisible there. (`venv --system-site-packages`
+    # would expose the base interpreter's packages, not the locked venv's.)
+    (purelib / "_medlm_locked_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    run(py, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["HF_HUB_OFFLINE"] = "1"
+    where = run(py, "-c", "import medlm, medlm.config as c; print(medlm.__file__); print(c.CONFIG_DIR)",
+                cwd=elsewhere, env=env).split()
+    assert Path(where[0]).parent == purelib / "medlm" and Path(where[1]) == purelib / "medlm" / "configs", where
+    shown = yaml.safe_load(run(venv / "bin" / "medlm", "config", "show", "stage1", cwd=elsewhere, env=env))
+    assert shown["job"] == "stage1" and shown["model"]["preset"] == "tiny" and shown["run"]["use_gpu"] is False
+    # a path as the repository writes it (configs/<file>) also resolves to the shipped file
+    shown = yaml.safe_load(run(venv / "bin" / "medlm", "config", "show", "stage1", "-c", "configs/stage1_prod.yaml",
+                               cwd=elsewhere, env=env))
+    assert shown["run"]["use_gpu"] is True and shown["model"]["preset"] == "base"
 
 
 # --- AWS cluster launcher -----------------------------------------------------------------------

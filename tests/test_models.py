@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from medlm.audio import SAMPLING_RATE as SR
 from medlm.models import (
     PRESETS,
     ModelSpec,
@@ -17,8 +18,6 @@ from medlm.models import (
     replace_placeholders_and_build_targets,
 )
 from medlm.models.audio import num_audio_tokens
-
-SR = 16000
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -205,7 +204,6 @@ def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter
     parameter a gradient (gradient reduction covers all of them), whatever the batch holds."""
     model, proc = tiny(**kw)
     model.train()
-    model.lockstep = True  # as the training core sets it for more than one rank
     calls: list[str] = []
     for name, m in model.named_modules():
         if name and not list(m.children()):
@@ -218,7 +216,7 @@ def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter
         model.zero_grad()
         calls.clear()
         batch = proc.collate([proc.featurize(c) for c in batch_convs])
-        out = model(**batch)
+        out = model(**batch, lockstep=True)  # as the training core calls it for more than one rank
         out.loss.backward()
         seqs[label] = list(calls)
         missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
@@ -565,3 +563,119 @@ def test_classifier_regularizer_learns_sentiment_and_entity_types():
     plain, proc2 = tiny(num_classes=3)
     assert plain.classifier.out_features == 3 and model.classifier.out_features == 5
     assert plain(**proc2.collate([proc2.featurize(convs[0], class_label=[2, 1, 0])])).loss.isfinite()
+
+
+# --- one source for the spec's fields; init_from refuses a spec that contradicts the export -----------------
+
+def _other(value):
+    """A value of the same kind as ``value`` and unequal to it."""
+    return [*value, "other"] if isinstance(value, list) else value + 1
+
+
+def test_spec_fields_are_declared_once():
+    """SpeechLMConfig carries SPEC_FIELDS as ModelSpec declares them: the same defaults (a config without one,
+    e.g. an older export, reads the spec's) and build copies each from the spec. The config's own parameters that
+    ModelSpec also has are the ones build resolves from the preset (None in the spec)."""
+    import inspect
+
+    from medlm.models import SpeechLMConfig
+    from medlm.models.build import speechlm_config
+
+    defaults = {n: f.get_default(call_default_factory=True) for n, f in ModelSpec.model_fields.items()}
+    assert set(SpeechLMConfig.SPEC_FIELDS) <= set(defaults)
+    assert {n: getattr(SpeechLMConfig(), n) for n in SpeechLMConfig.SPEC_FIELDS} == {
+        n: defaults[n] for n in SpeechLMConfig.SPEC_FIELDS}
+    resolved = set(inspect.signature(SpeechLMConfig.__init__).parameters) & set(defaults)
+    assert resolved == {"stack_factor", "adapter_hidden"} and all(defaults[n] is None for n in resolved)
+    spec = ModelSpec(**{n: _other(defaults[n]) for n in SpeechLMConfig.SPEC_FIELDS})
+    config = speechlm_config(spec, build_processor(spec))
+    assert {n: getattr(config, n) for n in SpeechLMConfig.SPEC_FIELDS} == {
+        n: getattr(spec, n) for n in SpeechLMConfig.SPEC_FIELDS}
+    assert (config.stack_factor, config.adapter_hidden) == (PRESETS["tiny"]["stack_factor"],
+                                                           PRESETS["tiny"]["adapter_hidden"])
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"lora_r": 8}, "lora_r=8 .* whose lora_r is 4"),
+    ({"lora_alpha": 32}, "lora_alpha=32 .* whose lora_alpha is 16"),
+    ({"encoder_lora_r": 2}, "encoder_lora_r=2 .* whose encoder_lora_r is 0"),
+    ({"num_classes": 2}, "num_classes=2 .* whose num_classes is 3"),
+    ({"num_entity_labels": 7}, "num_entity_labels=7 .* whose num_entity_labels is 0"),
+    ({"stack_factor": 8}, "stack_factor=8 .* whose stack_factor is 4"),
+    ({"adapter_hidden": 256}, "adapter_hidden=256 .* whose adapter_hidden is 128"),
+    ({"encoder_type": "wav2vec2"}, "encoder_type='wav2vec2' .* whose encoder_type is 'whisper'"),
+    ({"encoder_window_seconds": 5.0}, "encoder_window_seconds=5.0 .* whose encoder_window_seconds is 10.0"),
+    ({"encoder_path": "whisper-tiny.en"}, "encoder_path='whisper-tiny.en' with model.init_from"),
+])
+def test_init_from_refuses_structure_that_contradicts_the_export(kw, field):
+    from medlm.models.build import check_structure
+
+    model, _ = tiny(lora_r=4, num_classes=3)
+    with pytest.raises(ValueError, match=field):
+        check_structure(ModelSpec(init_from="s3://runs/x/export", **kw), model.config)
+
+
+def test_init_from_accepts_agreeing_or_default_structure_and_applies_the_job_choices(tmp_path):
+    """Fields equal to the export's or left at their default pass (also after the full dump a training worker
+    gets); the preset, loss weights, trainable set and dtype are the job's. build_model refuses before loading."""
+    from medlm.models.build import check_structure
+
+    model, proc = tiny(lora_r=4, num_classes=3)
+    model.save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model.lora_r=8 contradicts the export"):
+        build_model(ModelSpec(init_from=str(tmp_path), lora_r=8))
+    spec = ModelSpec(init_from=str(tmp_path), preset="real", lora_r=4, num_classes=3, stack_factor=4,
+                     adapter_hidden=128, encoder_window_seconds=10.0, kd_weight=0.5, ctc_weight=0.25,
+                     trainable=[r"^classifier\."])
+    check_structure(ModelSpec.model_validate(spec.model_dump(mode="json")), model.config)
+    loaded, _ = build_model(spec)
+    assert (loaded.config.lora_r, loaded.config.kd_weight, loaded.config.ctc_weight) == (4, 0.5, 0.25)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
+
+
+def _export_config(job: str, *overrides: str):
+    """The SpeechLMConfig a run of ``configs/<job>.yaml`` exports (no weights are built)."""
+    from medlm.config import load_config
+    from medlm.models.build import resolve_spec, speechlm_config
+    from medlm.train import TrainJobConfig
+
+    spec = resolve_spec(load_config(TrainJobConfig, f"{job}.yaml", list(overrides)).model)
+    return speechlm_config(spec, build_processor(spec))
+
+
+def _job_spec(job: str, *overrides: str) -> ModelSpec:
+    """``configs/<job>.yaml``'s model with ``overrides`` as a training worker receives it (a full dump)."""
+    from medlm.config import load_config
+    from medlm.train import TrainJobConfig
+
+    cfg = load_config(TrainJobConfig, f"{job}.yaml", [*overrides, "model.init_from=s3://medlm/runs/x/export"])
+    return ModelSpec.model_validate(cfg.model.model_dump(mode="json"))
+
+
+# The structure the real preset's alignment run sets for every later run (configs/presets/reproduce-real.yaml).
+_REAL_ALIGN = ["model.preset=real", "model.lora_r=16", "model.lora_alpha=32", "model.num_classes=3",
+               "model.num_entity_labels=7", "model.classifier_weight=0"]
+
+
+@pytest.mark.parametrize("export,runs", [
+    # reproduce, preset real: every SpeechLM starts from the alignment run; stage 2 from stage 1
+    (("stage2_ctc_real", *_REAL_ALIGN),
+     [("stage1_real",), ("stage2_real",), ("joint_sft_real",), ("multitask_real",),
+      ("multitask_real", "model.classifier_weight=0"), ("stage2_real", "model.lm_weight=1.0",
+                                                        "model.trainable=['lora_', '^adapter\\.']")]),
+    # demo, preset real: stage 1 (LoRA), then the CTC alignment and stage 2, each from the last export
+    (("stage1_real", "model.preset=real"), [("stage2_ctc_real",), ("stage2_real",)]),
+    # tiny: stage 2 from stage 1
+    (("stage1", "model.preset=tiny"), [("stage2",)]),
+])
+def test_init_from_accepts_the_shipped_job_chains(export, runs):
+    from medlm.models import pretrained as P
+    from medlm.models.build import check_structure
+
+    if "model.preset=real" in export and not all(P.is_fetched(n) for n in ("whisper-tiny.en", "smollm2-135m-instruct")):
+        pytest.skip("model store not fetched (run `medlm models fetch`)")
+    config = _export_config(*export)
+    preset = next(o for o in export if o.startswith("model.preset="))
+    for job, *overrides in runs:
+        check_structure(_job_spec(job, preset, *overrides), config)

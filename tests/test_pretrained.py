@@ -32,7 +32,7 @@ def asr():
 
 
 def _voice(engine: str):
-    from medlm.data.tts import voice_bank
+    from medlm.models.tts import voice_bank
 
     return voice_bank(2, seed=3, backend=engine)[1 if engine == "espeak" else 0]
 
@@ -40,7 +40,7 @@ def _voice(engine: str):
 @pytest.fixture(scope="module")
 def clips():
     """The sentences spoken by Piper (prosody drawn per clip) and by an espeak-ng voice, 16 kHz."""
-    from medlm.data.tts import speak
+    from medlm.models.tts import speak
 
     return {engine: speak(SENTENCES, _voice(engine), seed=1) for engine in ("piper", "espeak")}
 
@@ -170,7 +170,7 @@ def test_real_preset_builds_saves_loads_and_generates(tmp_path, clips):
 
 def test_piper_renders_speech_the_factory_accepts_and_varies_prosody():
     from medlm.data.schema import decode_audio, encode_flac
-    from medlm.data.tts import PIPER_RANGES, PiperTTS
+    from medlm.models.tts import PIPER_RANGES, PiperTTS
 
     tts, voice = PiperTTS(), _voice("piper")
     a = voice.for_utterance(random.Random(0))

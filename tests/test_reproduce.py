@@ -1,4 +1,4 @@
-"""``medlm reproduce``: every reproduction end to end at tiny sizes, and the README section it writes."""
+"""``python -m recipes.reproduce run``: every reproduction end to end at tiny sizes, and the README section it writes."""
 
 import json
 
@@ -19,7 +19,8 @@ def _report(workdir, name):
 
 @pytest.mark.slow
 def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tmp_path):
-    from medlm.eval.reproduce import NAMES, _fmt, run_reproductions
+    from recipes.reproduce import NAMES, run_reproductions
+    from recipes.tables import fmt
 
     out, workdir = tmp_path / "out", tmp_path / "work"
     summary = run_reproductions("real", output=str(out), overrides=TINY_REAL, workdir=str(workdir))
@@ -30,8 +31,8 @@ def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tm
         for row in res["rows"]:
             line = next(x for x in tables[n].splitlines() if x.startswith(f"| {row['variant']} |"))
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
-            assert all(_fmt(v) in cells for v in row.values()), (n, row, line)
-        assert "medlm reproduce --preset real" in tables[n] and f"--workdir {workdir}" in tables[n]
+            assert all(fmt(v) in cells for v in row.values()), (n, row, line)
+        assert "python -m recipes.reproduce run --preset real" in tables[n] and f"--workdir {workdir}" in tables[n]
 
     sma = {r["variant"].split(":")[0]: r for r in results["speechmedassist"]["rows"]}
     two = _report(workdir, "sma-two-stage")["consistency"]["qa_speech_heldout"]
@@ -65,19 +66,19 @@ def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tm
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):
-    from medlm.eval.reproduce import README_END, README_START, update_readme
+    from recipes.tables import README_END, README_START, update_readme
 
     out = tmp_path / "repro"
     out.mkdir()
     (out / "speechllm.md").write_text("# SpeechLLM\n\n| a |\n|---|\n| 1 |\n")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\nafter\n")
-    update_readme(readme, out)
+    update_readme(readme, out, ["speechllm"])
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("after\n") and "old table" not in text
     assert "### SpeechLLM" in text and "| 1 |" in text
-    update_readme(readme, out)
+    update_readme(readme, out, ["speechllm"])
     assert readme.read_text() == text  # idempotent
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- reproductions:start -->"):
-        update_readme(tmp_path / "plain.md", out)
+        update_readme(tmp_path / "plain.md", out, ["speechllm"])

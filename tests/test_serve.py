@@ -310,7 +310,7 @@ def test_lora_adapters_are_multiplexed(client):
 
 def spoken_question(text: str) -> dict:
     """A user turn that says ``text`` in the Piper voice (a voice the cascade's Whisper hears well)."""
-    from medlm.data.tts import speak, voice_bank
+    from medlm.models.tts import speak, voice_bank
 
     (wave,) = speak([text], voice_bank(1, backend="piper")[0])
     data = base64.b64encode(encode_wav(wave, 16000)).decode()
@@ -417,7 +417,7 @@ def test_readme_api_block_runs(server, tmp_path, monkeypatch):
     """The README's "Talking to the API" block, as written, against the running app."""
     import re
 
-    from medlm.data.tts import speak, voice_bank
+    from medlm.models.tts import speak, voice_bank
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     (block,) = re.findall(r"### Talking to the API.*?```python\n(.*?)```", readme, re.S)
@@ -438,7 +438,7 @@ def test_transcription_and_understanding(client, server):
     text = client.audio.transcriptions.create(model="medlm", file=("n.flac", encode_wav(tone(1.0), 22050, "FLAC")),
                                               response_format="text")
     assert isinstance(text, str)
-    from medlm.data.tts import speak, voice_bank
+    from medlm.models.tts import speak, voice_bank
     from medlm.eval.metrics import wer
 
     said = "I have had a dry cough for three days."  # the ASR baseline, served beside the SpeechLM
@@ -490,7 +490,7 @@ def _bad_requests(base: str) -> list[tuple[str, dict]]:
         ("wrong API key", dict(url=chat_url, content=body(), headers={"Authorization": "Bearer nope",
                                                                       "Content-Type": "application/json"}), 401),
         ("basic auth", dict(url=chat_url, content=body(), headers={"Authorization": "Basic " + KEY}), 401),
-        ("metrics need a key", dict(url=f"{base}/metrics", method="GET"), 401),
+        ("metrics need a key", dict(url=f"{base}/metrics", method="GET"), 401),  # no such route: the key first
         ("bad JSON", dict(url=chat_url, content=b'{"model": "medlm", "messages": [', headers=js), 400),
         ("not UTF-8", dict(url=chat_url, content=b'\xff\xfe\x00', headers=js), 400),
         ("JSON array", dict(url=chat_url, content=b'[1, 2]', headers=js), 400),
@@ -558,8 +558,9 @@ def test_malformed_requests_get_4xx_json_and_replicas_survive(client, server):
                 failures.append(f"{name}: {r.status_code} {r.text[:200]}")
         assert not failures, "\n".join(failures)
         assert http.get(f"{base}/healthz").json() == {"status": "ok"}
-        metrics = http.get(f"{base}/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    assert 'medlm_requests_total{route="/v1/chat/completions",status="401"}' in metrics
+    counts = _poll_metrics(lambda m: _total(m, "ray_medlm_requests_total", route="/v1/chat/completions",
+                                            status="401") > 0)  # in Ray's metrics (test_metrics_... below)
+    assert _total(counts, "ray_medlm_requests_total", route="/v1/chat/completions", status="401") > 0
     assert chat(client, [{"role": "user", "content": [audio_part(0.5)]}]).choices[0].message.content is not None
 
 
@@ -589,7 +590,141 @@ def test_serve_config_is_valid_and_consistent():
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {"Ingress", "SpeechEncoder", "LLM", "Speaker"}  # the app without a CT index
     for name, batching in (("SpeechEncoder", args.encoder_batching), ("LLM", args.llm_batching),
-                           ("Speaker", args.encoder_batching)):
+                           ("Speaker", args.speaker_batching)):
         assert deployments[name]["max_ongoing_requests"] >= batching.max_batch_size
         assert 0 < deployments[name]["ray_actor_options"]["num_cpus"] < 1
         assert deployments[name]["autoscaling_config"]["min_replicas"] >= 1
+
+
+def _app_shape(app) -> dict[str, dict]:
+    """Deployment name -> the Serve options a built application carries (what `serve.run` deploys)."""
+    from ray import serve
+
+    shape: dict[str, dict] = {}
+
+    def walk(node):
+        d = node._bound_deployment
+        auto = d._deployment_config.autoscaling_config
+        shape[d.name] = {"max_ongoing_requests": d.max_ongoing_requests,
+                         "ray_actor_options": {"num_cpus": d.ray_actor_options["num_cpus"]},
+                         "autoscaling_config": {"min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
+                                                "target_ongoing_requests": auto.target_ongoing_requests}}
+        for arg in (*d.init_args, *d.init_kwargs.values()):
+            if isinstance(arg, serve.Application):
+                walk(arg)
+
+    walk(app)
+    return shape
+
+
+def test_one_deployment_shape_for_medlm_serve_and_serve_config():
+    """serve/config.yaml's `deployments:` is what `medlm serve config` generates (rerun it when this fails), and
+    build_app (what `medlm serve` / run_local deploy) gives every deployment those same options; each batching
+    deployment's concurrency follows its own batching options."""
+    import yaml
+
+    from medlm.serving import AppArgs, build_app
+    from medlm.serving.config import deployment_options, generate_serve_config
+
+    path = Path(__file__).resolve().parent.parent / "serve" / "config.yaml"
+    text = path.read_text()
+    assert generate_serve_config(text) == text, "serve/config.yaml is stale: run `medlm serve config`"
+    (app,) = yaml.safe_load(text)["applications"]
+    committed = {d.pop("name"): d for d in app["deployments"]}
+    args = AppArgs.model_validate(app["args"])
+    assert _app_shape(build_app(args)) == committed == deployment_options(args)
+
+    other = AppArgs(model_dir="/x", asr_model="whisper-tiny.en", ct_index_dir="/ct",
+                    encoder_batching={"max_batch_size": 2}, speaker_batching={"max_batch_size": 3},
+                    asr_batching={"max_batch_size": 5}, llm_batching={"max_batch_size": 7})
+    shape = _app_shape(build_app(other))
+    assert shape == deployment_options(other)
+    assert {n: (shape[n]["max_ongoing_requests"], shape[n]["autoscaling_config"]["target_ongoing_requests"])
+            for n in ("SpeechEncoder", "Speaker", "WhisperTranscriber", "LLM")} == {
+        "SpeechEncoder": (4, 2), "Speaker": (6, 3), "WhisperTranscriber": (10, 5), "LLM": (14, 7)}
+    assert set(shape) == {"Ingress", "SpeechEncoder", "LLM", "WhisperTranscriber", "Speaker", "CTRetriever"}
+
+
+def test_serve_config_generation_replaces_only_its_block(tmp_path):
+    from medlm.config import ConfigError
+    from medlm.serving.config import GENERATED_BEGIN, GENERATED_END, write_serve_config
+
+    path = tmp_path / "config.yaml"
+    head = ("applications:\n- name: medlm\n  import_path: medlm.serving.app:build_app\n  args:  # kept\n"
+            "    model_dir: /x\n    ct_index_dir: /ct\n    speech: {enabled: false}\n")
+    path.write_text(f"{head}  {GENERATED_BEGIN}\n  deployments: []\n  {GENERATED_END}\n# after\n")
+    assert write_serve_config(path, check=True) and write_serve_config(path)
+    assert not write_serve_config(path, check=True)
+    text = path.read_text()
+    assert text.startswith(head) and text.endswith(f"  {GENERATED_END}\n# after\n")
+    import yaml
+
+    (app,) = yaml.safe_load(text)["applications"]
+    assert [d["name"] for d in app["deployments"]] == ["Ingress", "SpeechEncoder", "LLM", "CTRetriever"]
+    path.write_text(head)
+    with pytest.raises(ConfigError, match="generated block"):
+        write_serve_config(path)
+
+
+# --- metrics: through Ray's metrics agent -----------------------------------------------------------------------
+
+def _scrape() -> list:
+    """Every sample of the Ray cluster's Prometheus endpoints (one per node: its metrics agent)."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = []
+    for node in ray.nodes():
+        if node["Alive"] and node.get("MetricsExportPort", -1) > 0:
+            text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
+            samples += [s for fam in text_string_to_metric_families(text) if fam.name.startswith("ray_medlm_")
+                        for s in fam.samples]
+    return samples
+
+
+def _total(samples: list, name: str, **labels: str) -> float:
+    """Sum over every replica (and node) of the samples ``name`` whose labels include ``labels``."""
+    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def _poll_metrics(done, timeout: float = 60.0) -> list:
+    """Scrape until ``done(samples)`` (Ray exports a replica's metrics every few seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _scrape()
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(1.0)
+
+
+@pytest.mark.slow
+def test_metrics_reach_rays_prometheus_endpoint(client, server):
+    """The app's counters are Ray metrics: recorded by every replica, exported by the node's metrics agent (not a
+    hand-built page of one ingress replica); tags are routes, statuses, models and deployments, never content."""
+    base = server.removesuffix("/v1")
+    for _ in range(3):  # a route + status no other test sends
+        r = httpx.post(f"{base}/v1/understand", content=b"x", headers={"Authorization": f"Bearer {KEY}",
+                                                                         "Content-Type": "text/plain"}, timeout=60)
+        assert r.status_code == 415
+    said = chat(client, [{"role": "user", "content": [audio_part(1.0), {"type": "text", "text": "Secret words?"}]}],
+                max_tokens=4)
+    assert said.usage.completion_tokens > 0
+
+    def ready(m):
+        return _total(m, "ray_medlm_requests_total", route="/v1/understand", status="415") >= 3 and all(
+            _total(m, "ray_medlm_batch_size_count", deployment=d) > 0 for d in ("SpeechEncoder", "LLM")) and \
+            _total(m, "ray_medlm_completion_tokens_total", model="medlm") > 0
+
+    samples = _poll_metrics(ready)
+    assert _total(samples, "ray_medlm_requests_total", route="/v1/understand", status="415") == 3
+    assert _total(samples, "ray_medlm_requests_total", route="/v1/chat/completions", status="200") >= 1
+    assert _total(samples, "ray_medlm_audio_seconds_total") >= 1.0
+    assert _total(samples, "ray_medlm_completion_tokens_total", model="medlm") >= said.usage.completion_tokens
+    for deployment in ("SpeechEncoder", "LLM"):
+        assert _total(samples, "ray_medlm_batch_size_count", deployment=deployment) > 0
+    requests = [s for s in samples if s.name == "ray_medlm_requests_total"]
+    assert all(s.labels["deployment"] == "Ingress" and s.labels["application"] == "medlm" and s.labels["replica"]
+               for s in requests)
+    assert not any("Secret" in v for s in samples for v in s.labels.values())  # no request content in a tag

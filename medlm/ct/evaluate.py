@@ -15,8 +15,8 @@ from medlm import storage
 from medlm.ct.index import CTEncoders
 from medlm.ct.metrics import gap_recovered, prompts, zero_shot_probs
 from medlm.ct.preprocess import featurize_rows
-from medlm.ct.synth import CT_RATE_CLASSES
-from medlm.data.tts import speak, voice_bank
+from medlm.data.schema import CT_RATE_CLASSES
+from medlm.models.tts import speak, voice_bank
 from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
 
 RECALL_KS = (1, 5, 10)

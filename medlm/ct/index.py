@@ -26,7 +26,7 @@ import numpy as np
 from medlm import storage
 from medlm.ct.metrics import prompts, zero_shot_probs
 from medlm.ct.preprocess import VolumeSpec, preprocess_volume
-from medlm.ct.synth import CT_RATE_CLASSES
+from medlm.data.schema import CT_RATE_CLASSES
 
 
 def _no_grad(fn):
@@ -121,7 +121,7 @@ class CTIndex:
 
         ``volume_spec`` defaults to the teacher's input shape at the synthetic set's base spacing.
         """
-        from medlm.ct.synth import base_spacing
+        from medlm.data.synth_ct import base_spacing
 
         enc = CTEncoders.from_output(model_dir)
         spec = volume_spec or VolumeSpec(target_shape=enc.volume_shape, target_spacing=base_spacing(enc.volume_shape))

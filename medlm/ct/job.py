@@ -30,45 +30,19 @@ from pydantic import Field, model_validator
 
 from medlm import storage
 from medlm.config import Section, config_to_dict
+from medlm.ct.build import TINY_SHAPE, CTModelSpec, build_student, build_teacher, speech_model_spec, teacher_text_inputs
 from medlm.ct.evaluate import evaluate_exports
 from medlm.ct.preprocess import VolumeSpec, featurize_rows
-from medlm.ct.synth import base_spacing
+from medlm.data.synth_ct import base_spacing
 from medlm.train.config import OptimSpec
 
 log = logging.getLogger("medlm.ct")
 
-TINY_SHAPE = (16, 32, 32)
 PHASES = ("teacher", "align", "distill")
 EXPORTS = {"teacher": "teacher", "align": "student_align", "distill": "student"}
 
 
 # --- config -----------------------------------------------------------------------------------
-
-class CTModelSpec(Section):
-    """Teacher and student shapes (presets) and optional real weights (local dirs or ``s3://``)."""
-
-    preset: Literal["tiny", "small", "full"] = "tiny"  # CTViT + text encoder shapes (medlm.ct.modeling)
-    latent_dim: int = Field(default=64, ge=2)
-    # an HF text checkpoint + its tokenizer: a dir, an s3:// URI or a model store name. BERT-likes (e.g. CXR-BERT,
-    # with text_pooling=cls) or a decoder (e.g. smollm2-135m-instruct: LlamaModel, with text_pooling=mean)
-    text_path: str | None = None
-    text_pooling: Literal["cls", "mean"] = "mean"  # CT-CLIP uses CLS of a pretrained encoder
-    text_trainable: bool = True                    # False: the text encoder is frozen, only its projection trains
-    # > 0: a small transformer (text_adapter_dim wide) trains over the text states before pooling; with a frozen
-    # decoder it is what lets zero-shot prompts tell "X is present." from "X is not present." (modeling.TextAdapter)
-    text_adapter_layers: int = Field(default=0, ge=0)
-    text_adapter_dim: int = Field(default=128, ge=8)
-    # True: the text encoder reads each sentence of a report on its own (modeling.CTClipModelConfig)
-    text_per_sentence: bool = False
-    max_text_tokens: int = Field(default=256, ge=8)  # per text, or per sentence with text_per_sentence
-    # medlm.models presets; real = whisper-tiny.en's encoder (the model store) cut to a 10 s window
-    speech_preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
-    speech_encoder_type: Literal["whisper", "wav2vec2"] = "whisper"
-    speech_encoder_path: str | None = None        # a dir, an s3:// URI or a model store name (whisper-tiny.en)
-    # Whisper students: train only the top k encoder layers (+ final norm, projection); None = all of it
-    speech_trainable_layers: int | None = Field(default=None, ge=0)
-    audio_window_seconds: float = 20.0
-
 
 class CTDataSpec(Section):
     uri: str | None = None                # ct shards; unset = write the synthetic set under output/data/ct
@@ -101,6 +75,7 @@ class CTClipConfig(Section):
     name: str = "ct_clip"                      # Ray Train run name (checkpoints under storage_path/name)
     storage_path: str | None = None            # default: output/ray
     num_workers: int = Field(default=1, ge=1)
+    use_gpu: bool = False                      # one GPU per Ray Train worker (phases and batches on the GPU)
     cpus_per_worker: float = Field(default=1.0, gt=0)
     seed: int = 0
     data: CTDataSpec = CTDataSpec()
@@ -116,77 +91,6 @@ class CTClipConfig(Section):
             raise ValueError("teacher.sentence_keep < 1 with a frozen text encoder needs model.text_per_sentence=true "
                              "(its states are then cached per sentence)")
         return self
-
-
-# --- models -----------------------------------------------------------------------------------
-
-def build_teacher(spec: CTModelSpec):
-    """(CTClipModel, tokenizer) from the preset, or with the text encoder's real weights from ``text_path``."""
-    from transformers import AutoConfig, AutoModel, BertConfig
-
-    from medlm.ct.modeling import (
-        CTVIT_PRESETS,
-        TEXT_PRESETS,
-        CTClipModel,
-        CTClipModelConfig,
-        build_text_tokenizer,
-        text_model_kwargs,
-    )
-    from medlm.models.baselines import resolve_checkpoint
-
-    local = resolve_checkpoint(spec.text_path) if spec.text_path else None  # store name, dir or s3:// URI
-    tok = build_text_tokenizer(local)
-    text_model = None
-    if local:
-        text_config = AutoConfig.from_pretrained(local)
-        text_model = AutoModel.from_pretrained(local, **text_model_kwargs(text_config))
-        if tok.pad_token is None:  # decoders (SmolLM2 has one; others may not)
-            tok.pad_token = tok.eos_token
-    else:
-        text_config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TEXT_PRESETS[spec.preset])
-    cfg = CTClipModelConfig(vision=CTVIT_PRESETS[spec.preset], text_config=text_config, latent_dim=spec.latent_dim,
-                            text_pooling=spec.text_pooling, text_trainable=spec.text_trainable,
-                            text_adapter_layers=spec.text_adapter_layers, text_adapter_dim=spec.text_adapter_dim,
-                            text_per_sentence=spec.text_per_sentence)
-    return CTClipModel(cfg, text_model=text_model), tok
-
-
-def teacher_text_inputs(teacher, tokenizer, texts: list[str], spec: CTModelSpec) -> dict:
-    from medlm.ct.modeling import text_inputs
-
-    return text_inputs(tokenizer, texts, spec.max_text_tokens, teacher.config.text_per_sentence)
-
-
-def speech_model_spec(spec: CTModelSpec):
-    """The student's ``medlm.models`` spec, preset defaults (``real``: whisper-tiny.en, 10 s) and store names resolved."""
-    from medlm.models import ModelSpec
-    from medlm.models.build import resolve_spec
-
-    return resolve_spec(ModelSpec(preset=spec.speech_preset, encoder_type=spec.speech_encoder_type,
-                                  encoder_path=spec.speech_encoder_path))
-
-
-def build_student(spec: CTModelSpec):
-    from medlm.ct.modeling import SpeechCTConfig, SpeechCTModel
-    from medlm.models import build_audio_encoder
-    from medlm.models.build import encoder_config
-
-    mspec = speech_model_spec(spec)
-    enc_cfg = encoder_config(mspec)
-    encoder = build_audio_encoder(enc_cfg, mspec.encoder_path) if mspec.encoder_path else None
-    cfg = SpeechCTConfig(encoder_config=enc_cfg, latent_dim=spec.latent_dim,
-                         audio_window_seconds=spec.audio_window_seconds)
-    model = SpeechCTModel(cfg, encoder=encoder)
-    k = spec.speech_trainable_layers
-    if k is not None:
-        inner = model.encoder.model
-        if not hasattr(inner, "layers") or not hasattr(inner, "layer_norm"):
-            raise ValueError("speech_trainable_layers needs a Whisper encoder (layers + layer_norm)")
-        inner.requires_grad_(False)
-        for layer in list(inner.layers)[len(inner.layers) - k:] if k else []:
-            layer.requires_grad_(True)
-        inner.layer_norm.requires_grad_(True)
-    return model
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -209,9 +113,7 @@ class CTFeaturizer:
 
 def make_ct_shards(cfg: CTClipConfig) -> str:
     """Write the synthetic CT set (volumes + spoken reports) with the data factory; returns its ``ct`` URI."""
-    import ray
-
-    from medlm.data.factory import MakeDataConfig, make_shard, plan
+    from medlm.data.factory import MakeDataConfig, make_shards
 
     d = cfg.data
     out = storage.join(cfg.output, "data")
@@ -219,13 +121,8 @@ def make_ct_shards(cfg: CTClipConfig) -> str:
                           ct_cases=d.synthetic_cases, ct_shape=d.synthetic_shape, rows_per_shard=d.rows_per_shard,
                           max_audio_seconds=d.max_audio_seconds)
     uri = storage.join(out, "ct")
-    if storage.exists(uri):
-        for f in storage.list_files(uri):
-            fs, path = storage.resolve(f)
-            fs.delete_file(path)
-    work = [(name, i, items) for name, i, items in plan(mcfg) if name == "ct"]
-    remote = ray.remote(num_cpus=1)(make_shard)
-    stats = ray.get([remote.remote(mcfg, name, i, items) for name, i, items in work])
+    storage.delete_files(uri)
+    stats = make_shards(mcfg, ["ct"])
     log.info("synthetic CT set: %d rows in %d shards at %s", sum(s["rows"] for s in stats), len(stats), uri)
     return uri
 
@@ -290,7 +187,8 @@ class TeacherTask:
         new = sorted({k for ks in keys for k in ks if k not in self.states})
         if new:  # each key is one sequence
             with torch.no_grad():
-                states, mask = self.model.text_states(**text_inputs(self.tokenizer, new, spec.max_text_tokens))
+                states, mask = self.model.text_states(**_on(self.model, text_inputs(self.tokenizer, new,
+                                                                                    spec.max_text_tokens)))
             self.states.update((k, h[m.bool()]) for k, h, m in zip(new, states, mask))
         states, mask = pad_text_states([torch.cat([self.states[k] for k in ks]) for ks in keys])
         return {**out, "text_states": states, "attention_mask": mask}
@@ -328,10 +226,10 @@ class StudentTask:
         with torch.no_grad():
             if new:
                 enc = teacher_text_inputs(self.teacher, self.tokenizer, new, self.cfg.model)
-                self.text_emb.update(zip(new, self.teacher.encode_text(**enc)))
+                self.text_emb.update(zip(new, self.teacher.encode_text(**_on(self.teacher, enc))))
             out["text_emb"] = torch.stack([self.text_emb[r] for r in reports])
             if self.name == "distill":
-                out["image_emb"] = self.teacher.encode_volume(out.pop("volume"))
+                out["image_emb"] = self.teacher.encode_volume(_on(self.teacher, out.pop("volume")))
         return out
 
     def loss(self, model, batch: dict):
@@ -360,12 +258,21 @@ def _arange(x):
     return torch.arange(x.shape[0], device=x.device)
 
 
+def _on(model, inputs):
+    """``inputs`` (a tensor or a dict of them) on ``model``'s device: on a GPU worker the model is on the GPU
+    while collated batches start on the CPU."""
+    from medlm.train.core import to_device
+
+    device = next(model.parameters()).device
+    return inputs.to(device) if hasattr(inputs, "to") else to_device(inputs, device)
+
+
 # --- worker side ------------------------------------------------------------------------------
 
 def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
     """Train ``task.build_model()`` for ``phase.steps`` DeepSpeed steps with the shared training core;
     returns (engine, last metrics)."""
-    from medlm.train.core import build_engine, endless, seed_everything
+    from medlm.train.core import build_engine, endless, seed_everything, to_device
 
     seed_everything(seed)
     engine, _ = build_engine(task.build_model(), phase, phase.batch_size)
@@ -374,7 +281,7 @@ def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
         local_shuffle_buffer_size=4 * phase.batch_size, local_shuffle_seed=seed + epoch))
     metrics: dict = {}
     for step in range(phase.steps):
-        loss, metrics = task.loss(engine, task.collate(next(batches)))
+        loss, metrics = task.loss(engine, to_device(task.collate(next(batches)), engine.device))
         engine.backward(loss)
         engine.step()
         if log_fn and (step % phase.log_every == 0 or step == phase.steps - 1):
@@ -452,7 +359,7 @@ def run_ct_clip(cfg: CTClipConfig) -> dict:
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
         train_loop, train_loop_config=config_to_dict(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=False,
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name=cfg.name, storage_path=storage_path),
         datasets={"train": ds})

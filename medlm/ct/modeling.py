@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 
 from medlm.ct.preprocess import speech_features
 from medlm.models.audio import AudioFrontend, build_audio_encoder
+from medlm.models.modeling import as_config
 
 # CTViT shapes by preset. ``full`` is CT-CLIP's (dim 512, image 480, patch 20, temporal patch 10, 4+4 layers).
 CTVIT_PRESETS: dict[str, dict] = {
@@ -57,13 +58,6 @@ def text_model_kwargs(config: PretrainedConfig) -> dict:
     except KeyError:
         return {}
     return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
-
-
-def _as_config(value) -> PretrainedConfig | None:
-    if value is None or isinstance(value, PretrainedConfig):
-        return value
-    value = dict(value)
-    return AutoConfig.for_model(value.pop("model_type"), **value)
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -187,7 +181,7 @@ class CTClipModelConfig(PretrainedConfig):
                  text_per_sentence: bool = False, **kwargs):
         self.vision = dict(vision or CTVIT_PRESETS["tiny"])
         self.vision["volume_shape"] = tuple(self.vision["volume_shape"])
-        self.text_config = _as_config(text_config)
+        self.text_config = as_config(text_config)
         if text_pooling not in ("cls", "mean"):
             raise ValueError(f"text_pooling must be 'cls' or 'mean', got {text_pooling!r}")
         self.latent_dim = latent_dim
@@ -295,7 +289,7 @@ class SpeechCTConfig(PretrainedConfig):
 
     def __init__(self, encoder_config=None, latent_dim: int = 512, audio_window_seconds: float = 20.0,
                  init_logit_scale: float = math.log(1 / 0.07), **kwargs):
-        self.encoder_config = _as_config(encoder_config)
+        self.encoder_config = as_config(encoder_config)
         self.latent_dim = latent_dim
         self.audio_window_seconds = audio_window_seconds
         self.init_logit_scale = init_logit_scale

@@ -53,7 +53,7 @@ def normalize_hu(volume: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(volume, dtype=np.float32), HU_MIN, HU_MAX) / HU_SCALE).astype(np.float32)
 
 
-def resample(volume: np.ndarray, spacing, target_spacing) -> np.ndarray:
+def resample_volume(volume: np.ndarray, spacing, target_spacing) -> np.ndarray:
     """Trilinear resampling of a (D, H, W) float volume from ``spacing`` to ``target_spacing`` (mm)."""
     import torch
     import torch.nn.functional as F
@@ -93,7 +93,7 @@ def preprocess_volume(volume: np.ndarray, spacing, spec: VolumeSpec) -> np.ndarr
     if not np.all(np.isfinite(volume)):
         raise ValueError("CT volume contains NaN or inf")
     x = normalize_hu(volume)
-    x = resample(x, spacing, spec.target_spacing)
+    x = resample_volume(x, spacing, spec.target_spacing)
     return crop_or_pad(x, spec.target_shape)
 
 
@@ -149,13 +149,13 @@ def featurize_rows(rows: list[dict], volume: VolumeSpec, max_audio_seconds: floa
                    frontend=None) -> dict[str, np.ndarray]:
     """ct shard rows -> ``volume`` (N, D, H, W), ``labels``, ``report``, ``id`` and, with a frontend,
     ``input_features`` / ``frame_mask`` (object arrays, one (chunks, ...) array per row)."""
-    from medlm.data.schema import check_ct_labels, decode_audio, decode_volume
+    from medlm.data.schema import check_ct_labels, decode_audio, unpack_volume
 
     out: dict[str, list] = {"id": [], "volume": [], "labels": [], "report": []}
     if frontend is not None:
         out.update(input_features=[], frame_mask=[])
     for row in rows:
-        vol = decode_volume(row["volume"], row["shape"])
+        vol = unpack_volume(row["volume"], row["shape"])
         out["volume"].append(preprocess_volume(vol, row["spacing"], volume))
         out["labels"].append(check_ct_labels(row).astype(np.int8))
         out["report"].append(str(row["report"]))

@@ -9,8 +9,6 @@ from medlm.data.registry import REGISTRY, DatasetEntry, DataSpec, register_datas
 from medlm.data.schema import (
                                CT,
                                DIALOGUE,
-                               ENTITY_LABELS,
-                               SENTIMENTS,
                                UTTERANCE,
                                BadRecord,
                                decode_audio,
@@ -20,7 +18,7 @@ from medlm.data.schema import (
 )
 
 __all__ = [
-    "CT", "DIALOGUE", "ENTITY_LABELS", "REGISTRY", "SENTIMENTS", "UTTERANCE", "BadRecord", "DataSpec", "DatasetEntry",
+    "CT", "DIALOGUE", "REGISTRY", "UTTERANCE", "BadRecord", "DataSpec", "DatasetEntry",
     "ShardWriter", "decode_audio", "encode_flac", "iter_rows", "read_quarantine", "read_ray", "read_table",
     "register_dataset", "schema_for", "shard_files", "summarize_quarantine", "to_messages", "write_quarantine",
     "write_rows", "write_shard",

@@ -1,7 +1,7 @@
 """The synthetic data factory: knowledge base -> text / speech dialogues, utterances, CT cases.
 
-``make_data(cfg)`` fans the work out as Ray tasks (one per output shard) and writes, under
-``cfg.output``::
+``make_data(cfg)`` fans the work out as Ray tasks (one per output shard, :func:`make_shards`) and writes,
+under ``cfg.output`` (the datasets' kinds and registered names: ``medlm.data.registry.FACTORY_DATASETS``)::
 
     consult_text/        text consultations about every condition (stage-1 corpus)      dialogue
     qa_text/             one written question + answer per fact (meta: fact_id)           dialogue
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import Field
@@ -34,8 +35,9 @@ from medlm.data import kb, sentences
 from medlm.data.io import shard_uri, write_shard
 from medlm.data.llm import LLMConfig, build_llm
 from medlm.data.quarantine import bad_record, summarize_quarantine, write_quarantine
-from medlm.data.schema import BadRecord, audio_seconds, dumps_meta, encode_flac, encode_volume, to_messages
-from medlm.data.tts import TTSConfig, Voice, build_tts, voice_bank
+from medlm.data.registry import FACTORY_DATASETS
+from medlm.data.schema import BadRecord, audio_seconds, dumps_meta, encode_flac, pack_volume, to_messages
+from medlm.models.tts import TTSConfig, Voice, build_tts, voice_bank
 
 
 class MakeDataConfig(Section):
@@ -57,11 +59,8 @@ class MakeDataConfig(Section):
     tts: TTSConfig = Field(default_factory=TTSConfig)
 
 
-DATASETS = ("consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances", "sentences",
-            "ct")
-KIND_OF = {"consult_text": "text_dialogue", "qa_text": "text_dialogue", "consult_speech": "speech_dialogue",
-           "qa_speech": "speech_dialogue", "qa_speech_heldout": "speech_dialogue", "utterances": "utterance",
-           "sentences": "utterance", "ct": "ct"}
+DATASETS = tuple(d.path for d in FACTORY_DATASETS)  # in the order they are written
+KIND_OF = {d.path: d.kind for d in FACTORY_DATASETS}
 
 
 def speech_conditions(cfg: MakeDataConfig) -> set[str]:
@@ -118,7 +117,7 @@ def _items(cfg: MakeDataConfig, dataset: str) -> list[Any]:
 def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Counter,
                voices: set[str]) -> list[dict]:
     llm = build_llm(cfg.llm)
-    spoken = dataset not in ("consult_text", "qa_text", "ct") or (dataset == "ct" and cfg.spoken_ct_reports)
+    spoken = KIND_OF[dataset] != "text_dialogue" and (dataset != "ct" or cfg.spoken_ct_reports)
     speaker = _Speaker(cfg) if spoken else None
     speech, conditions = sorted(speech_conditions(cfg)), kb.KNOWLEDGE[cfg.knowledge]
     rows: list[dict] = []
@@ -177,7 +176,7 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
                          "sentiment": ann["sentiment"], "speaker": json.dumps(voice.meta()),
                          "meta": dumps_meta(meta)})
         elif dataset == "ct":
-            from medlm.ct.synth import generate_ct_cases
+            from medlm.data.synth_ct import generate_ct_cases
 
             count, seed = item
             for case in generate_ct_cases(count, tuple(cfg.ct_shape), seed):
@@ -186,7 +185,7 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
                     voice = speaker.voice(_rng(cfg, dataset, case["id"]))
                     voices.add(voice.id)
                     audio, rate = speaker.say(case["report"], voice)
-                rows.append({"id": str(case["id"]), "volume": encode_volume(case["volume"]),
+                rows.append({"id": str(case["id"]), "volume": pack_volume(case["volume"]),
                              "shape": list(case["volume"].shape), "spacing": [float(s) for s in case["spacing"]],
                              "labels": [int(v) for v in case["labels"]], "report": case["report"],
                              "report_audio": audio, "sample_rate": rate, "split": case["split"]})
@@ -233,30 +232,36 @@ def plan(cfg: MakeDataConfig) -> list[tuple[str, int, list[Any]]]:
     return out
 
 
-def make_data(cfg: MakeDataConfig, progress: bool = True) -> dict:
-    """Write every dataset under ``cfg.output`` with one Ray task per shard; returns the summary."""
+def make_shards(cfg: MakeDataConfig, names: Iterable[str] | None = None, progress: bool = False) -> list[dict]:
+    """Write the shards of :func:`plan` whose dataset is in ``names`` (all when None), one Ray task (1 CPU)
+    per shard; returns each shard's stats (:func:`make_shard`) in plan order. Writes over what is there:
+    clear a dataset's prefix first (``storage.delete_files``) to replace it."""
+    names = None if names is None else set(names)
+    work = [(name, i, items) for name, i, items in plan(cfg) if names is None or name in names]
+    if not work:
+        return []
     import ray
     from tqdm import tqdm
 
+    remote = ray.remote(num_cpus=1)(make_shard)
+    refs = [remote.remote(cfg, name, i, items) for name, i, items in work]
+    pending = list(refs)
+    with tqdm(total=len(refs), desc="make_data shards", disable=not progress) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+    return ray.get(refs)
+
+
+def make_data(cfg: MakeDataConfig, progress: bool = True) -> dict:
+    """Write every dataset under ``cfg.output`` with one Ray task per shard; returns the summary."""
     if storage.is_s3(cfg.output):
         storage.makedirs(cfg.output)
     quarantine_uri = storage.join(cfg.output, "_quarantine")
     for name in DATASETS:  # a rerun replaces the previous output
-        for f in (storage.list_files(storage.join(cfg.output, name)) if storage.exists(storage.join(cfg.output, name)) else []):
-            fs, path = storage.resolve(f)
-            fs.delete_file(path)
-    for f in storage.list_files(quarantine_uri) if storage.exists(quarantine_uri) else []:
-        if f.rsplit("/", 1)[-1].startswith("make_data-"):
-            fs, path = storage.resolve(f)
-            fs.delete_file(path)
-    remote = ray.remote(num_cpus=1)(make_shard)
-    pending = [remote.remote(cfg, name, idx, items) for name, idx, items in plan(cfg)]
-    results = []
-    with tqdm(total=len(pending), desc="make_data shards", disable=not progress) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            results.extend(ray.get(done))
-            bar.update(len(done))
+        storage.delete_files(storage.join(cfg.output, name))
+    storage.delete_files(quarantine_uri, name_prefix="make_data-")
+    results = make_shards(cfg, progress=progress)
     datasets: dict[str, dict] = {}
     for r in sorted(results, key=lambda r: DATASETS.index(r["dataset"])):
         d = datasets.setdefault(r["dataset"], {"uri": storage.join(cfg.output, r["dataset"]), "kind": KIND_OF[r["dataset"]],

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 from medlm.config import Section
 from medlm.data import kb
-from medlm.data.schema import ENTITY_LABELS, SENTIMENTS
+from medlm.models.prompts import ENTITY_LABELS, SENTIMENTS
 
 MAX_SPOKEN_WORDS = 40
 

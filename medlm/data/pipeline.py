@@ -31,10 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medlm import storage
+from medlm.audio import SAMPLING_RATE
 from medlm.data.io import shard_files
 from medlm.data.quarantine import bad_record, write_quarantine
 from medlm.data.registry import DataSpec, ResolvedDataset
-from medlm.data.schema import SAMPLE_RATE, BadRecord, to_messages
+from medlm.data.schema import BadRecord, to_messages
 
 ENVELOPE = pa.schema([("dataset", pa.string()), ("kind", pa.string()), ("task", pa.string()),
                       ("id", pa.string()), ("row", pa.binary())])
@@ -53,13 +54,37 @@ def decode_example(data: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _envelope(table: pa.Table, name: str, kind: str, task: str) -> pa.Table:
-    """Shard rows of any schema -> the common envelope (so datasets of all kinds can be mixed)."""
-    rows = table.to_pylist()
+# --- the envelope: the one reader of shard rows into a stream of mixed kinds (training and evaluation) ---------
+
+def envelope(rows: list[dict], name: str, kind: str, task: str, ids: list[str] | None = None) -> pa.Table:
+    """Rows of any schema -> the common envelope ``{dataset, kind, task, id, row}`` (each row pickled, so
+    datasets of all kinds share one stream); ``ids`` default to the rows' ``id``."""
     n = len(rows)
     return pa.table({"dataset": [name] * n, "kind": [kind] * n, "task": [task] * n,
-                     "id": [str(r.get("id") or "") for r in rows],
+                     "id": ids if ids is not None else [str(r.get("id") or "") for r in rows],
                      "row": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows]}, schema=ENVELOPE)
+
+
+def envelope_row(env: dict) -> dict:
+    """The shard row an envelope row (a dict of :data:`ENVELOPE`'s columns) carries."""
+    return pickle.loads(env["row"])
+
+
+def iter_envelopes(uri: str, name: str, kind: str, task: str, rows: int = 64,
+                   limit: int | None = None) -> Iterator[pa.Table]:
+    """One shard file -> envelope tables of up to ``rows`` rows, streamed one slice of a row group at a time;
+    with ``limit``, its first ``limit`` rows only."""
+    fs, path = storage.resolve(uri)
+    left = limit
+    with fs.open_input_file(path) as f:
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=rows):
+            batch = rb.to_pylist()
+            if left is not None:
+                batch = batch[:left]
+                left -= len(batch)
+            yield envelope(batch, name, kind, task)
+            if left is not None and left <= 0:
+                break
 
 
 class Featurizer:
@@ -75,7 +100,7 @@ class Featurizer:
     def featurize_row(self, kind: str, task: str, row: dict) -> tuple[dict, float]:
         messages, label = to_messages(row, kind, task, self.max_audio_seconds)
         seconds = sum(len(p["audio"]) for m in messages if isinstance(m["content"], list)
-                      for p in m["content"] if p["type"] == "audio") / SAMPLE_RATE
+                      for p in m["content"] if p["type"] == "audio") / SAMPLING_RATE
         try:
             return self.processor.featurize(messages, class_label=label), seconds
         except ValueError as e:  # the processor rejects the conversation (e.g. an unusable audio part)
@@ -86,7 +111,7 @@ class Featurizer:
         bad = []
         for env in table.to_pylist():
             try:
-                example, seconds = self.featurize_row(env["kind"], env["task"], pickle.loads(env["row"]))
+                example, seconds = self.featurize_row(env["kind"], env["task"], envelope_row(env))
             except BadRecord as e:
                 bad.append(bad_record(env["dataset"], env["id"], e.reason, e.detail))
                 continue
@@ -103,10 +128,7 @@ def _read_envelopes(batch: dict[str, np.ndarray], name: str, kind: str, task: st
                     rows: int = 64) -> Iterator[pa.Table]:
     """Shard URIs -> envelope tables, streamed one slice of a row group at a time."""
     for uri in batch["uri"]:
-        fs, path = storage.resolve(str(uri))
-        with fs.open_input_file(path) as f:
-            for rb in pq.ParquetFile(f).iter_batches(batch_size=rows):
-                yield _envelope(pa.Table.from_batches([rb]), name, kind, task)
+        yield from iter_envelopes(str(uri), name, kind, task, rows)
 
 
 def read_envelopes(d: ResolvedDataset, seed: int, num_cpus: float = 0.25):

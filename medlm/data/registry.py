@@ -29,22 +29,34 @@ class RegisteredDataset:
     task: str
 
 
+@dataclass(frozen=True)
+class FactoryDataset:
+    """A dataset the synthetic factory (:mod:`medlm.data.factory`) writes: its directory under the data
+    root, its kind, and the registered names that read it (name -> task)."""
+
+    path: str
+    kind: str
+    names: tuple[tuple[str, str], ...]
+
+
+# The one table of the factory's datasets, in the order it writes them; the factory's DATASETS / KIND_OF and the
+# built-in REGISTRY entries derive from it.
+FACTORY_DATASETS: tuple[FactoryDataset, ...] = (
+    FactoryDataset("consult_text", "text_dialogue", (("consult_text", "chat"),)),
+    FactoryDataset("qa_text", "text_dialogue", (("qa_text", "chat"),)),
+    FactoryDataset("consult_speech", "speech_dialogue", (("consult_speech", "chat"),)),
+    FactoryDataset("qa_speech", "speech_dialogue", (("qa_speech", "chat"),)),
+    FactoryDataset("qa_speech_heldout", "speech_dialogue", (("qa_speech_heldout", "chat"),)),
+    FactoryDataset("utterances", "utterance", (("utterances_asr", "asr"), ("utterances_ner", "ner"),
+                                               ("utterances_sentiment", "sentiment"),
+                                               ("utterances_multitask", "multitask"))),
+    FactoryDataset("sentences", "utterance", (("sentences_asr", "asr"), ("sentences_ner", "ner"),
+                                              ("sentences_sentiment", "sentiment"))),
+    FactoryDataset("ct", "ct", (("ct_reports", "report"), ("ct_spoken_reports", "spoken_report"))),
+)
+
 REGISTRY: dict[str, RegisteredDataset] = {
-    "consult_text": RegisteredDataset("consult_text", "text_dialogue", "chat"),
-    "qa_text": RegisteredDataset("qa_text", "text_dialogue", "chat"),
-    "consult_speech": RegisteredDataset("consult_speech", "speech_dialogue", "chat"),
-    "qa_speech": RegisteredDataset("qa_speech", "speech_dialogue", "chat"),
-    "qa_speech_heldout": RegisteredDataset("qa_speech_heldout", "speech_dialogue", "chat"),
-    "utterances_asr": RegisteredDataset("utterances", "utterance", "asr"),
-    "utterances_ner": RegisteredDataset("utterances", "utterance", "ner"),
-    "utterances_sentiment": RegisteredDataset("utterances", "utterance", "sentiment"),
-    "utterances_multitask": RegisteredDataset("utterances", "utterance", "multitask"),
-    "sentences_asr": RegisteredDataset("sentences", "utterance", "asr"),
-    "sentences_ner": RegisteredDataset("sentences", "utterance", "ner"),
-    "sentences_sentiment": RegisteredDataset("sentences", "utterance", "sentiment"),
-    "ct_reports": RegisteredDataset("ct", "ct", "report"),
-    "ct_spoken_reports": RegisteredDataset("ct", "ct", "spoken_report"),
-}
+    name: RegisteredDataset(d.path, d.kind, task) for d in FACTORY_DATASETS for name, task in d.names}
 
 
 def register_dataset(name: str, path: str, kind: str, task: str | None = None) -> None:

@@ -27,18 +27,24 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from medlm import audio as audio_io
+from medlm.models.prompts import (
+    ASR_PROMPT,
+    CT_PROMPT,
+    ENTITY_LABELS,
+    MULTITASK_PROMPT,
+    NER_PROMPT,
+    SENTIMENT_PROMPT,
+    SENTIMENTS,
+    SYSTEM_PROMPT,
+)
 
-SAMPLE_RATE = audio_io.SAMPLING_RATE
 ROLES = ("system", "user", "assistant")
-ENTITY_LABELS = ("CONDITION", "SYMPTOM", "TEST", "DRUG", "DOSAGE", "BODY_PART", "DURATION")
-SENTIMENTS = ("negative", "neutral", "positive")
 # The 18 CT-RATE abnormality classes, in the order of a ct row's ``labels``.
 CT_RATE_CLASSES: tuple[str, ...] = (
     "Medical material",
@@ -62,25 +68,7 @@ CT_RATE_CLASSES: tuple[str, ...] = (
 )
 
 
-def parse_entities(text: str | None) -> list[tuple[str, str]]:
-    """A model's NER answer in the training format (one ``LABEL: span`` per line, or ``none``) ->
-    ``[(label, span), ...]`` with known labels only; other lines are dropped. The one parser: evaluation
-    scores exactly what the API returns."""
-    out = []
-    for line in (text or "").splitlines():
-        label, sep, span = line.partition(":")
-        label, span = label.strip().upper(), span.strip()
-        if sep and label in ENTITY_LABELS and span:
-            out.append((label, span))
-    return out
-
-
-def parse_sentiment(text: str | None, labels: tuple[str, ...] = SENTIMENTS) -> str | None:
-    """The one sentiment label the answer names (case-insensitive, as a word), else None (none or several)."""
-    found = {w for w in re.findall(r"[a-z]+", (text or "").lower()) if w in labels}
-    return found.pop() if len(found) == 1 else None
 NUM_CT_CLASSES = 18
-SYSTEM_PROMPT = "You are a careful medical assistant."
 
 TURN = pa.struct([
     ("role", pa.string()), ("text", pa.string()), ("audio", pa.binary()),
@@ -152,13 +140,13 @@ def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float
         raise BadRecord(e.reason, e.detail) from None
 
 
-def encode_volume(volume: np.ndarray) -> bytes:
+def pack_volume(volume: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(volume, dtype=np.int16), allow_pickle=False)
     return buf.getvalue()
 
 
-def decode_volume(data: bytes | None, shape: Any = None) -> np.ndarray:
+def unpack_volume(data: bytes | None, shape: Any = None) -> np.ndarray:
     """``np.save`` bytes -> int16 HU volume; checks it against the stored shape."""
     if not data:
         raise BadRecord("missing_field", "volume")
@@ -192,7 +180,7 @@ def _require(row: dict, *names: str) -> None:
 
 
 def _audio_part(data: bytes, rate: int, max_seconds: float | None, transcript: str | None) -> dict:
-    part = {"type": "audio", "audio": decode_audio(data, rate, max_seconds), "sampling_rate": SAMPLE_RATE}
+    part = {"type": "audio", "audio": decode_audio(data, rate, max_seconds), "sampling_rate": audio_io.SAMPLING_RATE}
     if transcript:
         part["transcript"] = transcript
     return part
@@ -226,12 +214,6 @@ def dialogue_to_messages(row: dict, max_audio_seconds: float | None = None) -> l
     if messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
     return messages
-
-
-ASR_PROMPT = "Transcribe the audio."
-NER_PROMPT = "List the medical entities in the audio, one per line as LABEL: text."
-SENTIMENT_PROMPT = "What is the sentiment of the speaker? Answer negative, neutral or positive."
-MULTITASK_PROMPT = "Transcribe the audio."
 
 
 def check_entities(row: dict) -> list[dict]:
@@ -282,9 +264,6 @@ def utterance_to_messages(row: dict, task: str = "asr", max_audio_seconds: float
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": [audio, {"type": "text", "text": prompt}]},
             {"role": "assistant", "content": answer}]
-
-
-CT_PROMPT = "Here is the radiology report of a chest CT. Which abnormalities does it describe?"
 
 
 def ct_findings_text(labels: Any, class_names: tuple[str, ...] | list[str]) -> str:

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medlm.audio import SAMPLING_RATE
 from medlm.data import kb
-from medlm.data.schema import SAMPLE_RATE, SYSTEM_PROMPT
+from medlm.models.prompts import SYSTEM_PROMPT
 
 Chat = Callable[[list[dict]], str]
 TTS = Callable[[str], np.ndarray]  # text -> float32 mono audio at 16 kHz
@@ -138,7 +139,7 @@ def _user_turn(text: str, tts: TTS | None) -> dict:
     if tts is None:
         return {"role": "user", "content": text}
     audio = np.asarray(tts(text), dtype=np.float32)
-    return {"role": "user", "content": [{"type": "audio", "audio": audio, "sampling_rate": SAMPLE_RATE,
+    return {"role": "user", "content": [{"type": "audio", "audio": audio, "sampling_rate": SAMPLING_RATE,
                                          "transcript": text}]}
 
 

@@ -24,7 +24,6 @@ import io
 import json
 import logging
 import math
-import pickle
 import time
 from collections import defaultdict
 from typing import Literal
@@ -59,7 +58,7 @@ class ConsultationEval(Section):
     max_turns: int = Field(default=6, ge=1)
     seed: int = 0
     spoken: bool = False          # patient turns as speech (espeak-ng TTS) instead of text
-    voice: int = Field(default=0, ge=0)  # index into medlm.data.tts.voice_bank
+    voice: int = Field(default=0, ge=0)  # index into medlm.models.tts.voice_bank
 
 
 class CascadeSpec(Section):
@@ -174,6 +173,7 @@ class ModelPredictor:
         return self.generate([messages])[0]
 
     def __call__(self, table: pa.Table) -> pa.Table:
+        from medlm.data.pipeline import envelope_row
         from medlm.data.schema import BadRecord, to_messages
 
         out, prompts, tasks, slots = [], [], [], []  # rows in input order; prompts fill the slots after generation
@@ -181,9 +181,9 @@ class ModelPredictor:
         for env in table.to_pylist():
             rec = {k: env[k] for k in ("dataset", "kind", "task", "id")}
             if env["kind"] == CONSULTATION:
-                out.append({**rec, **self.consult(pickle.loads(env["row"]))})
+                out.append({**rec, **self.consult(envelope_row(env))})
                 continue
-            row = pickle.loads(env["row"])
+            row = envelope_row(env)
             try:
                 messages, _ = to_messages(row, env["kind"], env["task"], self.max_audio_seconds)
             except BadRecord as e:
@@ -251,7 +251,7 @@ class ModelPredictor:
 
 def _speaker(voice_index: int):
     """text -> 16 kHz float32 audio in one of the data factory's espeak-ng voices."""
-    from medlm.data.tts import speak, voice_bank
+    from medlm.models.tts import speak, voice_bank
 
     voice = voice_bank(voice_index + 1, backend="espeak")[voice_index]
     return lambda text: speak([text], voice)[0]
@@ -297,30 +297,14 @@ def consultation_items(cfg: EvalConfig) -> list[dict]:
 def read_shards(items: pa.Table):
     """Ray Data UDF: shard work items -> envelope rows ``{dataset, kind, task, id, row}`` (the shard row
     pickled, so datasets of every schema share one stream), streamed 64 rows at a time."""
-    import pyarrow.parquet as pq
-
-    from medlm.data.pipeline import ENVELOPE
+    from medlm.data.pipeline import envelope, iter_envelopes
 
     for item in items.to_pylist():
         if item["kind"] == CONSULTATION:
-            yield pa.table({"dataset": [CONSULTATION], "kind": [CONSULTATION], "task": [CONSULTATION],
-                            "id": [item["condition"]], "row": [pickle.dumps({"condition": item["condition"]})]},
-                           schema=ENVELOPE)
+            yield envelope([{"condition": item["condition"]}], CONSULTATION, CONSULTATION, CONSULTATION,
+                           ids=[item["condition"]])
             continue
-        fs, path = storage.resolve(item["file"])
-        left = item["rows"]
-        with fs.open_input_file(path) as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=64):
-                rows = batch.to_pylist()[:left] if left is not None else batch.to_pylist()
-                n = len(rows)
-                yield pa.table({"dataset": [item["dataset"]] * n, "kind": [item["kind"]] * n,
-                                "task": [item["task"]] * n, "id": [str(r.get("id") or "") for r in rows],
-                                "row": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows]},
-                               schema=ENVELOPE)
-                if left is not None:
-                    left -= n
-                    if left <= 0:
-                        break
+        yield from iter_envelopes(item["file"], item["dataset"], item["kind"], item["task"], limit=item["rows"])
 
 
 def _actors(cfg: EvalConfig) -> dict:
@@ -352,7 +336,7 @@ def predict(cfg: EvalConfig, model: str | None, datasets: list[ResolvedDataset],
 # --- metrics -------------------------------------------------------------------------------------------
 
 def _ct_class_names() -> list[str]:
-    from medlm.ct.synth import CT_RATE_CLASSES
+    from medlm.data.schema import CT_RATE_CLASSES
 
     return list(CT_RATE_CLASSES)
 
@@ -373,7 +357,7 @@ def score_dataset(task: str, preds: list[dict]) -> dict[str, float]:
         text, label = M.ner_span_f1(gold, pred, "text"), M.ner_span_f1(gold, pred, "label")
         return {"f1": text["f1"], "precision": text["precision"], "recall": text["recall"], "label_f1": label["f1"]}
     if group == "sentiment":
-        from medlm.data.schema import SENTIMENTS
+        from medlm.models.prompts import SENTIMENTS
 
         parsed = [M.parse_sentiment(h, SENTIMENTS) for h in hyps]
         return {"macro_f1": M.sentiment_macro_f1(refs, parsed, SENTIMENTS),

@@ -79,8 +79,8 @@ def _error_rate(refs: Sequence[str], hyps: Sequence[str], unit: str) -> float:
 # --- NER (SLUE) -------------------------------------------------------------------------------------
 
 def parse_entities(text: str | None) -> list[tuple[str, str]]:
-    """``medlm.data.schema.parse_entities``: the API's parser, so what is scored is what it returns."""
-    from medlm.data.schema import parse_entities as parse
+    """``medlm.models.prompts.parse_entities``: the API's parser, so what is scored is what it returns."""
+    from medlm.models.prompts import parse_entities as parse
 
     return parse(text)
 
@@ -147,8 +147,8 @@ def ner_span_f1(gold: Sequence[Sequence[tuple]], pred: Sequence[Sequence[tuple]]
 # --- sentiment --------------------------------------------------------------------------------------
 
 def parse_sentiment(text: str | None, labels: Sequence[str]) -> str:
-    """``medlm.data.schema.parse_sentiment`` (the API's parser), with ``"invalid"`` for no single label."""
-    from medlm.data.schema import parse_sentiment as parse
+    """``medlm.models.prompts.parse_sentiment`` (the API's parser), with ``"invalid"`` for no single label."""
+    from medlm.models.prompts import parse_sentiment as parse
 
     return parse(text, tuple(labels)) or "invalid"
 

@@ -14,14 +14,7 @@ import numpy as np
 import torch
 
 from medlm.models.audio import SAMPLING_RATE, as_waveform
-
-
-def resolve_checkpoint(name_or_path: str) -> str:
-    """A model store name -> its directory; a local dir or ``s3://`` URI -> a local copy."""
-    from medlm.models.pretrained import PARTS, model_path
-    from medlm.storage import local_copy
-
-    return str(model_path(name_or_path)) if name_or_path in PARTS else local_copy(name_or_path)
+from medlm.models.pretrained import resolve_checkpoint
 
 
 def audio_parts(messages: list[dict]) -> list[dict]:

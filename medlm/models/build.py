@@ -21,8 +21,9 @@ from transformers import (
 
 from medlm.models.audio import build_audio_encoder
 from medlm.models.modeling import SpeechLM, SpeechLMConfig
+from medlm.models.pretrained import store_path
 from medlm.models.processor import SpeechLMProcessor
-from medlm.models.spec import PRESETS, ModelSpec
+from medlm.models.spec import PRESETS, ModelSpec, field_default
 from medlm.models.tokenizer import AUDIO_TOKEN, build_byte_tokenizer
 from medlm.storage import local_copy
 
@@ -32,15 +33,13 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def resolve_spec(spec: ModelSpec) -> ModelSpec:
     """``spec`` with its preset's checkpoint defaults filled in (preset ``real``) and model store names
     (``whisper-tiny.en``, ...) resolved to their local store directories."""
-    from medlm.models.pretrained import PARTS, model_path
-
     preset = PRESETS[spec.preset]
     update = {k: preset[k] for k in ("encoder_path", "llm_path", "encoder_window_seconds")
               if getattr(spec, k) is None and preset.get(k) is not None}
     for key in ("encoder_path", "llm_path"):
         value = update.get(key, getattr(spec, key))
-        if value in PARTS:
-            update[key] = str(model_path(value))
+        if value is not None and store_path(value) != value:
+            update[key] = store_path(value)
     return spec.model_copy(update=update) if update else spec
 
 
@@ -106,26 +105,53 @@ def speechlm_config(
         encoder_config=processor.encoder_config,
         text_config=text_config,
         audio_token_id=processor.audio_token_id,
-        audio_window_seconds=spec.audio_window_seconds,
         stack_factor=processor.stack_factor,
         adapter_hidden=spec.adapter_hidden or PRESETS[spec.preset]["adapter_hidden"],
-        lora_r=spec.lora_r,
-        lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        lora_targets=spec.lora_targets,
-        encoder_lora_r=spec.encoder_lora_r,
-        encoder_lora_targets=spec.encoder_lora_targets,
-        num_classes=spec.num_classes,
-        num_entity_labels=spec.num_entity_labels,
-        classifier_weight=spec.classifier_weight,
-        lm_weight=spec.lm_weight,
-        kd_weight=spec.kd_weight,
-        kd_temperature=spec.kd_temperature,
-        ctc_weight=spec.ctc_weight,
-        ctc_scale=spec.ctc_scale,
         ctc_blank_id=processor.ctc_blank_id,
-        trainable=spec.trainable,
+        **{name: getattr(spec, name) for name in SpeechLMConfig.SPEC_FIELDS},
     )
+
+
+#: What a job chooses even when the structure comes from an export (``init_from``): the loss weights.
+JOB_CHOICES = ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale")
+#: The spec fields an export fixes (``trainable`` and ``dtype`` are the job's too; ``preset`` only supplies
+#: defaults): with ``init_from`` a value the spec gives must be the export's.
+STRUCTURAL = ("encoder_type", "encoder_window_seconds", "stack_factor", "adapter_hidden",
+              *(f for f in SpeechLMConfig.SPEC_FIELDS if f not in (*JOB_CHOICES, "trainable")))
+
+
+def _export_value(config: SpeechLMConfig, name: str):
+    """The structural field ``name`` as the export's config has it (in the spec's terms)."""
+    encoder = config.encoder_config
+    if name == "encoder_type":
+        return "whisper" if encoder.model_type == "whisper" else "wav2vec2"
+    if name == "encoder_window_seconds":  # Whisper: 50 encoder positions per second
+        return encoder.max_source_positions / 50 if encoder.model_type == "whisper" else None
+    return getattr(config, name)
+
+
+def check_structure(spec: ModelSpec, config: SpeechLMConfig) -> None:
+    """With ``init_from`` the structure comes from the export: raise a ValueError for a structural field that
+    ``spec`` gives (a value other than the field's default) and the export's ``config`` contradicts, and for
+    ``encoder_path`` / ``llm_path`` (other weights than the export's). Call it on the spec as given, before
+    :func:`resolve_spec`: values that a preset fills in (``preset=real``'s checkpoints) are not given. A field
+    left at its default counts as not given (a job config travels to the workers as a full dump, so
+    ``model_fields_set`` cannot tell)."""
+    for name in ("encoder_path", "llm_path"):
+        if getattr(spec, name) is not None:
+            raise ValueError(f"model.{name}={getattr(spec, name)!r} with model.init_from={spec.init_from!r}: "
+                             f"the export holds the weights; give one of them")
+    for name in STRUCTURAL:
+        value = getattr(spec, name)
+        if value == field_default(name):
+            continue
+        if name == "encoder_window_seconds":  # as encoder_config cuts the window: whole positions
+            value = int(value * 50) / 50
+        saved = _export_value(config, name)
+        if value != saved:
+            raise ValueError(f"model.{name}={getattr(spec, name)!r} contradicts the export "
+                             f"model.init_from={spec.init_from!r}, whose {name} is {saved!r}: with init_from "
+                             f"the structure comes from the export (leave model.{name} out or set it to {saved!r})")
 
 
 def build_model(
@@ -134,21 +160,23 @@ def build_model(
     """Build (or load) the SpeechLM and its processor for ``spec``.
 
     ``device="meta"`` builds the shapes without memory (parameter counting for base/large).
-    With ``init_from`` the structure comes from the export; ``trainable``, ``dtype`` and the loss weights apply.
+    With ``init_from`` the structure comes from the export (:func:`check_structure` refuses a spec that contradicts
+    it); ``trainable``, ``dtype`` and the loss weights apply.
     """
-    spec = resolve_spec(spec or ModelSpec())
+    spec = spec or ModelSpec()
     dtype = _DTYPES[spec.dtype]
     if spec.init_from:
         local = local_copy(spec.init_from)
+        check_structure(spec, SpeechLMConfig.from_pretrained(local))
         model = SpeechLM.from_pretrained(local, dtype=dtype)
         processor = SpeechLMProcessor.from_pretrained(local)
-        # Loss weights are choices of the job at hand, not structure: take them from the spec.
-        for name in ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale"):
+        for name in JOB_CHOICES:  # choices of the job at hand, not structure: taken from the spec
             setattr(model.config, name, getattr(spec, name))
         model.config.ctc_blank_id = processor.ctc_blank_id  # exports from before the CTC loss lack it
         model.configure_trainable(spec.trainable)
         _stop_at_end_of_turn(model, processor.tokenizer)
         return model, processor
+    spec = resolve_spec(spec)
     processor = build_processor(spec)
     tok = processor.tokenizer
     ctx = torch.device(device) if device is not None else contextlib.nullcontext()

@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.utils import ModelOutput
 
 from medlm.models.audio import AudioEncoder, AudioFrontend, build_audio_encoder, num_audio_tokens
+from medlm.models.spec import field_default
 
 IGNORE_INDEX = -100
 
@@ -44,7 +45,8 @@ PARTS = {
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _as_config(value) -> PretrainedConfig | None:
+def as_config(value) -> PretrainedConfig | None:
+    """A sub-model config from what a saved config holds (a dict with ``model_type``), or as given (a config, None)."""
     if value is None or isinstance(value, PretrainedConfig):
         return value
     value = dict(value)
@@ -52,60 +54,39 @@ def _as_config(value) -> PretrainedConfig | None:
 
 
 class SpeechLMConfig(PretrainedConfig):
-    """Everything needed to rebuild a SpeechLM: encoder + LLM configs, adapter, LoRA, heads and losses."""
+    """Everything needed to rebuild a SpeechLM: encoder + LLM configs, adapter, LoRA, heads and losses.
+
+    The fields named in :attr:`SPEC_FIELDS` are :class:`~medlm.models.spec.ModelSpec`'s, declared there once (type,
+    default, meaning): ``build_model`` copies them from the spec, and one that is absent or None takes the spec's
+    default. The others are resolved by ``build_model`` (shapes, the stack factor and adapter width of the preset,
+    the tokenizer's ids)."""
 
     model_type = "medlm_speechlm"
+    #: The ModelSpec fields carried as they are: LoRA, heads, loss weights and the trainable set.
+    SPEC_FIELDS = ("audio_window_seconds", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "encoder_lora_r",
+                   "encoder_lora_targets", "num_classes", "num_entity_labels", "classifier_weight", "lm_weight",
+                   "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale", "trainable")
 
     def __init__(
         self,
         encoder_config=None,
         text_config=None,
         audio_token_id: int | None = None,
-        audio_window_seconds: float = 20.0,
         stack_factor: int = 4,
         adapter_hidden: int = 1024,
-        lora_r: int = 0,
-        lora_alpha: int = 16,
-        lora_dropout: float = 0.0,
-        lora_targets: list[str] | None = None,
-        encoder_lora_r: int = 0,
-        encoder_lora_targets: list[str] | None = None,
-        num_classes: int = 0,
-        num_entity_labels: int = 0,
-        classifier_weight: float = 0.1,
-        lm_weight: float = 1.0,
-        kd_weight: float = 0.0,
-        kd_temperature: float = 2.0,
-        ctc_weight: float = 0.0,
-        ctc_scale: float = 20.0,
         ctc_blank_id: int | None = None,
-        trainable: list[str] | None = None,
         **kwargs,
     ):
-        self.encoder_config = _as_config(encoder_config)
-        self.text_config = _as_config(text_config)
+        self.encoder_config = as_config(encoder_config)
+        self.text_config = as_config(text_config)
         self.audio_token_id = audio_token_id
-        self.audio_window_seconds = audio_window_seconds
         self.stack_factor = stack_factor
         self.adapter_hidden = adapter_hidden
-        self.lora_r = lora_r
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_targets = list(lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
-        self.encoder_lora_r = encoder_lora_r
-        self.encoder_lora_targets = list(encoder_lora_targets or ["q_proj", "v_proj"])
-        self.num_classes = num_classes
-        self.num_entity_labels = num_entity_labels
-        self.classifier_weight = classifier_weight
-        self.lm_weight = lm_weight
-        self.kd_weight = kd_weight
-        self.kd_temperature = kd_temperature
-        self.ctc_weight = ctc_weight
-        self.ctc_scale = ctc_scale
         self.ctc_blank_id = ctc_blank_id
-        self.trainable = list(
-            trainable if trainable is not None else [r"^adapter\.", r"lora_", r"^classifier\."]
-        )
+        for name in self.SPEC_FIELDS:
+            value = kwargs.pop(name, None)
+            value = field_default(name) if value is None else value
+            setattr(self, name, list(value) if isinstance(value, (list, tuple)) else value)
         super().__init__(**kwargs)
 
 
@@ -470,14 +451,13 @@ class SpeechLM(PreTrainedModel):
         return embeds, mask, labels, audio, silence
 
     # ---- ranks in lockstep (distributed training only) -------------------------------------------
-    #: Set by the training core when data-parallel ranks each draw their own batches (world size > 1).
-    #: Every loss-computing forward then calls the same modules, forward and backward, whatever its batch
-    #: holds: ZeRO-3 gathers parameters per module call and ZeRO-2 / DDP reduce every trainable
-    #: parameter's gradient, so a rank that skipped a module (a text-only batch has no audio, a batch
-    #: without transcripts no KD teacher) would wait on collectives the others never issue. The remedy is
-    #: the standard one (nothing in DeepSpeed or FSDP removes the need): run the missing module on a
-    #: stand-in input and add its output x 0. Off in single-process training, evaluation and serving.
-    lockstep: bool = False
+    # ``forward(..., lockstep=True)``: the training core passes it when data-parallel ranks each draw their own
+    # batches (world size > 1). Every loss-computing forward then calls the same modules, forward and backward,
+    # whatever its batch holds: ZeRO-3 gathers parameters per module call and ZeRO-2 / DDP reduce every
+    # trainable parameter's gradient, so a rank that skipped a module (a text-only batch has no audio, a batch
+    # without transcripts no KD teacher) would wait on collectives the others never issue. The remedy is the
+    # standard one (nothing in DeepSpeed or FSDP removes the need): run the missing module on a stand-in input
+    # and add its output x 0. Off (the default) in single-process training, evaluation and serving.
 
     def _lockstep_silence(self, like: torch.Tensor) -> torch.Tensor:
         """0 x the audio path's output on one silent chunk (a scalar). Added to a text-only batch's LLM
@@ -528,13 +508,15 @@ class SpeechLM(PreTrainedModel):
         kd_mask: torch.Tensor | None = None,
         ctc_labels: torch.Tensor | None = None,
         ctc_label_lengths: torch.Tensor | None = None,
+        lockstep: bool = False,
         **kwargs,
     ) -> SpeechLMOutput:
         """embed (text + spliced audio) -> LLM -> losses: lm_weight x LM CE on ``labels`` + classifier_weight x
         CE(``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x CTC(``ctc_labels``).
 
         With labels and ``lm_weight == kd_weight == 0`` the LLM is not run (``logits`` is None): a CTC (and
-        classifier) alignment step costs the encoder and the adapter only.
+        classifier) alignment step costs the encoder and the adapter only. ``lockstep``: every batch with labels
+        calls the same modules (see "ranks in lockstep" above; the training core sets it when world size > 1).
 
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
         Extra keys that trainers carry (``num_tokens``, ...) are ignored. No KV cache is returned:
@@ -542,7 +524,7 @@ class SpeechLM(PreTrainedModel):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        lockstep = self.lockstep and labels is not None
+        lockstep = lockstep and labels is not None
         embeds, mask, labels, audio, silence = self._inputs_embeds(
             input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths,
             lockstep=lockstep,
@@ -551,49 +533,69 @@ class SpeechLM(PreTrainedModel):
         logits = self.llm(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
         ).logits if run_llm else None
-
-        losses, zero = {}, embeds.new_zeros(())  # zero: lockstep stand-ins' outputs (x 0)
+        terms = {}  # loss name -> (loss to report or None, lockstep stand-in output x 0 or None)
         if labels is not None and run_llm:
-            losses["lm_loss"] = lm_loss(logits, labels)
+            terms["lm_loss"] = lm_loss(logits, labels), None
         class_logits = None
         if self.classifier is not None:
-            pooled = self._pool_audio(input_ids, audio, embeds.dtype)
-            class_logits = self.classifier(pooled if silence is None else pooled + silence)
-            has_audio = (input_ids == self.config.audio_token_id).any(-1)
-            if class_labels is not None:  # a batch without spoken examples adds (and reports) a zero
-                cls = classifier_loss(class_logits, class_labels, has_audio, self.config.num_classes)
-                losses["cls_loss"] = cls if cls is not None else 0.0 * class_logits.sum()
-            elif lockstep:
-                zero = zero + 0.0 * class_logits.sum()
+            class_logits, terms["cls_loss"] = self._classifier_term(input_ids, audio, silence, embeds.dtype,
+                                                                      class_labels, lockstep)
         if labels is not None and self.config.ctc_weight > 0:
-            ctc = self._ctc_loss(audio, ctc_labels, ctc_label_lengths) if ctc_labels is not None else None
-            if ctc is not None:
-                losses["ctc_loss"] = ctc
-            else:  # no transcript in this batch: the adapter stays in the graph (lockstep, a loss to backward)
-                zero = zero + (silence if silence is not None else 0.0 * sum(a.sum() for a in audio))
+            terms["ctc_loss"] = self._ctc_term(audio, silence, ctc_labels, ctc_label_lengths)
         if labels is not None and self.config.kd_weight > 0:
             teacher = {"teacher_input_ids": teacher_input_ids, "teacher_attention_mask": teacher_attention_mask,
                        "teacher_labels": teacher_labels, "kd_mask": kd_mask}
-            if teacher_input_ids is None and lockstep:
-                teacher = self._lockstep_teacher(input_ids)
-            if teacher["teacher_input_ids"] is not None:
-                kd = self._kd_loss(logits, labels, **teacher)
-                if teacher["kd_mask"] is None or bool(teacher["kd_mask"].any()):
-                    losses["kd_loss"] = kd
-                else:
-                    zero = zero + kd
-        loss = None
-        if losses:
-            loss = (
-                self.config.lm_weight * losses.get("lm_loss", 0.0)
-                + self.config.classifier_weight * losses.get("cls_loss", 0.0)
-                + self.config.kd_weight * losses.get("kd_loss", 0.0)
-                + self.config.ctc_weight * losses.get("ctc_loss", 0.0)
-                + zero
-            )
-        return SpeechLMOutput(
-            loss=loss, logits=logits, class_logits=class_logits, labels=labels, attention_mask=mask, **losses
+            terms["kd_loss"] = self._kd_term(logits, labels, input_ids, teacher, lockstep)
+        losses = {name: loss for name, (loss, _) in terms.items() if loss is not None}
+        zero = sum((s for _, s in terms.values() if s is not None), embeds.new_zeros(()))  # stand-ins x 0
+        return SpeechLMOutput(loss=self._weighted_loss(losses, zero), logits=logits, class_logits=class_logits,
+                              labels=labels, attention_mask=mask, **losses)
+
+    def _weighted_loss(self, losses: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor | None:
+        """lm_weight x LM + classifier_weight x cls + kd_weight x KD + ctc_weight x CTC, + ``zero`` (the lockstep
+        stand-ins' outputs x 0); None when the forward computed no loss."""
+        if not losses:
+            return None
+        c = self.config
+        return (
+            c.lm_weight * losses.get("lm_loss", 0.0)
+            + c.classifier_weight * losses.get("cls_loss", 0.0)
+            + c.kd_weight * losses.get("kd_loss", 0.0)
+            + c.ctc_weight * losses.get("ctc_loss", 0.0)
+            + zero
         )
+
+    def _classifier_term(self, input_ids, audio, silence, dtype, class_labels, lockstep):
+        """-> (class_logits, (cls_loss, stand-in)): the head on each example's pooled audio embeddings (+ the
+        lockstep ``silence``). A batch without spoken examples reports a zero loss; without ``class_labels``, under
+        lockstep the logits x 0 keep the head in the graph."""
+        pooled = self._pool_audio(input_ids, audio, dtype)
+        class_logits = self.classifier(pooled if silence is None else pooled + silence)
+        if class_labels is None:
+            return class_logits, (None, 0.0 * class_logits.sum() if lockstep else None)
+        has_audio = (input_ids == self.config.audio_token_id).any(-1)
+        cls = classifier_loss(class_logits, class_labels, has_audio, self.config.num_classes)
+        return class_logits, (cls if cls is not None else 0.0 * class_logits.sum(), None)
+
+    def _ctc_term(self, audio, silence, ctc_labels, ctc_label_lengths):
+        """-> (ctc_loss, stand-in): :meth:`_ctc_loss`, or, for a batch without a transcript, the audio path's
+        output x 0 (the adapter stays in the graph: lockstep, and a loss to backward)."""
+        ctc = self._ctc_loss(audio, ctc_labels, ctc_label_lengths) if ctc_labels is not None else None
+        if ctc is not None:
+            return ctc, None
+        return None, silence if silence is not None else 0.0 * sum(a.sum() for a in audio)
+
+    def _kd_term(self, logits, labels, input_ids, teacher: dict, lockstep: bool):
+        """-> (kd_loss, stand-in): :meth:`_kd_loss` on the batch's ``teacher_*`` views (under lockstep a one-token
+        stand-in when it has none); reported when some example has a view, else only kept in the graph."""
+        if teacher["teacher_input_ids"] is None and lockstep:
+            teacher = self._lockstep_teacher(input_ids)
+        if teacher["teacher_input_ids"] is None:
+            return None, None
+        kd = self._kd_loss(logits, labels, **teacher)
+        if teacher["kd_mask"] is None or bool(teacher["kd_mask"].any()):
+            return kd, None
+        return None, kd
 
     def _ctc_loss(self, audio: list[torch.Tensor], ctc_labels: torch.Tensor,
                   ctc_label_lengths: torch.Tensor) -> torch.Tensor | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import struct
@@ -39,6 +38,8 @@ from typing import Callable
 
 import numpy as np
 
+from medlm.storage import local_copy
+
 log = logging.getLogger("medlm.models")
 
 WEIGHTS_LOCK = Path(__file__).with_name("weights.lock")
@@ -50,7 +51,9 @@ class FetchError(RuntimeError):
 
 
 def model_home() -> Path:
-    return Path(os.environ.get("MEDLM_MODELS") or Path.home() / ".cache" / "medlm" / "models")
+    from medlm import paths
+
+    return paths.model_store()
 
 
 def model_path(name: str) -> Path:
@@ -61,6 +64,17 @@ def model_path(name: str) -> Path:
     if not (path / MANIFEST).exists():
         raise FileNotFoundError(f"{name} is not in the model store {model_home()}: run `medlm models fetch`")
     return path
+
+
+def store_path(name_or_path: str) -> str:
+    """The one model-store lookup: a store name (a key of :data:`PARTS`) -> its checked directory; anything else
+    (a local dir, an ``s3://`` URI) unchanged."""
+    return str(model_path(name_or_path)) if name_or_path in PARTS else name_or_path
+
+
+def resolve_checkpoint(name_or_path: str) -> str:
+    """A store name, local dir or ``s3://`` URI -> a local directory to load from."""
+    return local_copy(store_path(name_or_path))
 
 
 # --- CTranslate2 Whisper -> transformers ------------------------------------------------------------

@@ -155,7 +155,10 @@ PRESETS["real"] = {
 
 
 class ModelSpec(Section):
-    """Which SpeechLM to build and which of its parameters train."""
+    """Which SpeechLM to build and which of its parameters train.
+
+    The one declaration of these fields: ``SpeechLMConfig.SPEC_FIELDS`` (LoRA, heads, loss weights, trainable) are
+    carried into the model's config as they are and take their defaults from here."""
 
     preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
     # HF Whisper / wav2vec2 checkpoint: a dir, an s3:// URI, or a model store name (`medlm models list`);
@@ -167,9 +170,9 @@ class ModelSpec(Section):
     # Whisper only: a shorter window than the checkpoint's (the position table is cut), in whole seconds;
     # None = the checkpoint's (30 s for real Whisper) or the preset's (10 s for real)
     encoder_window_seconds: float | None = Field(default=None, gt=0)
-    init_from: str | None = (
-        None  # a medlm export (SpeechLM.save_pretrained + processor); structure comes from it
-    )
+    # a medlm export (SpeechLM.save_pretrained + processor); the structure comes from it: a structural field
+    # given here (not left at its default) must say what the export says (build.check_structure)
+    init_from: str | None = None
     encoder_type: Literal["whisper", "wav2vec2"] = "whisper"
     audio_window_seconds: float = (
         20.0  # chunk length for wav2vec2 encoders (Whisper's window comes from its config)
@@ -199,3 +202,8 @@ class ModelSpec(Section):
     # Names start with encoder. / adapter. / llm. / classifier.; LoRA weights contain "lora_".
     trainable: list[str] = Field(default_factory=lambda: [r"^adapter\.", r"lora_", r"^classifier\."])
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+def field_default(name: str) -> Any:
+    """The default of ``ModelSpec``'s field ``name`` (a fresh list for list fields)."""
+    return ModelSpec.model_fields[name].get_default(call_default_factory=True)

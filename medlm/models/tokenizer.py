@@ -1,7 +1,7 @@
 """A small byte-level BPE tokenizer with a ChatML template, for the tiny/small presets.
 
 Trained deterministically with ``tokenizers`` on the embedded corpus below (no download), cached
-under ``~/.cache/medlm/tokenizers/<content hash>`` so every process gets the same ids.
+under ``$MEDLM_HOME/tokenizers/<content hash>`` (:mod:`medlm.paths`) so every process gets the same ids.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ Hello, how can I help you today? Thank you, goodbye. Yes. No. Maybe. Please repe
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("MEDLM_HOME", Path.home() / ".cache" / "medlm")) / "tokenizers"
+    from medlm import paths
+
+    return paths.tokenizer_dir()
 
 
 def build_byte_tokenizer(vocab_size: int = 512):

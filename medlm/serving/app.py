@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -40,10 +39,12 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
 
+from medlm.audio import SAMPLING_RATE
 from medlm.serving.audio import decode_audio, decode_base64
-from medlm.serving.config import AppArgs
+from medlm.serving.config import AppArgs, deployment_options
 from medlm.serving.defaults import default_ct_index_dir, default_model_dir
 from medlm.serving.errors import APIError
+from medlm.serving.metrics import IngressMetrics
 from medlm.serving.schemas import (
     AudioOrText,
     ChatCompletion,
@@ -189,7 +190,8 @@ def sse(payload: BaseModel | str) -> bytes:
 
 @api.middleware("http")
 async def _guard(request: Request, call_next) -> Response:
-    """Authenticate every route but /healthz, and count requests by route and status (never logs bodies)."""
+    """Authenticate every route but /healthz, and count requests by route and status in Ray's metrics
+    (``medlm.serving.metrics``; never logs bodies)."""
     replica: Ingress = serve.get_replica_context().servable_object
     try:
         replica.authenticate(request)
@@ -198,11 +200,11 @@ async def _guard(request: Request, call_next) -> Response:
     else:
         response = await call_next(request)
     route = request.url.path if request.url.path in ROUTES else "other"
-    replica.count(f'requests_total|route="{route}",status="{response.status_code}"')
+    replica.metrics.request(route, response.status_code)
     return response
 
 
-ROUTES = {"/healthz", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/audio/transcriptions",
+ROUTES = {"/healthz", "/v1/models", "/v1/chat/completions", "/v1/audio/transcriptions",
           "/v1/understand", "/v1/ct/search", "/v1/ct/classify"}
 
 
@@ -227,8 +229,7 @@ def encode_reply(wave: np.ndarray, fmt: str) -> str:
 
 # --- the ingress deployment ------------------------------------------------------------------------------
 
-@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 32})
+@serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, encoder: DeploymentHandle, llm: DeploymentHandle, ct: DeploymentHandle | None,
@@ -237,7 +238,7 @@ class Ingress:
         self.args = args
         self.limits = args.limits
         self.key_digest = bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
-        self.counters: Counter[str] = Counter()
+        self.metrics = IngressMetrics()
         self._models: tuple[float, list[str]] = (0.0, [])
         self._voices: list[str] | None = None
 
@@ -257,9 +258,6 @@ class Ingress:
             raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
         if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), self.key_digest):
             raise APIError(401, "invalid API key", code="invalid_api_key")
-
-    def count(self, name: str, value: float = 1) -> None:
-        self.counters[name] += value
 
     # --- models ---
 
@@ -287,7 +285,7 @@ class Ingress:
 
     def decode(self, data: str, fmt: str | None, param: str) -> np.ndarray:
         wave = decode_audio(decode_base64(data, param), self.limits.max_audio_seconds, param, fmt)
-        self.count("audio_seconds_total", len(wave) / 16000)
+        self.metrics.audio(len(wave) / SAMPLING_RATE)
         return wave
 
     async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
@@ -376,7 +374,7 @@ class Ingress:
             text, finish, usage = await retried(run)
         except Exception as e:
             raise unwrap(e) from None
-        self.count("completion_tokens_total", usage.completion_tokens if usage else 0)
+        self.metrics.tokens(model, usage.completion_tokens if usage else 0)
         return "".join(text), finish, usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
 
     async def check_voice(self, req: ChatCompletionRequest) -> None:
@@ -474,7 +472,7 @@ class Ingress:
             yield event(Delta(), finish=finish)
             if include_usage and usage is not None:
                 yield event(Delta(), usage=usage, choices=False)
-            self.count("completion_tokens_total", usage.completion_tokens if usage else 0)
+            self.metrics.tokens(served, usage.completion_tokens if usage else 0)
             yield sse("[DONE]")
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -491,16 +489,6 @@ class Ingress:
         except Exception:
             raise APIError(503, "a model deployment is not ready", code="not_ready") from None
         return {"status": "ok"}
-
-    @api.get("/metrics")
-    async def metrics(self) -> PlainTextResponse:
-        """Prometheus text counters of this ingress replica (Ray Serve exports its own metrics too)."""
-        lines = []
-        for name, value in sorted(self.counters.items()):
-            metric, _, label = name.partition("|")
-            labels = "{" + label + "}" if label else ""
-            lines.append(f"medlm_{metric}{labels} {value:g}")
-        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models")
     async def list_models(self) -> ModelList:
@@ -548,7 +536,7 @@ class Ingress:
             raise APIError(400, f"response_format {response_format!r} is not supported (json | text)",
                            param="response_format", code="invalid_request")
         wave = decode_audio(await upload.read(), self.limits.max_audio_seconds, "file")
-        self.count("audio_seconds_total", len(wave) / 16000)
+        self.metrics.audio(len(wave) / SAMPLING_RATE)
         text = (await retried(lambda: self.asr.transcribe.remote(wave))) if baseline else await self.transcribe(model, wave)
         return PlainTextResponse(text) if response_format == "text" else Transcription(text=text)
 
@@ -621,16 +609,16 @@ def build_app(args: AppArgs | dict) -> serve.Application:
     from medlm.serving.deployments import LLM, CTRetriever, Speaker, SpeechEncoder, WhisperTranscriber
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
-    enc, gen = args.encoder_batching, args.llm_batching
-    encoder = SpeechEncoder.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.model_dir, enc)
-    llm = LLM.options(max_ongoing_requests=2 * gen.max_batch_size).bind(
-        args.model_dir, args.served_model_name, args.adapters_dir, gen)
-    ct = CTRetriever.bind(args.ct_index_dir) if args.ct_index_dir else None
-    asr = WhisperTranscriber.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.asr_model, enc) \
+    shape = deployment_options(args)  # the one source of the deployments' options (serve/config.yaml's too)
+    encoder = SpeechEncoder.options(**shape["SpeechEncoder"]).bind(args.model_dir, args.encoder_batching)
+    llm = LLM.options(**shape["LLM"]).bind(args.model_dir, args.served_model_name, args.adapters_dir,
+                                           args.llm_batching)
+    ct = CTRetriever.options(**shape["CTRetriever"]).bind(args.ct_index_dir) if args.ct_index_dir else None
+    asr = WhisperTranscriber.options(**shape["WhisperTranscriber"]).bind(args.asr_model, args.asr_batching) \
         if args.asr_model else None
-    speaker = Speaker.options(max_ongoing_requests=2 * enc.max_batch_size).bind(args.speech, enc) \
+    speaker = Speaker.options(**shape["Speaker"]).bind(args.speech, args.speaker_batching) \
         if args.speech.enabled else None
-    return Ingress.bind(encoder, llm, ct, args, asr, speaker)
+    return Ingress.options(**shape["Ingress"]).bind(encoder, llm, ct, args, asr, speaker)
 
 
 def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) -> str:

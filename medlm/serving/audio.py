@@ -10,7 +10,6 @@ import numpy as np
 from medlm import audio as audio_io
 from medlm.serving.errors import APIError
 
-SAMPLE_RATE = audio_io.SAMPLING_RATE
 FORMATS = ("wav", "flac")
 
 
@@ -31,6 +30,6 @@ def decode_audio(raw: bytes, max_seconds: float, param: str, expected_format: st
         raise APIError(400, e.message, param=param, code=code) from None
 
 
-def encode_wav(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "WAV") -> bytes:
+def encode_wav(wave: np.ndarray, sample_rate: int = audio_io.SAMPLING_RATE, fmt: str = "WAV") -> bytes:
     """A waveform as WAV (or FLAC) file bytes: what clients send."""
     return audio_io.encode(wave, sample_rate, fmt)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CACHE = Path(os.environ.get("MEDLM_HOME", Path.home() / ".cache" / "medlm")) / "serve-defaults"
+from medlm import paths
+
+CACHE = paths.serve_defaults_dir()
 
 
 def default_model_dir(root: str | os.PathLike | None = None, preset: str | None = None) -> str:
@@ -30,8 +32,9 @@ def default_model_dir(root: str | os.PathLike | None = None, preset: str | None 
 
 def default_ct_index_dir(root: str | os.PathLike | None = None, cases: int = 16) -> str:
     """A saved ``CTIndex`` of synthetic CT volumes, embedded by the (untrained) tiny CT-CLIP teacher."""
-    from medlm.ct import CTIndex, generate_ct_cases
-    from medlm.ct.job import TINY_SHAPE, CTModelSpec, build_student, build_teacher
+    from medlm.ct import CTIndex
+    from medlm.data.synth_ct import generate_ct_cases
+    from medlm.ct.build import TINY_SHAPE, CTModelSpec, build_student, build_teacher
 
     base = Path(root or CACHE)
     path = base / "ct-index-tiny"

@@ -37,13 +37,19 @@ log = logging.getLogger("medlm.serving")
 
 
 class BatchStats:
-    """Histogram of batch sizes (what ``stats()`` reports; the benchmark and tests read it)."""
+    """Histogram of batch sizes: this replica's (what ``report()`` gives; the benchmark and tests read it through
+    ``batch_stats``) and, with ``export``, Ray's ``medlm_batch_size`` metric (``medlm.serving.metrics``)."""
 
-    def __init__(self):
+    def __init__(self, export: bool = False):
+        from medlm.serving.metrics import batch_size_histogram
+
         self.sizes: Counter[int] = Counter()
+        self.histogram = batch_size_histogram() if export else None
 
     def add(self, n: int) -> None:
         self.sizes[n] += 1
+        if self.histogram is not None:
+            self.histogram.observe(n)
 
     def report(self) -> dict[str, Any]:
         batches = sum(self.sizes.values())
@@ -54,10 +60,11 @@ class BatchStats:
 
 class BatchedReplica:
     """What the ``@serve.batch`` deployments share: their batch-size histogram and the batching options
-    applied to their batched method (``max_batch_size: 1`` turns batching off)."""
+    applied to their batched method (``max_batch_size: 1`` turns batching off). The ``@serve.batch`` decorators
+    carry no sizes: each deployment's come from its own ``AppArgs.*_batching``."""
 
     def _batch_with(self, method, batching: BatchOptions | None) -> None:
-        self.stats = BatchStats()
+        self.stats = BatchStats(export=True)
         batching = batching or BatchOptions()
         method.set_max_batch_size(batching.max_batch_size)
         method.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -71,8 +78,7 @@ class BatchedReplica:
 
 # --- speech encoder ------------------------------------------------------------------------------------------
 
-@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+@serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class SpeechEncoder(BatchedReplica):
     """Waveforms -> adapter-space audio embeddings, dynamically batched across requests."""
 
@@ -83,7 +89,7 @@ class SpeechEncoder(BatchedReplica):
         self.model = SpeechLM.from_pretrained_part(local, "audio")  # never reads the LLM's weights
         self._batch_with(self.embed, batching)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch  # sizes: set in __init__ (_batch_with)
     async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         self.stats.add(len(waves))
         return await asyncio.to_thread(self._embed, waves)
@@ -97,8 +103,7 @@ class SpeechEncoder(BatchedReplica):
 
 # --- ASR baseline ----------------------------------------------------------------------------------------------
 
-@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+@serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class WhisperTranscriber(BatchedReplica):
     """A Whisper checkpoint's own encoder-decoder (``/v1/audio/transcriptions`` with its name as ``model``):
     the ASR a user would pick instead of the SpeechLM, dynamically batched across requests."""
@@ -109,7 +114,7 @@ class WhisperTranscriber(BatchedReplica):
         self.asr = WhisperASR(model)
         self._batch_with(self.transcribe, batching)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch  # sizes: set in __init__ (_batch_with)
     async def transcribe(self, waves: list[np.ndarray]) -> list[str]:
         self.stats.add(len(waves))
         return await asyncio.to_thread(self.asr.transcribe, waves)
@@ -121,9 +126,9 @@ REPLY_RATE = 24000  # spoken replies' sample rate (OpenAI's pcm16 rate)
 
 
 def reply_voices(options: SpeechOptions) -> dict[str, Any]:
-    """API voice name -> :class:`medlm.data.tts.Voice`: the Piper voice (named after its speaker, e.g. ``joe``)
+    """API voice name -> :class:`medlm.models.tts.Voice`: the Piper voice (named after its speaker, e.g. ``joe``)
     if it is available, then the espeak-ng voices; the default voice first."""
-    from medlm.data.tts import Voice, piper_onnx
+    from medlm.models.tts import Voice, piper_onnx
 
     voices: dict[str, Voice] = {}
     if options.piper_voice:
@@ -142,8 +147,7 @@ def reply_voices(options: SpeechOptions) -> dict[str, Any]:
     return {default: voices.pop(default), **voices}
 
 
-@serve.deployment(max_ongoing_requests=16, ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8})
+@serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class Speaker(BatchedReplica):
     """Reply sentences -> speech at 24 kHz: Piper (onnxruntime) with espeak-ng as the fallback voice engine.
 
@@ -152,7 +156,7 @@ class Speaker(BatchedReplica):
     again; throughput grows by replicas (autoscaling on ongoing requests)."""
 
     def __init__(self, options: SpeechOptions | None = None, batching: BatchOptions | None = None):
-        from medlm.data.tts import MultiTTS, TTSConfig
+        from medlm.models.tts import MultiTTS, TTSConfig
 
         options = options or SpeechOptions()
         self.voices = reply_voices(options)
@@ -164,7 +168,7 @@ class Speaker(BatchedReplica):
         """The voices, the default first."""
         return list(self.voices)
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    @serve.batch  # sizes: set in __init__ (_batch_with)
     async def speak(self, items: list[tuple[str, str]]) -> list[np.ndarray]:
         """(sentence, voice name) pairs -> float32 mono waveforms at :data:`REPLY_RATE`."""
         self.stats.add(len(items))
@@ -211,8 +215,7 @@ def render_prompt(processor, messages: list[dict[str, Any]]) -> tuple[list[int],
         raise APIError(400, str(e), param="messages", code="invalid_request") from None
 
 
-@serve.deployment(max_ongoing_requests=32, ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 16})
+@serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class LLM:
     """Streamed generation from spliced audio embeddings under continuous batching
     (:class:`medlm.serving.generation.Engine`); LoRA adapters multiplexed. Loads only the export's LLM part."""
@@ -221,6 +224,7 @@ class LLM:
                  batching: GenerationOptions | None = None):
         from medlm.models import SpeechLM, SpeechLMProcessor
         from medlm.serving.generation import Engine
+        from medlm.serving.metrics import batch_size_histogram
 
         local = storage.local_copy(model_dir, exclude=(PARTS["audio"][0],))
         self.model = SpeechLM.from_pretrained_part(local, "llm")
@@ -234,7 +238,8 @@ class LLM:
         batching = batching or GenerationOptions()
         self.engine = Engine(self.model.llm, self.tokenizer.eos_token_id,
                              lambda name: activate_adapter(self.model, name), self.lock,
-                             batching.max_batch_size, batching.scheduling, batching.batch_wait_timeout_s)
+                             batching.max_batch_size, batching.scheduling, batching.batch_wait_timeout_s,
+                             on_step=batch_size_histogram().observe)
 
     def ready(self) -> bool:
         return self.engine.thread.is_alive()
@@ -330,8 +335,7 @@ class _LoadedAdapter:
 
 # --- CT retriever ---------------------------------------------------------------------------------------------
 
-@serve.deployment(max_ongoing_requests=8, ray_actor_options={"num_cpus": 0.25},
-                  autoscaling_config={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4})
+@serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class CTRetriever:
     """An index of CT volume embeddings: search by a written or spoken report, zero-shot finding scores."""
 

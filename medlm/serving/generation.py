@@ -120,12 +120,14 @@ class Batch:
 
 class Engine:
     """The decode loop of one LLM replica (see the module docstring). ``activate(adapter)`` switches the LLM's
-    LoRA adapter; ``lock`` is held for every step (adapter loading takes it too)."""
+    LoRA adapter; ``lock`` is held for every step (adapter loading takes it too); ``on_step(rows)``, if given, is
+    called with the running rows of every decode step (the replica's batch-size metric)."""
 
     def __init__(self, llm, eos_token_id: int, activate: Callable[[str | None], None], lock: threading.Lock,
                  max_batch_size: int = 16, scheduling: Literal["continuous", "static"] = "continuous",
-                 batch_wait_timeout_s: float = 0.01):
+                 batch_wait_timeout_s: float = 0.01, on_step: Callable[[int], None] | None = None):
         self.llm, self.eos, self.activate, self.lock = llm, eos_token_id, activate, lock
+        self.on_step = on_step
         self.max_batch_size, self.scheduling, self.wait_s = max_batch_size, scheduling, batch_wait_timeout_s
         self.waiting: list[Slot] = []
         self.batch = Batch()
@@ -217,6 +219,11 @@ class Engine:
         if not self.batch:
             return
         self.sizes[len(self.batch)] += 1
+        if self.on_step is not None:
+            try:
+                self.on_step(len(self.batch))
+            except Exception:  # noqa: BLE001, S110 - a metric must never fail the requests of a step
+                pass
         b = self.batch
         tokens = b.next_tokens[:, None]
         b.mask = torch.cat([b.mask, b.mask.new_ones((len(b), 1))], dim=1)

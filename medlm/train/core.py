@@ -9,8 +9,8 @@ One function per side:
   step / log / evaluate / checkpoint (every rank) until done, and export a consolidated
   ``save_pretrained`` model.
 
-:func:`build_engine`, :func:`endless` and :func:`to_device` are the pieces every training loop shares
-(the CT-CLIP phases in :mod:`medlm.ct.job` use them too).
+:func:`build_engine`, :func:`endless` and :func:`seed_everything` are the pieces every training loop shares
+(the CT-CLIP phases in :mod:`medlm.ct.job` use them too); :func:`to_device` moves a SpeechLM batch.
 """
 
 from __future__ import annotations
@@ -187,6 +187,7 @@ class Recipe:
         self.fault_step = config.get("fault_at_step", -1)
         self.ctx = ray.train.get_context()
         self.rank, self.world = self.ctx.get_world_rank(), self.ctx.get_world_size()
+        self.lockstep = self.world > 1  # ranks draw different batches: SpeechLM.forward(lockstep=True)
         self.state: dict[str, Any] = {"step": 0, "batches": 0, "tokens": 0, "resumes": 0, "history": []}
 
     def setup(self) -> None:
@@ -197,7 +198,6 @@ class Recipe:
 
         seed_everything(self.o.seed)
         model, self.processor = build_model(self.cfg.model)
-        model.lockstep = self.world > 1  # ranks draw different batches: see SpeechLM.lockstep
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.o, self.cfg.data.batch_rows)
         self.device = self.engine.device
@@ -238,7 +238,7 @@ class Recipe:
             t = time.perf_counter()
             batch = to_device(next(batches), self.device, self.o.bf16)
             window.wait += time.perf_counter() - t
-            out = self.engine(**batch)
+            out = self.engine(**batch, lockstep=self.lockstep)
             self.engine.backward(out.loss)
             self.engine.step()
             ntok = int(batch["attention_mask"].sum())
@@ -267,7 +267,7 @@ class Recipe:
         return metrics
 
     def evaluate(self, metrics: dict) -> None:
-        metrics["val_loss"] = evaluate_loss(self.engine, self.val_ds, self.processor, self.cfg)
+        metrics["val_loss"] = evaluate_loss(self.engine, self.val_ds, self.processor, self.cfg, self.lockstep)
         if self.rank == 0:
             log.info("step %d val_loss=%.4f", self.state["step"], metrics["val_loss"])
             if self.writer:
@@ -353,8 +353,9 @@ def _inject_fault(cfg: TrainJobConfig, rank: int, step: int) -> None:
     os._exit(1)
 
 
-def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig) -> float:
-    """Mean loss over the whole val set, on every rank (ZeRO-3 forwards need all ranks)."""
+def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig, lockstep: bool = False) -> float:
+    """Mean loss over the whole val set, on every rank (ZeRO-3 forwards need all ranks; ``lockstep`` as in
+    training)."""
     import torch
 
     from medlm.data.pipeline import iter_train_batches
@@ -363,7 +364,7 @@ def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for batch in iter_train_batches(val_ds, processor, cfg.val):
-            total += float(engine(**to_device(batch, engine.device, cfg.optim.bf16)).loss)
+            total += float(engine(**to_device(batch, engine.device, cfg.optim.bf16), lockstep=lockstep).loss)
             n += 1
     engine.train()
     return total / max(1, n)

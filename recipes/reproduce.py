@@ -1,17 +1,19 @@
-"""``medlm reproduce``: the four papers' claims in miniature, trained and evaluated for real.
+"""The papers' claims in miniature, trained and evaluated for real: ``python -m recipes.reproduce run``.
 
-Every number comes from real runs on the synthetic data: ``medlm.train.train`` with overrides on
-the job YAMLs (``configs/stage1.yaml`` ...), then ``medlm.eval.job.evaluate`` on each export (the
-SpeechCT-CLIP reproduction is the ``ct_clip`` job, which evaluates itself)::
+Every number comes from real runs on the synthetic data: ``medlm.train.train`` on the job configs as the
+preset runs them (``configs/presets/reproduce-<name>.yaml``, :mod:`recipes.presets`), then
+``medlm.eval.job.evaluate`` on each export (the SpeechCT-CLIP reproduction is the ``ct_clip`` job, which
+evaluates itself)::
 
-    speechmedassist   stage 1 (text) -> stage 2 (speech for half the conditions) vs one stage on speech
-                      alone; spoken QA about facts never heard as speech vs the same questions in text
-    voicetextblender  from the stage-1 model: joint speech+text SFT vs speech-only SFT; text QA kept?
+    speechmedassist   stage 1 (text) -> stage 2 (speech for half the conditions) vs one stage on the union of
+                      both stages' data; spoken QA about facts never heard as speech vs the same questions in text
+    voicetextblender  from the two-stage model: joint speech+text SFT vs speech-only SFT; text skills kept?
     speechllm         multi-task ASR/NER/sentiment with classifier regularizer + LoRA vs without each
     speechct          CT-CLIP teacher -> speech student without / with distillation (zero-shot F1 gap)
 
 Each reproduction writes ``<output>/<name>.md`` (one table: metric per variant, seed, preset, the
-command, wall time) and all of them ``<output>/reproductions-<preset>.json``. The tiny models are
+command, wall time) and all of them ``<output>/reproductions-<preset>.json``; ``python -m recipes.reproduce
+docs`` then copies the latest tables into README.md (:mod:`recipes.tables`). The tiny models are
 random-init and train for a few dozen steps: effects can be weak or absent, and the tables say so.
 """
 
@@ -22,72 +24,21 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from pydantic import Field
+import typer
 
 from medlm import storage
-from medlm.config import Section, build_config, load_config
+from medlm.config import load_config
+from medlm.data.factory import make_shards
+from recipes.presets import Preset, load_preset
+from recipes.tables import fmt, render_markdown, update_readme, write_index
 
 log = logging.getLogger("medlm.reproduce")
 
 NAMES = ("speechmedassist", "voicetextblender", "speechllm", "speechct")
-
-
-class ReproPreset(Section):
-    """How big the models, data and runs of a reproduction preset are."""
-
-    model: str = "tiny"                                   # medlm.models preset of every SpeechLM
-    steps: int = Field(default=30, ge=1)                  # optimizer steps of every SpeechLM training run ...
-    job_steps: dict[str, int] = Field(default_factory=dict)  # ... unless set here per job (stage1: 120)
-    jobs: dict[str, str] = Field(default_factory=dict)    # job -> configs/<yaml> stem (default: the job's name)
-    job_overrides: dict[str, list[str]] = Field(default_factory=dict)  # job -> overrides of its YAML
-    num_workers: int = Field(default=1, ge=1)             # Ray Train workers per run
-    use_gpu: bool = False
-    seed: int = 0                                         # data, training and CT seed
-    data: list[str] = Field(default_factory=list)         # make_data overrides (e.g. consultations=400)
-    max_new_tokens: int = Field(default=32, ge=1)         # greedy decoding length in evaluation
-    eval_limit: int | None = Field(default=None, ge=1)    # rows per eval dataset (None = all)
-    ct_config: str = "ct_clip"                            # configs/<ct_config>.yaml
-    ct: list[str] = Field(default_factory=list)           # ct_clip overrides
-
-
-# The structure every real-preset SpeechLM shares (set once, by the alignment run every other run starts
-# from): zero-initialised LoRA on the LLM (an identity until a run trains it) and the classifier head over
-# sentiment + entity types (trained only where classifier_weight > 0).
-_REAL_STRUCTURE = ["model.lora_r=16", "model.lora_alpha=32", "model.num_classes=3", "model.num_entity_labels=7"]
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # CPU / CI: a few dozen steps per run, one worker each.
-    "tiny": {"steps": 30, "ct": ["data.synthetic_cases=64", "teacher.steps=40", "align.steps=40",
-                                 "distill.steps=40", "teacher.batch_size=8", "align.batch_size=8",
-                                 "distill.batch_size=8"]},
-    # One GPU: bigger models, ten times the data and steps.
-    "small": {"model": "small", "steps": 300, "use_gpu": True, "max_new_tokens": 48,
-              "data": ["consultations=400", "speech_consultations=120", "utterances=400"],
-              "ct": ["model.preset=small", "data.synthetic_cases=400", "cpus_per_worker=4"]},
-    # The 2-core CPU box, real pretrained parts (whisper-tiny.en + SmolLM2-135M-Instruct): the invented
-    # knowledge base (a base model cannot know it), CTC alignment of the adapter first (configs/
-    # stage2_ctc_real.yaml), at most 2k spoken training recordings; each claim ~40 minutes.
-    "real": {"model": "real", "steps": 60, "num_workers": 2, "max_new_tokens": 40, "eval_limit": 60,
-             "jobs": {"align": "stage2_ctc_real", "stage1": "stage1_real", "stage2": "stage2_real",
-                      "joint_sft": "joint_sft_real", "multitask": "multitask_real"},
-             # stage 1 must make the LLM memorise 80 invented facts: the question-answer pairs weigh twice the
-             # consultations, at a higher learning rate than the demo's (100 steps at 1e-3 left the text fact
-             # accuracy at 0.14); one stage gets about the wall time of both stages (its steps cost ~2x)
-             "job_steps": {"align": 120, "stage1": 200, "stage2": 60, "one_stage": 160, "joint_sft": 40},
-             "job_overrides": {"stage1": ["optim.lr=2.0e-3", "data.datasets=[{name: consult_text, weight: 1}, "
-                                                             "{name: qa_text, weight: 2}]"]},
-             "data": ["knowledge=invented", "qa_forms=2", "consultations=200", "speech_consultations=60",
-                      "utterances=200", "sentences=1200", "rows_per_shard=300"],
-             "ct_config": "ct_clip_real"},
-}
-
-
-def load_preset(name: str, overrides: list[str] | None = None) -> ReproPreset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return build_config(ReproPreset, PRESETS[name], overrides, source=f"preset {name}")
+PROJECT = Path(__file__).resolve().parents[1]
+DOCS = PROJECT / "docs" / "reproductions"  # the project's own tables (README.md's Evidence copies them)
 
 
 # --- the runner: trains and evaluates variants on one data set --------------------------------------
@@ -97,7 +48,7 @@ class Runner:
     name, in memory and under the root (``result.json`` next to each run's export, ``eval/<name>/``), so a
     rerun on the same ``workdir`` reuses what already finished."""
 
-    def __init__(self, preset_name: str, preset: ReproPreset, root: str):
+    def __init__(self, preset_name: str, preset: Preset, root: str):
         self.preset_name, self.p, self.root = preset_name, preset, root
         self.data_root = storage.join(root, "data")
         self.heldout_root = storage.join(root, "data-heldout")   # utterances with another seed
@@ -108,10 +59,7 @@ class Runner:
 
     # data
     def data_config(self):
-        from medlm.data.factory import MakeDataConfig
-
-        return load_config(MakeDataConfig, "make_data.yaml",
-                           [f"output={self.data_root}", f"seed={self.p.seed}", *self.p.data])
+        return self.p.data_config(self.data_root)
 
     def make_data(self, names: set[str]) -> None:
         """The synthetic shards the chosen reproductions need (one Ray task per shard, as make_data does);
@@ -119,9 +67,9 @@ class Runner:
         cfg, marker = self.data_config(), storage.join(self.data_root, "done.json")
         done = set(json.loads(storage.read_text(marker))) if storage.exists(marker) else set()
         todo = names - done
-        _make_shards(cfg, todo - {"utterances_heldout", "general_text"})
+        make_shards(cfg, todo - {"utterances_heldout", "general_text"})
         if "utterances_heldout" in todo:  # NER / sentiment are scored on unseen sentences and voices
-            _make_shards(cfg.model_copy(update={"output": self.heldout_root, "seed": self.p.seed + 1}),
+            make_shards(cfg.model_copy(update={"output": self.heldout_root, "seed": self.p.seed + 1}),
                          {"utterances"})
         if "general_text" in todo:
             write_general_questions(self.data_root, self.p.seed)
@@ -129,13 +77,10 @@ class Runner:
 
     # training
     def job(self, job: str) -> str:
-        return self.p.jobs.get(job, job)
-
-    def steps(self, job: str) -> int:
-        return self.p.job_steps.get(job, self.p.steps)
+        return self.p.job(job)
 
     def train(self, name: str, job: str, *overrides: str, steps: int | None = None) -> dict:
-        from medlm.train import TrainJobConfig, train
+        from medlm.train import train
 
         if name in self.cache:
             return self.cache[name]
@@ -145,31 +90,25 @@ class Runner:
             self.reused.append(name)
             self.cache[name] = json.loads(storage.read_text(done))
             return self.cache[name]
-        p, steps = self.p, steps or self.steps(job)
-        cfg = load_config(TrainJobConfig, f"{self.job(job)}.yaml", [
-            *p.job_overrides.get(job, []), f"model.preset={p.model}", f"data.root={self.data_root}", f"data.seed={p.seed}",
-            f"optim.steps={steps}", f"optim.seed={p.seed}", f"optim.checkpoint_every={steps}",
-            f"run.storage_path={storage.join(self.root, 'runs')}", f"run.name={name}",
-            f"run.num_workers={p.num_workers}", f"run.use_gpu={str(p.use_gpu).lower()}", *overrides])
-        log.info("reproduce: training %s (%s, %d steps)", name, self.job(job), steps)
+        cfg = self.p.train_config(job, f"run.name={name}", *overrides, data_root=self.data_root,
+                                  storage_path=storage.join(self.root, "runs"), steps=steps)
+        log.info("reproduce: training %s (%s, %d steps)", name, self.job(job), cfg.optim.steps)
         res = train(cfg)
-        res["steps"] = steps
+        res["steps"] = cfg.optim.steps
         storage.write_text(done, json.dumps(res, default=str))
         self.cache[name] = res
         return res
 
     def job_config(self, job: str):
-        """The job's config as the preset runs it (its YAML + the preset's overrides for it)."""
-        from medlm.train import TrainJobConfig
-
-        return load_config(TrainJobConfig, f"{self.job(job)}.yaml", self.p.job_overrides.get(job, []))
+        """The job's config as the preset runs it."""
+        return self.p.train_config(job)
 
     def aligned(self) -> list[str]:
         """``model.init_from=`` the adapter-alignment run (CTC on spoken material, from the pretrained parts)
         every SpeechLM of the preset starts from; no overrides when the preset has no ``align`` job."""
         if "align" not in self.p.jobs:
             return []
-        res = self.train("align", "align", *_REAL_STRUCTURE, "model.classifier_weight=0")
+        res = self.train("align", "align")
         return [f"model.init_from={res['export']}"]
 
     def pretrained(self) -> str | None:
@@ -222,19 +161,6 @@ def agreement(before: list[dict], after: list[dict], dataset: str) -> float | No
     ref = {p["id"]: p["prediction"] for p in before if p["dataset"] == dataset and not p["error"]}
     pairs = [(ref[p["id"]], p["prediction"]) for p in after if p["dataset"] == dataset and p["id"] in ref]
     return short_answer_scores([a for a, _ in pairs], [b for _, b in pairs])["f1"] if pairs else None
-
-
-def _make_shards(cfg, names: set[str]) -> None:
-    import ray
-
-    from medlm.data.factory import make_shard, plan
-
-    work = [(n, i, items) for n, i, items in plan(cfg) if n in names]
-    if not work:
-        return
-    remote = ray.remote(num_cpus=1)(make_shard)
-    stats = ray.get([remote.remote(cfg, n, i, items) for n, i, items in work])
-    log.info("reproduce: data %s", {s["dataset"]: s["rows"] for s in stats})
 
 
 def write_general_questions(data_root: str, seed: int, n: int = 40) -> str:
@@ -502,36 +428,6 @@ DATA_NEEDS = {
 }
 
 
-# --- tables ------------------------------------------------------------------------------------------
-
-def _fmt(v) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.3f}" if abs(v) < 10 else f"{v:.0f}"
-    return str(v)
-
-
-def render_markdown(name: str, result: dict) -> str:
-    rows = result["rows"]
-    cols = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [f"# {result['title']}", "", f"**Claim.** {result['claim']}", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in cols) + " |" for row in rows]
-    lines += ["", "| check (from the numbers above) | holds |", "|---|---|"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in result["check"].items()]
-    lines += ["", result["notes"], "",
-              (f"Preset `{result['preset']}` ({result['preset_config']}), seed {result['seed']}; "
-               f"{result['wall_s']:.0f} s wall for this reproduction (a run shared with an earlier one, such as "
-               f"stage 1, counts where first trained"
-               + (f"; reused from an earlier command on the workdir, not counted: {', '.join(result['reused'])}"
-                  if result.get("reused") else "") + f"); finished {result['finished']}."), "",
-              f"Command: `{result['command']}`", ""]
-    return "\n".join(lines)
-
-
 # --- entry point -------------------------------------------------------------------------------------
 
 def run_reproductions(preset: str = "tiny", only: list[str] | None = None, output: str | None = None,
@@ -548,10 +444,10 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
     bad = [n for n in names if n not in REPRODUCTIONS]
     if bad:
         raise ValueError(f"unknown reproductions {bad}; choose from {list(NAMES)}")
-    p = load_preset(preset, overrides)
-    out_dir = Path(output or Path(__file__).resolve().parents[2] / "docs" / "reproductions")
+    p = load_preset("reproduce", preset, overrides)
+    out_dir = Path(output or DOCS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = f"medlm reproduce --preset {preset}" + "".join(f" --only {n}" for n in (only or [])) \
+    command = f"python -m recipes.reproduce run --preset {preset}" + "".join(f" --only {n}" for n in (only or [])) \
         + (f" --workdir {workdir}" if workdir else "")
     command += "".join(f" --set '{o}'" for o in overrides or []) + (f" --output {output}" if output else "")
     t_all = time.time()
@@ -584,38 +480,43 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
         results["reproductions"] = {**{k: v for k, v in earlier.items() if k not in names},
                                     **results["reproductions"]}
     combined.write_text(json.dumps(results, indent=2, default=str))
-    write_index(out_dir)
-    if output is None:  # the project's own tables: the README carries them too
-        update_readme(Path(__file__).resolve().parents[2] / "README.md", out_dir)
+    write_index(out_dir, NAMES)
     return {"wall_s": results["wall_s"], "output": str(out_dir),
             "checks": {n: r["check"] for n, r in results["reproductions"].items()}}
 
 
-def write_index(out_dir: Path) -> None:
-    """``README.md``: the latest table of every reproduction found in ``out_dir``, one after another."""
-    parts = [(out_dir / f"{n}.md").read_text() for n in NAMES if (out_dir / f"{n}.md").exists()]
-    head = ("# Reproductions (latest tables)\n\nWritten by `medlm reproduce` (medlm/eval/reproduce.py); every "
-            "number comes from a real training + evaluation run on the synthetic data, whatever it says.\n\n")
-    (out_dir / "README.md").write_text(head + "\n".join(p.replace("\n# ", "\n## ").replace("# ", "## ", 1)
-                                                         for p in parts))
-
-
-README_START, README_END = "<!-- reproductions:start -->", "<!-- reproductions:end -->"
-
-
-def update_readme(readme: Path, out_dir: Path) -> None:
-    """Replace what lies between the reproduction markers of ``readme`` with the latest tables."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} section")
-    parts = [(out_dir / f"{n}.md").read_text().strip() for n in NAMES if (out_dir / f"{n}.md").exists()]
-    body = "\n\n".join(p.replace("\n# ", "\n### ").replace("# ", "### ", 1) for p in parts)
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_START}\n{body}\n{README_END}{tail}")
-
-
-def _short(p: ReproPreset) -> str:
-    steps = f"{p.steps} steps/run" + (f" ({', '.join(f'{k} {v}' for k, v in p.job_steps.items())})" if p.job_steps else "")
-    return (f"model {p.model}, {steps}, {p.num_workers} worker(s)"
+def _short(p: Preset) -> str:
+    steps = f"{p.steps or 'the config'} steps/run" + (
+        f" ({', '.join(f'{k} {v}' for k, v in p.job_steps.items())})" if p.job_steps else "")
+    return (f"model {p.model}, {steps}, {p.num_workers or 'the config'} worker(s)"
             + (", GPU" if p.use_gpu else ", CPU"))
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="The papers' claims, trained and evaluated for real.")
+
+
+@app.command()
+def run(preset: str = typer.Option("tiny", help="tiny (CPU, CI), real (pretrained parts, CPU) or small (GPU): "
+                                                 "configs/presets/reproduce-<preset>.yaml"),
+        only: Optional[list[str]] = typer.Option(None, help="subset of: " + ", ".join(NAMES)),
+        workdir: Optional[str] = typer.Option(None, help="keep data, runs and evaluations here (dir or s3://); "
+                                                         "a rerun on it reuses what finished"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="preset override, e.g. seed=1"),
+        output: Optional[str] = typer.Option(None, help="tables dir (default docs/reproductions)")) -> None:
+    """Reproduce the papers' claims and write their tables (then `docs` puts them in README.md)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(json.dumps(run_reproductions(preset=preset, only=only, output=output, overrides=set_,
+                                            workdir=workdir), indent=2, default=str))
+
+
+@app.command()
+def docs(tables: Path = typer.Option(DOCS, help="the tables' dir"),
+         readme: Path = typer.Option(PROJECT / "README.md", help="the README whose Evidence section to rewrite")) -> None:
+    """Rewrite README.md's reproduction section (between its markers) from the latest tables."""
+    update_readme(readme, tables, NAMES)
+    typer.echo(f"{readme}: reproduction tables from {tables}")
+
+
+if __name__ == "__main__":
+    app()

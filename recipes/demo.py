@@ -1,39 +1,31 @@
-"""``medlm demo``: the whole path on embedded defaults, one step after another.
+"""The demo (``python -m recipes.demo``, ``./scripts/demo.sh``): the whole path on embedded defaults, one step
+after another.
 
 make data -> stage 1 (text knowledge) -> stage 2 (speech alignment) -> serve (Ray Serve) -> a
 spoken question in a voice the training never used, answered over the OpenAI-compatible HTTP API end to
 end, as text and through the cascade (whisper-tiny.en transcribes, the same LLM answers). Everything runs
 for real: local Ray, the moto S3 server, DeepSpeed on 2 CPU workers, Piper and espeak-ng speech, the real
-checkpoints (preset ``real``, the default; ``tiny`` is the seconds-long toy the tests use).
+checkpoints (preset ``real``, the default; ``tiny`` is the minutes-long toy the tests use). The presets are
+``configs/presets/demo-<name>.yaml`` (:mod:`recipes.presets`).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
 import secrets
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import typer
+
+from recipes.presets import load_preset
 
 log = logging.getLogger("medlm.demo")
-
-# How much data and training each preset gets (the model preset has the same name), and the job configs.
-# Stage 2 is one or more runs, each starting from the previous export (real: CTC alignment, then KD).
-SIZES = {
-    "real": {"data": ["consultations=200", "speech_consultations=60", "utterances=200", "sentences=600",
-                      "rows_per_shard=300"],
-             "stage1": ("stage1_real.yaml", []),
-             "stage2": [("stage2_ctc_real.yaml", ["optim.steps=60", "optim.checkpoint_every=60"]),
-                        ("stage2_real.yaml", ["optim.steps=35", "optim.checkpoint_every=35"])]},
-    "tiny": {"data": [], "stage1": ("stage1.yaml", ["optim.steps=30"]),
-             "stage2": [("stage2.yaml", ["optim.steps=30"])]},
-    "small": {"data": ["consultations=400", "speech_consultations=120", "utterances=200"],
-              "stage1": ("stage1.yaml", ["optim.steps=300"]), "stage2": [("stage2.yaml", ["optim.steps=300"])]},
-}
-
 
 class _Progress:
     def __init__(self, total: int):
@@ -66,9 +58,10 @@ def _wav_base64(audio, rate: int) -> str:
 def _spoken_question(data_cfg) -> tuple[str, str, Any, int, str]:
     """A question about a fact that stage 2 never heard as speech, spoken by a synthetic patient whose voice
     the training data never used (an en-us espeak-ng voice of the bank beyond the ones make_data drew)."""
+    from medlm.audio import SAMPLING_RATE
     from medlm.data import kb
     from medlm.data.factory import speech_conditions
-    from medlm.data.tts import SAMPLING_RATE, espeak_voices, speak, voice_bank
+    from medlm.models.tts import espeak_voices, speak, voice_bank
 
     heard = speech_conditions(data_cfg)
     pair = next(p for p in kb.qa_pairs(data_cfg.seed) if p["condition"] not in heard)
@@ -93,42 +86,37 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
     from ray import serve
 
     from medlm import storage
-    from medlm.config import load_config
-    from medlm.data.factory import MakeDataConfig, format_summary, make_data
+    from medlm.data.factory import format_summary, make_data
     from medlm.jobs import embedded_s3_needed
     from medlm.serving import run_local
     from medlm.stack import free_port, local_stack
-    from medlm.train import TrainJobConfig, train
+    from medlm.train import train
 
-    if preset not in SIZES:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(SIZES)}")
-    size = SIZES[preset]
+    p = load_preset("demo", preset)
     progress = _Progress(5)
     summary: dict[str, Any] = {"preset": preset}
     with local_stack(s3=embedded_s3_needed()) as st:
         root = workdir or storage.join(st.root, f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-        data_root = storage.join(root, "data")
+        data_root, runs = storage.join(root, "data"), storage.join(root, "runs")
         summary["root"] = root
 
         with progress.step("make synthetic data (knowledge base, TTS voices, CT volumes)"):
-            data_cfg = load_config(MakeDataConfig, "make_data.yaml", [f"output={data_root}", *size["data"]])
+            data_cfg = p.data_config(data_root)
             data = make_data(data_cfg)
             print(format_summary(data))
             summary["data"] = {k: v["rows"] for k, v in data["datasets"].items()}
             summary["audio_hours"] = round(data["audio_hours"], 3)
 
-        common = [f"model.preset={preset}", f"data.root={data_root}", f"run.storage_path={storage.join(root, 'runs')}"]
         with progress.step("stage 1: medical knowledge from text (Ray Train + DeepSpeed ZeRO-2, 2 workers)"):
-            config, extra = size["stage1"]
-            s1 = train(load_config(TrainJobConfig, config, [*common, *extra, "run.name=stage1"]))
+            s1 = train(p.train_config("stage1", "run.name=stage1", data_root=data_root, storage_path=runs))
             summary["stage1"] = {"export": s1["export"], "loss": _loss(s1)}
 
         with progress.step("stage 2: speech alignment from the stage-1 model"):
-            s2, runs = s1, size["stage2"]
-            for i, (config, extra) in enumerate(runs):
-                name = "stage2" if i == len(runs) - 1 else f"stage2-{Path(config).stem.removeprefix('stage2_')}"
-                s2 = train(load_config(TrainJobConfig, config,
-                                       [*common, *extra, f"run.name={name}", f"model.init_from={s2['export']}"]))
+            s2 = s1  # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last
+            for job, name in (("align", "stage2-align"), ("stage2", "stage2")):
+                if job == "stage2" or job in p.jobs:
+                    s2 = train(p.train_config(job, f"run.name={name}", f"model.init_from={s2['export']}",
+                                              data_root=data_root, storage_path=runs))
             summary["stage2"] = {"export": s2["export"], "loss": _loss(s2)}
 
         with progress.step("serve the stage-2 model (Ray Serve, OpenAI-compatible API)"):
@@ -181,3 +169,20 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
 def _loss(result: dict) -> float | None:
     metrics = result.get("metrics") or {}
     return round(metrics["loss"], 4) if "loss" in metrics else None
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(preset: str = typer.Option("real", help="real (the pretrained parts, ~20 min on 2 cores), tiny (a "
+                                                    "random toy, ~4 min) or small (a bigger toy)"),
+         workdir: Optional[str] = typer.Option(None, help="where to keep the run's files (dir or s3://)")) -> None:
+    """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve -> a spoken question over HTTP."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = run_demo(preset=preset, workdir=workdir)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app()

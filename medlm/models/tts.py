@@ -30,8 +30,6 @@ import numpy as np
 
 from medlm.config import Section
 
-SAMPLING_RATE = 16000  # what speak() returns (the models' rate)
-
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan")
 # espeak-ng variants: f1..f5 are female, m1..m7 male.
 VARIANTS = {"female": ("f1", "f2", "f3", "f4", "f5"), "male": ("m1", "m2", "m3", "m4", "m5", "m7")}
@@ -209,11 +207,11 @@ class PiperTTS:
 
 def piper_onnx(voice: str) -> Path:
     """A Piper voice: a model store name (its one .onnx file) or a path to the .onnx (with .onnx.json beside)."""
-    from medlm.models.pretrained import PARTS, model_path
+    from medlm.models.pretrained import store_path
 
-    path = Path(voice)
-    if voice in PARTS:
-        found = sorted(model_path(voice).glob("*.onnx"))
+    path = Path(store_path(voice))
+    if path.is_dir():
+        found = sorted(path.glob("*.onnx"))
         if len(found) != 1:
             raise FileNotFoundError(f"model store entry {voice} holds {len(found)} .onnx files, expected 1")
         path = found[0]

@@ -1,0 +1,63 @@
+"""Every default path of medlm, and the environment variables that move them (read here and nowhere else).
+
+=================  ==============================  ===================================================================
+variable           default                         what lives there
+=================  ==============================  ===================================================================
+``MEDLM_HOME``     ``~/.cache/medlm``              medlm's own state: ``stack/`` (``medlm stack up``), ``cluster/``
+                                                   (``cluster/local.py``), ``tokenizers/`` (the presets' tokenizer),
+                                                   ``serve-defaults/`` (the default export of ``medlm serve``)
+``MEDLM_MODELS``   ``~/.cache/medlm/models``       the model store (``medlm models fetch``); not under
+                                                   ``MEDLM_HOME``, so a throw-away home keeps the fetched models
+``MEDLM_CACHE``    ``<tmp>/medlm-cache``           local copies of ``s3://`` trees (``storage.local_copy``)
+=================  ==============================  ===================================================================
+
+The variables are read when a function is called (not at import), so setting one in a running process
+takes effect. This module imports nothing from medlm: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+HOME_ENV, MODELS_ENV, CACHE_ENV = "MEDLM_HOME", "MEDLM_MODELS", "MEDLM_CACHE"
+
+
+def _default_home() -> Path:
+    return Path.home() / ".cache" / "medlm"
+
+
+def home() -> Path:
+    """``$MEDLM_HOME``, default ``~/.cache/medlm``."""
+    return Path(os.environ.get(HOME_ENV) or _default_home())
+
+
+def stack_dir() -> Path:
+    """State of ``medlm stack up`` (pid / session ids, logs): ``$MEDLM_HOME/stack``."""
+    return home() / "stack"
+
+
+def cluster_dir() -> Path:
+    """State of a multi-node ``cluster/local.py up``: ``$MEDLM_HOME/cluster``."""
+    return home() / "cluster"
+
+
+def tokenizer_dir() -> Path:
+    """The presets' byte-level tokenizers, by content hash: ``$MEDLM_HOME/tokenizers``."""
+    return home() / "tokenizers"
+
+
+def serve_defaults_dir() -> Path:
+    """The default exports ``medlm serve`` serves without ``--model``: ``$MEDLM_HOME/serve-defaults``."""
+    return home() / "serve-defaults"
+
+
+def model_store() -> Path:
+    """The model store: ``$MEDLM_MODELS``, default ``~/.cache/medlm/models`` (whatever ``MEDLM_HOME`` is)."""
+    return Path(os.environ.get(MODELS_ENV) or _default_home() / "models")
+
+
+def download_cache() -> Path:
+    """Local copies of ``s3://`` trees: ``$MEDLM_CACHE``, default ``<tmp>/medlm-cache``."""
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "medlm-cache")
