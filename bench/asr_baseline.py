@@ -50,7 +50,7 @@ def main() -> None:
     from medlm.audio import SAMPLING_RATE
     from medlm.models.tts import build_tts, TTSConfig, voice_bank
     from medlm.eval.metrics import wer
-    from medlm.models.audio import as_waveform
+    from medlm.models.encoder import as_waveform
     from medlm.models.baselines import WhisperASR
     from medlm.models.pretrained import model_path
 

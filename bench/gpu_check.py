@@ -60,11 +60,11 @@ def run_stage(args) -> dict:
     ov = overrides(args.stage, str(Path(args.data).resolve()), str(Path(args.workdir).resolve() / args.stage),
                    args.steps, args.log_every, featurizers, args.smoke)
     cfg = JOBS[args.stage].load(STAGES[args.stage], ov)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cores} cores)"
     init_ray(num_cpus=None)  # a local Ray: all CPUs and GPUs of this machine
     t0 = time.time()
-    summary = train(cfg)
+    summary = train(cfg)  # the driver never touches CUDA before this: the worker gets the whole GPU
     history = summary["history"]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({cores} cores)"
     steady = history[1:] or history  # the first window holds the start-up (pipeline, CUDA, allocator)
 
     def mean(key: str) -> float | None:
@@ -91,8 +91,8 @@ def fmt(v, spec: str = ".3f") -> str:
 
 
 def summarize(out: Path) -> str:
-    rows = ["| stage | device | preset | batch (rows / tokens) | steps | MFU (steady) | data-wait share (steady) "
-            "| tokens/s (steady) | MFU / data wait per window | wall s |", "|---" * 10 + "|"]
+    rows = [("| stage | device | preset | batch (rows / tokens) | steps | MFU (steady) | data-wait share (steady) "
+             "| tokens/s (steady) | MFU / data wait per window | wall s |"), "|---" * 10 + "|"]
     for stage in STAGES:
         path = out / f"{stage}.json"
         if not path.exists():
@@ -104,7 +104,7 @@ def summarize(out: Path) -> str:
         rows.append(f"| {stage} | {r['device']} | {r['preset']} | {r['batch_rows']} / {r['batch_tokens']} | "
                     f"{r['steps']} | {fmt(s['mfu'])} | {fmt(s['data_wait_frac'], '.2f')} | {fmt(s['tokens_per_s'], '.0f')} "
                     f"| {windows} | {r['wall_s']} |")
-    text = ("# GPU check: stage 1 / stage 2, preset base, Ray Train + DeepSpeed, 1 GPU\n\n" + "\n".join(rows) + "\n\n"
+    text = ("# GPU check: stage 1 / stage 2 under Ray Train + DeepSpeed, one worker\n\n" + "\n".join(rows) + "\n\n"
             "MFU = 6 x all parameters x tokens/s / dense bf16 peak (medlm.train.core); it counts the frozen speech "
             "encoder in stage 1 (never run there) and not the KD teacher pass nor the encoder's forward in stage 2. "
             "Data-wait share = time in next(batches) + the copy to the GPU / window wall time. Steady = the log "

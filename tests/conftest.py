@@ -23,7 +23,8 @@ def pytest_unconfigure(config):
 
 
 def _scratch() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "medlm-*-*"))) - {os.environ["MEDLM_CACHE"]}
+    tmp = tempfile.gettempdir()  # (a test session's own download cache is not a job's scratch, nor another session's)
+    return set(glob.glob(os.path.join(tmp, "medlm-*-*"))) - set(glob.glob(os.path.join(tmp, "medlm-test-cache-*")))
 
 
 @pytest.fixture(scope="session")

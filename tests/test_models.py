@@ -17,7 +17,7 @@ from medlm.models import (
     build_processor,
     replace_placeholders_and_build_targets,
 )
-from medlm.models.audio import num_audio_tokens
+from medlm.models.encoder import num_audio_tokens
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -625,6 +625,11 @@ def test_init_from_accepts_agreeing_or_default_structure_and_applies_the_job_cho
     proc.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="model.lora_r=8 contradicts the export"):
         build_model(ModelSpec(init_from=str(tmp_path), lora_r=8))
+    from medlm.models.build import check_init_from  # the driver's check: the export's config.json alone
+
+    with pytest.raises(ValueError, match="model.lora_r=8 contradicts the export"):
+        check_init_from(ModelSpec(init_from=str(tmp_path), lora_r=8))
+    check_init_from(ModelSpec(init_from=str(tmp_path), lora_r=4))
     spec = ModelSpec(init_from=str(tmp_path), preset="real", lora_r=4, num_classes=3, stack_factor=4,
                      adapter_hidden=128, encoder_window_seconds=10.0, kd_weight=0.5, ctc_weight=0.25,
                      trainable=[r"^classifier\."])

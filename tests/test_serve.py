@@ -73,11 +73,11 @@ def test_render_prompt_matches_processor():
 
 
 def test_reply_sentences_are_split_for_speech():
-    from medlm.serving.app import split_sentences
+    from medlm.serving.app import complete_sentences
 
-    assert split_sentences("It is mild. Rest!\n1. Drink water. 2. Sle") == (["It is mild.", "Rest!", "1. Drink water."],
+    assert complete_sentences("It is mild. Rest!\n1. Drink water. 2. Sle") == (["It is mild.", "Rest!", "1. Drink water."],
                                                                           "2. Sle")
-    assert split_sentences("Take 2.5 mg daily") == ([], "Take 2.5 mg daily")
+    assert complete_sentences("Take 2.5 mg daily") == ([], "Take 2.5 mg daily")
 
 
 def test_parse_answers_leniently():

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from medlm.ct.preprocess import speech_features
-from medlm.models.audio import AudioFrontend, build_audio_encoder
+from medlm.models.encoder import AudioFrontend, build_audio_encoder
 from medlm.models.modeling import as_config
 
 # CTViT shapes by preset. ``full`` is CT-CLIP's (dim 512, image 480, patch 20, temporal patch 10, 4+4 layers).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from medlm.models.audio import SAMPLING_RATE, as_waveform
+from medlm.models.encoder import SAMPLING_RATE, as_waveform
 from medlm.models.pretrained import resolve_checkpoint
 
 

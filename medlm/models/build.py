@@ -7,6 +7,7 @@ Nothing is downloaded: weights come from the preset's config
 from __future__ import annotations
 
 import contextlib
+import json
 
 import torch
 from transformers import (
@@ -19,12 +20,13 @@ from transformers import (
     WhisperConfig,
 )
 
-from medlm.models.audio import build_audio_encoder
+from medlm.models.encoder import build_audio_encoder
 from medlm.models.modeling import SpeechLM, SpeechLMConfig
 from medlm.models.pretrained import store_path
 from medlm.models.processor import SpeechLMProcessor
 from medlm.models.spec import PRESETS, ModelSpec, field_default
 from medlm.models.tokenizer import AUDIO_TOKEN, build_byte_tokenizer
+from medlm import storage
 from medlm.storage import local_copy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -152,6 +154,14 @@ def check_structure(spec: ModelSpec, config: SpeechLMConfig) -> None:
             raise ValueError(f"model.{name}={getattr(spec, name)!r} contradicts the export "
                              f"model.init_from={spec.init_from!r}, whose {name} is {saved!r}: with init_from "
                              f"the structure comes from the export (leave model.{name} out or set it to {saved!r})")
+
+
+def check_init_from(spec: ModelSpec) -> None:
+    """:func:`check_structure` against the export's ``config.json`` alone (no weights are copied): what a
+    driver runs before it starts workers, so a contradicting spec fails at once and not in every worker."""
+    if spec.init_from:
+        config = json.loads(storage.read_text(storage.join(spec.init_from, "config.json")))
+        check_structure(spec, SpeechLMConfig.from_dict(config))
 
 
 def build_model(

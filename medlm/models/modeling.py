@@ -32,13 +32,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from medlm.models.audio import AudioEncoder, AudioFrontend, build_audio_encoder, num_audio_tokens
+from medlm.models.encoder import AudioEncoder, AudioFrontend, build_audio_encoder, num_audio_tokens
 from medlm.models.spec import field_default
 
 IGNORE_INDEX = -100
 
 #: The export's shards: part -> (file, parameter prefixes). Every weight belongs to exactly one part.
-PARTS = {
+EXPORT_PARTS = {
     "audio": ("model-audio.safetensors", ("encoder.", "adapter.", "classifier.")),
     "llm": ("model-llm.safetensors", ("llm.",)),
 }
@@ -225,7 +225,7 @@ def classifier_loss(
 
 
 def shard_by_part(directory: str | Path) -> None:
-    """Regroup an HF checkpoint's safetensors shards into one file per part of :data:`PARTS` + the index."""
+    """Regroup an HF checkpoint's safetensors shards into one file per part of :data:`EXPORT_PARTS` + the index."""
     from safetensors.torch import load_file, save_file
 
     d = Path(directory)
@@ -234,11 +234,11 @@ def shard_by_part(directory: str | Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update(load_file(str(d / f)))
-    weight_map, groups = {}, {file: {} for file, _ in PARTS.values()}
+    weight_map, groups = {}, {file: {} for file, _ in EXPORT_PARTS.values()}
     for name, t in tensors.items():
-        file = next((f for f, prefixes in PARTS.values() if name.startswith(prefixes)), None)
+        file = next((f for f, prefixes in EXPORT_PARTS.values() if name.startswith(prefixes)), None)
         if file is None:
-            raise ValueError(f"weight {name!r} belongs to no part of {sorted(PARTS)}")
+            raise ValueError(f"weight {name!r} belongs to no part of {sorted(EXPORT_PARTS)}")
         groups[file][name], weight_map[name] = t, file
     for f in files:
         (d / f).unlink()
@@ -313,7 +313,7 @@ class SpeechLM(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
         """HF's ``save_pretrained`` (config, tied weights, ``state_dict=`` for gathered ZeRO-3 weights), then the
-        weights regrouped into one shard per part (:data:`PARTS`) under a standard index."""
+        weights regrouped into one shard per part (:data:`EXPORT_PARTS`) under a standard index."""
         super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             shard_by_part(save_directory)
@@ -326,9 +326,9 @@ class SpeechLM(PreTrainedModel):
         from accelerate import init_empty_weights
         from safetensors.torch import load_file
 
-        if part not in PARTS:
-            raise ValueError(f"unknown part {part!r}; one of {sorted(PARTS)}")
-        file, prefixes = PARTS[part]
+        if part not in EXPORT_PARTS:
+            raise ValueError(f"unknown part {part!r}; one of {sorted(EXPORT_PARTS)}")
+        file, prefixes = EXPORT_PARTS[part]
         path = Path(directory) / file
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: {directory} is not a SpeechLM export in parts "

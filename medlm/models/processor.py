@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-from medlm.models.audio import SAMPLING_RATE, AudioFrontend, as_waveform, num_audio_tokens
+from medlm.models.encoder import SAMPLING_RATE, AudioFrontend, as_waveform, num_audio_tokens
 from medlm.models.tokenizer import AUDIO_TOKEN
 
 IGNORE_INDEX = -100

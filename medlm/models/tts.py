@@ -242,7 +242,7 @@ def build_tts(cfg: TTSConfig) -> TTSBackend:
 
 def speak(texts: list[str], voice: Voice, cfg: TTSConfig | None = None, seed: int = 0) -> list[np.ndarray]:
     """``texts`` spoken by ``voice`` (Piper prosody drawn per text, seeded) as 16 kHz mono float32."""
-    from medlm.models.audio import as_waveform
+    from medlm.models.encoder import as_waveform
 
     tts, rng = build_tts(cfg or TTSConfig()), random.Random(seed)
     return [as_waveform(*tts.synthesize(t, voice.for_utterance(rng))) for t in texts]

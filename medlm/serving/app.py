@@ -211,7 +211,7 @@ ROUTES = {"/healthz", "/v1/models", "/v1/chat/completions", "/v1/audio/transcrip
 _SENTENCE_END = re.compile(r"(?<=[^\W\d_][.!?])\s+|(?<=[)\"'][.!?])\s+|\n+")
 
 
-def split_sentences(text: str) -> tuple[list[str], str]:
+def complete_sentences(text: str) -> tuple[list[str], str]:
     """Complete sentences of ``text`` (ended by . ! ? after a letter, then a space; or a newline: a list item's
     "1." is not a sentence) and the unfinished rest."""
     pieces = _SENTENCE_END.split(text)
@@ -396,7 +396,7 @@ class Ingress:
         """``text`` spoken (sentence by sentence, the sentences in parallel through the batching Speaker)."""
         from medlm.serving.deployments import REPLY_RATE
 
-        sentences, rest = split_sentences(text)
+        sentences, rest = complete_sentences(text)
         sentences += [rest.strip()] if rest.strip() else []
         waves = await asyncio.gather(*(self.say(t, voice) for t in sentences))
         gap = np.zeros(int(0.15 * REPLY_RATE), dtype=np.float32)
@@ -447,7 +447,7 @@ class Ingress:
                     if chunk.text:
                         yield event(Delta(content=chunk.text))
                         if spoken:
-                            sentences, unsaid = split_sentences(unsaid + chunk.text)
+                            sentences, unsaid = complete_sentences(unsaid + chunk.text)
                             for sentence in sentences:
                                 say(sentence)
                             async for e in spoken_deltas(wait=False):

@@ -27,7 +27,7 @@ import torch
 from ray import serve
 
 from medlm import storage
-from medlm.models.modeling import PARTS
+from medlm.models.modeling import EXPORT_PARTS
 from medlm.serving.adapters import activate_adapter, list_adapters, load_adapter, unload_adapter
 from medlm.serving.config import BatchOptions, GenerationOptions, SpeechOptions
 from medlm.serving.errors import APIError
@@ -85,7 +85,7 @@ class SpeechEncoder(BatchedReplica):
     def __init__(self, model_dir: str, batching: BatchOptions | None = None):
         from medlm.models import SpeechLM
 
-        local = storage.local_copy(model_dir, exclude=(PARTS["llm"][0],))
+        local = storage.local_copy(model_dir, exclude=(EXPORT_PARTS["llm"][0],))
         self.model = SpeechLM.from_pretrained_part(local, "audio")  # never reads the LLM's weights
         self._batch_with(self.embed, batching)
 
@@ -226,7 +226,7 @@ class LLM:
         from medlm.serving.generation import Engine
         from medlm.serving.metrics import batch_size_histogram
 
-        local = storage.local_copy(model_dir, exclude=(PARTS["audio"][0],))
+        local = storage.local_copy(model_dir, exclude=(EXPORT_PARTS["audio"][0],))
         self.model = SpeechLM.from_pretrained_part(local, "llm")
         self.processor = SpeechLMProcessor.from_pretrained(local)
         self.tokenizer = self.processor.tokenizer

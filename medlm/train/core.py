@@ -378,7 +378,9 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     from medlm.data.pipeline import build_dataset
+    from medlm.models.build import check_init_from
 
+    check_init_from(cfg.model)  # a structure that contradicts the export fails here, before any worker starts
     if cfg.run.name is None:
         cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{cfg.job}-{time.strftime('%Y%m%d-%H%M%S')}"})})
     datasets = {"train": build_dataset(cfg.data, cfg.model)}
