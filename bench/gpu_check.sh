@@ -5,9 +5,10 @@
 # (medlm.train.core.train via bench/gpu_check.py) on configs/stage{1,2}_prod.yaml with one-GPU overrides.
 #
 #   1. here, once (CPU; downloads the wheels the GPU machine lacks, writes a small data set):
-#        bash bench/gpu_check.sh prepare              # -> .whl/ (~42 MB) and runs/gpu_check/data (~15 MB), both ignored
+#        bash bench/gpu_check.sh prepare              # -> .whl/ (~42 MB) and runs/gpu_check/data (~11 MB), both ignored
 #   2. on the lent GPU machine (../shared/device/README.md), through the device tool's `run`:
 #        command: bash bench/gpu_check.sh   carry: [".whl", "runs/gpu_check"]   timeout_s: 420
+#      (expected ~5 min: wheels ~1, each stage ~2 with its final checkpoint; a stage is cut at STAGE_TIMEOUT)
 #      -> $OUT/gpu_check.md (the table), stage1.json, stage2.json (every log window), stage1.log, stage2.log,
 #         nvidia-smi.txt
 #   CPU plumbing check of the same path (tiny preset, no GPU):  bash bench/gpu_check.sh smoke
@@ -17,18 +18,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=runs/gpu_check/data
-STAGE_TIMEOUT=${STAGE_TIMEOUT:-240}   # seconds per stage: start-up, 30 steps, the final checkpoint + export
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-180}   # seconds per stage: start-up, 30 steps, the final checkpoint + export
 
 case "${1:-run}" in
   prepare)
+    # shellcheck disable=SC1091
+    source .venv/bin/activate        # its pip downloads the wheels, its medlm writes the data
     [ -d .whl ] || bash ../shared/device/bundle.sh .whl
     # medlm resamples the 22.05 kHz TTS audio with soxr, which the GPU image lacks (not in bundle.sh's list)
     ls .whl/soxr-*.whl >/dev/null 2>&1 || python3 -m pip download -q --no-deps --only-binary=:all: \
       --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
       --platform manylinux2014_x86_64 -d .whl soxr
     rm -rf "$DATA"
-    # shellcheck disable=SC1091
-    source .venv/bin/activate
     # stage 1 reads consult_text + qa_text, stage 2 consult_speech + qa_speech + qa_text (no CT, no utterances)
     MEDLM_STACK=external HF_HUB_OFFLINE=1 python ray_jobs/make_data.py --config configs/make_data.yaml \
       output="$PWD/$DATA" consultations=1000 speech_consultations=32 utterances=0 sentences=0 ct_cases=0
