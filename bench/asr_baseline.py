@@ -48,11 +48,11 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from medlm.audio import SAMPLING_RATE
-    from medlm.models.tts import build_tts, TTSConfig, voice_bank
     from medlm.eval.metrics import wer
-    from medlm.models.encoder import as_waveform
     from medlm.models.baselines import WhisperASR
+    from medlm.models.encoder import as_waveform
     from medlm.models.pretrained import model_path
+    from medlm.models.tts import TTSConfig, build_tts, voice_bank
 
     torch.set_num_threads(os.cpu_count() or 1)
     t0 = time.perf_counter()
@@ -69,7 +69,10 @@ def main() -> None:
     for engine in ("piper", "espeak"):
         voices = voice_bank(12, seed=0, backend=engine)
         t0 = time.perf_counter()
-        waves = [as_waveform(*tts.synthesize(t, voices[i % len(voices)].for_utterance(rng))) for i, t in enumerate(refs)]
+        waves = [
+            as_waveform(*tts.synthesize(t, voices[i % len(voices)].for_utterance(rng)))
+            for i, t in enumerate(refs)
+        ]
         synth = time.perf_counter() - t0
         seconds = sum(len(w) for w in waves) / SAMPLING_RATE
         t0 = time.perf_counter()
@@ -80,9 +83,13 @@ def main() -> None:
         rows.append((engine, len(refs), seconds, wer(refs, hyps), dt / seconds, synth / seconds))
         print(f"{engine}: e.g. {refs[0]!r} -> {hyps[0]!r}", flush=True)
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-          f"{torch.__version__}; load: whisper-tiny.en {load_whisper:.1f} s, SmolLM2-135M-Instruct {load_llm:.1f} s\n")
-    print("| speech | utterances | audio s | whisper-tiny.en WER | ASR real-time factor | TTS real-time factor |")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+        f"{torch.__version__}; load: whisper-tiny.en {load_whisper:.1f} s, SmolLM2-135M-Instruct {load_llm:.1f} s\n"
+    )
+    print(
+        "| speech | utterances | audio s | whisper-tiny.en WER | ASR real-time factor | TTS real-time factor |"
+    )
     print("|---|---|---|---|---|---|")
     for engine, n, seconds, w, rtf, srtf in rows:
         print(f"| {engine} | {n} | {seconds:.0f} | {w:.3f} | {rtf:.3f} | {srtf:.3f} |")

@@ -52,9 +52,16 @@ def main() -> None:
     for variant in args.variants:
         encode, layers, keep = variant.split(":")
         torch.manual_seed(args.seed)
-        cfg = CTClipConfig(seed=args.seed, teacher={"sentence_keep": float(keep)}, model={
-            "text_path": "smollm2-135m-instruct", "text_trainable": False, "text_adapter_layers": int(layers),
-            "text_per_sentence": encode == "sentence"})
+        cfg = CTClipConfig(
+            seed=args.seed,
+            teacher={"sentence_keep": float(keep)},
+            model={
+                "text_path": "smollm2-135m-instruct",
+                "text_trainable": False,
+                "text_adapter_layers": int(layers),
+                "text_per_sentence": encode == "sentence",
+            },
+        )
         task = TeacherTask(cfg)
         teacher = task.build_model()
         image = torch.nn.Linear(len(CT_RATE_CLASSES), teacher.config.latent_dim, bias=False)
@@ -65,22 +72,30 @@ def main() -> None:
         for _ in range(args.steps):
             idx = rng.choice(np.flatnonzero(split == "train"), args.batch, replace=False)
             batch = task.collate({"report": reports[idx], "volume": no_volume})
-            txt = teacher.encode_text(text_states=batch["text_states"], attention_mask=batch["attention_mask"])
+            txt = teacher.encode_text(
+                text_states=batch["text_states"], attention_mask=batch["attention_mask"]
+            )
             loss = clip_loss(txt, F.normalize(image(y[idx]), dim=-1), teacher.logit_scale)
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():  # the prompts through the full forward, as CTIndex / the evaluation embed them
             img = F.normalize(image(y), dim=-1)
-            p = teacher.encode_text(**text_inputs(task.tokenizer, present + absent,
-                                                  per_sentence=teacher.config.text_per_sentence))
+            p = teacher.encode_text(
+                **text_inputs(task.tokenizer, present + absent, per_sentence=teacher.config.text_per_sentence)
+            )
             n = len(CT_RATE_CLASSES)
             score = zero_shot_probs(img.numpy(), p[:n].numpy(), p[n:].numpy(), teacher.logit_scale.item())
         test, val = split == "test", split == "val"
-        m = zero_shot_auroc_f1(score[test], y[test].numpy(), score[val], y[val].numpy(),
-                               class_names=list(CT_RATE_CLASSES))
-        results[variant] = {"auroc": round(m["auroc_macro"], 3), "f1": round(m["f1_macro"], 3),
-                            "final_loss": round(loss.item(), 3), "train_s": round(time.time() - t0, 1)}
+        m = zero_shot_auroc_f1(
+            score[test], y[test].numpy(), score[val], y[val].numpy(), class_names=list(CT_RATE_CLASSES)
+        )
+        results[variant] = {
+            "auroc": round(m["auroc_macro"], 3),
+            "f1": round(m["f1_macro"], 3),
+            "final_loss": round(loss.item(), 3),
+            "train_s": round(time.time() - t0, 1),
+        }
         print(variant, results[variant], flush=True)
     print(json.dumps(results))
 

@@ -42,8 +42,13 @@ def main() -> None:
     from medlm.models import ModelSpec, build_processor
 
     root = tempfile.mkdtemp(prefix="medlm-bench-")
-    cfg = MakeDataConfig(output=root, consultations=args.consultations, speech_consultations=args.consultations // 2,
-                         utterances=args.utterances, ct_cases=2)
+    cfg = MakeDataConfig(
+        output=root,
+        consultations=args.consultations,
+        speech_consultations=args.consultations // 2,
+        utterances=args.utterances,
+        ct_cases=2,
+    )
     t = time.time()
     for name, idx, items in plan(cfg):
         make_shard(cfg, name, idx, items)
@@ -51,8 +56,10 @@ def main() -> None:
 
     model_spec = ModelSpec(preset=args.preset)
     processor = build_processor(model_spec)
-    spec = DataSpec(root=root, datasets=[{"name": n} for n in
-                                         ("consult_text", "consult_speech", "qa_speech", "utterances_asr")])
+    spec = DataSpec(
+        root=root,
+        datasets=[{"name": n} for n in ("consult_text", "consult_speech", "qa_speech", "utterances_asr")],
+    )
     rows = [(d.kind, d.task, r) for d in spec.resolved() for r in iter_rows(d.uri)]
 
     # throughput, one core, speech rows only (decode + resample + validate + featurize)
@@ -61,23 +68,46 @@ def main() -> None:
     cpu0, wall0 = time.process_time(), time.time()
     for kind, task, row in speech:
         messages, label = to_messages(row, kind, task, 60.0)
-        audio_s += sum(len(p["audio"]) for m in messages if isinstance(m["content"], list)
-                       for p in m["content"] if p["type"] == "audio") / SAMPLING_RATE
+        audio_s += (
+            sum(
+                len(p["audio"])
+                for m in messages
+                if isinstance(m["content"], list)
+                for p in m["content"]
+                if p["type"] == "audio"
+            )
+            / SAMPLING_RATE
+        )
         processor.featurize(messages, class_label=label)
     cpu, wall = time.process_time() - cpu0, time.time() - wall0
     for kind, task, row in rows:
         messages, label = to_messages(row, kind, task, 60.0)
         lengths.append(int(processor.featurize(messages, class_label=label)["num_tokens"]))
 
-    table = [("featurize (in-process, 1 core)", f"{audio_s:.0f} s audio in {len(speech)} rows",
-              f"{audio_s / cpu:.1f} audio-s per CPU-s", f"{audio_s / wall:.1f} audio-s per wall-s")]
+    table = [
+        (
+            "featurize (in-process, 1 core)",
+            f"{audio_s:.0f} s audio in {len(speech)} rows",
+            f"{audio_s / cpu:.1f} audio-s per CPU-s",
+            f"{audio_s / wall:.1f} audio-s per wall-s",
+        )
+    ]
     random.Random(0).shuffle(lengths)
-    for label, bucketing, tokens in (("rows, no bucketing", False, None), ("rows, bucketing", True, None),
-                                     ("token budget, no bucketing", False, args.batch_tokens),
-                                     ("token budget, bucketing", True, args.batch_tokens)):
+    for label, bucketing, tokens in (
+        ("rows, no bucketing", False, None),
+        ("rows, bucketing", True, None),
+        ("token budget, no bucketing", False, args.batch_tokens),
+        ("token budget, bucketing", True, args.batch_tokens),
+    ):
         batches = plan_batches(lengths, args.batch_rows, tokens, bucketing)
-        table.append((f"padding: {label}", f"{len(lengths)} rows, {len(batches)} batches",
-                      f"{100 * padding_fraction(lengths, batches):.1f}% padded", ""))
+        table.append(
+            (
+                f"padding: {label}",
+                f"{len(lengths)} rows, {len(batches)} batches",
+                f"{100 * padding_fraction(lengths, batches):.1f}% padded",
+                "",
+            )
+        )
 
     if args.ray:
         from medlm.data.pipeline import build_dataset
@@ -86,18 +116,32 @@ def main() -> None:
         init_ray(num_cpus=os.cpu_count())
         # leave room for the shard-reading tasks (read_cpus) next to the featurizer actors
         cpus = (os.cpu_count() - spec.read_cpus) / args.actors
-        speech_spec = spec.model_copy(update={"datasets": spec.datasets[1:], "featurizers": args.actors,
-                                              "featurizer_cpus": min(1.0, cpus)})
+        speech_spec = spec.model_copy(
+            update={
+                "datasets": spec.datasets[1:],
+                "featurizers": args.actors,
+                "featurizer_cpus": min(1.0, cpus),
+            }
+        )
         total_audio, t = 0.0, time.time()
-        for batch in build_dataset(speech_spec, model_spec).iter_batches(batch_size=64, batch_format="pyarrow"):
+        for batch in build_dataset(speech_spec, model_spec).iter_batches(
+            batch_size=64, batch_format="pyarrow"
+        ):
             total_audio += sum(batch.column("audio_seconds").to_pylist())
         wall = time.time() - t
-        table.append((f"featurize (Ray Data, {args.actors} actors)", f"{total_audio:.0f} s audio",
-                      f"{total_audio / (wall * args.actors):.1f} audio-s per wall-s per actor",
-                      f"{total_audio / wall:.1f} audio-s per wall-s (incl. startup)"))
+        table.append(
+            (
+                f"featurize (Ray Data, {args.actors} actors)",
+                f"{total_audio:.0f} s audio",
+                f"{total_audio / (wall * args.actors):.1f} audio-s per wall-s per actor",
+                f"{total_audio / wall:.1f} audio-s per wall-s (incl. startup)",
+            )
+        )
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; preset {args.preset}; "
-          f"batch_rows {args.batch_rows}, batch_tokens {args.batch_tokens}\n")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; preset {args.preset}; "
+        f"batch_rows {args.batch_rows}, batch_tokens {args.batch_tokens}\n"
+    )
     print("| measurement | data | result | |\n|---|---|---|---|")
     for r in table:
         print("| " + " | ".join(r) + " |")

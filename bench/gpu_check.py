@@ -32,18 +32,36 @@ STAGES = {"stage1": "configs/stage1_prod.yaml", "stage2": "configs/stage2_prod.y
 WORKER_CPUS = 4  # the training worker's CPUs; the rest of the machine goes to Ray Data
 
 
-def overrides(stage: str, data: str, workdir: str, steps: int, log_every: int, featurizers: int,
-              smoke: bool = False) -> list[str]:
+def overrides(
+    stage: str, data: str, workdir: str, steps: int, log_every: int, featurizers: int, smoke: bool = False
+) -> list[str]:
     """What changes from the prod config on one machine with one GPU: one worker, local data and runs, no
     stage-1 export (random base weights: the real checkpoints do not travel), featurizers that fit its CPUs,
     one checkpoint (at the last step, as every run ends), no TensorBoard (not installed there), no retries."""
-    out = [f"data.root={data}", f"data.featurizers={featurizers}", f"run.storage_path={workdir}",
-           f"run.name=gpu-check-{stage}", "run.num_workers=1", f"run.cpus_per_worker={WORKER_CPUS}",
-           "run.tensorboard=false", "run.max_failures=0", f"optim.steps={steps}", f"optim.log_every={log_every}",
-           f"optim.checkpoint_every={steps}", f"optim.warmup_steps={min(steps, 10)}", "model.init_from=null"]
+    out = [
+        f"data.root={data}",
+        f"data.featurizers={featurizers}",
+        f"run.storage_path={workdir}",
+        f"run.name=gpu-check-{stage}",
+        "run.num_workers=1",
+        f"run.cpus_per_worker={WORKER_CPUS}",
+        "run.tensorboard=false",
+        "run.max_failures=0",
+        f"optim.steps={steps}",
+        f"optim.log_every={log_every}",
+        f"optim.checkpoint_every={steps}",
+        f"optim.warmup_steps={min(steps, 10)}",
+        "model.init_from=null",
+    ]
     if smoke:  # CPU plumbing check: the tiny shapes, no GPU, fp32, a 2-core budget
-        out += ["model.preset=tiny", "run.use_gpu=false", "optim.bf16=false", "run.cpus_per_worker=0.5",
-                "data.featurizer_cpus=0.25", "data.featurizers=1"]
+        out += [
+            "model.preset=tiny",
+            "run.use_gpu=false",
+            "optim.bf16=false",
+            "run.cpus_per_worker=0.5",
+            "data.featurizer_cpus=0.25",
+            "data.featurizers=1",
+        ]
     return out
 
 
@@ -56,9 +74,18 @@ def run_stage(args) -> dict:
     from medlm.train.core import PEAK_FLOPS, train
 
     cores = os.cpu_count() or 2
-    featurizers = max(1, min(JOBS[args.stage].load(STAGES[args.stage]).data.featurizers, cores - WORKER_CPUS - 2))
-    ov = overrides(args.stage, str(Path(args.data).resolve()), str(Path(args.workdir).resolve() / args.stage),
-                   args.steps, args.log_every, featurizers, args.smoke)
+    featurizers = max(
+        1, min(JOBS[args.stage].load(STAGES[args.stage]).data.featurizers, cores - WORKER_CPUS - 2)
+    )
+    ov = overrides(
+        args.stage,
+        str(Path(args.data).resolve()),
+        str(Path(args.workdir).resolve() / args.stage),
+        args.steps,
+        args.log_every,
+        featurizers,
+        args.smoke,
+    )
     cfg = JOBS[args.stage].load(STAGES[args.stage], ov)
     init_ray(num_cpus=None)  # a local Ray: all CPUs and GPUs of this machine
     t0 = time.time()
@@ -72,13 +99,26 @@ def run_stage(args) -> dict:
         return sum(values) / len(values) if values else None
 
     result = {
-        "stage": args.stage, "device": device, "config": STAGES[args.stage], "overrides": ov,
+        "stage": args.stage,
+        "device": device,
+        "config": STAGES[args.stage],
+        "overrides": ov,
         "peak_flops": next((v for k, v in PEAK_FLOPS.items() if k in device), None),
-        "preset": cfg.model.preset, "batch_rows": cfg.data.batch_rows, "batch_tokens": cfg.data.batch_tokens,
-        "zero_stage": cfg.optim.zero_stage, "bf16": cfg.optim.bf16, "steps": cfg.optim.steps,
-        "steady": {"windows": len(steady), "mfu": mean("mfu"), "data_wait_frac": mean("data_wait_frac"),
-                   "tokens_per_s": mean("tokens_per_s"), "loss": steady[-1].get("loss") if steady else None},
-        "history": history, "wall_s": round(time.time() - t0, 1),
+        "preset": cfg.model.preset,
+        "batch_rows": cfg.data.batch_rows,
+        "batch_tokens": cfg.data.batch_tokens,
+        "zero_stage": cfg.optim.zero_stage,
+        "bf16": cfg.optim.bf16,
+        "steps": cfg.optim.steps,
+        "steady": {
+            "windows": len(steady),
+            "mfu": mean("mfu"),
+            "data_wait_frac": mean("data_wait_frac"),
+            "tokens_per_s": mean("tokens_per_s"),
+            "loss": steady[-1].get("loss") if steady else None,
+        },
+        "history": history,
+        "wall_s": round(time.time() - t0, 1),
     }
     out = Path(args.out) / f"{args.stage}.json"
     out.write_text(json.dumps(result, indent=2))
@@ -91,8 +131,13 @@ def fmt(v, spec: str = ".3f") -> str:
 
 
 def summarize(out: Path) -> str:
-    rows = [("| stage | device | preset | batch (rows / tokens) | steps | MFU (steady) | data-wait share (steady) "
-             "| tokens/s (steady) | MFU / data wait per window | wall s |"), "|---" * 10 + "|"]
+    rows = [
+        (
+            "| stage | device | preset | batch (rows / tokens) | steps | MFU (steady) | data-wait share (steady) "
+            "| tokens/s (steady) | MFU / data wait per window | wall s |"
+        ),
+        "|---" * 10 + "|",
+    ]
     for stage in STAGES:
         path = out / f"{stage}.json"
         if not path.exists():
@@ -100,15 +145,23 @@ def summarize(out: Path) -> str:
             continue
         r = json.loads(path.read_text())
         s = r["steady"]
-        windows = ", ".join(f"{fmt(h.get('mfu'))} / {fmt(h.get('data_wait_frac'), '.2f')}" for h in r["history"])
-        rows.append(f"| {stage} | {r['device']} | {r['preset']} | {r['batch_rows']} / {r['batch_tokens']} | "
-                    f"{r['steps']} | {fmt(s['mfu'])} | {fmt(s['data_wait_frac'], '.2f')} | {fmt(s['tokens_per_s'], '.0f')} "
-                    f"| {windows} | {r['wall_s']} |")
-    text = ("# GPU check: stage 1 / stage 2 under Ray Train + DeepSpeed, one worker\n\n" + "\n".join(rows) + "\n\n"
-            "MFU = 6 x all parameters x tokens/s / dense bf16 peak (medlm.train.core); it counts the frozen speech "
-            "encoder in stage 1 (never run there) and not the KD teacher pass nor the encoder's forward in stage 2. "
-            "Data-wait share = time in next(batches) + the copy to the GPU / window wall time. Steady = the log "
-            "windows after the first.\n")
+        windows = ", ".join(
+            f"{fmt(h.get('mfu'))} / {fmt(h.get('data_wait_frac'), '.2f')}" for h in r["history"]
+        )
+        rows.append(
+            f"| {stage} | {r['device']} | {r['preset']} | {r['batch_rows']} / {r['batch_tokens']} | "
+            f"{r['steps']} | {fmt(s['mfu'])} | {fmt(s['data_wait_frac'], '.2f')} | {fmt(s['tokens_per_s'], '.0f')} "
+            f"| {windows} | {r['wall_s']} |"
+        )
+    text = (
+        "# GPU check: stage 1 / stage 2 under Ray Train + DeepSpeed, one worker\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        "MFU = 6 x all parameters x tokens/s / dense bf16 peak (medlm.train.core); it counts the frozen speech "
+        "encoder in stage 1 (never run there) and not the KD teacher pass nor the encoder's forward in stage 2. "
+        "Data-wait share = time in next(batches) + the copy to the GPU / window wall time. Steady = the log "
+        "windows after the first.\n"
+    )
     (out / "gpu_check.md").write_text(text)
     return text
 
@@ -116,7 +169,9 @@ def summarize(out: Path) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stage", choices=list(STAGES))
-    p.add_argument("--data", default="runs/gpu_check/data", help="shards from `bash bench/gpu_check.sh prepare`")
+    p.add_argument(
+        "--data", default="runs/gpu_check/data", help="shards from `bash bench/gpu_check.sh prepare`"
+    )
     p.add_argument("--out", default=os.environ.get("OUT", "runs/gpu_check/out"))
     p.add_argument("--workdir", default="/tmp/gpu_check", help="checkpoints and exports (local disk)")
     p.add_argument("--steps", type=int, default=30)

@@ -25,16 +25,23 @@ import os
 import platform
 import random
 import secrets
-import statistics
 import tempfile
 import time
 
 import httpx
 
-QUESTION = ("I have had a dry cough and a mild fever for three days, and my chest feels tight at night. "
-            "What could this be?")  # about 5 s in the Piper voice
-TEXT_QUESTIONS = ["What is asthma?", "How is high blood pressure treated?", "What causes migraines?",
-                  "Explain type 2 diabetes.", "What are the symptoms of the flu?", "What does a cardiologist do?"]
+QUESTION = (
+    "I have had a dry cough and a mild fever for three days, and my chest feels tight at night. "
+    "What could this be?"
+)  # about 5 s in the Piper voice
+TEXT_QUESTIONS = [
+    "What is asthma?",
+    "How is high blood pressure treated?",
+    "What causes migraines?",
+    "Explain type 2 diabetes.",
+    "What are the symptoms of the flu?",
+    "What does a cardiologist do?",
+]
 
 
 def spoken_part(text: str) -> dict:
@@ -52,8 +59,11 @@ async def stream_one(http: httpx.AsyncClient, body: dict) -> dict:
     t0 = time.perf_counter()
     out = {"ttft": None, "ttfa": None, "total": None, "tokens": 0, "status": None, "error": None}
     try:
-        async with http.stream("POST", "/chat/completions", json={**body, "stream": True,
-                                                                   "stream_options": {"include_usage": True}}) as r:
+        async with http.stream(
+            "POST",
+            "/chat/completions",
+            json={**body, "stream": True, "stream_options": {"include_usage": True}},
+        ) as r:
             out["status"] = r.status_code
             if r.status_code != 200:
                 await r.aread()
@@ -79,9 +89,14 @@ async def stream_one(http: httpx.AsyncClient, body: dict) -> dict:
     return out
 
 
-async def run_load(url: str, key: str, bodies: list[dict], concurrency: int, during=None) -> tuple[list[dict], float]:
+async def run_load(
+    url: str, key: str, bodies: list[dict], concurrency: int, during=None
+) -> tuple[list[dict], float]:
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
+    async with httpx.AsyncClient(
+        base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=600
+    ) as http:
+
         async def one(body):
             async with gate:
                 return await stream_one(http, body)
@@ -105,17 +120,27 @@ def pct(values: list[float], q: float) -> float | None:
 def summary(results: list[dict], wall: float) -> dict:
     ok = [r for r in results if r["status"] == 200 and r["error"] is None]
     tokens = sum(r["tokens"] for r in ok)
-    return {"n": len(results), "ok": len(ok), "wall_s": round(wall, 1), "answers_per_s": round(len(ok) / wall, 2),
-            "tokens_per_s": round(tokens / wall, 1),
-            "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5), "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99),
-            "total_p50_ms": pct([r["total"] for r in ok], 0.5), "total_p99_ms": pct([r["total"] for r in ok], 0.99),
-            "ttfa_p50_ms": pct([r["ttfa"] for r in ok], 0.5), "ttfa_p99_ms": pct([r["ttfa"] for r in ok], 0.99),
-            "mean_tokens": round(tokens / max(len(ok), 1), 1)}
+    return {
+        "n": len(results),
+        "ok": len(ok),
+        "wall_s": round(wall, 1),
+        "answers_per_s": round(len(ok) / wall, 2),
+        "tokens_per_s": round(tokens / wall, 1),
+        "ttft_p50_ms": pct([r["ttft"] for r in ok], 0.5),
+        "ttft_p99_ms": pct([r["ttft"] for r in ok], 0.99),
+        "total_p50_ms": pct([r["total"] for r in ok], 0.5),
+        "total_p99_ms": pct([r["total"] for r in ok], 0.99),
+        "ttfa_p50_ms": pct([r["ttfa"] for r in ok], 0.5),
+        "ttfa_p99_ms": pct([r["ttfa"] for r in ok], 0.99),
+        "mean_tokens": round(tokens / max(len(ok), 1), 1),
+    }
 
 
 def table(rows: list[dict], keys: list[str]) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join("-" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join("-" if r.get(k) is None else str(r.get(k)) for k in keys) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -135,13 +160,21 @@ def latency(model_dir: str, opts, key: str) -> list[dict]:
     for concurrency, n in ((1, opts.latency_requests), (16, 2 * 16)):
         for model in ("medlm", "cascade"):
             for spoken in (False, True):
-                body = {"model": model, "max_tokens": opts.max_tokens, "temperature": 0,
-                        "messages": [{"role": "user", "content": [part]}]}
+                body = {
+                    "model": model,
+                    "max_tokens": opts.max_tokens,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": [part]}],
+                }
                 if spoken:
                     body |= {"modalities": ["text", "audio"], "audio": {"voice": "joe", "format": "pcm16"}}
                 results, wall = asyncio.run(run_load(url, key, [body] * n, concurrency))
-                row = {"concurrency": concurrency, "model": model, "reply": "text+audio" if spoken else "text",
-                       **summary(results, wall)}
+                row = {
+                    "concurrency": concurrency,
+                    "model": model,
+                    "reply": "text+audio" if spoken else "text",
+                    **summary(results, wall),
+                }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     serve.shutdown()
@@ -155,17 +188,36 @@ def throughput(model_dir: str, opts, key: str) -> list[dict]:
 
     rng = random.Random(0)
     lengths = [rng.choice([16, 32, 64, 128, 256]) for _ in range(opts.throughput_requests)]
-    bodies = [{"model": "medlm", "max_tokens": n, "temperature": 0, "messages": [{"role": "user", "content":
-               f"{TEXT_QUESTIONS[i % len(TEXT_QUESTIONS)]} Explain it in detail, at length."}]}
-              for i, n in enumerate(lengths)]
+    bodies = [
+        {
+            "model": "medlm",
+            "max_tokens": n,
+            "temperature": 0,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"{TEXT_QUESTIONS[i % len(TEXT_QUESTIONS)]} Explain it in detail, at length.",
+                }
+            ],
+        }
+        for i, n in enumerate(lengths)
+    ]
     rows = []
     for scheduling in ("static", "continuous"):
-        url = serve_app(model_dir, opts.port, key, llm_batching=GenerationOptions(max_batch_size=16,
-                                                                                  scheduling=scheduling),
-                        speech={"enabled": False})
+        url = serve_app(
+            model_dir,
+            opts.port,
+            key,
+            llm_batching=GenerationOptions(max_batch_size=16, scheduling=scheduling),
+            speech={"enabled": False},
+        )
         results, wall = asyncio.run(run_load(url, key, bodies, 16))
         stats = serve.get_deployment_handle("LLM", app_name="medlm").batch_stats.remote().result()
-        row = {"scheduling": scheduling, **summary(results, wall), "mean_rows_per_step": round(stats["mean_batch"], 2)}
+        row = {
+            "scheduling": scheduling,
+            **summary(results, wall),
+            "mean_rows_per_step": round(stats["mean_batch"], 2),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
         serve.shutdown()
@@ -182,7 +234,12 @@ def chaos(model_dir: str, opts, key: str) -> list[dict]:
     for i in range(opts.chaos_requests):
         kind = kinds[i % 3]
         content = [part] if kind == "audio" else TEXT_QUESTIONS[i % len(TEXT_QUESTIONS)]
-        body = {"model": "medlm", "max_tokens": 16, "temperature": 0, "messages": [{"role": "user", "content": content}]}
+        body = {
+            "model": "medlm",
+            "max_tokens": 16,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": content}],
+        }
         if kind == "audio-out":
             body |= {"modalities": ["text", "audio"], "audio": {"voice": "joe", "format": "pcm16"}}
         bodies.append(body)
@@ -205,9 +262,14 @@ def chaos(model_dir: str, opts, key: str) -> list[dict]:
     for r in failed:
         k = str(r["error"] or r["status"])
         by_status[k] = by_status.get(k, 0) + 1
-    row = {**summary(results, wall), "killed": ",".join(killed), "failed": len(failed),
-           "failed_share": round(len(failed) / len(results), 4),
-           "5xx": sum(1 for r in results if r["status"] and r["status"] >= 500), "failures": by_status}
+    row = {
+        **summary(results, wall),
+        "killed": ",".join(killed),
+        "failed": len(failed),
+        "failed_share": round(len(failed) / len(results), 4),
+        "5xx": sum(1 for r in results if r["status"] and r["status"] >= 500),
+        "failures": by_status,
+    }
     print(json.dumps(row), flush=True)
     return [row]
 
@@ -222,8 +284,14 @@ def engine(model_dir: str, opts, key: str) -> list[dict]:
 
     llm = SpeechLM.from_pretrained_part(model_dir, "llm").llm
     tok = SpeechLMProcessor.from_pretrained(model_dir).tokenizer
-    ids = [tok.apply_chat_template([{"role": "user", "content": f"{q} Explain it in detail."}], add_generation_prompt=True,
-                                   return_dict=True)["input_ids"] for q in TEXT_QUESTIONS * 3][:16]
+    ids = [
+        tok.apply_chat_template(
+            [{"role": "user", "content": f"{q} Explain it in detail."}],
+            add_generation_prompt=True,
+            return_dict=True,
+        )["input_ids"]
+        for q in TEXT_QUESTIONS * 3
+    ][:16]
     n = opts.max_tokens
     rows = []
     for threads in (1, 2):
@@ -232,10 +300,14 @@ def engine(model_dir: str, opts, key: str) -> list[dict]:
         enc = tok.pad({"input_ids": ids}, return_tensors="pt")
         with torch.no_grad():
             t0 = time.perf_counter()
-            llm.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+            llm.generate(
+                **enc, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+            )
             hf = time.perf_counter() - t0
             embeds = [llm.get_input_embeddings()(torch.tensor(x)) for x in ids]
-        loop = Engine(llm, eos_token_id=-1, activate=lambda name: None, lock=threading.Lock(), max_batch_size=16)
+        loop = Engine(
+            llm, eos_token_id=-1, activate=lambda name: None, lock=threading.Lock(), max_batch_size=16
+        )
         done = [threading.Event() for _ in embeds]
         t0 = time.perf_counter()
         for e, ev in zip(embeds, done):
@@ -244,8 +316,13 @@ def engine(model_dir: str, opts, key: str) -> list[dict]:
             ev.wait()
         ours = time.perf_counter() - t0
         loop.close()
-        row = {"threads": threads, "rows": len(ids), "new_tokens": n, "hf_generate_tokens_per_s": round(len(ids) * n / hf, 1),
-               "engine_tokens_per_s": round(len(ids) * n / ours, 1)}
+        row = {
+            "threads": threads,
+            "rows": len(ids),
+            "new_tokens": n,
+            "hf_generate_tokens_per_s": round(len(ids) * n / hf, 1),
+            "engine_tokens_per_s": round(len(ids) * n / ours, 1),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -278,15 +355,52 @@ def main() -> None:
             t0 = time.perf_counter()
             out[name] = globals()[name](model_dir, opts, key)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; real preset "
-          f"(whisper-tiny.en encoder + adapter + SmolLM2-135M-Instruct), fp32\n")
-    keys = {"latency": ["concurrency", "model", "reply", "n", "ok", "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms",
-                        "total_p99_ms", "ttfa_p50_ms", "ttfa_p99_ms", "mean_tokens"],
-            "throughput": ["scheduling", "n", "ok", "wall_s", "answers_per_s", "tokens_per_s", "mean_rows_per_step",
-                           "ttft_p50_ms", "ttft_p99_ms", "total_p50_ms", "total_p99_ms"],
-            "engine": ["threads", "rows", "new_tokens", "hf_generate_tokens_per_s", "engine_tokens_per_s"],
-            "chaos": ["n", "ok", "failed", "failed_share", "5xx", "killed", "wall_s", "total_p50_ms", "total_p99_ms",
-                      "failures"]}
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; real preset "
+        f"(whisper-tiny.en encoder + adapter + SmolLM2-135M-Instruct), fp32\n"
+    )
+    keys = {
+        "latency": [
+            "concurrency",
+            "model",
+            "reply",
+            "n",
+            "ok",
+            "ttft_p50_ms",
+            "ttft_p99_ms",
+            "total_p50_ms",
+            "total_p99_ms",
+            "ttfa_p50_ms",
+            "ttfa_p99_ms",
+            "mean_tokens",
+        ],
+        "throughput": [
+            "scheduling",
+            "n",
+            "ok",
+            "wall_s",
+            "answers_per_s",
+            "tokens_per_s",
+            "mean_rows_per_step",
+            "ttft_p50_ms",
+            "ttft_p99_ms",
+            "total_p50_ms",
+            "total_p99_ms",
+        ],
+        "engine": ["threads", "rows", "new_tokens", "hf_generate_tokens_per_s", "engine_tokens_per_s"],
+        "chaos": [
+            "n",
+            "ok",
+            "failed",
+            "failed_share",
+            "5xx",
+            "killed",
+            "wall_s",
+            "total_p50_ms",
+            "total_p99_ms",
+            "failures",
+        ],
+    }
     for name, rows in out.items():
         print(f"{name}:\n{table(rows, keys[name])}\n")
 

@@ -28,10 +28,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from medlm import storage
-    from medlm.data import DataSpec, DatasetEntry, iter_rows, write_rows
+    from medlm.data import DatasetEntry, DataSpec, iter_rows, write_rows
     from medlm.data.schema import encode_flac
-    from medlm.models.tts import build_tts, espeak_voices, TTSConfig, voice_bank
     from medlm.eval.job import EvalConfig, evaluate
+    from medlm.models.tts import TTSConfig, build_tts, espeak_voices, voice_bank
     from medlm.stack import local_stack
 
     rows = list(iter_rows(storage.join(args.data, "qa_speech_heldout")))[: args.limit]
@@ -50,20 +50,43 @@ def main() -> None:
             turns = [{**r["turns"][0], "audio": flac, "sample_rate": rate}, *r["turns"][1:]]
             meta = {**json.loads(r["meta"]), "voice": v.meta()}
             out.append({**r, "turns": turns, "meta": json.dumps(meta)})
-            utts.append({"id": r["id"], "source": r["source"], "audio": flac, "sample_rate": rate,
-                         "transcript": question, "entities": [], "sentiment": "neutral",
-                         "speaker": json.dumps(v.meta()), "meta": r["meta"]})
+            utts.append(
+                {
+                    "id": r["id"],
+                    "source": r["source"],
+                    "audio": flac,
+                    "sample_rate": rate,
+                    "transcript": question,
+                    "entities": [],
+                    "sentiment": "neutral",
+                    "speaker": json.dumps(v.meta()),
+                    "meta": r["meta"],
+                }
+            )
         write_rows(out, storage.join(data, name), "speech_dialogue")
         write_rows(utts, storage.join(data, f"{name}_utt"), "utterance")
         print(f"{name}: {len(out)} questions, voice {v.id}", flush=True)
 
     names = ("heldout_piper", "heldout_espeak")
-    cfg = EvalConfig(model=args.model, output=storage.join(args.out, "report"),
-                     tasks=["qa", "consistency", "asr"], max_new_tokens=args.max_new_tokens, batch_size=8,
-                     data=DataSpec(root=data, datasets=[
-                         *(DatasetEntry(name=n, uri=storage.join(data, n), kind="speech_dialogue") for n in names),
-                         *(DatasetEntry(name=f"{n}_asr", uri=storage.join(data, f"{n}_utt"), kind="utterance",
-                                        task="asr") for n in names)]))
+    cfg = EvalConfig(
+        model=args.model,
+        output=storage.join(args.out, "report"),
+        tasks=["qa", "consistency", "asr"],
+        max_new_tokens=args.max_new_tokens,
+        batch_size=8,
+        data=DataSpec(
+            root=data,
+            datasets=[
+                *(DatasetEntry(name=n, uri=storage.join(data, n), kind="speech_dialogue") for n in names),
+                *(
+                    DatasetEntry(
+                        name=f"{n}_asr", uri=storage.join(data, f"{n}_utt"), kind="utterance", task="asr"
+                    )
+                    for n in names
+                ),
+            ],
+        ),
+    )
     with local_stack(s3=False):
         report = evaluate(cfg)
     print(storage.read_text(report["files"]["report.md"]))

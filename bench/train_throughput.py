@@ -48,8 +48,13 @@ def make_batch(processor, shape: str, seq: int, batch: int, audio_s: float, seed
     text = " ".join(rng.choice(words, size=seq))
     user: list = [{"type": "text", "text": "Question?"}]
     if SHAPES[shape]["audio"]:
-        user = [{"type": "audio", "audio": (0.1 * rng.standard_normal(int(SAMPLING_RATE * audio_s))).astype(np.float32),
-                 "sampling_rate": SAMPLING_RATE}]
+        user = [
+            {
+                "type": "audio",
+                "audio": (0.1 * rng.standard_normal(int(SAMPLING_RATE * audio_s))).astype(np.float32),
+                "sampling_rate": SAMPLING_RATE,
+            }
+        ]
     ex = processor.featurize([{"role": "user", "content": user}, {"role": "assistant", "content": text}])
     ex = {k: v for k, v in ex.items() if not k.startswith("teacher_")}
     b = processor.collate([ex] * batch)
@@ -62,8 +67,13 @@ def make_batch(processor, shape: str, seq: int, batch: int, audio_s: float, seed
 
 def spec_for(args, shape: str) -> ModelSpec:
     lora = 16 if any("lora" in t for t in SHAPES[shape]["trainable"]) else 0
-    return ModelSpec(preset=args.preset, lora_r=lora, lora_alpha=32, trainable=SHAPES[shape]["trainable"],
-                     dtype="bfloat16" if (args.gpu or args.bf16) else "float32")
+    return ModelSpec(
+        preset=args.preset,
+        lora_r=lora,
+        lora_alpha=32,
+        trainable=SHAPES[shape]["trainable"],
+        dtype="bfloat16" if (args.gpu or args.bf16) else "float32",
+    )
 
 
 def plain_loop(args, shape: str) -> dict:
@@ -71,7 +81,9 @@ def plain_loop(args, shape: str) -> dict:
     torch.manual_seed(0)
     model, processor = build_model(spec_for(args, shape))
     model.to(device).train()
-    batch = {k: v.to(device) for k, v in make_batch(processor, shape, args.seq, args.batch, args.audio).items()}
+    batch = {
+        k: v.to(device) for k, v in make_batch(processor, shape, args.seq, args.batch, args.audio).items()
+    }
     if (args.gpu or args.bf16) and "input_features" in batch:
         batch["input_features"] = batch["input_features"].to(torch.bfloat16)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -106,7 +118,10 @@ def _ray_worker(config: dict) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     o = OptimSpec(zero_stage=args.zero, bf16=args.gpu or args.bf16)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(o, args.batch))
-    batch = {k: v.to(engine.device) for k, v in make_batch(processor, shape, args.seq, args.batch, args.audio).items()}
+    batch = {
+        k: v.to(engine.device)
+        for k, v in make_batch(processor, shape, args.seq, args.batch, args.audio).items()
+    }
     if (args.gpu or args.bf16) and "input_features" in batch:
         batch["input_features"] = batch["input_features"].to(torch.bfloat16)
     tokens = int(batch["attention_mask"].sum())
@@ -123,8 +138,11 @@ def _ray_worker(config: dict) -> None:
     dt = time.perf_counter() - t0
     ctx = ray.train.get_context()
     if ctx.get_world_rank() == 0:  # Train V2 drops metrics without a checkpoint: write a file
-        Path(config["out"]).write_text(json.dumps(
-            {"tokens_per_s": tokens * args.steps * ctx.get_world_size() / dt, "step_s": dt / args.steps}))
+        Path(config["out"]).write_text(
+            json.dumps(
+                {"tokens_per_s": tokens * args.steps * ctx.get_world_size() / dt, "step_s": dt / args.steps}
+            )
+        )
     ray.train.report({"done": 1})
 
 
@@ -133,10 +151,14 @@ def ray_loop(args, shape: str) -> dict:
     from ray.train.torch import TorchTrainer
 
     out = Path(tempfile.mkdtemp()) / "result.json"
-    TorchTrainer(_ray_worker, train_loop_config={"args": vars(args), "shape": shape, "out": str(out)},
-                 scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=args.gpu,
-                                              resources_per_worker={"CPU": 1 if args.gpu else 0.5}),
-                 run_config=RunConfig(storage_path=tempfile.mkdtemp(), name=f"bench-{shape}")).fit()
+    TorchTrainer(
+        _ray_worker,
+        train_loop_config={"args": vars(args), "shape": shape, "out": str(out)},
+        scaling_config=ScalingConfig(
+            num_workers=args.workers, use_gpu=args.gpu, resources_per_worker={"CPU": 1 if args.gpu else 0.5}
+        ),
+        run_config=RunConfig(storage_path=tempfile.mkdtemp(), name=f"bench-{shape}"),
+    ).fit()
     return json.loads(out.read_text())
 
 
@@ -177,21 +199,36 @@ def main() -> None:
     peak = peak_flops(device) if args.gpu else None
     if args.peak and not args.gpu:
         peak = matmul_peak(torch.bfloat16 if args.bf16 else torch.float32)
-        print(f"measured matmul peak ({'bf16' if args.bf16 else 'fp32'}, 2048^3, {torch.get_num_threads()} threads): "
-              f"{peak / 1e9:.0f} GFLOP/s")
+        print(
+            f"measured matmul peak ({'bf16' if args.bf16 else 'fp32'}, 2048^3, {torch.get_num_threads()} threads): "
+            f"{peak / 1e9:.0f} GFLOP/s"
+        )
     rows = []
     for shape in args.shapes:
         plain = plain_loop(args, shape)
         dist = ray_loop(args, shape)
-        row = {"shape": shape, "preset": args.preset, "params": plain["params"], "plain_tok_s": plain["tokens_per_s"],
-               "ray_ds_tok_s": dist["tokens_per_s"], "workers": args.workers, "zero": args.zero}
+        row = {
+            "shape": shape,
+            "preset": args.preset,
+            "params": plain["params"],
+            "plain_tok_s": plain["tokens_per_s"],
+            "ray_ds_tok_s": dist["tokens_per_s"],
+            "workers": args.workers,
+            "zero": args.zero,
+        }
         if peak:
-            per_token = (6 if any(t.startswith("^llm") for t in SHAPES[shape]["trainable"]) else 4) * plain["params"]
+            per_token = (6 if any(t.startswith("^llm") for t in SHAPES[shape]["trainable"]) else 4) * plain[
+                "params"
+            ]
             row["plain_share_of_peak"] = per_token * plain["tokens_per_s"] / peak
             # on a GPU each worker has its own device; on CPU the workers share the machine's measured peak
-            row["ray_ds_share_of_peak"] = per_token * dist["tokens_per_s"] / (peak * (args.workers if args.gpu else 1))
+            row["ray_ds_share_of_peak"] = (
+                per_token * dist["tokens_per_s"] / (peak * (args.workers if args.gpu else 1))
+            )
         rows.append(row)
-    print(f"\ndevice: {device}; seq {args.seq}, batch {args.batch}/worker, audio {args.audio}s, steps {args.steps}\n")
+    print(
+        f"\ndevice: {device}; seq {args.seq}, batch {args.batch}/worker, audio {args.audio}s, steps {args.steps}\n"
+    )
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:

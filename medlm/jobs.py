@@ -39,22 +39,60 @@ def _resolve(ref: str):
     return getattr(importlib.import_module(module), attr)
 
 
-JOBS: dict[str, Job] = {j.name: j for j in [
-    Job("make_data", "medlm.data.factory:MakeDataConfig", "medlm.data.factory:make_data", "make_data.yaml",
-        "synthesise the medical corpora, speech (TTS) and CT volumes into shards"),
-    Job("stage1", "medlm.train:TrainJobConfig", "medlm.train:train", "stage1.yaml",
-        "stage 1: inject medical knowledge into the LLM from text dialogues"),
-    Job("stage2", "medlm.train:TrainJobConfig", "medlm.train:train", "stage2.yaml",
-        "stage 2: align speech to text (adapter + LoRA) on speech dialogues"),
-    Job("joint_sft", "medlm.train:TrainJobConfig", "medlm.train:train", "joint_sft.yaml",
-        "single-stage joint speech + text SFT (VoiceTextBlender)"),
-    Job("multitask", "medlm.train:TrainJobConfig", "medlm.train:train", "multitask.yaml",
-        "ASR + NER + sentiment with the classifier regularizer (SpeechLLM)"),
-    Job("ct_clip", "medlm.ct.job:CTClipConfig", "medlm.ct.job:run_ct_clip", "ct_clip.yaml",
-        "CT-CLIP teacher, then the SpeechCT-CLIP student (contrastive + distillation)"),
-    Job("evaluate", "medlm.eval.job:EvalConfig", "medlm.eval.job:evaluate", "evaluate.yaml",
-        "evaluate a checkpoint on eval shards (distributed inference with Ray Data)"),
-]}
+JOBS: dict[str, Job] = {
+    j.name: j
+    for j in [
+        Job(
+            "make_data",
+            "medlm.data.factory:MakeDataConfig",
+            "medlm.data.factory:make_data",
+            "make_data.yaml",
+            "synthesise the medical corpora, speech (TTS) and CT volumes into shards",
+        ),
+        Job(
+            "stage1",
+            "medlm.train:TrainJobConfig",
+            "medlm.train:train",
+            "stage1.yaml",
+            "stage 1: inject medical knowledge into the LLM from text dialogues",
+        ),
+        Job(
+            "stage2",
+            "medlm.train:TrainJobConfig",
+            "medlm.train:train",
+            "stage2.yaml",
+            "stage 2: align speech to text (adapter + LoRA) on speech dialogues",
+        ),
+        Job(
+            "joint_sft",
+            "medlm.train:TrainJobConfig",
+            "medlm.train:train",
+            "joint_sft.yaml",
+            "single-stage joint speech + text SFT (VoiceTextBlender)",
+        ),
+        Job(
+            "multitask",
+            "medlm.train:TrainJobConfig",
+            "medlm.train:train",
+            "multitask.yaml",
+            "ASR + NER + sentiment with the classifier regularizer (SpeechLLM)",
+        ),
+        Job(
+            "ct_clip",
+            "medlm.ct.job:CTClipConfig",
+            "medlm.ct.job:run_ct_clip",
+            "ct_clip.yaml",
+            "CT-CLIP teacher, then the SpeechCT-CLIP student (contrastive + distillation)",
+        ),
+        Job(
+            "evaluate",
+            "medlm.eval.job:EvalConfig",
+            "medlm.eval.job:evaluate",
+            "evaluate.yaml",
+            "evaluate a checkpoint on eval shards (distributed inference with Ray Data)",
+        ),
+    ]
+}
 
 
 def embedded_s3_needed() -> bool:
@@ -75,6 +113,9 @@ def run_job(name: str, config: str | None = None, overrides: list[str] | None = 
     log.info("job %s with config:\n%s", name, dump_config(cfg))
     with local_stack(s3=embedded_s3_needed()) as st:
         if st.s3_endpoint and os.environ.get("MEDLM_STACK") != "external":
-            log.warning("using the embedded S3 server at %s: its contents vanish when this job ends "
-                        "(run `medlm stack up` to keep data between commands)", st.s3_endpoint)
+            log.warning(
+                "using the embedded S3 server at %s: its contents vanish when this job ends "
+                "(run `medlm stack up` to keep data between commands)",
+                st.s3_endpoint,
+            )
         return job.run(cfg)

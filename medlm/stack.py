@@ -36,7 +36,11 @@ DEFAULT_BUCKET = "medlm"
 # Linux cluster code path. (Binding to 127.0.0.1 is ray.init's / `ray start`'s node_ip_address, below.)
 RAY_LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 # Dummy credentials for the local moto server; real deployments use IAM roles instead.
-S3_LOCAL_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_LOCAL_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -105,8 +109,12 @@ def configure_env(env: dict[str, str]) -> None:
     os.environ.update(env)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False,
-             env: dict[str, str] | None = None):
+def init_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    dashboard: bool = False,
+    env: dict[str, str] | None = None,
+):
     """Connect to ``address`` / ``RAY_ADDRESS``, or start a local Ray on 127.0.0.1.
 
     ``env`` is forwarded to every worker through the runtime environment (e.g. the S3 endpoint).
@@ -124,8 +132,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
         # address="local": always a new instance, never whatever /tmp/ray/ray_current_cluster names
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, _node_ip_address="127.0.0.1",
-                 runtime_env=runtime_env, log_to_driver=True)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env,
+            log_to_driver=True,
+        )
     return ray
 
 
@@ -141,8 +155,7 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(bucket: str = DEFAULT_BUCKET, num_cpus: int | None = None, ray: bool = True,
-                s3: bool = True):
+def local_stack(bucket: str = DEFAULT_BUCKET, num_cpus: int | None = None, ray: bool = True, s3: bool = True):
     """Start (or reuse) the local S3 server and Ray; stop what was started on exit."""
     server = None
     started_ray = False
@@ -174,6 +187,7 @@ def local_stack(bucket: str = DEFAULT_BUCKET, num_cpus: int | None = None, ray: 
 
 
 # --- persistent stack across commands (medlm stack up / down) -----------------------------------
+
 
 def start_in_session(cmd: list[str], env: dict[str, str], log: Path) -> int:
     """Run one `ray start` in a new session; its daemons stay in that session. Returns the session id."""
@@ -222,13 +236,16 @@ def end_sessions(sids: set[int], grace_s: float = 5.0) -> None:
         time.sleep(0.1)
 
 
-
 def start_moto(port: int, log: Path) -> int:
     """``moto_server`` on 127.0.0.1:``port`` in a new session (it outlives this process), output appended to
     ``log``; waits until it listens. Returns its pid (== its session id, for :func:`end_sessions`)."""
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_port(port)
     except BaseException:
@@ -252,8 +269,12 @@ def write_state(state: dict, state_dir: Path | None = None) -> None:
     state_file(state_dir).write_text(json.dumps(state, indent=2))
 
 
-def client_env(ray_address: str, dashboard: str | None = None, s3_endpoint: str | None = None,
-               ray_env: dict[str, str] = RAY_LOCAL_ENV) -> dict[str, str]:
+def client_env(
+    ray_address: str,
+    dashboard: str | None = None,
+    s3_endpoint: str | None = None,
+    ray_env: dict[str, str] = RAY_LOCAL_ENV,
+) -> dict[str, str]:
     """Shell exports that point clients at a running Ray (and local S3): ``ray_env`` + one address per kind of
     client: RAY_ADDRESS (GCS) for ray.init, `serve run` and every medlm command; the dashboard's HTTP address
     for `ray job submit` (RAY_API_SERVER_ADDRESS, which it reads before RAY_ADDRESS) and for `serve
@@ -266,7 +287,9 @@ def client_env(ray_address: str, dashboard: str | None = None, s3_endpoint: str 
     return env
 
 
-def stack_up(s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET) -> dict:
+def stack_up(
+    s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, bucket: str = DEFAULT_BUCKET
+) -> dict:
     """Start ``ray start --head`` (with dashboard, for job submission) and ``moto_server``."""
     state_dir = paths.stack_dir()
     if state_file().exists():
@@ -278,13 +301,26 @@ def stack_up(s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, bucket
     # The job agent's HTTP port is free-picked: the default (52365) is taken by any other Ray on this machine
     # (a test session, `medlm demo`), and an agent that cannot bind leaves `ray job submit` with "No available
     # agent to submit job".
-    cmd = [RAY_CLI, "start", "--head", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}"]
+    cmd = [
+        RAY_CLI,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     ray_session = start_in_session(cmd, {**env, **s3_env(endpoint)}, state_dir / "ray-start.log")
-    state = {"moto_pid": moto_pid, "ray_session": ray_session, "s3_endpoint": endpoint, "bucket": bucket,
-             "ray_address": "127.0.0.1:6379", "dashboard": "http://127.0.0.1:8265"}
+    state = {
+        "moto_pid": moto_pid,
+        "ray_session": ray_session,
+        "s3_endpoint": endpoint,
+        "bucket": bucket,
+        "ray_address": "127.0.0.1:6379",
+        "dashboard": "http://127.0.0.1:8265",
+    }
     write_state(state)
     use_s3(endpoint, bucket)
     return state

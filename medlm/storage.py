@@ -36,7 +36,7 @@ def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """``uri`` -> (filesystem, path inside it). ``s3://bucket/key`` or a local path."""
     uri = str(uri)
     if is_s3(uri):
-        return s3_filesystem(), uri[len("s3://"):].rstrip("/")
+        return s3_filesystem(), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
 
 
@@ -104,7 +104,7 @@ def delete_files(uri: str, name_prefix: str = "") -> int:
     fs, _ = resolve(uri)
     files = [f for f in list_files(uri) if f.rsplit("/", 1)[-1].startswith(name_prefix)]
     for f in files:
-        fs.delete_file(f[len("s3://"):] if is_s3(f) else f)
+        fs.delete_file(f[len("s3://") :] if is_s3(f) else f)
     return len(files)
 
 
@@ -133,8 +133,11 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tu
     if not infos:
         raise FileNotFoundError(f"nothing stored under {uri}")
     # The cache key covers the content's listing (names, sizes, mtimes): a rewritten URI is fetched again.
-    listing = sorted((i.path, i.size, str(i.mtime)) for i in infos if i.type == pafs.FileType.File
-                     and not any(fnmatch.fnmatch(i.base_name, p) for p in exclude))
+    listing = sorted(
+        (i.path, i.size, str(i.mtime))
+        for i in infos
+        if i.type == pafs.FileType.File and not any(fnmatch.fnmatch(i.base_name, p) for p in exclude)
+    )
     key = hashlib.sha1(repr((uri, listing)).encode()).hexdigest()[:16]
     root = Path(cache_dir or paths.download_cache())
     dest = root / key
@@ -143,7 +146,9 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tu
             for name, _, _ in listing:  # only the files kept
                 target = dest / Path(name).relative_to(path)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                pafs.copy_files(name, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+                pafs.copy_files(
+                    name, str(target), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+                )
         else:
             copy_tree(uri, str(dest))
         (dest / ".complete").touch()

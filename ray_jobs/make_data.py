@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> dict:
     if use_local:
         from medlm.stack import local_stack
 
-        ctx = local_stack(bucket=cfg.output[len("s3://"):].split("/", 1)[0] if cfg.output.startswith("s3://")
-                          else "medlm", s3=cfg.output.startswith("s3://"))
+        ctx = local_stack(
+            bucket=cfg.output[len("s3://") :].split("/", 1)[0] if cfg.output.startswith("s3://") else "medlm",
+            s3=cfg.output.startswith("s3://"),
+        )
     else:
         from medlm.stack import init_ray
 

@@ -27,6 +27,7 @@ from recipes.presets import load_preset
 
 log = logging.getLogger("medlm.demo")
 
+
 class _Progress:
     def __init__(self, total: int):
         self.total, self.i, self.t0, self.times = total, 0, time.time(), {}
@@ -67,16 +68,22 @@ def _spoken_question(data_cfg) -> tuple[str, str, Any, int, str]:
     pair = next(p for p in kb.qa_pairs(data_cfg.seed) if p["condition"] not in heard)
     n = data_cfg.tts.num_voices
     used = {v.id for v in voice_bank(n, data_cfg.seed, data_cfg.tts.backend, data_cfg.tts.piper_voice)}
-    voice = next(v for v in espeak_voices(2 * n + 1, data_cfg.seed + 1)
-                 if v.id not in used and v.accent == "en-us")
+    voice = next(
+        v for v in espeak_voices(2 * n + 1, data_cfg.seed + 1) if v.id not in used and v.accent == "en-us"
+    )
     return pair["question"], pair["answer"], speak([pair["question"]], voice)[0], SAMPLING_RATE, voice.id
 
 
 def _ask(client, content, model: str = "medlm", max_tokens: int = 48, **kw) -> tuple[str, float, Any]:
     """-> (answer, seconds, the spoken reply or None)."""
     t = time.perf_counter()
-    reply = client.chat.completions.create(model=model, max_tokens=max_tokens, temperature=0.0,
-                                           messages=[{"role": "user", "content": content}], **kw)
+    reply = client.chat.completions.create(
+        model=model,
+        max_tokens=max_tokens,
+        temperature=0.0,
+        messages=[{"role": "user", "content": content}],
+        **kw,
+    )
     message = reply.choices[0].message
     return message.content, time.perf_counter() - t, message.audio
 
@@ -115,8 +122,15 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
             s2 = s1  # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last
             for job, name in (("align", "stage2-align"), ("stage2", "stage2")):
                 if job == "stage2" or job in p.jobs:
-                    s2 = train(p.train_config(job, f"run.name={name}", f"model.init_from={s2['export']}",
-                                              data_root=data_root, storage_path=runs))
+                    s2 = train(
+                        p.train_config(
+                            job,
+                            f"run.name={name}",
+                            f"model.init_from={s2['export']}",
+                            data_root=data_root,
+                            storage_path=runs,
+                        )
+                    )
             summary["stage2"] = {"export": s2["export"], "loss": _loss(s2)}
 
         with progress.step("serve the stage-2 model (Ray Serve, OpenAI-compatible API)"):
@@ -125,25 +139,36 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
             summary["url"] = url
 
         try:
-            with progress.step("ask a spoken question over HTTP: end to end, as text, and through the cascade"):
+            with progress.step(
+                "ask a spoken question over HTTP: end to end, as text, and through the cascade"
+            ):
                 question, expected, audio, rate, voice = _spoken_question(data_cfg)
                 client = OpenAI(base_url=url, api_key=key)
                 wav = _wav_base64(audio, rate)
                 part = [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]
                 models = {m.id: m for m in client.models.list().data}
                 voices = (models["medlm"].model_extra or {}).get("voices") or []
-                spoken_out = {"modalities": ["text", "audio"], "audio": {"voice": voices[0], "format": "wav"}} \
-                    if voices else {}
+                spoken_out = (
+                    {"modalities": ["text", "audio"], "audio": {"voice": voices[0], "format": "wav"}}
+                    if voices
+                    else {}
+                )
                 spoken, t_spoken, reply_audio = _ask(client, part, **spoken_out)  # answered in speech too
                 text, t_text, _ = _ask(client, question)
-                answers = {"spoken (end to end)": (spoken, t_spoken), "text (the question typed)": (text, t_text)}
+                answers = {
+                    "spoken (end to end)": (spoken, t_spoken),
+                    "text (the question typed)": (text, t_text),
+                }
                 heard = None
                 if "cascade" in models:
                     heard = client.audio.transcriptions.create(
-                        model="whisper-tiny.en", file=("question.wav", base64.b64decode(wav))).text
+                        model="whisper-tiny.en", file=("question.wav", base64.b64decode(wav))
+                    ).text
                     cascade, t_cascade, _ = _ask(client, part, model="cascade")
                     answers["cascade (whisper-tiny.en -> same LLM)"] = (cascade, t_cascade)
-                print(f"  spoken question ({len(audio) / rate:.1f}s, voice {voice}, never used in training): {question}")
+                print(
+                    f"  spoken question ({len(audio) / rate:.1f}s, voice {voice}, never used in training): {question}"
+                )
                 if heard is not None:
                     print(f"  whisper-tiny.en heard: {heard}")
                 print(f"  knowledge-base answer: {expected}")
@@ -156,9 +181,18 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
                     path.write_bytes(base64.b64decode(reply_audio.data))
                     seconds = sf.info(str(path)).duration
                     print(f"  the end-to-end answer, spoken ({voices[0]}, {seconds:.1f}s): {path}")
-                    summary["spoken_reply"] = {"voice": voices[0], "seconds": round(seconds, 2), "path": str(path)}
-                summary["question"] = {"text": question, "voice": voice, "expected": expected, "heard": heard,
-                                       "answers": {k: {"answer": a, "seconds": round(dt, 2)} for k, (a, dt) in answers.items()}}
+                    summary["spoken_reply"] = {
+                        "voice": voices[0],
+                        "seconds": round(seconds, 2),
+                        "path": str(path),
+                    }
+                summary["question"] = {
+                    "text": question,
+                    "voice": voice,
+                    "expected": expected,
+                    "heard": heard,
+                    "answers": {k: {"answer": a, "seconds": round(dt, 2)} for k, (a, dt) in answers.items()},
+                }
         finally:
             serve.shutdown()
     summary["seconds"] = progress.times
@@ -175,9 +209,14 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.command()
-def main(preset: str = typer.Option("real", help="real (the pretrained parts, ~20 min on 2 cores), tiny (a "
-                                                    "random toy, ~4 min) or small (a bigger toy)"),
-         workdir: Optional[str] = typer.Option(None, help="where to keep the run's files (dir or s3://)")) -> None:
+def main(
+    preset: str = typer.Option(
+        "real",
+        help="real (the pretrained parts, ~20 min on 2 cores), tiny (a "
+        "random toy, ~4 min) or small (a bigger toy)",
+    ),
+    workdir: Optional[str] = typer.Option(None, help="where to keep the run's files (dir or s3://)"),
+) -> None:
     """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve -> a spoken question over HTTP."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_demo(preset=preset, workdir=workdir)

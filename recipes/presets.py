@@ -24,20 +24,20 @@ KINDS = ("demo", "reproduce")
 class Preset(Section):
     """The sizes of one experiment preset (see the module docstring)."""
 
-    model: str = "tiny"                                   # medlm.models preset of every SpeechLM run
-    seed: int = 0                                         # data, training and CT seed
-    data: list[str] = Field(default_factory=list)         # make_data overrides (e.g. consultations=400)
-    jobs: dict[str, str] = Field(default_factory=dict)    # job -> configs/<stem>.yaml (default: the job's name)
-    steps: int | None = Field(default=None, ge=1)         # optimizer steps of every run (None: the config's) ...
+    model: str = "tiny"  # medlm.models preset of every SpeechLM run
+    seed: int = 0  # data, training and CT seed
+    data: list[str] = Field(default_factory=list)  # make_data overrides (e.g. consultations=400)
+    jobs: dict[str, str] = Field(default_factory=dict)  # job -> configs/<stem>.yaml (default: the job's name)
+    steps: int | None = Field(default=None, ge=1)  # optimizer steps of every run (None: the config's) ...
     job_steps: dict[str, int] = Field(default_factory=dict)  # ... unless set here per job (stage1: 120)
     job_overrides: dict[str, list[str]] = Field(default_factory=dict)  # job -> overrides of its YAML
-    num_workers: int | None = Field(default=None, ge=1)   # Ray Train workers per run (None: the config's)
+    num_workers: int | None = Field(default=None, ge=1)  # Ray Train workers per run (None: the config's)
     use_gpu: bool = False
     # evaluation (reproductions)
-    max_new_tokens: int = Field(default=32, ge=1)         # greedy decoding length
-    eval_limit: int | None = Field(default=None, ge=1)    # rows per eval dataset (None = all)
-    ct_config: str = "ct_clip"                            # configs/<ct_config>.yaml
-    ct: list[str] = Field(default_factory=list)           # ct_clip overrides
+    max_new_tokens: int = Field(default=32, ge=1)  # greedy decoding length
+    eval_limit: int | None = Field(default=None, ge=1)  # rows per eval dataset (None = all)
+    ct_config: str = "ct_clip"  # configs/<ct_config>.yaml
+    ct: list[str] = Field(default_factory=list)  # ct_clip overrides
 
     def job(self, job: str) -> str:
         """The config stem ``job`` runs."""
@@ -47,20 +47,37 @@ class Preset(Section):
         return self.job_steps.get(job, self.steps)
 
     def data_config(self, output: str) -> MakeDataConfig:
-        return load_config(MakeDataConfig, "make_data.yaml", [f"output={output}", f"seed={self.seed}", *self.data])
+        return load_config(
+            MakeDataConfig, "make_data.yaml", [f"output={output}", f"seed={self.seed}", *self.data]
+        )
 
-    def train_config(self, job: str, *overrides: str, data_root: str | None = None,
-                     storage_path: str | None = None, steps: int | None = None) -> TrainJobConfig:
+    def train_config(
+        self,
+        job: str,
+        *overrides: str,
+        data_root: str | None = None,
+        storage_path: str | None = None,
+        steps: int | None = None,
+    ) -> TrainJobConfig:
         """``job``'s config as this preset runs it: its YAML, the preset's overrides for it, the model preset,
         seed, steps (one checkpoint, at the end), workers and device, then ``overrides``."""
         steps = steps or self.job_steps_of(job)
-        return load_config(TrainJobConfig, f"{self.job(job)}.yaml", [
-            *self.job_overrides.get(job, []), f"model.preset={self.model}", f"data.seed={self.seed}",
-            f"optim.seed={self.seed}", f"run.use_gpu={str(self.use_gpu).lower()}",
-            *([f"optim.steps={steps}", f"optim.checkpoint_every={steps}"] if steps else []),
-            *([f"run.num_workers={self.num_workers}"] if self.num_workers else []),
-            *([f"data.root={data_root}"] if data_root else []),
-            *([f"run.storage_path={storage_path}"] if storage_path else []), *overrides])
+        return load_config(
+            TrainJobConfig,
+            f"{self.job(job)}.yaml",
+            [
+                *self.job_overrides.get(job, []),
+                f"model.preset={self.model}",
+                f"data.seed={self.seed}",
+                f"optim.seed={self.seed}",
+                f"run.use_gpu={str(self.use_gpu).lower()}",
+                *([f"optim.steps={steps}", f"optim.checkpoint_every={steps}"] if steps else []),
+                *([f"run.num_workers={self.num_workers}"] if self.num_workers else []),
+                *([f"data.root={data_root}"] if data_root else []),
+                *([f"run.storage_path={storage_path}"] if storage_path else []),
+                *overrides,
+            ],
+        )
 
 
 def preset_file(kind: str, name: str) -> str:

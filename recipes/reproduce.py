@@ -32,7 +32,7 @@ from medlm import storage
 from medlm.config import load_config
 from medlm.data.factory import make_shards
 from recipes.presets import Preset, load_preset
-from recipes.tables import fmt, render_markdown, update_readme, write_index
+from recipes.tables import render_markdown, update_readme, write_index
 
 log = logging.getLogger("medlm.reproduce")
 
@@ -43,6 +43,7 @@ DOCS = PROJECT / "docs" / "reproductions"  # the project's own tables (README.md
 
 # --- the runner: trains and evaluates variants on one data set --------------------------------------
 
+
 class Runner:
     """Holds the data and the run directory of one ``medlm reproduce``. Runs and evaluations are cached by
     name, in memory and under the root (``result.json`` next to each run's export, ``eval/<name>/``), so a
@@ -51,7 +52,7 @@ class Runner:
     def __init__(self, preset_name: str, preset: Preset, root: str):
         self.preset_name, self.p, self.root = preset_name, preset, root
         self.data_root = storage.join(root, "data")
-        self.heldout_root = storage.join(root, "data-heldout")   # utterances with another seed
+        self.heldout_root = storage.join(root, "data-heldout")  # utterances with another seed
         self.cache: dict[str, dict] = {}
         self.samples: dict[str, dict] = {}  # evaluation name -> dataset -> example predictions
         self.predictions: dict[str, list[dict]] = {}  # evaluation name -> its predictions
@@ -69,8 +70,9 @@ class Runner:
         todo = names - done
         make_shards(cfg, todo - {"utterances_heldout", "general_text"})
         if "utterances_heldout" in todo:  # NER / sentiment are scored on unseen sentences and voices
-            make_shards(cfg.model_copy(update={"output": self.heldout_root, "seed": self.p.seed + 1}),
-                         {"utterances"})
+            make_shards(
+                cfg.model_copy(update={"output": self.heldout_root, "seed": self.p.seed + 1}), {"utterances"}
+            )
         if "general_text" in todo:
             write_general_questions(self.data_root, self.p.seed)
         storage.write_text(marker, json.dumps(sorted(done | names)))
@@ -90,8 +92,14 @@ class Runner:
             self.reused.append(name)
             self.cache[name] = json.loads(storage.read_text(done))
             return self.cache[name]
-        cfg = self.p.train_config(job, f"run.name={name}", *overrides, data_root=self.data_root,
-                                  storage_path=storage.join(self.root, "runs"), steps=steps)
+        cfg = self.p.train_config(
+            job,
+            f"run.name={name}",
+            *overrides,
+            data_root=self.data_root,
+            storage_path=storage.join(self.root, "runs"),
+            steps=steps,
+        )
         log.info("reproduce: training %s (%s, %d steps)", name, self.job(job), cfg.optim.steps)
         res = train(cfg)
         res["steps"] = cfg.optim.steps
@@ -116,8 +124,9 @@ class Runner:
         return self.cache["align"]["export"] if self.aligned() else None
 
     # evaluation
-    def evaluate(self, name: str, model: str, datasets: list[dict], tasks: list[str],
-                 cascade: bool = False) -> dict[str, dict]:
+    def evaluate(
+        self, name: str, model: str, datasets: list[dict], tasks: list[str], cascade: bool = False
+    ) -> dict[str, dict]:
         """``{dataset: metrics}`` of ``model`` on ``datasets`` (DatasetEntry dicts); the consistency views
         (``"consistency"`` in ``tasks``) under ``"<dataset>/consistency"``, the cascade's metrics (``cascade``:
         whisper-tiny.en + the base LLM) under ``"<dataset>/cascade"``."""
@@ -131,16 +140,27 @@ class Runner:
             report = json.loads(storage.read_text(storage.join(out, "report.json")))
             report["files"] = {"predictions.jsonl": storage.join(out, "predictions.jsonl")}
         else:
-            cfg = EvalConfig(model=model, data=DataSpec(root=self.data_root, datasets=datasets), tasks=tasks,
-                             output=out, limit=self.p.eval_limit, max_new_tokens=self.p.max_new_tokens,
-                             actor_gpus=1.0 if self.p.use_gpu else 0.0, samples=2,
-                             cascade=CascadeSpec() if cascade else None)
+            cfg = EvalConfig(
+                model=model,
+                data=DataSpec(root=self.data_root, datasets=datasets),
+                tasks=tasks,
+                output=out,
+                limit=self.p.eval_limit,
+                max_new_tokens=self.p.max_new_tokens,
+                actor_gpus=1.0 if self.p.use_gpu else 0.0,
+                samples=2,
+                cascade=CascadeSpec() if cascade else None,
+            )
             report = evaluate(cfg)
         self.samples[name] = {k: v["samples"] for k, v in report["datasets"].items()}  # kept in the JSON
-        preds = [json.loads(line) for line in storage.read_text(report["files"]["predictions.jsonl"]).splitlines()]
+        preds = [
+            json.loads(line) for line in storage.read_text(report["files"]["predictions.jsonl"]).splitlines()
+        ]
         self.predictions[name] = preds
-        metrics = {k: {**v["metrics"], "n": v["n"], "distinct": distinct_share(preds, k)}
-                   for k, v in report["datasets"].items()}
+        metrics = {
+            k: {**v["metrics"], "n": v["n"], "distinct": distinct_share(preds, k)}
+            for k, v in report["datasets"].items()
+        }
         for k, v in (report.get("consistency") or {}).items():
             metrics[f"{k}/consistency"] = v
         for k, v in ((report.get("cascade") or {}).get("datasets") or {}).items():
@@ -177,9 +197,15 @@ def write_general_questions(data_root: str, seed: int, n: int = 40) -> str:
         text = sentences.sentence(rng)["text"]
         if text.endswith("?") and text not in questions:
             questions.append(text)
-    rows = [{"id": f"general-{i:03d}", "source": "sentences", "meta": "{}",
-             "turns": [{"role": "user", "text": q}, {"role": "assistant", "text": "(no reference)"}]}
-            for i, q in enumerate(questions)]
+    rows = [
+        {
+            "id": f"general-{i:03d}",
+            "source": "sentences",
+            "meta": "{}",
+            "turns": [{"role": "user", "text": q}, {"role": "assistant", "text": "(no reference)"}],
+        }
+        for i, q in enumerate(questions)
+    ]
     uri = storage.join(data_root, "general_text")
     write_shard(rows, shard_uri(uri, 0), "text_dialogue")
     return uri
@@ -189,7 +215,10 @@ def _entry(name: str, runner: Runner) -> dict:
     if name == "general_text":
         return {"name": name, "uri": storage.join(runner.data_root, name), "kind": "text_dialogue"}
     if name.endswith("_heldout_utt"):  # utterances_ner_heldout_utt -> utterances_ner on the held-out shards
-        return {"name": name.removesuffix("_heldout_utt"), "uri": storage.join(runner.heldout_root, "utterances")}
+        return {
+            "name": name.removesuffix("_heldout_utt"),
+            "uri": storage.join(runner.heldout_root, "utterances"),
+        }
     return {"name": name}
 
 
@@ -216,65 +245,95 @@ def speechmedassist(r: Runner) -> dict:
     stage1, stage2 = r.job_config("stage1"), r.job_config("stage2")
     # one stage: stage 2's run on the union of both stages' data and trainables, as many steps as both (or
     # the preset's one_stage steps)
-    one = r.train("sma-one-stage", "stage2", *r.aligned(),
-                  f"data.datasets={_datasets([*stage1.data.datasets, *stage2.data.datasets])}",
-                  f"model.trainable={json.dumps([*stage1.model.trainable, *stage2.model.trainable])}",
-                  "model.lm_weight=1.0", f"optim.lr={stage1.optim.lr}",
-                  steps=r.p.job_steps.get("one_stage", s1["steps"] + two["steps"]))
+    one = r.train(
+        "sma-one-stage",
+        "stage2",
+        *r.aligned(),
+        f"data.datasets={_datasets([*stage1.data.datasets, *stage2.data.datasets])}",
+        f"model.trainable={json.dumps([*stage1.model.trainable, *stage2.model.trainable])}",
+        "model.lm_weight=1.0",
+        f"optim.lr={stage1.optim.lr}",
+        steps=r.p.job_steps.get("one_stage", s1["steps"] + two["steps"]),
+    )
     sets = [_entry("qa_speech_heldout", r)]
     rows = []
-    for label, name, model in (("pretrained parts, adapter aligned (no knowledge training)", "sma-base", r.pretrained()),
-                               ("two-stage: text knowledge, then speech alignment", "sma-two-stage", two["export"]),
-                               ("one-stage: text + speech data in one run", "sma-one-stage", one["export"])):
+    for label, name, model in (
+        ("pretrained parts, adapter aligned (no knowledge training)", "sma-base", r.pretrained()),
+        ("two-stage: text knowledge, then speech alignment", "sma-two-stage", two["export"]),
+        ("one-stage: text + speech data in one run", "sma-one-stage", one["export"]),
+    ):
         if model is None:  # a preset without the alignment run keeps no untrained model
             continue
         m = r.evaluate(name, model, sets, ["qa", "consistency"])
         c = m["qa_speech_heldout/consistency"]
-        rows.append({"variant": label, _SPOKEN: c["speech"].get("fact_accuracy"),
-                     _TEXT: c["text"].get("fact_accuracy"),
-                     "spoken / text": _ratio(c["speech"].get("fact_accuracy"), c["text"].get("fact_accuracy")),
-                     "spoken QA token F1": m["qa_speech_heldout"]["f1"],
-                     "n (held-out facts)": c["n"],
-                     "train s": None if name == "sma-base" else (s1["wall_s"] + two["wall_s"] if model == two["export"]
-                                                                 else one["wall_s"])})
+        rows.append(
+            {
+                "variant": label,
+                _SPOKEN: c["speech"].get("fact_accuracy"),
+                _TEXT: c["text"].get("fact_accuracy"),
+                "spoken / text": _ratio(c["speech"].get("fact_accuracy"), c["text"].get("fact_accuracy")),
+                "spoken QA token F1": m["qa_speech_heldout"]["f1"],
+                "n (held-out facts)": c["n"],
+                "train s": None
+                if name == "sma-base"
+                else (s1["wall_s"] + two["wall_s"] if model == two["export"] else one["wall_s"]),
+            }
+        )
         if name == "sma-two-stage" and "cascade" in c:  # the baseline a user would pick instead
-            rows.append({"variant": "cascade: whisper-tiny.en transcribes, the stage-1 LLM answers",
-                         _SPOKEN: c["cascade"].get("fact_accuracy"), _TEXT: c["text"].get("fact_accuracy"),
-                         "spoken / text": _ratio(c["cascade"].get("fact_accuracy"), c["text"].get("fact_accuracy")),
-                         "n (held-out facts)": c["n"]})
+            rows.append(
+                {
+                    "variant": "cascade: whisper-tiny.en transcribes, the stage-1 LLM answers",
+                    _SPOKEN: c["cascade"].get("fact_accuracy"),
+                    _TEXT: c["text"].get("fact_accuracy"),
+                    "spoken / text": _ratio(
+                        c["cascade"].get("fact_accuracy"), c["text"].get("fact_accuracy")
+                    ),
+                    "n (held-out facts)": c["n"],
+                }
+            )
     base = rows[0] if rows[0]["variant"].startswith("pretrained") else None
     two_r, one_r = next(x for x in rows if x["variant"].startswith("two")), rows[-1]
-    check = {"the pretrained model does not know the facts (text fact accuracy <= 0.1)":
-             None if base is None else (base[_TEXT] or 0) <= 0.1,
-             "two-stage: spoken >= 0.9 x text fact accuracy": (two_r["spoken / text"] or 0) >= 0.9,
-             "two-stage > one-stage on spoken fact accuracy": (two_r[_SPOKEN] or 0) > (one_r[_SPOKEN] or 0)}
+    check = {
+        "the pretrained model does not know the facts (text fact accuracy <= 0.1)": None
+        if base is None
+        else (base[_TEXT] or 0) <= 0.1,
+        "two-stage: spoken >= 0.9 x text fact accuracy": (two_r["spoken / text"] or 0) >= 0.9,
+        "two-stage > one-stage on spoken fact accuracy": (two_r[_SPOKEN] or 0) > (one_r[_SPOKEN] or 0),
+    }
     spoken_n = _spoken_recordings(r)
-    return {"title": "SpeechMedAssist: knowledge from text reaches speech after a small speech alignment",
-            "claim": "After stage 1 injects knowledge from text and stage 2 aligns speech on other spoken material, "
-                     "spoken questions about the injected facts are answered about as well as the same questions "
-                     "in text (>= 0.9 x), and better than by one-stage training on the same data.",
-            "rows": rows, "check": check,
-            "notes": f"Facts: the {r.data_config().knowledge} knowledge base (medlm/data/kb.py; `invented`: fictional "
-                     "drugs, tests, doses and advice for conditions named with ordinary words, which a pretrained model "
-                     "cannot know). Fact accuracy: the answer names the fact's key phrase (kb.fact_key: the drug, the "
-                     "test, the advice or the first symptom). Evaluated on qa_speech_heldout: spoken questions (Piper "
-                     "and espeak-ng voices) about the facts of the half of the conditions whose facts are never spoken "
-                     "in training; the text column is the same model answering the transcript of the same question. "
-                     f"Stage 1: {_describe(r, 'stage1')}. Stage 2: {_describe(r, 'stage2')}. Every run starts from "
-                     f"{'the CTC-aligned adapter (' + _describe(r, 'align') + ')' if r.aligned() else 'random init'}. "
-                     "One-stage: a single run of stage 2's losses on the union of both stages' data and trainables, "
-                     f"lm_weight 1, stage 1's learning rate, {one['steps']} steps (two-stage: {s1['steps']} + "
-                     f"{two['steps']}). The cascade row: whisper-tiny.en's transcript answered by the two-stage "
-                     f"model's own LLM (stage 1's). {spoken_n}"}
+    return {
+        "title": "SpeechMedAssist: knowledge from text reaches speech after a small speech alignment",
+        "claim": "After stage 1 injects knowledge from text and stage 2 aligns speech on other spoken material, "
+        "spoken questions about the injected facts are answered about as well as the same questions "
+        "in text (>= 0.9 x), and better than by one-stage training on the same data.",
+        "rows": rows,
+        "check": check,
+        "notes": f"Facts: the {r.data_config().knowledge} knowledge base (medlm/data/kb.py; `invented`: fictional "
+        "drugs, tests, doses and advice for conditions named with ordinary words, which a pretrained model "
+        "cannot know). Fact accuracy: the answer names the fact's key phrase (kb.fact_key: the drug, the "
+        "test, the advice or the first symptom). Evaluated on qa_speech_heldout: spoken questions (Piper "
+        "and espeak-ng voices) about the facts of the half of the conditions whose facts are never spoken "
+        "in training; the text column is the same model answering the transcript of the same question. "
+        f"Stage 1: {_describe(r, 'stage1')}. Stage 2: {_describe(r, 'stage2')}. Every run starts from "
+        f"{'the CTC-aligned adapter (' + _describe(r, 'align') + ')' if r.aligned() else 'random init'}. "
+        "One-stage: a single run of stage 2's losses on the union of both stages' data and trainables, "
+        f"lm_weight 1, stage 1's learning rate, {one['steps']} steps (two-stage: {s1['steps']} + "
+        f"{two['steps']}). The cascade row: whisper-tiny.en's transcript answered by the two-stage "
+        f"model's own LLM (stage 1's). {spoken_n}",
+    }
 
 
 def _describe(r: Runner, job: str) -> str:
     """A training job's config in a phrase: its YAML, data mix, trainables and losses."""
     cfg = r.job_config(job)
     m = cfg.model
-    losses = ", ".join(f"{k} {getattr(m, k + '_weight')}" for k in ("lm", "kd", "ctc") if getattr(m, k + "_weight"))
-    return (f"configs/{r.job(job)}.yaml: {' + '.join(f'{e.name} x{e.weight:g}' for e in cfg.data.datasets)}; trains "
-            f"{', '.join(m.trainable)}; losses {losses}")
+    losses = ", ".join(
+        f"{k} {getattr(m, k + '_weight')}" for k in ("lm", "kd", "ctc") if getattr(m, k + "_weight")
+    )
+    return (
+        f"configs/{r.job(job)}.yaml: {' + '.join(f'{e.name} x{e.weight:g}' for e in cfg.data.datasets)}; trains "
+        f"{', '.join(m.trainable)}; losses {losses}"
+    )
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -285,11 +344,16 @@ def _spoken_recordings(r: Runner) -> str:
     """How many spoken recordings the training data holds (the speech budget)."""
     from medlm.data.io import read_table
 
-    counts = {name: read_table(uri, columns=["id"]).num_rows for name in
-              ("sentences", "utterances", "consult_speech", "qa_speech")
-              if storage.exists(uri := storage.join(r.data_root, name))}
-    return ("Spoken training recordings (the speech budget): " + ", ".join(f"{k} {v}" for k, v in counts.items())
-            + f"; {sum(counts.values())} in all.")
+    counts = {
+        name: read_table(uri, columns=["id"]).num_rows
+        for name in ("sentences", "utterances", "consult_speech", "qa_speech")
+        if storage.exists(uri := storage.join(r.data_root, name))
+    }
+    return (
+        "Spoken training recordings (the speech budget): "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f"; {sum(counts.values())} in all."
+    )
 
 
 _TEXT_SCORE = "text score"
@@ -301,41 +365,60 @@ def voicetextblender(r: Runner) -> dict:
     sft = r.job_config("joint_sft")
     speech_only = [e for e in sft.data.datasets if _is_spoken(e.name)]
     joint = r.train("vtb-joint", "joint_sft", f"model.init_from={start['export']}")
-    speech = r.train("vtb-speech-only", "joint_sft", f"model.init_from={start['export']}",
-                     f"data.datasets={_datasets(speech_only)}")
+    speech = r.train(
+        "vtb-speech-only",
+        "joint_sft",
+        f"model.init_from={start['export']}",
+        f"data.datasets={_datasets(speech_only)}",
+    )
     sets = [_entry("qa_text", r), _entry("general_text", r)]
     # the general answers to keep: the pretrained LLM's (tiny: the stage-1 model's, no untrained model is kept)
     r.evaluate("vtb-pretrained", r.pretrained() or s1["export"], [_entry("general_text", r)], ["qa"])
     pretrained = r.predictions["vtb-pretrained"]
     rows = []
-    for label, name, res in (("before SFT (the two-stage model)", "vtb-before", start),
-                             ("joint speech+text SFT", "vtb-joint", joint),
-                             ("speech-only SFT", "vtb-speech-only", speech)):
+    for label, name, res in (
+        ("before SFT (the two-stage model)", "vtb-before", start),
+        ("joint speech+text SFT", "vtb-joint", joint),
+        ("speech-only SFT", "vtb-speech-only", speech),
+    ):
         m = r.evaluate(name, res["export"], sets, ["qa"])
-        facts, general = m["qa_text"].get("fact_accuracy"), agreement(pretrained, r.predictions[name], "general_text")
-        rows.append({"variant": label, "text fact accuracy (injected facts)": facts,
-                     "general questions: agreement with the pretrained LLM (token F1)": general,
-                     _TEXT_SCORE: (facts + general) / 2 if None not in (facts, general) else None,
-                     "n (text facts / general)": f"{m['qa_text']['n']} / {m['general_text']['n']}",
-                     "train s": None if name == "vtb-before" else res["wall_s"]})
+        facts, general = (
+            m["qa_text"].get("fact_accuracy"),
+            agreement(pretrained, r.predictions[name], "general_text"),
+        )
+        rows.append(
+            {
+                "variant": label,
+                "text fact accuracy (injected facts)": facts,
+                "general questions: agreement with the pretrained LLM (token F1)": general,
+                _TEXT_SCORE: (facts + general) / 2 if None not in (facts, general) else None,
+                "n (text facts / general)": f"{m['qa_text']['n']} / {m['general_text']['n']}",
+                "train s": None if name == "vtb-before" else res["wall_s"],
+            }
+        )
     before = rows[0][_TEXT_SCORE]
     for row in rows:
         row["text score change (relative)"] = (row[_TEXT_SCORE] - before) / before if before else None
     joint_r, speech_r = rows[1], rows[2]
-    check = {"joint SFT loses <= 2% of the text score": (joint_r["text score change (relative)"] or -1) >= -0.02,
-             "speech-only SFT loses more than joint SFT": (speech_r["text score change (relative)"] or 0)
-             < (joint_r["text score change (relative)"] or 0)}
-    return {"title": "VoiceTextBlender: joint speech+text SFT keeps text skills",
-            "claim": "LoRA SFT on a joint speech+text mix keeps the model's text skills (<= 2% lost), while "
-                     "speech-only SFT of the same model loses more.",
-            "rows": rows, "check": check,
-            "notes": f"Both SFT runs start from the SpeechMedAssist two-stage model and use configs/{r.job('joint_sft')}.yaml "
-                     "(LoRA + adapter, LM loss); speech-only SFT keeps only its spoken datasets "
-                     f"({', '.join(e.name for e in speech_only)}). Text score = mean of the text fact accuracy on qa_text "
-                     "(written questions on the injected facts, both question forms; it is in the joint mix, as stage "
-                     "1's corpus is in VoiceTextBlender's) and the agreement (token F1) of the answers to general_text "
-                     "(written questions over a broad medical vocabulary, none about the injected facts, in no "
-                     "training set) with the pretrained LLM's own answers; change relative to the model before SFT."}
+    check = {
+        "joint SFT loses <= 2% of the text score": (joint_r["text score change (relative)"] or -1) >= -0.02,
+        "speech-only SFT loses more than joint SFT": (speech_r["text score change (relative)"] or 0)
+        < (joint_r["text score change (relative)"] or 0),
+    }
+    return {
+        "title": "VoiceTextBlender: joint speech+text SFT keeps text skills",
+        "claim": "LoRA SFT on a joint speech+text mix keeps the model's text skills (<= 2% lost), while "
+        "speech-only SFT of the same model loses more.",
+        "rows": rows,
+        "check": check,
+        "notes": f"Both SFT runs start from the SpeechMedAssist two-stage model and use configs/{r.job('joint_sft')}.yaml "
+        "(LoRA + adapter, LM loss); speech-only SFT keeps only its spoken datasets "
+        f"({', '.join(e.name for e in speech_only)}). Text score = mean of the text fact accuracy on qa_text "
+        "(written questions on the injected facts, both question forms; it is in the joint mix, as stage "
+        "1's corpus is in VoiceTextBlender's) and the agreement (token F1) of the answers to general_text "
+        "(written questions over a broad medical vocabulary, none about the injected facts, in no "
+        "training set) with the pretrained LLM's own answers; change relative to the model before SFT.",
+    }
 
 
 def _is_spoken(dataset: str) -> bool:
@@ -351,75 +434,142 @@ def speechllm(r: Runner) -> dict:
         ("LoRA, no classifier", "slm-no-classifier", ["model.classifier_weight=0"]),
         ("classifier, no LoRA", "slm-no-lora", ["model.trainable=['^adapter\\.', '^classifier\\.']"]),
     ]
-    sets = [_entry(n, r) for n in ("utterances_ner_heldout_utt", "utterances_sentiment_heldout_utt",
-                                   "utterances_asr_heldout_utt")]
+    sets = [
+        _entry(n, r)
+        for n in (
+            "utterances_ner_heldout_utt",
+            "utterances_sentiment_heldout_utt",
+            "utterances_asr_heldout_utt",
+        )
+    ]
     rows = []
     for label, name, overrides in variants:
         res = r.train(name, "multitask", *r.aligned(), *overrides)
         m = r.evaluate(name, res["export"], sets, ["asr", "ner", "sentiment"], cascade=name == "slm-full")
-        rows.append({"variant": label, "NER F1": m["utterances_ner"]["f1"],
-                     "NER label F1": m["utterances_ner"]["label_f1"],
-                     "sentiment macro F1": m["utterances_sentiment"]["macro_f1"],
-                     "WER": m["utterances_asr"]["wer"], "distinct ASR outputs": m["utterances_asr"]["distinct"],
-                     "n": m["utterances_ner"]["n"], "train s": res["wall_s"]})
+        rows.append(
+            {
+                "variant": label,
+                "NER F1": m["utterances_ner"]["f1"],
+                "NER label F1": m["utterances_ner"]["label_f1"],
+                "sentiment macro F1": m["utterances_sentiment"]["macro_f1"],
+                "WER": m["utterances_asr"]["wer"],
+                "distinct ASR outputs": m["utterances_asr"]["distinct"],
+                "n": m["utterances_ner"]["n"],
+                "train s": res["wall_s"],
+            }
+        )
         if "utterances_asr/cascade" in m:
-            anchor = {"variant": "whisper-tiny.en's own decoder (WER anchor)", "WER": m["utterances_asr/cascade"]["wer"],
-                      "n": m["utterances_asr/cascade"]["n"]}
+            anchor = {
+                "variant": "whisper-tiny.en's own decoder (WER anchor)",
+                "WER": m["utterances_asr/cascade"]["wer"],
+                "n": m["utterances_asr/cascade"]["n"],
+            }
     rows.append(anchor)
     full = rows[0]
-    check = {f"full > {x['variant']} on {k}": full[k] > x[k] for x in rows[1:3] for k in ("NER F1", "sentiment macro F1")}
-    check["full: WER relative to whisper-tiny.en's decoder (<= 1 = as good or better)"] = \
+    check = {
+        f"full > {x['variant']} on {k}": full[k] > x[k]
+        for x in rows[1:3]
+        for k in ("NER F1", "sentiment macro F1")
+    }
+    check["full: WER relative to whisper-tiny.en's decoder (<= 1 = as good or better)"] = (
         full["WER"] / anchor["WER"] <= 1.0 if anchor["WER"] else False
-    return {"title": "SpeechLLM: the classifier regularizer and LoRA help spoken language understanding",
-            "claim": "The classifier regularizer (and LoRA) raise NER and sentiment F1 from speech.",
-            "rows": rows, "check": check,
-            "notes": f"configs/{r.job('multitask')}.yaml (ASR + NER + sentiment prompts; the classifier head on the "
-                     "pooled adapter output predicts the sentiment (CE) and which entity types the utterance mentions "
-                     "(BCE), weighted auxiliary loss) from the preset's starting point; the no-classifier variant sets "
-                     "its weight to 0, the no-LoRA variant freezes LoRA (zero-initialised: the LLM stays the pretrained "
-                     "one). Scored on held-out utterances (another data seed: new sentences and voices). The paper's "
-                     "26% relative WER gain is over its own baseline; the anchor here is whisper-tiny.en's own decoder "
-                     "on the same recordings (the ASR a user would pick instead)."}
+    )
+    return {
+        "title": "SpeechLLM: the classifier regularizer and LoRA help spoken language understanding",
+        "claim": "The classifier regularizer (and LoRA) raise NER and sentiment F1 from speech.",
+        "rows": rows,
+        "check": check,
+        "notes": f"configs/{r.job('multitask')}.yaml (ASR + NER + sentiment prompts; the classifier head on the "
+        "pooled adapter output predicts the sentiment (CE) and which entity types the utterance mentions "
+        "(BCE), weighted auxiliary loss) from the preset's starting point; the no-classifier variant sets "
+        "its weight to 0, the no-LoRA variant freezes LoRA (zero-initialised: the LLM stays the pretrained "
+        "one). Scored on held-out utterances (another data seed: new sentences and voices). The paper's "
+        "26% relative WER gain is over its own baseline; the anchor here is whisper-tiny.en's own decoder "
+        "on the same recordings (the ASR a user would pick instead).",
+    }
 
 
 def speechct(r: Runner) -> dict:
     from medlm.ct.job import CTClipConfig, run_ct_clip
 
     p = r.p
-    cfg = load_config(CTClipConfig, f"{p.ct_config}.yaml", [
-        f"output={storage.join(r.root, 'ct_clip')}", "name=reproduce-ct-clip", f"seed={p.seed}",
-        f"data.seed={p.seed}", f"model.speech_preset={p.model}", *p.ct])
+    cfg = load_config(
+        CTClipConfig,
+        f"{p.ct_config}.yaml",
+        [
+            f"output={storage.join(r.root, 'ct_clip')}",
+            "name=reproduce-ct-clip",
+            f"seed={p.seed}",
+            f"data.seed={p.seed}",
+            f"model.speech_preset={p.model}",
+            *p.ct,
+        ],
+    )
     t0 = time.time()
     res = run_ct_clip(cfg)
     wall = round(time.time() - t0, 1)
     z, ret = res["zero_shot"], res["retrieval"]
-    rows = [{"variant": label, "zero-shot F1": z[k]["f1"], "zero-shot AUROC": z[k]["auroc"],
-             "R@5 (report -> volume)": ret[k]["R@5"]}
-            for k, label in (("teacher_text", "text teacher (CT-CLIP)"), ("speech_no_kd", "speech student, no KD"),
-                             ("speech_kd", "speech student, with KD"))]
+    rows = [
+        {
+            "variant": label,
+            "zero-shot F1": z[k]["f1"],
+            "zero-shot AUROC": z[k]["auroc"],
+            "R@5 (report -> volume)": ret[k]["R@5"],
+        }
+        for k, label in (
+            ("teacher_text", "text teacher (CT-CLIP)"),
+            ("speech_no_kd", "speech student, no KD"),
+            ("speech_kd", "speech student, with KD"),
+        )
+    ]
     g = res["gap_recovered"]
-    rows.append({"variant": "gap recovered by KD", "zero-shot F1": g["f1"], "zero-shot AUROC": g["auroc"],
-                 "R@5 (report -> volume)": None})
+    rows.append(
+        {
+            "variant": "gap recovered by KD",
+            "zero-shot F1": g["f1"],
+            "zero-shot AUROC": g["auroc"],
+            "R@5 (report -> volume)": None,
+        }
+    )
     gap = z["teacher_text"]["f1"] - z["speech_no_kd"]["f1"]
     teacher_auroc = z["teacher_text"]["auroc"]
-    check = {"precondition: the text teacher's zero-shot AUROC >= 0.85 (learnable findings)":
-             teacher_auroc is not None and teacher_auroc >= 0.85,
-             "there is a gap: text teacher F1 > speech student F1 without KD": gap > 0,
-             "KD raises the speech student's F1": z["speech_kd"]["f1"] > z["speech_no_kd"]["f1"],
-             "KD recovers most (50-100%+) of a positive F1 gap": gap > 0 and g["f1"] is not None and g["f1"] >= 0.5}
-    return {"title": "SpeechCT-CLIP: distillation closes the speech-text gap",
-            "claim": "Distillation recovers most of the gap between speech and text zero-shot F1.",
-            "rows": rows, "check": check, "train_s": wall,
-            "notes": f"The ct_clip job (medlm.ct, configs/{p.ct_config}.yaml) with {' '.join(p.ct) or 'its defaults'}; "
-                     "gap recovered = (F1 with KD - F1 without) / (F1 teacher - F1 without), meaningless when "
-                     "the gap is not positive; paper: 88%."}
+    check = {
+        "precondition: the text teacher's zero-shot AUROC >= 0.85 (learnable findings)": teacher_auroc
+        is not None
+        and teacher_auroc >= 0.85,
+        "there is a gap: text teacher F1 > speech student F1 without KD": gap > 0,
+        "KD raises the speech student's F1": z["speech_kd"]["f1"] > z["speech_no_kd"]["f1"],
+        "KD recovers most (50-100%+) of a positive F1 gap": gap > 0
+        and g["f1"] is not None
+        and g["f1"] >= 0.5,
+    }
+    return {
+        "title": "SpeechCT-CLIP: distillation closes the speech-text gap",
+        "claim": "Distillation recovers most of the gap between speech and text zero-shot F1.",
+        "rows": rows,
+        "check": check,
+        "train_s": wall,
+        "notes": f"The ct_clip job (medlm.ct, configs/{p.ct_config}.yaml) with {' '.join(p.ct) or 'its defaults'}; "
+        "gap recovered = (F1 with KD - F1 without) / (F1 teacher - F1 without), meaningless when "
+        "the gap is not positive; paper: 88%.",
+    }
 
 
 REPRODUCTIONS: dict[str, Callable[[Runner], dict]] = {
-    "speechmedassist": speechmedassist, "voicetextblender": voicetextblender,
-    "speechllm": speechllm, "speechct": speechct}
-_SPEECHLM_DATA = {"consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances",
-                  "sentences"}  # every SpeechLM run's (the alignment run trains on the spoken ones)
+    "speechmedassist": speechmedassist,
+    "voicetextblender": voicetextblender,
+    "speechllm": speechllm,
+    "speechct": speechct,
+}
+_SPEECHLM_DATA = {
+    "consult_text",
+    "qa_text",
+    "consult_speech",
+    "qa_speech",
+    "qa_speech_heldout",
+    "utterances",
+    "sentences",
+}  # every SpeechLM run's (the alignment run trains on the spoken ones)
 DATA_NEEDS = {
     "speechmedassist": _SPEECHLM_DATA,
     "voicetextblender": _SPEECHLM_DATA | {"general_text"},
@@ -430,8 +580,14 @@ DATA_NEEDS = {
 
 # --- entry point -------------------------------------------------------------------------------------
 
-def run_reproductions(preset: str = "tiny", only: list[str] | None = None, output: str | None = None,
-                      overrides: list[str] | None = None, workdir: str | None = None) -> dict:
+
+def run_reproductions(
+    preset: str = "tiny",
+    only: list[str] | None = None,
+    output: str | None = None,
+    overrides: list[str] | None = None,
+    workdir: str | None = None,
+) -> dict:
     """Run the chosen reproductions (all by default) on ``preset``; write the tables and JSON under
     ``output`` (default ``docs/reproductions``); returns the results. ``overrides`` tweak the preset
     (``steps=3``). ``workdir`` (a local dir or s3:// URI) keeps the data, runs and evaluations, and a rerun
@@ -447,12 +603,19 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
     p = load_preset("reproduce", preset, overrides)
     out_dir = Path(output or DOCS)
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = f"python -m recipes.reproduce run --preset {preset}" + "".join(f" --only {n}" for n in (only or [])) \
+    command = (
+        f"python -m recipes.reproduce run --preset {preset}"
+        + "".join(f" --only {n}" for n in (only or []))
         + (f" --workdir {workdir}" if workdir else "")
+    )
     command += "".join(f" --set '{o}'" for o in overrides or []) + (f" --output {output}" if output else "")
     t_all = time.time()
-    results: dict[str, Any] = {"preset": preset, "preset_config": p.model_dump(), "command": command,
-                               "reproductions": {}}
+    results: dict[str, Any] = {
+        "preset": preset,
+        "preset_config": p.model_dump(),
+        "command": command,
+        "reproductions": {},
+    }
     with local_stack(s3=embedded_s3_needed()) as st:
         root = workdir or storage.join(st.root, f"reproduce-{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if storage.is_s3(root):
@@ -467,8 +630,14 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
             res = REPRODUCTIONS[n](runner)
             res["reused"] = list(runner.reused)
             res["samples"] = runner.samples
-            res.update(preset=preset, preset_config=_short(p), seed=p.seed, command=command,
-                       wall_s=round(time.time() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+            res.update(
+                preset=preset,
+                preset_config=_short(p),
+                seed=p.seed,
+                command=command,
+                wall_s=round(time.time() - t0, 1),
+                finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            )
             (out_dir / f"{n}.md").write_text(render_markdown(n, res))
             results["reproductions"][n] = res
             log.info("reproduce: %s done in %.0f s -> %s", n, res["wall_s"], out_dir / f"{n}.md")
@@ -477,42 +646,66 @@ def run_reproductions(preset: str = "tiny", only: list[str] | None = None, outpu
     combined = out_dir / f"reproductions-{preset}.json"  # the latest result of every reproduction
     if combined.exists():
         earlier = json.loads(combined.read_text())["reproductions"]
-        results["reproductions"] = {**{k: v for k, v in earlier.items() if k not in names},
-                                    **results["reproductions"]}
+        results["reproductions"] = {
+            **{k: v for k, v in earlier.items() if k not in names},
+            **results["reproductions"],
+        }
     combined.write_text(json.dumps(results, indent=2, default=str))
     write_index(out_dir, NAMES)
-    return {"wall_s": results["wall_s"], "output": str(out_dir),
-            "checks": {n: r["check"] for n, r in results["reproductions"].items()}}
+    return {
+        "wall_s": results["wall_s"],
+        "output": str(out_dir),
+        "checks": {n: r["check"] for n, r in results["reproductions"].items()},
+    }
 
 
 def _short(p: Preset) -> str:
     steps = f"{p.steps or 'the config'} steps/run" + (
-        f" ({', '.join(f'{k} {v}' for k, v in p.job_steps.items())})" if p.job_steps else "")
-    return (f"model {p.model}, {steps}, {p.num_workers or 'the config'} worker(s)"
-            + (", GPU" if p.use_gpu else ", CPU"))
+        f" ({', '.join(f'{k} {v}' for k, v in p.job_steps.items())})" if p.job_steps else ""
+    )
+    return f"model {p.model}, {steps}, {p.num_workers or 'the config'} worker(s)" + (
+        ", GPU" if p.use_gpu else ", CPU"
+    )
 
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  help="The papers' claims, trained and evaluated for real.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="The papers' claims, trained and evaluated for real.",
+)
 
 
 @app.command()
-def run(preset: str = typer.Option("tiny", help="tiny (CPU, CI), real (pretrained parts, CPU) or small (GPU): "
-                                                 "configs/presets/reproduce-<preset>.yaml"),
-        only: Optional[list[str]] = typer.Option(None, help="subset of: " + ", ".join(NAMES)),
-        workdir: Optional[str] = typer.Option(None, help="keep data, runs and evaluations here (dir or s3://); "
-                                                         "a rerun on it reuses what finished"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="preset override, e.g. seed=1"),
-        output: Optional[str] = typer.Option(None, help="tables dir (default docs/reproductions)")) -> None:
+def run(
+    preset: str = typer.Option(
+        "tiny",
+        help="tiny (CPU, CI), real (pretrained parts, CPU) or small (GPU): "
+        "configs/presets/reproduce-<preset>.yaml",
+    ),
+    only: Optional[list[str]] = typer.Option(None, help="subset of: " + ", ".join(NAMES)),
+    workdir: Optional[str] = typer.Option(
+        None, help="keep data, runs and evaluations here (dir or s3://); a rerun on it reuses what finished"
+    ),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="preset override, e.g. seed=1"),
+    output: Optional[str] = typer.Option(None, help="tables dir (default docs/reproductions)"),
+) -> None:
     """Reproduce the papers' claims and write their tables (then `docs` puts them in README.md)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    typer.echo(json.dumps(run_reproductions(preset=preset, only=only, output=output, overrides=set_,
-                                            workdir=workdir), indent=2, default=str))
+    typer.echo(
+        json.dumps(
+            run_reproductions(preset=preset, only=only, output=output, overrides=set_, workdir=workdir),
+            indent=2,
+            default=str,
+        )
+    )
 
 
 @app.command()
-def docs(tables: Path = typer.Option(DOCS, help="the tables' dir"),
-         readme: Path = typer.Option(PROJECT / "README.md", help="the README whose Evidence section to rewrite")) -> None:
+def docs(
+    tables: Path = typer.Option(DOCS, help="the tables' dir"),
+    readme: Path = typer.Option(PROJECT / "README.md", help="the README whose Evidence section to rewrite"),
+) -> None:
     """Rewrite README.md's reproduction section (between its markers) from the latest tables."""
     update_readme(readme, tables, NAMES)
     typer.echo(f"{readme}: reproduction tables from {tables}")

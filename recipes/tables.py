@@ -22,18 +22,36 @@ def fmt(v) -> str:
 def render_markdown(name: str, result: dict) -> str:
     rows = result["rows"]
     cols = list(dict.fromkeys(k for row in rows for k in row))
-    lines = [f"# {result['title']}", "", f"**Claim.** {result['claim']}", "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [
+        f"# {result['title']}",
+        "",
+        f"**Claim.** {result['claim']}",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
     lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows]
     lines += ["", "| check (from the numbers above) | holds |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in result["check"].items()]
-    lines += ["", result["notes"], "",
-              (f"Preset `{result['preset']}` ({result['preset_config']}), seed {result['seed']}; "
-               f"{result['wall_s']:.0f} s wall for this reproduction (a run shared with an earlier one, such as "
-               f"stage 1, counts where first trained"
-               + (f"; reused from an earlier command on the workdir, not counted: {', '.join(result['reused'])}"
-                  if result.get("reused") else "") + f"); finished {result['finished']}."), "",
-              f"Command: `{result['command']}`", ""]
+    lines += [
+        "",
+        result["notes"],
+        "",
+        (
+            f"Preset `{result['preset']}` ({result['preset_config']}), seed {result['seed']}; "
+            f"{result['wall_s']:.0f} s wall for this reproduction (a run shared with an earlier one, such as "
+            f"stage 1, counts where first trained"
+            + (
+                f"; reused from an earlier command on the workdir, not counted: {', '.join(result['reused'])}"
+                if result.get("reused")
+                else ""
+            )
+            + f"); finished {result['finished']}."
+        ),
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -43,10 +61,15 @@ def _tables(out_dir: Path, names: Sequence[str]) -> list[str]:
 
 def write_index(out_dir: Path, names: Sequence[str]) -> None:
     """``<out_dir>/README.md``: the latest table of every reproduction found in ``out_dir``, one after another."""
-    head = ("# Reproductions (latest tables)\n\nWritten by `python -m recipes.reproduce run` (recipes/reproduce.py); "
-            "every number comes from a real training + evaluation run on the synthetic data, whatever it says.\n\n")
-    (out_dir / "README.md").write_text(head + "\n\n".join(p.replace("\n# ", "\n## ").replace("# ", "## ", 1)
-                                                           for p in _tables(out_dir, names)) + "\n")
+    head = (
+        "# Reproductions (latest tables)\n\nWritten by `python -m recipes.reproduce run` (recipes/reproduce.py); "
+        "every number comes from a real training + evaluation run on the synthetic data, whatever it says.\n\n"
+    )
+    (out_dir / "README.md").write_text(
+        head
+        + "\n\n".join(p.replace("\n# ", "\n## ").replace("# ", "## ", 1) for p in _tables(out_dir, names))
+        + "\n"
+    )
 
 
 def update_readme(readme: Path, out_dir: Path, names: Sequence[str]) -> None:

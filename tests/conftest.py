@@ -23,8 +23,12 @@ def pytest_unconfigure(config):
 
 
 def _scratch() -> set[str]:
-    tmp = tempfile.gettempdir()  # (a test session's own download cache is not a job's scratch, nor another session's)
-    return set(glob.glob(os.path.join(tmp, "medlm-*-*"))) - set(glob.glob(os.path.join(tmp, "medlm-test-cache-*")))
+    tmp = (
+        tempfile.gettempdir()
+    )  # (a test session's own download cache is not a job's scratch, nor another session's)
+    return set(glob.glob(os.path.join(tmp, "medlm-*-*"))) - set(
+        glob.glob(os.path.join(tmp, "medlm-test-cache-*"))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,5 +65,8 @@ def tiny_data(stack):
     root = f"{stack.root}/tiny-data"
     # espeak-ng only: its renderings are bit-reproducible, Piper's are not (noise sampled in its graph), and
     # the training tests compare losses across runs. Piper data is covered by test_pretrained / the demo.
-    make_data(load_config(MakeDataConfig, "make_data.yaml", [f"output={root}", "tts.backend=espeak"]), progress=False)
+    make_data(
+        load_config(MakeDataConfig, "make_data.yaml", [f"output={root}", "tts.backend=espeak"]),
+        progress=False,
+    )
     return root

@@ -13,18 +13,23 @@ from medlm import storage
 def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
     from medlm.config import load_config
     from medlm.ct import CTIndex
-    from medlm.data.schema import CT_RATE_CLASSES
-    from medlm.models.tts import speak, voice_bank
     from medlm.ct.job import CTClipConfig, run_ct_clip
     from medlm.data import iter_rows
-    from medlm.data.schema import unpack_volume
+    from medlm.data.schema import CT_RATE_CLASSES, unpack_volume
+    from medlm.models.tts import speak, voice_bank
 
     output = storage.join(stack.root, "test-ct-clip")
     steps = ["teacher.steps=2", "align.steps=2", "distill.steps=2"]
     batch = ["teacher.batch_size=4", "align.batch_size=4", "distill.batch_size=4"]
-    text = ["model.text_per_sentence=true", "teacher.sentence_keep=0.5"]  # the trained BERT reads kept sentences
-    cfg = load_config(CTClipConfig, "configs/ct_clip.yaml",
-                      [f"output={output}", "data.synthetic_cases=24", "name=test-ct-clip", *steps, *batch, *text])
+    text = [
+        "model.text_per_sentence=true",
+        "teacher.sentence_keep=0.5",
+    ]  # the trained BERT reads kept sentences
+    cfg = load_config(
+        CTClipConfig,
+        "configs/ct_clip.yaml",
+        [f"output={output}", "data.synthetic_cases=24", "name=test-ct-clip", *steps, *batch, *text],
+    )
     before = scratch()
     summary = run_ct_clip(cfg)
 
@@ -54,8 +59,12 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
     ids = {r["id"] for r in rows}
     hits = index.search_text(rows[0]["report"], k=3)
     assert len(hits) == 3 and {h[0] for h in hits} <= ids and hits[0][1] >= hits[1][1] >= hits[2][1]
-    audio_hits = index.search_audio(speak(["Cardiomegaly is present."], voice_bank(1, backend="espeak")[0])[0], k=len(rows) + 5)
-    assert sorted(h[0] for h in audio_hits) == sorted(ids)  # k larger than the index returns every volume once
+    audio_hits = index.search_audio(
+        speak(["Cardiomegaly is present."], voice_bank(1, backend="espeak")[0])[0], k=len(rows) + 5
+    )
+    assert sorted(h[0] for h in audio_hits) == sorted(
+        ids
+    )  # k larger than the index returns every volume once
     scores = index.classify("Cardiomegaly is present.", ["Cardiomegaly", "Emphysema"])
     assert set(scores) == {"Cardiomegaly", "Emphysema"} and all(0 < v < 1 for v in scores.values())
     by_id = index.classify_volume(id=rows[0]["id"])

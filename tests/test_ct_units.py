@@ -10,13 +10,14 @@ import torch
 
 from medlm.ct.metrics import gap_recovered, zero_shot_probs
 from medlm.ct.preprocess import VolumeSpec, crop_or_pad, load_volume, normalize_hu, preprocess_volume
-from medlm.data.synth_ct import base_spacing, generate_ct_cases
 from medlm.data.schema import CT_RATE_CLASSES
+from medlm.data.synth_ct import base_spacing, generate_ct_cases
 
 SHAPE = (16, 32, 32)
 
 
 # --- synthetic set ------------------------------------------------------------------------------
+
 
 def test_generate_ct_cases_contract_and_determinism():
     cases = generate_ct_cases(20, SHAPE, seed=3)
@@ -26,7 +27,11 @@ def test_generate_ct_cases_contract_and_determinism():
     assert [c["split"] for c in cases].count("train") == 14 and [c["split"] for c in cases].count("val") == 3
     for c, d in zip(cases, again):
         assert c["volume"].dtype == np.int16 and c["volume"].shape == SHAPE
-        assert np.array_equal(c["volume"], d["volume"]) and c["report"] == d["report"] and c["spacing"] == d["spacing"]
+        assert (
+            np.array_equal(c["volume"], d["volume"])
+            and c["report"] == d["report"]
+            and c["spacing"] == d["spacing"]
+        )
         assert c["labels"].dtype == np.int8 and c["labels"].shape == (18,)
         assert all(0.9 * b <= s <= 1.1 * b for s, b in zip(c["spacing"], base_spacing(SHAPE)))
     assert any(not np.array_equal(c["volume"], d["volume"]) for c, d in zip(cases, other))
@@ -66,6 +71,7 @@ def test_generate_rejects_bad_arguments():
 
 
 # --- preprocessing contract ----------------------------------------------------------------------
+
 
 def test_hu_clipping_and_scaling_on_known_values():
     vol = np.array([-3000, -1000, -500, 0, 40, 1000, 3000], dtype=np.int16).reshape(1, 1, 7)
@@ -129,6 +135,7 @@ def test_load_volume_nifti_and_npy(tmp_path):
 
 # --- losses ---------------------------------------------------------------------------------------
 
+
 def test_contrastive_loss_aligned_vs_shuffled():
     from medlm.ct.modeling import clip_loss
 
@@ -178,6 +185,7 @@ def test_distillation_moves_the_student_toward_the_teacher():
 
 # --- metrics --------------------------------------------------------------------------------------
 
+
 def test_zero_shot_probs_softmax_over_prompt_pair():
     img = np.array([[1.0, 0.0], [0.0, 1.0]])
     present, absent = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])
@@ -202,7 +210,12 @@ def test_classification_report_is_the_eval_metric_in_report_shape():
     m = zero_shot_auroc_f1(p_test, y_test, p_val, y_val, class_names=["A", "B"])
     assert set(rep) == {"auroc", "f1", "precision", "accuracy", "n_scored", "per_class"}
     assert (rep["auroc"], rep["f1"], rep["precision"], rep["accuracy"], rep["n_scored"]) == (
-        m["auroc_macro"], m["f1_macro"], m["precision_macro"], m["accuracy_macro"], 1)
+        m["auroc_macro"],
+        m["f1_macro"],
+        m["precision_macro"],
+        m["accuracy_macro"],
+        1,
+    )
     assert rep["per_class"]["A"] == m["per_class"]["A"]
     b = rep["per_class"]["B"]
     assert math.isinf(m["per_class"]["B"]["threshold"]) and math.isnan(m["per_class"]["B"]["auroc"])
@@ -231,6 +244,7 @@ def test_gap_recovered():
 
 
 # --- models ---------------------------------------------------------------------------------------
+
 
 def test_ct_encoder_shapes_and_roundtrip(tmp_path):
     from medlm.ct.build import CTModelSpec, build_teacher
@@ -262,13 +276,15 @@ def test_speech_student_pools_only_valid_frames():
     assert f["chunks"].tolist() == [1, 2] and f["frame_mask"][0].sum() == 150
     with torch.no_grad():
         both = student(*(torch.from_numpy(f[k]) for k in ("input_features", "frame_mask", "chunks")))
-        alone = student(*(torch.from_numpy(v) for v in (f["input_features"][:1], f["frame_mask"][:1],
-                                                         np.array([1]))))
+        alone = student(
+            *(torch.from_numpy(v) for v in (f["input_features"][:1], f["frame_mask"][:1], np.array([1])))
+        )
     assert both.shape == (2, 16)
     torch.testing.assert_close(both[0], alone[0])
 
 
 # --- retriever ------------------------------------------------------------------------------------
+
 
 def test_ct_index_roundtrip_and_queries(tmp_path):
     from medlm.ct import CTIndex
@@ -280,8 +296,12 @@ def test_ct_index_roundtrip_and_queries(tmp_path):
     tok.save_pretrained(tmp_path / "run" / "teacher")
     build_student(spec).save_pretrained(tmp_path / "run" / "student")
     cases = generate_ct_cases(6, SHAPE, seed=1)
-    index = CTIndex.build(str(tmp_path / "run"), [c["volume"] for c in cases], [c["id"] for c in cases],
-                          [c["spacing"] for c in cases])
+    index = CTIndex.build(
+        str(tmp_path / "run"),
+        [c["volume"] for c in cases],
+        [c["id"] for c in cases],
+        [c["spacing"] for c in cases],
+    )
     index.save(str(tmp_path / "index"))
     loaded = CTIndex.load(str(tmp_path / "index"))
     np.testing.assert_allclose(loaded.embeddings, index.embeddings, atol=1e-6)
@@ -313,32 +333,44 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers, per_
 
     if not (model_home() / "smollm2-135m-instruct" / "config.json").exists():
         pytest.skip("smollm2-135m-instruct is not in the model store (medlm models fetch)")
-    from medlm.ct.index import CTEncoders
     from medlm.ct.build import CTModelSpec, build_teacher
+    from medlm.ct.index import CTEncoders
     from medlm.ct.job import TeacherTask
     from medlm.ct.modeling import text_inputs
 
     assert "smollm2-135m-instruct" in PARTS
-    spec = CTModelSpec(latent_dim=16, text_path="smollm2-135m-instruct", text_trainable=False, text_pooling="mean",
-                       text_adapter_layers=adapter_layers, text_adapter_dim=32, text_per_sentence=per_sentence)
+    spec = CTModelSpec(
+        latent_dim=16,
+        text_path="smollm2-135m-instruct",
+        text_trainable=False,
+        text_pooling="mean",
+        text_adapter_layers=adapter_layers,
+        text_adapter_dim=32,
+        text_per_sentence=per_sentence,
+    )
     teacher, tok = build_teacher(spec)
     assert type(teacher.text).__name__ == "LlamaModel" and tok.pad_token is not None
     trainable = {n.split(".")[0] for n, p in teacher.named_parameters() if p.requires_grad}
-    assert trainable == {"visual", "visual_proj", "text_proj", "logit_scale"} | ({"text_adapter"} if adapter_layers
-                                                                                 else set())
+    assert trainable == {"visual", "visual_proj", "text_proj", "logit_scale"} | (
+        {"text_adapter"} if adapter_layers else set()
+    )
     sentences = ["Findings:", "The heart is enlarged.", "Cardiomegaly is not present."]
     texts = ["Cardiomegaly is present.", " ".join(sentences)]
     enc = text_inputs(tok, texts, per_sentence=per_sentence)
     assert ("text_index" in enc) == per_sentence
     with torch.no_grad():
         emb = teacher.encode_text(**enc)
-        alone = teacher.encode_text(**text_inputs(tok, texts[:1], per_sentence=per_sentence))  # padding: no change
+        alone = teacher.encode_text(
+            **text_inputs(tok, texts[:1], per_sentence=per_sentence)
+        )  # padding: no change
         states, mask = teacher.text_states(**enc)
         one_by_one = [teacher.text_states(**text_inputs(tok, [t]))[0][0] for t in sentences]
     assert emb.shape == (2, 16)
     np.testing.assert_allclose(emb[0].numpy(), alone[0].numpy(), atol=1e-4)
     if per_sentence:
-        np.testing.assert_allclose(states[1][mask[1].bool()].numpy(), torch.cat(one_by_one).numpy(), atol=1e-4)
+        np.testing.assert_allclose(
+            states[1][mask[1].bool()].numpy(), torch.cat(one_by_one).numpy(), atol=1e-4
+        )
     else:  # one sequence: later sentences' states depend on what came before them
         assert int(mask[1].sum()) == len(tok(texts[1])["input_ids"])
     teacher.save_pretrained(tmp_path / "teacher")
@@ -356,12 +388,16 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers, per_
     vol = np.zeros((2, *SHAPE), dtype=np.float32)
     batch = task.collate({"report": np.array(texts, dtype=object), "volume": vol})
     assert batch["text_states"].shape[::2] == (2, teacher.config.text_config.hidden_size)
-    assert len(task.states) == (1 + len(sentences) if per_sentence else 2)  # cached per sentence or per report
+    assert len(task.states) == (
+        1 + len(sentences) if per_sentence else 2
+    )  # cached per sentence or per report
     assert batch["attention_mask"].sum(1).tolist() == mask.sum(1).tolist()
     with torch.no_grad():
         cached = teacher.encode_text(text_states=batch["text_states"], attention_mask=batch["attention_mask"])
     np.testing.assert_allclose(cached.numpy(), emb.numpy(), atol=1e-4)
-    if per_sentence:  # sentence dropout: each sample is an ordered, non-empty subset of the report's sentences
+    if (
+        per_sentence
+    ):  # sentence dropout: each sample is an ordered, non-empty subset of the report's sentences
         task = TeacherTask(CTClipConfig(model=spec, teacher={"sentence_keep": 0.5}))
         task.model, task.tokenizer = teacher, tok
         reports = np.array([texts[1]] * 16, dtype=object)
@@ -372,7 +408,11 @@ def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers, per_
             h = h[m.bool()]
             for keep in itertools.product([0, 1], repeat=3):
                 parts = [x for x, k in zip(one_by_one, keep) if k]
-                if parts and len(h) == sum(map(len, parts)) and torch.allclose(h, torch.cat(parts), atol=1e-4):
+                if (
+                    parts
+                    and len(h) == sum(map(len, parts))
+                    and torch.allclose(h, torch.cat(parts), atol=1e-4)
+                ):
                     subsets[keep] = subsets.get(keep, 0) + 1
                     break
             else:

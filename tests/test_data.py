@@ -21,8 +21,8 @@ from medlm.data.schema import (
     pack_volume,
     to_messages,
 )
-from medlm.models.tts import EspeakTTS, voice_bank
 from medlm.models.prompts import ENTITY_LABELS, SENTIMENTS
+from medlm.models.tts import EspeakTTS, voice_bank
 
 
 def tone(seconds=1.0, rate=22050, freq=220.0):
@@ -32,15 +32,26 @@ def tone(seconds=1.0, rate=22050, freq=220.0):
 
 def utt_row(i=0, **kw):
     text = "I have had fever for two days. I feel terrible."
-    row = {"id": f"u{i}", "source": "test", "audio": encode_flac(tone(), 22050), "sample_rate": 22050,
-           "transcript": text, "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"},
-                                            {"start": 21, "end": 29, "label": "DURATION"}],
-           "sentiment": "negative", "speaker": "{}", "meta": "{}"}
+    row = {
+        "id": f"u{i}",
+        "source": "test",
+        "audio": encode_flac(tone(), 22050),
+        "sample_rate": 22050,
+        "transcript": text,
+        "entities": [
+            {"start": 11, "end": 16, "label": "SYMPTOM"},
+            {"start": 21, "end": 29, "label": "DURATION"},
+        ],
+        "sentiment": "negative",
+        "speaker": "{}",
+        "meta": "{}",
+    }
     row.update(kw)
     return row
 
 
 # --- audio validation -----------------------------------------------------------------------------
+
 
 def test_decode_audio_resamples_to_16k():
     audio = decode_audio(encode_flac(tone(2.0, 22050), 22050), 22050)
@@ -50,19 +61,25 @@ def test_decode_audio_resamples_to_16k():
     assert abs(len(decode_audio(stereo.getvalue(), 8000)) - 16000) <= 2
 
 
-@pytest.mark.parametrize("data,rate,max_s,reason", [
-    (None, 16000, None, "missing_audio"),
-    (b"not audio at all" * 10, 16000, None, "corrupt_audio"),
-    ("truncated", 22050, None, "truncated_audio"),
-    ("silence", 22050, None, "empty_audio"),
-    ("ok", 16000, None, "sample_rate_mismatch"),
-    ("ok", 22050, 0.5, "audio_too_long"),
-    ("ok", None, None, "missing_field"),
-])
+@pytest.mark.parametrize(
+    "data,rate,max_s,reason",
+    [
+        (None, 16000, None, "missing_audio"),
+        (b"not audio at all" * 10, 16000, None, "corrupt_audio"),
+        ("truncated", 22050, None, "truncated_audio"),
+        ("silence", 22050, None, "empty_audio"),
+        ("ok", 16000, None, "sample_rate_mismatch"),
+        ("ok", 22050, 0.5, "audio_too_long"),
+        ("ok", None, None, "missing_field"),
+    ],
+)
 def test_decode_audio_rejects_bad_input(data, rate, max_s, reason):
     good = encode_flac(tone(), 22050)
-    data = {"ok": good, "truncated": good[: len(good) // 2],
-            "silence": encode_flac(np.zeros(22050, np.float32), 22050)}.get(data, data)
+    data = {
+        "ok": good,
+        "truncated": good[: len(good) // 2],
+        "silence": encode_flac(np.zeros(22050, np.float32), 22050),
+    }.get(data, data)
     with pytest.raises(BadRecord) as e:
         decode_audio(data, rate, max_s)
     assert e.value.reason == reason
@@ -75,15 +92,23 @@ def test_low_sample_rate_rejected():
 
 # --- converters -------------------------------------------------------------------------------------
 
+
 def test_utterance_tasks():
     row = utt_row()
     asr, label = to_messages(row, "utterance", "asr")
     assert asr[-1] == {"role": "assistant", "content": row["transcript"]}
     # every task of a labelled utterance carries the regularizer's targets: sentiment, then entity types
-    assert label == [SENTIMENTS.index("negative"), *(int(x in ("SYMPTOM", "DURATION")) for x in ENTITY_LABELS)]
+    assert label == [
+        SENTIMENTS.index("negative"),
+        *(int(x in ("SYMPTOM", "DURATION")) for x in ENTITY_LABELS),
+    ]
     assert to_messages(utt_row(sentiment=None), "utterance", "asr")[1] is None
     audio = asr[1]["content"][0]
-    assert audio["type"] == "audio" and audio["sampling_rate"] == 16000 and audio["transcript"] == row["transcript"]
+    assert (
+        audio["type"] == "audio"
+        and audio["sampling_rate"] == 16000
+        and audio["transcript"] == row["transcript"]
+    )
     ner, _ = to_messages(row, "utterance", "ner")
     assert ner[-1]["content"] == "SYMPTOM: fever\nDURATION: two days"
     sent, _ = to_messages(row, "utterance", "sentiment")
@@ -93,12 +118,15 @@ def test_utterance_tasks():
         to_messages(row, "utterance", "chat")
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"sentiment": "furious"}, "unknown_label"),
-    ({"entities": [{"start": 0, "end": 3, "label": "ALIEN"}]}, "unknown_label"),
-    ({"entities": [{"start": 5, "end": 500, "label": "SYMPTOM"}]}, "bad_span"),
-    ({"transcript": None}, "missing_field"),
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"sentiment": "furious"}, "unknown_label"),
+        ({"entities": [{"start": 0, "end": 3, "label": "ALIEN"}]}, "unknown_label"),
+        ({"entities": [{"start": 5, "end": 500, "label": "SYMPTOM"}]}, "bad_span"),
+        ({"transcript": None}, "missing_field"),
+    ],
+)
 def test_utterance_bad_labels(change, reason):
     with pytest.raises(BadRecord) as e:
         to_messages(utt_row(**change), "utterance", "multitask")
@@ -106,10 +134,21 @@ def test_utterance_bad_labels(change, reason):
 
 
 def test_dialogue_messages_mixed_modal():
-    row = {"id": "d", "source": "t", "meta": "{}", "turns": [
-        {"role": "user", "audio": encode_flac(tone(), 22050), "sample_rate": 22050, "transcript": "hello",
-         "text": "Is this serious?"},
-        {"role": "assistant", "text": "No."}]}
+    row = {
+        "id": "d",
+        "source": "t",
+        "meta": "{}",
+        "turns": [
+            {
+                "role": "user",
+                "audio": encode_flac(tone(), 22050),
+                "sample_rate": 22050,
+                "transcript": "hello",
+                "text": "Is this serious?",
+            },
+            {"role": "assistant", "text": "No."},
+        ],
+    }
     msgs, _ = to_messages(row, "speech_dialogue")
     assert msgs[0]["role"] == "system"
     assert [p["type"] for p in msgs[1]["content"]] == ["audio", "text"]
@@ -125,9 +164,17 @@ def test_ct_messages():
 
     labels = [0] * 18
     labels[2] = 1
-    row = {"id": "c", "volume": pack_volume(np.zeros((8, 8, 8), np.int16)), "shape": [8, 8, 8],
-           "spacing": [1.5, 1.0, 1.0], "labels": labels, "report": "The heart is enlarged.",
-           "report_audio": encode_flac(tone(), 22050), "sample_rate": 22050, "split": "train"}
+    row = {
+        "id": "c",
+        "volume": pack_volume(np.zeros((8, 8, 8), np.int16)),
+        "shape": [8, 8, 8],
+        "spacing": [1.5, 1.0, 1.0],
+        "labels": labels,
+        "report": "The heart is enlarged.",
+        "report_audio": encode_flac(tone(), 22050),
+        "sample_rate": 22050,
+        "split": "train",
+    }
     msgs, _ = to_messages(row, "ct", "spoken_report")
     assert msgs[-1]["content"] == CT_RATE_CLASSES[2]
     with pytest.raises(BadRecord, match="unknown_label"):
@@ -135,6 +182,7 @@ def test_ct_messages():
 
 
 # --- shard I/O ----------------------------------------------------------------------------------------
+
 
 def test_shards_roundtrip_local(tmp_path):
     rows = [utt_row(i) for i in range(25)]
@@ -158,6 +206,7 @@ def test_shards_roundtrip_s3(s3):
 
 
 # --- knowledge base, annotation, TTS -------------------------------------------------------------------
+
 
 def test_kb_deterministic_and_quizzable():
     assert kb.qa_pairs(3) == kb.qa_pairs(3)
@@ -187,7 +236,9 @@ def test_invented_knowledge_is_new_and_quizzable():
     rows = _items(cfg, "qa_text")
     assert len({r["row_id"] for r in rows}) == len(rows) == len(pairs)
     heard, held = _items(cfg, "qa_speech"), _items(cfg, "qa_speech_heldout")
-    assert {q["condition"] for q in heard} == speech_conditions(cfg) and speech_conditions(cfg) <= {c.id for c in kb.INVENTED}
+    assert {q["condition"] for q in heard} == speech_conditions(cfg) and speech_conditions(cfg) <= {
+        c.id for c in kb.INVENTED
+    }
     assert not {q["condition"] for q in heard} & {q["condition"] for q in held}
     assert kb.qa_pairs(0) == kb.qa_pairs(0, conditions=kb.CONDITIONS, forms=1)  # the default is unchanged
 
@@ -196,8 +247,10 @@ def test_rule_backend_annotates_and_filters():
     b = RuleBackend()
     text = "I started taking metformin for the excessive thirst. I'm really worried."
     ann = b.annotate(text)
-    assert {(text[e["start"]:e["end"]], e["label"]) for e in ann["entities"]} == {
-        ("metformin", "DRUG"), ("excessive thirst", "SYMPTOM")}
+    assert {(text[e["start"] : e["end"]], e["label"]) for e in ann["entities"]} == {
+        ("metformin", "DRUG"),
+        ("excessive thirst", "SYMPTOM"),
+    }
     assert ann["sentiment"] == "negative" and all(e["label"] in ENTITY_LABELS for e in ann["entities"])
     c = kb.CONDITIONS[1]
     q, a = b.rewrite_spoken("Which test confirms asthma?", kb.long_answer(c, "test"))
@@ -217,6 +270,7 @@ def test_espeak_voices_differ():
 
 # --- batching and config ------------------------------------------------------------------------------
 
+
 def test_bucketing_reduces_padding():
     rng = random.Random(0)
     lengths = [rng.randint(10, 500) for _ in range(256)]
@@ -229,14 +283,23 @@ def test_bucketing_reduces_padding():
 
 
 def test_example_encoding_roundtrip():
-    ex = {"input_ids": np.arange(5), "input_features": np.zeros((0, 80, 100), np.float32), "num_tokens": np.int64(5)}
+    ex = {
+        "input_ids": np.arange(5),
+        "input_features": np.zeros((0, 80, 100), np.float32),
+        "num_tokens": np.int64(5),
+    }
     back = decode_example(encode_example(ex))
     assert back["input_features"].shape == (0, 80, 100) and int(back["num_tokens"]) == 5
 
 
 def test_data_spec_resolution():
-    spec = DataSpec(root="s3://b/data", datasets=[{"name": "utterances_ner", "weight": 2},
-                                                  {"name": "x", "uri": "/tmp/x", "kind": "speech_dialogue"}])
+    spec = DataSpec(
+        root="s3://b/data",
+        datasets=[
+            {"name": "utterances_ner", "weight": 2},
+            {"name": "x", "uri": "/tmp/x", "kind": "speech_dialogue"},
+        ],
+    )
     a, b = spec.resolved()
     assert (a.uri, a.kind, a.task, a.weight) == ("s3://b/data/utterances", "utterance", "ner", 2.0)
     assert (b.uri, b.task) == ("/tmp/x", "chat")
@@ -247,27 +310,39 @@ def test_data_spec_resolution():
 
 def test_sentences_broad_distinct_and_labelled():
     from medlm.data import sentences
-    from medlm.data.schema import check_entities, utterance_to_messages
+    from medlm.data.schema import check_entities
 
     rng = random.Random(0)
     rows = [sentences.sentence(rng) for _ in range(2000)]
-    assert rows[:5] == [sentences.sentence(r) for r in [random.Random(0)] for _ in range(5)]   # seeded
-    assert len({r["text"] for r in rows}) > 1800                                            # distinct
+    assert rows[:5] == [sentences.sentence(r) for r in [random.Random(0)] for _ in range(5)]  # seeded
+    assert len({r["text"] for r in rows}) > 1800  # distinct
     words = {w for r in rows for w in r["text"].lower().split()}
-    assert len(words) > 800                                                                  # broad vocabulary
+    assert len(words) > 800  # broad vocabulary
     kb_questions = {q.split("{")[0] for qs in kb.QUESTIONS.values() for q in qs}
-    assert not any(r["text"].startswith(tuple(kb_questions)) for r in rows)  # held-out question forms never said
+    assert not any(
+        r["text"].startswith(tuple(kb_questions)) for r in rows
+    )  # held-out question forms never said
     for r in rows:
-        values = {"CONDITION": sentences.CONDITIONS, "DRUG": sentences.DRUGS, "TEST": sentences.TESTS,
-                  "SYMPTOM": sentences.SYMPTOMS}
+        values = {
+            "CONDITION": sentences.CONDITIONS,
+            "DRUG": sentences.DRUGS,
+            "TEST": sentences.TESTS,
+            "SYMPTOM": sentences.SYMPTOMS,
+        }
         for e in r["entities"]:
-            span = r["text"][e["start"]:e["end"]]
+            span = r["text"][e["start"] : e["end"]]
             assert e["label"] in ENTITY_LABELS and span.strip() == span and span
             kb_terms = sentences._kb_terms()
             if e["label"] in values:
                 assert span in values[e["label"]] or span in kb_terms[e["label"].lower()], span
-        row = {"id": "s", "audio": b"", "sample_rate": 16000, "transcript": r["text"], "entities": r["entities"],
-               "sentiment": r["sentiment"]}
+        row = {
+            "id": "s",
+            "audio": b"",
+            "sample_rate": 16000,
+            "transcript": r["text"],
+            "entities": r["entities"],
+            "sentiment": r["sentiment"],
+        }
         check_entities(row)
     assert {r["sentiment"] for r in rows} == set(SENTIMENTS)
 
@@ -276,15 +351,25 @@ def test_one_table_gives_the_factory_datasets_and_the_registry():
     from medlm.data.factory import DATASETS, KIND_OF
     from medlm.data.registry import FACTORY_DATASETS, REGISTRY
 
-    assert DATASETS == ("consult_text", "qa_text", "consult_speech", "qa_speech", "qa_speech_heldout", "utterances",
-                        "sentences", "ct")
+    assert DATASETS == (
+        "consult_text",
+        "qa_text",
+        "consult_speech",
+        "qa_speech",
+        "qa_speech_heldout",
+        "utterances",
+        "sentences",
+        "ct",
+    )
     assert KIND_OF == {d.path: d.kind for d in FACTORY_DATASETS}
     assert {(n, r.path, r.kind, r.task) for n, r in REGISTRY.items()} >= {
-        ("consult_text", "consult_text", "text_dialogue", "chat"), ("qa_speech_heldout", "qa_speech_heldout",
-                                                                    "speech_dialogue", "chat"),
-        ("utterances_multitask", "utterances", "utterance", "multitask"), ("sentences_ner", "sentences", "utterance",
-                                                                          "ner"),
-        ("ct_reports", "ct", "ct", "report"), ("ct_spoken_reports", "ct", "ct", "spoken_report")}
+        ("consult_text", "consult_text", "text_dialogue", "chat"),
+        ("qa_speech_heldout", "qa_speech_heldout", "speech_dialogue", "chat"),
+        ("utterances_multitask", "utterances", "utterance", "multitask"),
+        ("sentences_ner", "sentences", "utterance", "ner"),
+        ("ct_reports", "ct", "ct", "report"),
+        ("ct_spoken_reports", "ct", "ct", "spoken_report"),
+    }
     assert all(KIND_OF[r.path] == r.kind for r in REGISTRY.values() if r.path in KIND_OF)
 
 
@@ -315,13 +400,23 @@ def test_make_shards_fans_out_the_named_datasets(tmp_path, monkeypatch):
 
     calls = []
     fake = types.ModuleType("ray")
-    fake.remote = lambda **opts: lambda fn: types.SimpleNamespace(
-        remote=lambda *a: calls.append((opts, a[1], a[2])) or fn(*a))
+    fake.remote = lambda **opts: (
+        lambda fn: types.SimpleNamespace(remote=lambda *a: calls.append((opts, a[1], a[2])) or fn(*a))
+    )
     fake.wait = lambda pending, num_returns: (pending[:num_returns], pending[num_returns:])
     fake.get = lambda refs: refs
     monkeypatch.setitem(sys.modules, "ray", fake)
-    cfg = MakeDataConfig(output=str(tmp_path / "data"), consultations=3, speech_consultations=0, utterances=0,
-                         sentences=0, ct_cases=2, ct_shape=(8, 8, 8), spoken_ct_reports=False, rows_per_shard=2)
+    cfg = MakeDataConfig(
+        output=str(tmp_path / "data"),
+        consultations=3,
+        speech_consultations=0,
+        utterances=0,
+        sentences=0,
+        ct_cases=2,
+        ct_shape=(8, 8, 8),
+        spoken_ct_reports=False,
+        rows_per_shard=2,
+    )
     assert make_shards(cfg, []) == [] and make_shards(cfg, ["nothing"]) == [] and calls == []
     stats = make_shards(cfg, {"ct", "consult_text"})
     assert [(s["dataset"], s["rows"]) for s in stats] == [("consult_text", 2), ("consult_text", 1), ("ct", 2)]

@@ -25,8 +25,15 @@ def tone(seconds=1.0, rate=22050):
 
 @pytest.fixture(scope="module")
 def made(stack):
-    cfg = MakeDataConfig(output=f"{stack.root}/data-{uuid.uuid4().hex[:6]}", consultations=6, speech_consultations=3,
-                         utterances=6, sentences=6, ct_cases=2, rows_per_shard=4)
+    cfg = MakeDataConfig(
+        output=f"{stack.root}/data-{uuid.uuid4().hex[:6]}",
+        consultations=6,
+        speech_consultations=3,
+        utterances=6,
+        sentences=6,
+        ct_cases=2,
+        rows_per_shard=4,
+    )
     return cfg, make_data(cfg, progress=False)
 
 
@@ -37,16 +44,22 @@ def test_make_data_writes_all_kinds(made):
         table = read_table(d["uri"])
         assert table.num_rows == d["rows"] > 0, name
         assert table.schema.equals(schema_for(KIND_OF[name]), check_metadata=False), name
-    assert summary["datasets"]["consult_text"]["shards"] == 2           # 6 rows, 4 per shard
+    assert summary["datasets"]["consult_text"]["shards"] == 2  # 6 rows, 4 per shard
     assert summary["datasets"]["qa_text"]["rows"] == summary["facts"]
     assert summary["audio_hours"] > 0 and len(summary["voices"]) >= 4
     assert summary["quarantine"]["total"] == 0
     spoken = summary["datasets"]["qa_speech"]["rows"] + summary["datasets"]["qa_speech_heldout"]["rows"]
-    assert spoken + summary["datasets"]["qa_speech"]["filtered"] + summary["datasets"]["qa_speech_heldout"]["filtered"] \
+    assert (
+        spoken
+        + summary["datasets"]["qa_speech"]["filtered"]
+        + summary["datasets"]["qa_speech_heldout"]["filtered"]
         == summary["facts"]
+    )
     facts = [json.loads(x) for x in storage.read_text(f"{cfg.output}/facts.jsonl").splitlines()]
-    heldout = {json.loads(r["meta"])["fact_id"] for r in read_table(f"{cfg.output}/qa_speech_heldout").to_pylist()}
-    assert heldout and all(not f["speech"] for f in facts if f["fact_id"] in heldout)   # never heard as speech
+    heldout = {
+        json.loads(r["meta"])["fact_id"] for r in read_table(f"{cfg.output}/qa_speech_heldout").to_pylist()
+    }
+    assert heldout and all(not f["speech"] for f in facts if f["fact_id"] in heldout)  # never heard as speech
     assert json.loads(storage.read_text(f"{cfg.output}/manifest.json"))["facts"] == summary["facts"]
 
 
@@ -54,9 +67,18 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
     """Shards mixing good and bad rows; returns (good ids per dataset, bad id -> expected reason)."""
     good_audio = encode_flac(tone(), 22050)
     text = "I have had fever for two days."
-    utt = lambda i, **kw: {"id": i, "source": "t", "audio": good_audio, "sample_rate": 22050,
-                           "transcript": text, "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"}],
-                           "sentiment": "neutral", "speaker": "{}", "meta": "{}", **kw}
+    utt = lambda i, **kw: {
+        "id": i,
+        "source": "t",
+        "audio": good_audio,
+        "sample_rate": 22050,
+        "transcript": text,
+        "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"}],
+        "sentiment": "neutral",
+        "speaker": "{}",
+        "meta": "{}",
+        **kw,
+    }
     bad_utt = {
         "u-corrupt": utt("u-corrupt", audio=b"\x00garbage" * 50),
         "u-empty": utt("u-empty", audio=encode_flac(np.zeros(22050, np.float32), 22050)),
@@ -67,23 +89,49 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
         "u-label": utt("u-label", sentiment="ecstatic"),
         "u-entity": utt("u-entity", entities=[{"start": 0, "end": 1, "label": "GENE"}]),
     }
-    reasons = {"u-corrupt": "corrupt_audio", "u-empty": "empty_audio", "u-truncated": "truncated_audio",
-               "u-wrongrate": "sample_rate_mismatch", "u-long": "audio_too_long", "u-notext": "missing_field",
-               "u-label": "unknown_label", "u-entity": "unknown_label"}
+    reasons = {
+        "u-corrupt": "corrupt_audio",
+        "u-empty": "empty_audio",
+        "u-truncated": "truncated_audio",
+        "u-wrongrate": "sample_rate_mismatch",
+        "u-long": "audio_too_long",
+        "u-notext": "missing_field",
+        "u-label": "unknown_label",
+        "u-entity": "unknown_label",
+    }
     good_utt = [utt(f"u-good-{i}") for i in range(5)]
     rows = good_utt[:2] + list(bad_utt.values())[:4] + good_utt[2:] + list(bad_utt.values())[4:]
     write_rows(rows, f"{root}/planted_utt", "utterance", rows_per_shard=6)
-    turn = lambda role, **kw: {"role": role, "text": None, "audio": None, "sample_rate": None,
-                               "transcript": None, **kw}
+    turn = lambda role, **kw: {
+        "role": role,
+        "text": None,
+        "audio": None,
+        "sample_rate": None,
+        "transcript": None,
+        **kw,
+    }
     dlg = lambda i, turns: {"id": i, "source": "t", "meta": "{}", "turns": turns}
-    good_dlg = [dlg(f"d-good-{i}", [turn("user", audio=good_audio, sample_rate=22050, transcript=text),
-                                   turn("assistant", text="Rest and drink fluids.")]) for i in range(3)]
-    bad_dlg = [dlg("d-role", [turn("nurse", text="hi"), turn("assistant", text="ok")]),
-               dlg("d-blank", [turn("user"), turn("assistant", text="ok")]),
-               dlg("d-noanswer", [turn("user", text="hello?")])]
+    good_dlg = [
+        dlg(
+            f"d-good-{i}",
+            [
+                turn("user", audio=good_audio, sample_rate=22050, transcript=text),
+                turn("assistant", text="Rest and drink fluids."),
+            ],
+        )
+        for i in range(3)
+    ]
+    bad_dlg = [
+        dlg("d-role", [turn("nurse", text="hi"), turn("assistant", text="ok")]),
+        dlg("d-blank", [turn("user"), turn("assistant", text="ok")]),
+        dlg("d-noanswer", [turn("user", text="hello?")]),
+    ]
     reasons.update({"d-role": "unknown_label", "d-blank": "missing_field", "d-noanswer": "missing_field"})
-    write_rows([good_dlg[0], bad_dlg[0], good_dlg[1], bad_dlg[1], bad_dlg[2], good_dlg[2]],
-               f"{root}/planted_dlg", "speech_dialogue")
+    write_rows(
+        [good_dlg[0], bad_dlg[0], good_dlg[1], bad_dlg[1], bad_dlg[2], good_dlg[2]],
+        f"{root}/planted_dlg",
+        "speech_dialogue",
+    )
     return {"planted_utt": {r["id"] for r in good_utt}, "planted_dlg": {r["id"] for r in good_dlg}}, reasons
 
 
@@ -96,12 +144,26 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
 
     cfg, _ = made
     good, reasons = plant(cfg.output)
-    spec = DataSpec(root=cfg.output, seed=7, max_audio_seconds=3.0, batch_rows=4, featurizer_cpus=0.5,
-                    quarantine_uri=f"{cfg.output}/_quarantine/run-{uuid.uuid4().hex[:6]}",
-                    datasets=[{"name": "planted_utt", "uri": f"{cfg.output}/planted_utt", "kind": "utterance",
-                               "task": "multitask", "weight": 1},
-                              {"name": "planted_dlg", "uri": f"{cfg.output}/planted_dlg", "kind": "speech_dialogue"},
-                              {"name": "consult_text", "weight": 2}, {"name": "ct_reports"}])
+    spec = DataSpec(
+        root=cfg.output,
+        seed=7,
+        max_audio_seconds=3.0,
+        batch_rows=4,
+        featurizer_cpus=0.5,
+        quarantine_uri=f"{cfg.output}/_quarantine/run-{uuid.uuid4().hex[:6]}",
+        datasets=[
+            {
+                "name": "planted_utt",
+                "uri": f"{cfg.output}/planted_utt",
+                "kind": "utterance",
+                "task": "multitask",
+                "weight": 1,
+            },
+            {"name": "planted_dlg", "uri": f"{cfg.output}/planted_dlg", "kind": "speech_dialogue"},
+            {"name": "consult_text", "weight": 2},
+            {"name": "ct_reports"},
+        ],
+    )
     # the mixed order is reproducible
     order = [r["id"] for r in mixed_envelopes(spec).select_columns(["id"]).take_all()]
     assert order == [r["id"] for r in mixed_envelopes(spec).select_columns(["id"]).take_all()]
@@ -131,11 +193,16 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
 
     model = ModelSpec(preset="tiny", num_classes=3)
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"data": spec.model_dump(), "model": model.model_dump(),
-                                       "out": str(tmp_path / "worker.json")},
+        train_loop,
+        train_loop_config={
+            "data": spec.model_dump(),
+            "model": model.model_dump(),
+            "out": str(tmp_path / "worker.json"),
+        },
         scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         datasets={"train": build_dataset(spec, model)},
-        run_config=RunConfig(storage_path=str(tmp_path), name=f"data-{uuid.uuid4().hex[:6]}"))
+        run_config=RunConfig(storage_path=str(tmp_path), name=f"data-{uuid.uuid4().hex[:6]}"),
+    )
     trainer.fit()
     metrics = json.loads((tmp_path / "worker.json").read_text())
 

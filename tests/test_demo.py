@@ -7,8 +7,8 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_tiny_end_to_end(capsys):
-    from recipes.demo import run_demo
     from medlm.models.pretrained import is_fetched
+    from recipes.demo import run_demo
 
     summary = run_demo(preset="tiny")
     out = capsys.readouterr().out

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from medlm.data import kb
-from medlm.eval.consultation import (ConsultationResult, SimulatedPatient, consultation_scores, named_conditions,
-                                     run_consultation)
+from medlm.eval.consultation import (
+    ConsultationResult,
+    SimulatedPatient,
+    consultation_scores,
+    named_conditions,
+    run_consultation,
+)
 
 
 def _text(content) -> str:
@@ -30,8 +35,7 @@ def differential_doctor(messages: list[dict]) -> str:
                 asked.append(m.group(1))
                 if _text(nxt["content"]).startswith("No"):
                     denied.add(m.group(1))
-    scores = {c.id: sum(s in said for s in c.symptoms) for c in kb.CONDITIONS
-              if not denied & set(c.symptoms)}
+    scores = {c.id: sum(s in said for s in c.symptoms) for c in kb.CONDITIONS if not denied & set(c.symptoms)}
     best = max(scores.values())
     leaders = [cid for cid, v in scores.items() if v == best]
     if len(leaders) == 1 and best >= 2:
@@ -64,7 +68,10 @@ def test_patient_script():
     first = p.symptoms[0]
     assert first in p.opening() and p.revealed == [first]
     assert p.reply("Do you have nausea?").startswith("Yes, I have nausea")
-    assert p.reply("How long has this been going on?") in (f"It started {p.duration} ago.", "Since yesterday.")
+    assert p.reply("How long has this been going on?") in (
+        f"It started {p.duration} ago.",
+        "Since yesterday.",
+    )
     assert p.reply("Do you have a fever?") == "No, I don't have that."  # fever belongs to other conditions
     left = [s for s in p.symptoms if s not in p.revealed]
     assert left  # 3 symptoms, at most 2 revealed so far
@@ -117,7 +124,9 @@ def test_naming_two_conditions_is_not_a_diagnosis():
 
 
 def test_spoken_patient_turns():
-    def tone_tts(text: str) -> np.ndarray:  # a real (if unintelligible) synthesiser: 10 ms of tone per character
+    def tone_tts(
+        text: str,
+    ) -> np.ndarray:  # a real (if unintelligible) synthesiser: 10 ms of tone per character
         t = np.arange(160 * len(text)) / 16000
         return (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
@@ -131,7 +140,10 @@ def test_spoken_patient_turns():
     assert r.diagnosed and r.turns == 2
     part = seen[0]["content"][0]
     assert part["type"] == "audio" and part["sampling_rate"] == 16000
-    assert part["audio"].shape == (160 * len(part["transcript"]),) and part["transcript"] == r.transcript[0]["text"]
+    assert (
+        part["audio"].shape == (160 * len(part["transcript"]),)
+        and part["transcript"] == r.transcript[0]["text"]
+    )
 
 
 def test_input_errors():

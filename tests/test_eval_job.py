@@ -13,26 +13,52 @@ from medlm.eval.job import EvalConfig, build_report, evaluate, render_markdown, 
 
 
 def _pred(dataset, task, ref, hyp, kind="utterance", error=""):
-    return {"dataset": dataset, "kind": kind, "task": task, "id": f"{dataset}-{ref[:8]}", "reference": ref,
-            "prediction": hyp, "error": error, "seconds": 0.5}
+    return {
+        "dataset": dataset,
+        "kind": kind,
+        "task": task,
+        "id": f"{dataset}-{ref[:8]}",
+        "reference": ref,
+        "prediction": hyp,
+        "error": error,
+        "seconds": 0.5,
+    }
 
 
 def test_report_from_handmade_predictions(tmp_path):
-    cfg = EvalConfig(model="m", baseline_model="b", output=str(tmp_path),
-                     tasks=["asr", "ner", "sentiment", "slue", "qa", "retention"],
-                     data=DataSpec(root=str(tmp_path), datasets=[DatasetEntry(name=n) for n in (
-                         "utterances_asr", "utterances_ner", "utterances_sentiment", "qa_text")]))
+    cfg = EvalConfig(
+        model="m",
+        baseline_model="b",
+        output=str(tmp_path),
+        tasks=["asr", "ner", "sentiment", "slue", "qa", "retention"],
+        data=DataSpec(
+            root=str(tmp_path),
+            datasets=[
+                DatasetEntry(name=n)
+                for n in ("utterances_asr", "utterances_ner", "utterances_sentiment", "qa_text")
+            ],
+        ),
+    )
     datasets = cfg.data.resolved()
     preds = [
-        _pred("utterances_asr", "asr", "I have a fever.", "i have fever"),          # 1 deletion / 4 words
-        _pred("utterances_asr", "asr", "bad", "", error="corrupt_audio"),          # excluded, counted as error
-        _pred("utterances_ner", "ner", "SYMPTOM: fever\nDURATION: two days", "SYMPTOM: fever"),  # tp 1, P 1, R 1/2
+        _pred("utterances_asr", "asr", "I have a fever.", "i have fever"),  # 1 deletion / 4 words
+        _pred("utterances_asr", "asr", "bad", "", error="corrupt_audio"),  # excluded, counted as error
+        _pred(
+            "utterances_ner", "ner", "SYMPTOM: fever\nDURATION: two days", "SYMPTOM: fever"
+        ),  # tp 1, P 1, R 1/2
         _pred("utterances_sentiment", "sentiment", "negative", "Negative."),
-        _pred("utterances_sentiment", "sentiment", "positive", "no idea"),          # invalid
-        _pred("qa_text", "chat", "Gout is treated with colchicine.", "gout is treated with colchicine",
-              kind="text_dialogue"),
+        _pred("utterances_sentiment", "sentiment", "positive", "no idea"),  # invalid
+        _pred(
+            "qa_text",
+            "chat",
+            "Gout is treated with colchicine.",
+            "gout is treated with colchicine",
+            kind="text_dialogue",
+        ),
     ]
-    baseline = [_pred("qa_text", "chat", "Gout is treated with colchicine.", "colchicine", kind="text_dialogue")]
+    baseline = [
+        _pred("qa_text", "chat", "Gout is treated with colchicine.", "colchicine", kind="text_dialogue")
+    ]
     report = build_report(cfg, datasets, preds, baseline)
     d = report["datasets"]
     assert d["utterances_asr"]["n"] == 1 and d["utterances_asr"]["errors"] == 1
@@ -48,7 +74,11 @@ def test_report_from_handmade_predictions(tmp_path):
     r = report["retention"]["qa_text"]
     assert r["before"] == pytest.approx(1 / 3) and r["after"] == 1.0 and r["ratio"] == pytest.approx(3.0)
     md = render_markdown(report)
-    assert "| utterances_asr | asr | 1 | 1 | wer | 0.2500 |" in md and "## SLUE" in md and "## Text retention" in md
+    assert (
+        "| utterances_asr | asr | 1 | 1 | wer | 0.2500 |" in md
+        and "## SLUE" in md
+        and "## Text retention" in md
+    )
     plots = render_plots(report)
     assert set(plots) == {"metrics.png", "retention.png"}
     assert all(p.startswith(b"\x89PNG") for p in plots.values())
@@ -64,6 +94,7 @@ def test_config_rejects_unknown_condition_and_task():
 
 # --- full run ----------------------------------------------------------------------------------------------
 
+
 def _tone(seconds: float, freq: float) -> np.ndarray:
     t = np.arange(int(16000 * seconds)) / 16000
     return (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
@@ -72,24 +103,45 @@ def _tone(seconds: float, freq: float) -> np.ndarray:
 def _utterances() -> list[dict]:
     from medlm.data.schema import encode_flac
 
-    texts = [("I have had fever for two days.", [("fever", "SYMPTOM"), ("two days", "DURATION")], "negative"),
-             ("I started taking metformin for the tiredness.", [("metformin", "DRUG"), ("tiredness", "SYMPTOM")],
-              "neutral"),
-             ("My ear has been bothering me. Thanks, I feel relieved.", [("ear", "BODY_PART")], "positive")]
+    texts = [
+        ("I have had fever for two days.", [("fever", "SYMPTOM"), ("two days", "DURATION")], "negative"),
+        (
+            "I started taking metformin for the tiredness.",
+            [("metformin", "DRUG"), ("tiredness", "SYMPTOM")],
+            "neutral",
+        ),
+        ("My ear has been bothering me. Thanks, I feel relieved.", [("ear", "BODY_PART")], "positive"),
+    ]
     rows = []
     for i, (text, ents, sentiment) in enumerate(texts):
         spans = [{"start": text.index(s), "end": text.index(s) + len(s), "label": lab} for s, lab in ents]
         audio = encode_flac(_tone(1.0 + 0.5 * i, 200 + 50 * i), 16000)
-        rows.append({"id": f"utt-{i}", "source": "test", "audio": audio, "sample_rate": 16000,
-                     "transcript": text, "entities": spans, "sentiment": sentiment,
-                     "speaker": "{}", "meta": "{}"})
+        rows.append(
+            {
+                "id": f"utt-{i}",
+                "source": "test",
+                "audio": audio,
+                "sample_rate": 16000,
+                "transcript": text,
+                "entities": spans,
+                "sentiment": sentiment,
+                "speaker": "{}",
+                "meta": "{}",
+            }
+        )
     return rows
 
 
 def _qa_text() -> list[dict]:
-    return [{"id": f"qa_text-{q['fact_id']}", "source": "kb",
-             "turns": [{"role": "user", "text": q["question"]}, {"role": "assistant", "text": q["answer"]}],
-             "meta": json.dumps({"fact_id": q["fact_id"]})} for q in kb.qa_pairs()[:3]]
+    return [
+        {
+            "id": f"qa_text-{q['fact_id']}",
+            "source": "kb",
+            "turns": [{"role": "user", "text": q["question"]}, {"role": "assistant", "text": q["answer"]}],
+            "meta": json.dumps({"fact_id": q["fact_id"]}),
+        }
+        for q in kb.qa_pairs()[:3]
+    ]
 
 
 def _export(uri: str, seed: int) -> None:
@@ -116,8 +168,12 @@ def test_model_predictor_without_ray(tmp_path):
 
     write_rows(_utterances(), str(tmp_path / "data" / "utterances"), "utterance")
     _export(str(tmp_path / "model"), seed=0)
-    cfg = EvalConfig(model=str(tmp_path / "model"), limit=2, consultation={"conditions": ["gout"], "max_turns": 2},
-                     data=DataSpec(root=str(tmp_path / "data"), datasets=[DatasetEntry(name="utterances_ner")]))
+    cfg = EvalConfig(
+        model=str(tmp_path / "model"),
+        limit=2,
+        consultation={"conditions": ["gout"], "max_turns": 2},
+        data=DataSpec(root=str(tmp_path / "data"), datasets=[DatasetEntry(name="utterances_ner")]),
+    )
     items = shard_plan(cfg.data.resolved(), cfg.limit) + consultation_items(cfg)
     assert [(i["dataset"], i["rows"]) for i in items] == [("utterances_ner", 2), (CONSULTATION, None)]
     envelopes = pa.concat_tables([t for item in items for t in read_shards(pa.Table.from_pylist([item]))])
@@ -141,19 +197,40 @@ def test_evaluate_end_to_end(stack):
     _export(f"{root}/model", seed=0)
     _export(f"{root}/baseline", seed=1)
     cfg = EvalConfig(
-        model=f"{root}/model", baseline_model=f"{root}/baseline", output=f"{root}/report",
-        data=DataSpec(root=f"{root}/data", datasets=[DatasetEntry(name=n) for n in (
-            "utterances_asr", "utterances_ner", "utterances_sentiment", "qa_text")]),
-        batch_size=2, num_actors=1, max_new_tokens=6,
-        consultation={"conditions": ["gout", "asthma"], "max_turns": 2})
+        model=f"{root}/model",
+        baseline_model=f"{root}/baseline",
+        output=f"{root}/report",
+        data=DataSpec(
+            root=f"{root}/data",
+            datasets=[
+                DatasetEntry(name=n)
+                for n in ("utterances_asr", "utterances_ner", "utterances_sentiment", "qa_text")
+            ],
+        ),
+        batch_size=2,
+        num_actors=1,
+        max_new_tokens=6,
+        consultation={"conditions": ["gout", "asthma"], "max_turns": 2},
+    )
     report = evaluate(cfg)
 
-    for name in ("report.json", "report.md", "metrics.png", "consultation.png", "retention.png", "predictions.jsonl"):
+    for name in (
+        "report.json",
+        "report.md",
+        "metrics.png",
+        "consultation.png",
+        "retention.png",
+        "predictions.jsonl",
+    ):
         assert storage.exists(f"{root}/report/{name}"), name
     saved = json.loads(storage.read_text(f"{root}/report/report.json"))
     d = saved["datasets"]
-    assert {k: d[k]["n"] for k in d} == {"utterances_asr": 3, "utterances_ner": 3, "utterances_sentiment": 3,
-                                         "qa_text": 3}
+    assert {k: d[k]["n"] for k in d} == {
+        "utterances_asr": 3,
+        "utterances_ner": 3,
+        "utterances_sentiment": 3,
+        "qa_text": 3,
+    }
     assert d["utterances_asr"]["metrics"]["wer"] >= 0 and d["utterances_asr"]["metrics"]["cer"] >= 0
     for key in ("f1", "precision", "recall", "label_f1"):
         assert 0 <= d["utterances_ner"]["metrics"][key] <= 1
@@ -172,7 +249,8 @@ def test_evaluate_end_to_end(stack):
     asr = [p for p in preds if p["dataset"] == "utterances_asr"]
     assert sorted(p["reference"] for p in asr) == sorted(r["transcript"] for r in _utterances())
     assert report["datasets"]["utterances_asr"]["metrics"]["wer"] == pytest.approx(
-        M.wer([p["reference"] for p in asr], [p["prediction"] for p in asr]))
+        M.wer([p["reference"] for p in asr], [p["prediction"] for p in asr])
+    )
     ner_refs = {p["reference"] for p in preds if p["dataset"] == "utterances_ner"}
     assert "SYMPTOM: fever\nDURATION: two days" in ner_refs
 
@@ -183,10 +261,17 @@ def _spoken_qa() -> list[dict]:
     rows = []
     for i, q in enumerate(kb.qa_pairs()[:3]):
         audio = encode_flac(_tone(1.0 + 0.3 * i, 250 + 40 * i), 16000)
-        rows.append({"id": f"qa_speech-{q['fact_id']}", "source": "kb",
-                     "turns": [{"role": "user", "audio": audio, "sample_rate": 16000, "transcript": q["question"]},
-                               {"role": "assistant", "text": q["answer"]}],
-                     "meta": json.dumps({"fact_id": q["fact_id"], "condition": q["condition"]})})
+        rows.append(
+            {
+                "id": f"qa_speech-{q['fact_id']}",
+                "source": "kb",
+                "turns": [
+                    {"role": "user", "audio": audio, "sample_rate": 16000, "transcript": q["question"]},
+                    {"role": "assistant", "text": q["answer"]},
+                ],
+                "meta": json.dumps({"fact_id": q["fact_id"], "condition": q["condition"]}),
+            }
+        )
     return rows
 
 
@@ -201,24 +286,32 @@ def test_consistency_views_and_their_scores(tmp_path):
 
     write_rows(_spoken_qa(), str(tmp_path / "data" / "qa_speech"), "speech_dialogue")
     _export(str(tmp_path / "model"), seed=0)
-    cfg = EvalConfig(model=str(tmp_path / "model"), tasks=["qa", "consistency"],
-                     data=DataSpec(root=str(tmp_path / "data"), datasets=[DatasetEntry(name="qa_speech")]))
-    envelopes = pa.concat_tables([t for item in shard_plan(cfg.data.resolved()) for t in
-                                  read_shards(pa.Table.from_pylist([item]))])
+    cfg = EvalConfig(
+        model=str(tmp_path / "model"),
+        tasks=["qa", "consistency"],
+        data=DataSpec(root=str(tmp_path / "data"), datasets=[DatasetEntry(name="qa_speech")]),
+    )
+    envelopes = pa.concat_tables(
+        [t for item in shard_plan(cfg.data.resolved()) for t in read_shards(pa.Table.from_pylist([item]))]
+    )
     asr = "whisper-tiny.en" if is_fetched("whisper-tiny.en") else ""
-    preds = ModelPredictor(cfg.model, max_new_tokens=6, consistency=True,
-                           consistency_asr=asr or None)(envelopes).to_pylist()
+    preds = ModelPredictor(cfg.model, max_new_tokens=6, consistency=True, consistency_asr=asr or None)(
+        envelopes
+    ).to_pylist()
     views = [json.loads(p["views"]) for p in preds]
     assert [v["topic"] for v in views] == [kb.condition(q["condition"]).name for q in kb.qa_pairs()[:3]]
     assert all(isinstance(v["text"], str) and ("cascade" in v) == bool(asr) for v in views)
     report = build_report(cfg, cfg.data.resolved(), preds)
     c = report["consistency"]["qa_speech"]
-    expected = M.consistency_scores([v["text"] for v in views], [p["prediction"] for p in preds],
-                                    [v["topic"] for v in views])
+    expected = M.consistency_scores(
+        [v["text"] for v in views], [p["prediction"] for p in preds], [v["topic"] for v in views]
+    )
     keys = [kb.fact_key(q["fact_id"]) for q in kb.qa_pairs()[:3]]  # the facts the rows ask about
     assert [p["fact_id"] for p in preds] == [q["fact_id"] for q in kb.qa_pairs()[:3]]
-    assert c["n"] == 3 and c["speech"] == {**expected,
-                                           "fact_accuracy": M.fact_accuracy(keys, [p["prediction"] for p in preds])}
+    assert c["n"] == 3 and c["speech"] == {
+        **expected,
+        "fact_accuracy": M.fact_accuracy(keys, [p["prediction"] for p in preds]),
+    }
     assert c["text"]["fact_accuracy"] == M.fact_accuracy(keys, [v["text"] for v in views])
     if asr:  # tones are not speech: whisper hears (almost) nothing of the questions
         assert c["cascade"]["asr_wer"] > 0.5

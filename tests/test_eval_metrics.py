@@ -7,8 +7,8 @@ import pytest
 
 from medlm.eval import metrics as M
 
-
 # --- ASR -----------------------------------------------------------------------------------------------
+
 
 def test_normalize_text():
     assert M.normalize_text("  The CAT, sat!\n on  the mat. ") == "the cat sat on the mat"
@@ -91,7 +91,11 @@ def test_ner_empty_cases():
 
 def test_parse_entities():
     text = "SYMPTOM: fever\nDRUG:  amoxicillin \nthis line is chatter\nBODY_PART: left arm"
-    assert M.parse_entities(text) == [("SYMPTOM", "fever"), ("DRUG", "amoxicillin"), ("BODY_PART", "left arm")]
+    assert M.parse_entities(text) == [
+        ("SYMPTOM", "fever"),
+        ("DRUG", "amoxicillin"),
+        ("BODY_PART", "left arm"),
+    ]
     assert M.parse_entities("none") == []
     assert M.parse_entities("") == []
 
@@ -115,8 +119,9 @@ def test_sentiment_class_absent_everywhere_is_left_out():
     # neutral occurs in neither gold nor predictions: mean over negative (1) and positive (1) = 1
     assert M.sentiment_macro_f1(["negative", "positive"], ["negative", "positive"], LABELS) == 1.0
     # neutral predicted but never gold: its F1 is 0 and counts: negative 2/3, neutral 0, positive 1 -> 5/9
-    assert M.sentiment_macro_f1(["negative", "negative", "positive"], ["negative", "neutral", "positive"],
-                                LABELS) == pytest.approx(5 / 9)
+    assert M.sentiment_macro_f1(
+        ["negative", "negative", "positive"], ["negative", "neutral", "positive"], LABELS
+    ) == pytest.approx(5 / 9)
 
 
 def test_parse_sentiment():
@@ -132,6 +137,7 @@ def test_slue_score():
 
 
 # --- QA --------------------------------------------------------------------------------------------------
+
 
 def test_parse_choice():
     opts = ["aspirin", "ibuprofen", "paracetamol", "sumatriptan"]
@@ -179,10 +185,9 @@ def test_text_retention():
 
 # --- retrieval ------------------------------------------------------------------------------------------
 
+
 def test_recall_at_k():
-    sim = [[0.9, 0.1, 0.3],
-           [0.8, 0.5, 0.2],
-           [0.1, 0.2, 0.3]]
+    sim = [[0.9, 0.1, 0.3], [0.8, 0.5, 0.2], [0.1, 0.2, 0.3]]
     # query 0: correct 0.9 is top (rank 0); query 1: 0.8 beats the correct 0.5 (rank 1); query 2: rank 0
     # R@1 = 2/3, R@2 = 3/3
     assert M.recall_at_k(sim, [1, 2]) == {1: pytest.approx(2 / 3), 2: 1.0}
@@ -200,6 +205,7 @@ def test_recall_at_k_ties_count_against_the_query():
 
 # --- CT zero-shot ----------------------------------------------------------------------------------------
 
+
 def test_youden_threshold():
     # t=0.7: TPR 1/3, FPR 0 (J 1/3); t=0.6: 2/3 (J 2/3); t=0.3: TPR 1, FPR 0 (J 1); t=0.2: J 0 -> 0.3
     assert M.youden_threshold([0.2, 0.3, 0.6, 0.7], [0, 1, 1, 1]) == pytest.approx(0.3)
@@ -209,22 +215,10 @@ def test_youden_threshold():
 
 
 def test_zero_shot_auroc_f1_with_validation_thresholds():
-    probs = np.array([[0.1, 0.6, 0.1],
-                      [0.4, 0.2, 0.9],
-                      [0.35, 0.7, 0.2],
-                      [0.8, 0.4, 0.3]])
-    labels = np.array([[0, 1, 0],
-                       [0, 0, 0],
-                       [1, 0, 0],
-                       [1, 0, 0]])
-    val_probs = np.array([[0.2, 0.1, 0.1],
-                          [0.3, 0.2, 0.8],
-                          [0.6, 0.3, 0.2],
-                          [0.7, 0.4, 0.9]])
-    val_labels = np.array([[0, 0, 0],
-                           [1, 0, 1],
-                           [1, 0, 0],
-                           [1, 0, 1]])
+    probs = np.array([[0.1, 0.6, 0.1], [0.4, 0.2, 0.9], [0.35, 0.7, 0.2], [0.8, 0.4, 0.3]])
+    labels = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]])
+    val_probs = np.array([[0.2, 0.1, 0.1], [0.3, 0.2, 0.8], [0.6, 0.3, 0.2], [0.7, 0.4, 0.9]])
+    val_labels = np.array([[0, 0, 0], [1, 0, 1], [1, 0, 0], [1, 0, 1]])
     out = M.zero_shot_auroc_f1(probs, labels, val_probs, val_labels, class_names=["a", "b", "c"])
     a, b, c = out["per_class"]["a"], out["per_class"]["b"], out["per_class"]["c"]
     # class a: AUROC over (pos, neg) pairs: 0.35>0.1 yes, 0.35>0.4 no, 0.8>both yes yes -> 3/4
@@ -265,16 +259,22 @@ def test_rouge_l_and_consistency():
     assert M.rouge_l(["The cat sat on the mat."], ["the cat on mat"]) == pytest.approx(6 / 7)
     assert M.rouge_l(["b c d"], ["d c b"]) == pytest.approx(1 / 3) and M.rouge_l(["x"], ["y"]) == 0.0
     assert M.names_topic("Asthma causes wheeze.", "asthma") and not M.names_topic("asthmatic", "asthma")
-    s = M.consistency_scores(["Asthma causes wheeze.", "Gout hurts.", "I do not know."],
-                             ["asthma is bad", "no idea", "I do not know."], ["asthma", "gout", "migraine"])
+    s = M.consistency_scores(
+        ["Asthma causes wheeze.", "Gout hurts.", "I do not know."],
+        ["asthma is bad", "no idea", "I do not know."],
+        ["asthma", "gout", "migraine"],
+    )
     assert s["topic_n"] == 2 and s["topic_accuracy"] == 0.5  # the third text answer does not name migraine
     assert s["f1"] == pytest.approx((M._token_f1("Asthma causes wheeze.", "asthma is bad") + 0 + 1) / 3)
 
 
 def test_fact_accuracy_needs_the_key_phrase():
     keys = ["velotrexin", "Halden breath scan", "avoid citrus fruit for a week"]
-    answers = ["Silver lung is treated with Velotrexin, 35 mg.", "It is confirmed with a Halden scan.",
-               "With amber fever, avoid citrus fruit for a week."]
+    answers = [
+        "Silver lung is treated with Velotrexin, 35 mg.",
+        "It is confirmed with a Halden scan.",
+        "With amber fever, avoid citrus fruit for a week.",
+    ]
     assert M.fact_accuracy(keys, answers) == pytest.approx(2 / 3)
     assert M.fact_accuracy(["velotrexin"], ["velotrexinol"]) == 0.0  # whole phrases only
     with pytest.raises(ValueError, match="as many"):

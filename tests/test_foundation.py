@@ -1,7 +1,7 @@
 """The foundation: configs, storage, the local stack and the CLI."""
 
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,12 +36,15 @@ def test_yaml_roundtrip_with_overrides(tmp_path):
     assert yaml.safe_load(dump_config(again)) == yaml.safe_load(dump_config(cfg))
 
 
-@pytest.mark.parametrize("bad, needle", [
-    (["inner.lrr=1"], "inner.lrr: unknown key"),
-    (["nope=1"], "nope: unknown key"),
-    (["inner.lr=fast"], "inner.lr"),
-    (["name"], "not of the form"),
-])
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (["inner.lrr=1"], "inner.lrr: unknown key"),
+        (["nope=1"], "nope: unknown key"),
+        (["inner.lr=fast"], "inner.lr"),
+        (["name"], "not of the form"),
+    ],
+)
 def test_bad_keys_and_values_are_rejected_clearly(bad, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
         load_config(Outer, None, bad)
@@ -91,8 +94,14 @@ def test_s3_storage_roundtrip(s3, tmp_path):
 
 
 def _medlm(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "medlm", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "medlm", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def test_cli_lists_the_jobs():
@@ -101,7 +110,9 @@ def test_cli_lists_the_jobs():
     for cmd in ("serve", "train", "data", "eval", "stack", "config"):
         assert cmd in out.stdout
     for recipe in ("recipes.demo", "recipes.reproduce"):  # the experiments: over the library, not in its CLI
-        out = subprocess.run([sys.executable, "-m", recipe, "--help"], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", recipe, "--help"], cwd=ROOT, capture_output=True, text=True
+        )
         assert out.returncode == 0 and "Usage" in out.stdout, out.stderr
     out = _medlm("train", "--help")
     for cmd in ("stage1", "stage2", "joint-sft", "multitask", "ct-clip"):
@@ -129,10 +140,18 @@ def test_stack_up_and_down_from_one_call(tmp_path):
         assert f"AWS_ENDPOINT_URL=http://127.0.0.1:{port}" in exports
         client_env = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
         probe = subprocess.run(
-            [sys.executable, "-c", "import ray, boto3; ray.init(address='auto'); "
-             "print(len([n for n in ray.nodes() if n['Alive']])); "
-             "print([b['Name'] for b in boto3.client('s3').list_buckets()['Buckets']])"],
-            capture_output=True, text=True, env={**os.environ, **client_env, "RAY_ADDRESS": "auto"}, timeout=120)
+            [
+                sys.executable,
+                "-c",
+                "import ray, boto3; ray.init(address='auto'); "
+                "print(len([n for n in ray.nodes() if n['Alive']])); "
+                "print([b['Name'] for b in boto3.client('s3').list_buckets()['Buckets']])",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **client_env, "RAY_ADDRESS": "auto"},
+            timeout=120,
+        )
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.split("\n")[0] == "1" and "medlm" in probe.stdout
     finally:
@@ -141,7 +160,14 @@ def test_stack_up_and_down_from_one_call(tmp_path):
     assert _medlm("stack", "env", env=env).returncode == 1
 
 
-DOCUMENTED = ["README.md", "docs/DESIGN.md", "infra/README.md", "medlm/cli.py", "medlm/config.py", "BENCHMARKS.md"]
+DOCUMENTED = [
+    "README.md",
+    "docs/DESIGN.md",
+    "infra/README.md",
+    "medlm/cli.py",
+    "medlm/config.py",
+    "BENCHMARKS.md",
+]
 _OVERRIDE = re.compile(r"(?<![\w/.$-])((?:[a-z_0-9]+\.)+[a-z_0-9]+)=([^\s`'\"\]),]+)")
 
 
@@ -155,8 +181,24 @@ def documented_overrides() -> list[tuple[str, str]]:
     return sorted(set(found))
 
 
-SECTIONS = {"model", "optim", "data", "run", "val", "eval", "tts", "serve", "output", "ct", "kb", "factory",
-            "consult", "mix", "speech", "text"}
+SECTIONS = {
+    "model",
+    "optim",
+    "data",
+    "run",
+    "val",
+    "eval",
+    "tts",
+    "serve",
+    "output",
+    "ct",
+    "kb",
+    "factory",
+    "consult",
+    "mix",
+    "speech",
+    "text",
+}
 
 
 def test_every_documented_override_is_accepted_by_some_job():
@@ -200,7 +242,9 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 targets = [base] + [f"{base}.{a.name}" for a in node.names]
             else:
                 continue
@@ -272,10 +316,14 @@ def test_layers_import_downward_only():
 
 def test_experiments_live_outside_the_library():
     """The demo and the reproductions are recipes over the library: nothing in medlm imports them."""
-    assert not (ROOT / "medlm" / "demo.py").exists() and not (ROOT / "medlm" / "eval" / "reproduce.py").exists()
+    assert (
+        not (ROOT / "medlm" / "demo.py").exists() and not (ROOT / "medlm" / "eval" / "reproduce.py").exists()
+    )
     assert not [m for m, targets in import_graph().items() if any(t.startswith("recipes") for t in targets)]
     for path in (ROOT / "medlm").rglob("*.py"):
-        assert "recipes" not in {n.split(".")[0] for n in re.findall(r"^\s*(?:from|import) ([\w.]+)", path.read_text(), re.M)}, path
+        assert "recipes" not in {
+            n.split(".")[0] for n in re.findall(r"^\s*(?:from|import) ([\w.]+)", path.read_text(), re.M)
+        }, path
 
 
 def test_paths_and_their_variables_are_read_in_one_module(monkeypatch, tmp_path):
@@ -291,14 +339,18 @@ def test_paths_and_their_variables_are_read_in_one_module(monkeypatch, tmp_path)
     assert paths.download_cache() == Path(tempfile.gettempdir()) / "medlm-cache"
     monkeypatch.setenv("MEDLM_HOME", str(tmp_path / "h"))
     assert [paths.stack_dir(), paths.cluster_dir(), paths.tokenizer_dir(), paths.serve_defaults_dir()] == [
-        tmp_path / "h" / d for d in ("stack", "cluster", "tokenizers", "serve-defaults")]
+        tmp_path / "h" / d for d in ("stack", "cluster", "tokenizers", "serve-defaults")
+    ]
     assert model_home() == home / "models"  # the model store does not move with MEDLM_HOME
     monkeypatch.setenv("MEDLM_MODELS", str(tmp_path / "m"))
     monkeypatch.setenv("MEDLM_CACHE", str(tmp_path / "c"))
     assert (model_home(), paths.download_cache()) == (tmp_path / "m", tmp_path / "c")
     assert import_graph()["medlm.paths"] == set()  # the bottom layer
-    readers = [str(p.relative_to(ROOT)) for p in [*(ROOT / "medlm").rglob("*.py"), ROOT / "cluster" / "local.py"]
-               if p.name != "paths.py" and re.search(r"MEDLM_(HOME|MODELS|CACHE)[\"']", p.read_text())]
+    readers = [
+        str(p.relative_to(ROOT))
+        for p in [*(ROOT / "medlm").rglob("*.py"), ROOT / "cluster" / "local.py"]
+        if p.name != "paths.py" and re.search(r"MEDLM_(HOME|MODELS|CACHE)[\"']", p.read_text())
+    ]
     assert readers == []
 
 
@@ -327,14 +379,40 @@ def test_cluster_script_builds_on_the_stacks_public_pieces(monkeypatch, tmp_path
     monkeypatch.setenv("MEDLM_HOME", str(tmp_path))
     assert local.cluster_env() == {} == stack.stack_env()
     (tmp_path / "stack").mkdir()
-    stack.write_state({"moto_pid": 1, "ray_session": 2, "s3_endpoint": "http://127.0.0.1:5", "bucket": "medlm",
-                       "ray_address": "127.0.0.1:6379", "dashboard": "http://127.0.0.1:8265"})
-    one = {**stack.RAY_LOCAL_ENV, **stack.S3_LOCAL_ENV, "AWS_ENDPOINT_URL": "http://127.0.0.1:5",
-           "RAY_ADDRESS": "127.0.0.1:6379", "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8265",
-           "RAY_DASHBOARD_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_MODE": "token"}
+    stack.write_state(
+        {
+            "moto_pid": 1,
+            "ray_session": 2,
+            "s3_endpoint": "http://127.0.0.1:5",
+            "bucket": "medlm",
+            "ray_address": "127.0.0.1:6379",
+            "dashboard": "http://127.0.0.1:8265",
+        }
+    )
+    one = {
+        **stack.RAY_LOCAL_ENV,
+        **stack.S3_LOCAL_ENV,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:5",
+        "RAY_ADDRESS": "127.0.0.1:6379",
+        "RAY_API_SERVER_ADDRESS": "http://127.0.0.1:8265",
+        "RAY_DASHBOARD_ADDRESS": "http://127.0.0.1:8265",
+        "RAY_AUTH_MODE": "token",
+    }
     assert stack.stack_env() == one == local.cluster_env()  # no multi-node state: the one-node stack's
     (tmp_path / "cluster").mkdir()
-    (tmp_path / "cluster" / "state.json").write_text(json.dumps(
-        {"address": "127.0.0.2:7", "dashboard": None, "s3_endpoint": None, "sessions": [], "temp_dir": "/x"}))
-    assert local.cluster_env() == {"RAY_ADDRESS": "127.0.0.2:7", "RAY_AUTH_MODE": "token",
-                                   "RAY_USAGE_STATS_ENABLED": "0"}
+    (tmp_path / "cluster" / "state.json").write_text(
+        json.dumps(
+            {
+                "address": "127.0.0.2:7",
+                "dashboard": None,
+                "s3_endpoint": None,
+                "sessions": [],
+                "temp_dir": "/x",
+            }
+        )
+    )
+    assert local.cluster_env() == {
+        "RAY_ADDRESS": "127.0.0.2:7",
+        "RAY_AUTH_MODE": "token",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }

@@ -23,8 +23,11 @@ K8S = ROOT / "infra" / "k8s"
 DOCKERFILES = [ROOT / "infra" / "docker" / "Dockerfile", ROOT / "infra" / "docker" / "Dockerfile.cpu"]
 AWS_LAUNCHER = ROOT / "cluster" / "aws.yaml"
 CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay"
-CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
-             "RayService": "ray.io_rayservices.yaml"}
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
 K8S_VERSION = "1.33"  # core Kubernetes schemas to validate against (kubernetes-validate)
 LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -54,8 +57,11 @@ def cluster_specs() -> list[tuple[str, dict]]:
     """Every RayCluster spec: standalone, inside each RayJob, inside the RayService."""
     out = []
     for path, d in all_docs():
-        spec = {"RayCluster": lambda s: s, "RayJob": lambda s: s["rayClusterSpec"],
-                "RayService": lambda s: s["rayClusterConfig"]}.get(d["kind"])
+        spec = {
+            "RayCluster": lambda s: s,
+            "RayJob": lambda s: s["rayClusterSpec"],
+            "RayService": lambda s: s["rayClusterConfig"],
+        }.get(d["kind"])
         if spec:
             out.append((f"{path.relative_to(ROOT)}:{d['kind']}", spec(d["spec"])))
     return out
@@ -63,7 +69,8 @@ def cluster_specs() -> list[tuple[str, dict]]:
 
 def pod_templates(spec: dict) -> list[tuple[str, dict]]:
     return [("head", spec["headGroupSpec"]["template"])] + [
-        (g["groupName"], g["template"]) for g in spec["workerGroupSpecs"]]
+        (g["groupName"], g["template"]) for g in spec["workerGroupSpecs"]
+    ]
 
 
 def pyproject_ray_version() -> str:
@@ -74,6 +81,7 @@ def pyproject_ray_version() -> str:
 
 
 # --- rendering ----------------------------------------------------------------------------------
+
 
 def test_manifests_are_rendered_and_up_to_date():
     rendered = render().render_all()  # fails with a clear error when serve/config.yaml is missing
@@ -102,6 +110,7 @@ def test_render_rejects_bad_values_and_missing_serve_config(tmp_path):
 
 
 # --- schema validation --------------------------------------------------------------------------
+
 
 def strict(schema: dict) -> dict:
     """An OpenAPI schema that rejects unknown fields, as `kubectl apply` (field validation Strict) does.
@@ -135,8 +144,10 @@ def crd_validator(kind: str) -> jsonschema.protocols.Validator:
 
 
 def crd_errors(doc: dict) -> list[str]:
-    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in crd_validator(doc["kind"]).iter_errors(doc)]
+    return [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in crd_validator(doc["kind"]).iter_errors(doc)
+    ]
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda p: str(p.relative_to(K8S)))
@@ -161,8 +172,11 @@ def test_pod_templates_validate_against_core_schema(where, spec):
     """The pod templates inside the CRs, also against the core PodTemplate schema (strict)."""
     kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (test extra)")
     for group, template in pod_templates(spec):
-        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": group},
-                     "template": template}, K8S_VERSION, strict=True)
+        kv.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": group}, "template": template},
+            K8S_VERSION,
+            strict=True,
+        )
 
 
 def test_schema_validation_catches_mistakes():
@@ -181,11 +195,15 @@ def test_schema_validation_catches_mistakes():
     template = copy.deepcopy(cluster["spec"]["workerGroupSpecs"][-1]["template"])
     template["spec"]["tolerationz"] = template["spec"].pop("tolerations")
     with pytest.raises(kv.ValidationError, match="tolerationz"):
-        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
-                     "template": template}, K8S_VERSION, strict=True)
+        kv.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"}, "template": template},
+            K8S_VERSION,
+            strict=True,
+        )
 
 
 # --- what the manifests must say ----------------------------------------------------------------
+
 
 def test_ray_versions_agree_across_pyproject_images_and_manifests():
     import ray
@@ -201,8 +219,9 @@ def test_ray_versions_agree_across_pyproject_images_and_manifests():
         images += [c["image"] for _, t in pod_templates(spec) for c in t["spec"]["containers"]]
     launcher = yaml.safe_load(AWS_LAUNCHER.read_text())
     images += [launcher["docker"]["head_image"], launcher["docker"]["worker_image"]]
-    images += [t["docker"]["worker_image"]
-               for t in launcher["available_node_types"].values() if "docker" in t]
+    images += [
+        t["docker"]["worker_image"] for t in launcher["available_node_types"].values() if "docker" in t
+    ]
     for img in images:
         assert re.search(rf"-ray{re.escape(want)}-(gpu|cpu)$", img), f"image {img} does not name Ray {want}"
 
@@ -280,15 +299,20 @@ def test_rayjobs_run_the_registered_jobs_with_existing_entry_points():
             commands.add(spec["entrypoint"])
         # One RayJob per registered job, with the job's own entry point and its config for this environment
         # (configs/<job>_<env>.yaml: the default config's recipe at the environment's scale).
-        want = {f"python ray_jobs/{j.name}.py --config configs/{Path(j.config_file).stem}_{env}.yaml"
-                for j in JOBS.values()}
+        want = {
+            f"python ray_jobs/{j.name}.py --config configs/{Path(j.config_file).stem}_{env}.yaml"
+            for j in JOBS.values()
+        }
         assert commands == want
 
 
 def _gpu_group(cluster: dict) -> dict | None:
     """The worker group of a RayCluster spec whose pods request GPUs (None when it has none)."""
-    groups = [g for g in cluster["workerGroupSpecs"]
-              if int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) > 0]
+    groups = [
+        g
+        for g in cluster["workerGroupSpecs"]
+        if int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0)) > 0
+    ]
     assert len(groups) <= 1, [g["groupName"] for g in groups]
     return groups[0] if groups else None
 
@@ -323,16 +347,24 @@ def _scaling_config(job_cfg, tmp_path, monkeypatch):
         from medlm.train.core import train
 
         monkeypatch.setattr(medlm.data.pipeline, "build_dataset", lambda data, model: stub)
-        cfg = job_cfg.model_copy(update={"run": job_cfg.run.model_copy(update={"storage_path": str(tmp_path)}),
-                                         "model": job_cfg.model.model_copy(update={"init_from": None})})
+        cfg = job_cfg.model_copy(
+            update={
+                "run": job_cfg.run.model_copy(update={"storage_path": str(tmp_path)}),
+                "model": job_cfg.model.model_copy(update={"init_from": None}),
+            }
+        )
         with pytest.raises(_Launched):
             train(cfg)
     elif isinstance(job_cfg, CTClipConfig):
         import medlm.ct.job
 
         monkeypatch.setattr(medlm.ct.job, "train_dataset", lambda cfg, uri: stub)
-        cfg = job_cfg.model_copy(update={"output": str(tmp_path),
-                                         "data": job_cfg.data.model_copy(update={"uri": str(tmp_path / "ct")})})
+        cfg = job_cfg.model_copy(
+            update={
+                "output": str(tmp_path),
+                "data": job_cfg.data.model_copy(update={"uri": str(tmp_path / "ct")}),
+            }
+        )
         with pytest.raises(_Launched):
             medlm.ct.job.run_ct_clip(cfg)
     else:
@@ -388,8 +420,12 @@ def test_gpu_jobs_ask_for_gpus_that_their_cluster_has(tmp_path, monkeypatch):
             node_gpus, node_cpus = int(limits["nvidia.com/gpu"]), int(limits["cpu"])
             per_node = min(workers, int(node_gpus // gpus))
             assert per_node >= 1, f"{where}: one worker asks for {gpus} GPUs, a GPU node has {node_gpus}"
-            assert workers <= per_node * group["maxReplicas"], f"{where}: {workers} GPU workers never fit the group"
-            assert per_node * cpus <= node_cpus, f"{where}: {per_node} workers x {cpus} CPUs > a node's {node_cpus}"
+            assert workers <= per_node * group["maxReplicas"], (
+                f"{where}: {workers} GPU workers never fit the group"
+            )
+            assert per_node * cpus <= node_cpus, (
+                f"{where}: {per_node} workers x {cpus} CPUs > a node's {node_cpus}"
+            )
         else:
             assert gpus == 0, f"{where}: marked gpu: false, but its config asks for GPUs"
             assert group is None, f"{where}: gpu: false, yet the cluster has a GPU worker group"
@@ -441,8 +477,13 @@ def test_no_static_credentials_anywhere():
     files = [*manifest_files(), *DOCKERFILES, AWS_LAUNCHER, *values]
     for f in files:
         text = f.read_text()
-        for pattern in (r"AWS_ACCESS_KEY_ID", r"AWS_SECRET_ACCESS_KEY", r"AWS_SESSION_TOKEN",
-                        r"\bAKIA[0-9A-Z]{16}\b", r"aws_secret_access_key"):
+        for pattern in (
+            r"AWS_ACCESS_KEY_ID",
+            r"AWS_SECRET_ACCESS_KEY",
+            r"AWS_SESSION_TOKEN",
+            r"\bAKIA[0-9A-Z]{16}\b",
+            r"aws_secret_access_key",
+        ):
             assert not re.search(pattern, text), f"{f.relative_to(ROOT)} holds {pattern}"
     for where, spec in cluster_specs():
         for _, template in pod_templates(spec):
@@ -454,6 +495,7 @@ def test_no_static_credentials_anywhere():
 
 # --- packaging: the configs inside the wheel -----------------------------------------------------
 
+
 def test_pyproject_packages_medlm_and_ships_the_configs():
     """pyproject lists the packages (setuptools cannot both discover them and map configs/ into one): every
     package of medlm/ must be there, and configs/ (and each folder in it) as medlm.configs[.<folder>] with its
@@ -464,14 +506,19 @@ def test_pyproject_packages_medlm_and_ships_the_configs():
     code = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "medlm").rglob("__init__.py")}
     folders = [p for p in (ROOT / "configs").rglob("*") if p.is_dir() and p.name != "__pycache__"]
     data = {"medlm.configs", *(".".join(("medlm", *p.relative_to(ROOT).parts)) for p in folders)}
-    assert set(st["packages"]) == code | data, "pyproject.toml [tool.setuptools] packages: list medlm's packages " \
+    assert set(st["packages"]) == code | data, (
+        "pyproject.toml [tool.setuptools] packages: list medlm's packages "
         "and each folder of configs/ as medlm.configs.<folder>"
+    )
     assert st["package-dir"] == {"medlm.configs": "configs"}
     assert (ROOT / "configs" / "__init__.py").is_file()  # a regular package: editable installs map it too
     for pkg in data:
         assert st["package-data"].get(pkg) == ["*.yaml"], f"pyproject.toml: package-data {pkg} = ['*.yaml']"
-    others = [str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*")
-              if p.is_file() and p.suffix != ".yaml" and p.name != "__init__.py" and "__pycache__" not in p.parts]
+    others = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "configs").rglob("*")
+        if p.is_file() and p.suffix != ".yaml" and p.name != "__init__.py" and "__pycache__" not in p.parts
+    ]
     assert others == [], f"{others}: only *.yaml files travel as package data"
 
 
@@ -485,7 +532,9 @@ def test_installed_wheel_finds_its_configs_outside_the_repository(tmp_path):
     import zipfile
 
     def run(*argv, **kw):
-        out = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=300, check=False, **kw)
+        out = subprocess.run(
+            [str(a) for a in argv], capture_output=True, text=True, timeout=300, check=False, **kw
+        )
         assert out.returncode == 0, f"{argv}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         return out.stdout
 
@@ -495,7 +544,17 @@ def test_installed_wheel_finds_its_configs_outside_the_repository(tmp_path):
         shutil.copy2(ROOT / name, src / name)
     for name in ("medlm", "configs"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", src, "-w", tmp_path / "wheels")
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        src,
+        "-w",
+        tmp_path / "wheels",
+    )
     (wheel,) = (tmp_path / "wheels").glob("medlm-*.whl")
     want = {f"medlm/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / "configs").rglob("*.yaml")}
     missing = want - set(zipfile.ZipFile(wheel).namelist())
@@ -515,18 +574,38 @@ def test_installed_wheel_finds_its_configs_outside_the_repository(tmp_path):
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["HF_HUB_OFFLINE"] = "1"
-    where = run(py, "-c", "import medlm, medlm.config as c; print(medlm.__file__); print(c.CONFIG_DIR)",
-                cwd=elsewhere, env=env).split()
-    assert Path(where[0]).parent == purelib / "medlm" and Path(where[1]) == purelib / "medlm" / "configs", where
+    where = run(
+        py,
+        "-c",
+        "import medlm, medlm.config as c; print(medlm.__file__); print(c.CONFIG_DIR)",
+        cwd=elsewhere,
+        env=env,
+    ).split()
+    assert Path(where[0]).parent == purelib / "medlm" and Path(where[1]) == purelib / "medlm" / "configs", (
+        where
+    )
     shown = yaml.safe_load(run(venv / "bin" / "medlm", "config", "show", "stage1", cwd=elsewhere, env=env))
-    assert shown["job"] == "stage1" and shown["model"]["preset"] == "tiny" and shown["run"]["use_gpu"] is False
+    assert (
+        shown["job"] == "stage1" and shown["model"]["preset"] == "tiny" and shown["run"]["use_gpu"] is False
+    )
     # a path as the repository writes it (configs/<file>) also resolves to the shipped file
-    shown = yaml.safe_load(run(venv / "bin" / "medlm", "config", "show", "stage1", "-c", "configs/stage1_prod.yaml",
-                               cwd=elsewhere, env=env))
+    shown = yaml.safe_load(
+        run(
+            venv / "bin" / "medlm",
+            "config",
+            "show",
+            "stage1",
+            "-c",
+            "configs/stage1_prod.yaml",
+            cwd=elsewhere,
+            env=env,
+        )
+    )
     assert shown["run"]["use_gpu"] is True and shown["model"]["preset"] == "base"
 
 
 # --- AWS cluster launcher -----------------------------------------------------------------------
+
 
 def test_aws_launcher_config_validates_against_rays_schema():
     from ray.autoscaler._private.util import prepare_config, validate_config
@@ -550,6 +629,7 @@ def test_aws_launcher_config_validates_against_rays_schema():
 
 
 # --- local multi-node cluster -------------------------------------------------------------------
+
 
 def _free_port_block(n: int = 12) -> int:
     """A base port with ``n`` free ports after it, away from Ray's defaults and the ephemeral range."""
@@ -593,33 +673,70 @@ def test_local_multi_node_cluster_trains_across_nodes_and_stops_cleanly(tmp_path
     for k in ("RAY_ADDRESS", "AWS_ENDPOINT_URL"):
         env.pop(k, None)
     script = [sys.executable, str(ROOT / "cluster" / "local.py")]
-    up = subprocess.run([*script, "up", "--nodes", "2", "--cpus", "1", f"--port={port}", f"--s3-port={port + 10}"],
-                        env=env, capture_output=True, text=True, timeout=180)
+    up = subprocess.run(
+        [*script, "up", "--nodes", "2", "--cpus", "1", f"--port={port}", f"--s3-port={port + 10}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     state_file = tmp_path / "cluster" / "state.json"
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads(state_file.read_text())
-        client = {**env, "RAY_AUTH_MODE": "token", "RAY_ADDRESS": state["dashboard"],
-                  "AWS_ENDPOINT_URL": state["s3_endpoint"], "AWS_ACCESS_KEY_ID": "testing",
-                  "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-        probe = (f"import json, ray; ray.init(address={state['address']!r}, log_to_driver=False); "
-                 "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))")
-        out = subprocess.run([sys.executable, "-c", probe], env=client, capture_output=True, text=True, timeout=60)
+        client = {
+            **env,
+            "RAY_AUTH_MODE": "token",
+            "RAY_ADDRESS": state["dashboard"],
+            "AWS_ENDPOINT_URL": state["s3_endpoint"],
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        probe = (
+            f"import json, ray; ray.init(address={state['address']!r}, log_to_driver=False); "
+            "print(json.dumps([n['NodeManagerAddress'] for n in ray.nodes() if n['Alive']]))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=client, capture_output=True, text=True, timeout=60
+        )
         assert out.returncode == 0, out.stderr
         alive = json.loads(out.stdout.strip().splitlines()[-1])
         assert sorted(alive) == ["127.0.0.2", "127.0.0.3"]
 
         root = "s3://medlm/multinode"
         submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--working-dir", str(ROOT), "--"]
-        data = subprocess.run([*submit, "python", "ray_jobs/make_data.py", f"output={root}/data"],
-                              env=client, capture_output=True, text=True, timeout=240)
+        data = subprocess.run(
+            [*submit, "python", "ray_jobs/make_data.py", f"output={root}/data"],
+            env=client,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
         assert data.returncode == 0 and "succeeded" in data.stdout, data.stdout[-3000:] + data.stderr[-3000:]
         train = subprocess.run(
-            [*submit, "python", "ray_jobs/stage1.py", "--config", "configs/stage1.yaml", f"data.root={root}/data",
-             f"run.storage_path={root}/runs", "run.name=across-nodes", "run.placement_strategy=STRICT_SPREAD",
-             "optim.steps=2", "optim.checkpoint_every=2", "optim.log_every=1"],
-            env=client, capture_output=True, text=True, timeout=300)
-        assert train.returncode == 0 and "succeeded" in train.stdout, train.stdout[-3000:] + train.stderr[-3000:]
+            [
+                *submit,
+                "python",
+                "ray_jobs/stage1.py",
+                "--config",
+                "configs/stage1.yaml",
+                f"data.root={root}/data",
+                f"run.storage_path={root}/runs",
+                "run.name=across-nodes",
+                "run.placement_strategy=STRICT_SPREAD",
+                "optim.steps=2",
+                "optim.checkpoint_every=2",
+                "optim.log_every=1",
+            ],
+            env=client,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert train.returncode == 0 and "succeeded" in train.stdout, (
+            train.stdout[-3000:] + train.stderr[-3000:]
+        )
         summary = json.loads(re.search(r"^\{\n.*?^\}$", train.stdout, re.S | re.M).group(0))
         assert summary["workers"] == 2 and summary["nodes"] == 2, summary
         assert len(summary["history"]) == 2 and summary["export"] == f"{root}/runs/across-nodes/export"

@@ -192,12 +192,15 @@ def test_gradients_reach_exactly_the_configured_parameters(kw, expect):
     )
 
 
-@pytest.mark.parametrize("kw", [
-    {"lora_r": 4, "num_classes": 3, "kd_weight": 0.5},
-    {"encoder_lora_r": 2, "trainable": [r"^adapter\.", r"^encoder\..*lora_"]},
-    {"trainable": [r"^llm\.", r"^adapter\."], "kd_weight": 0.5},
-    {"kd_weight": 0.5, "ctc_weight": 0.5},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"lora_r": 4, "num_classes": 3, "kd_weight": 0.5},
+        {"encoder_lora_r": 2, "trainable": [r"^adapter\.", r"^encoder\..*lora_"]},
+        {"trainable": [r"^llm\.", r"^adapter\."], "kd_weight": 0.5},
+        {"kd_weight": 0.5, "ctc_weight": 0.5},
+    ],
+)
 def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter(kw):
     """Data-parallel ranks draw different mixes of text and speech; with a loss, the model must call the
     same modules in the same order (ZeRO-3 gathers parameters per module call) and give every trainable
@@ -209,10 +212,16 @@ def test_every_batch_runs_the_same_modules_and_reaches_every_trainable_parameter
         if name and not list(m.children()):
             m.register_forward_hook(lambda mod, args, out, name=name: calls.append(name))
     convs = mixed_conversations()
-    spoken = [{"role": "user", "content": [audio_part(noise(1.0, 9), "It hurts here.")]},
-              {"role": "assistant", "content": "Where exactly?"}]
+    spoken = [
+        {"role": "user", "content": [audio_part(noise(1.0, 9), "It hurts here.")]},
+        {"role": "assistant", "content": "Where exactly?"},
+    ]
     seqs = {}
-    for label, batch_convs in (("text", [convs[2]]), ("spoken", [spoken]), ("mixed", [spoken, convs[0], convs[2]])):
+    for label, batch_convs in (
+        ("text", [convs[2]]),
+        ("spoken", [spoken]),
+        ("mixed", [spoken, convs[0], convs[2]]),
+    ):
         model.zero_grad()
         calls.clear()
         batch = proc.collate([proc.featurize(c) for c in batch_convs])
@@ -508,9 +517,17 @@ def test_ctc_alignment_skips_the_llm_and_teaches_the_adapter_the_words():
     texts = ["The patient has chest pain.", "Take aspirin twice a day."]
     model, proc = tiny(ctc_weight=1.0, lm_weight=0.0, kd_weight=0.0, trainable=[r"^adapter\.", r"^encoder\."])
     assert model.config.ctc_blank_id == proc.ctc_blank_id
-    convs = [[{"role": "user", "content": [audio_part(_espeak(t), t), {"type": "text", "text": "Transcribe."}]},
-              {"role": "assistant", "content": t}] for t in texts]
-    untranscribed = [{"role": "user", "content": [audio_part(noise(1.0, 4))]}, {"role": "assistant", "content": "Ok."}]
+    convs = [
+        [
+            {"role": "user", "content": [audio_part(_espeak(t), t), {"type": "text", "text": "Transcribe."}]},
+            {"role": "assistant", "content": t},
+        ]
+        for t in texts
+    ]
+    untranscribed = [
+        {"role": "user", "content": [audio_part(noise(1.0, 4))]},
+        {"role": "assistant", "content": "Ok."},
+    ]
     batch = proc.collate([proc.featurize(c) for c in [*convs, untranscribed]])
     assert batch["ctc_label_lengths"].tolist()[-1] == -1
     assert batch["ctc_labels"].numel() == sum(batch["ctc_label_lengths"].tolist()[:-1])
@@ -529,7 +546,9 @@ def test_ctc_alignment_skips_the_llm_and_teaches_the_adapter_the_words():
     assert losses[-1] < 0.2 * losses[0], losses[::10]
     model.eval()
     with torch.no_grad():
-        frames = model.embed_audio(batch["input_features"], batch["audio_chunks"], batch["audio_chunk_lengths"])
+        frames = model.embed_audio(
+            batch["input_features"], batch["audio_chunks"], batch["audio_chunk_lengths"]
+        )
     table = torch.nn.functional.normalize(model.llm.get_input_embeddings().weight, dim=-1)
     for text, f in zip(texts, frames):
         best = (torch.nn.functional.normalize(f, dim=-1) @ table.T).argmax(-1).tolist()
@@ -541,8 +560,13 @@ def test_classifier_regularizer_learns_sentiment_and_entity_types():
     """With num_entity_labels the head predicts the sentiment (CE) and which entity types an utterance
     mentions (BCE, -1 = unknown); the targets come from collate as (B, 1 + K) even when a text-only example
     (no targets) is in the batch, and a few steps on fixed targets fit both parts."""
-    model, proc = tiny(num_classes=3, num_entity_labels=2, classifier_weight=1.0, lm_weight=0.0,
-                       trainable=[r"^adapter\.", r"^classifier\."])
+    model, proc = tiny(
+        num_classes=3,
+        num_entity_labels=2,
+        classifier_weight=1.0,
+        lm_weight=0.0,
+        trainable=[r"^adapter\.", r"^classifier\."],
+    )
     convs = mixed_conversations()
     targets = [[2, 1, 0], [0, 0, 1], None]  # sentiment, entity types; the text-only example has none
     batch = proc.collate([proc.featurize(m, class_label=t) for m, t in zip(convs, targets)])
@@ -567,6 +591,7 @@ def test_classifier_regularizer_learns_sentiment_and_entity_types():
 
 # --- one source for the spec's fields; init_from refuses a spec that contradicts the export -----------------
 
+
 def _other(value):
     """A value of the same kind as ``value`` and unequal to it."""
     return [*value, "other"] if isinstance(value, list) else value + 1
@@ -584,29 +609,39 @@ def test_spec_fields_are_declared_once():
     defaults = {n: f.get_default(call_default_factory=True) for n, f in ModelSpec.model_fields.items()}
     assert set(SpeechLMConfig.SPEC_FIELDS) <= set(defaults)
     assert {n: getattr(SpeechLMConfig(), n) for n in SpeechLMConfig.SPEC_FIELDS} == {
-        n: defaults[n] for n in SpeechLMConfig.SPEC_FIELDS}
+        n: defaults[n] for n in SpeechLMConfig.SPEC_FIELDS
+    }
     resolved = set(inspect.signature(SpeechLMConfig.__init__).parameters) & set(defaults)
     assert resolved == {"stack_factor", "adapter_hidden"} and all(defaults[n] is None for n in resolved)
     spec = ModelSpec(**{n: _other(defaults[n]) for n in SpeechLMConfig.SPEC_FIELDS})
     config = speechlm_config(spec, build_processor(spec))
     assert {n: getattr(config, n) for n in SpeechLMConfig.SPEC_FIELDS} == {
-        n: getattr(spec, n) for n in SpeechLMConfig.SPEC_FIELDS}
-    assert (config.stack_factor, config.adapter_hidden) == (PRESETS["tiny"]["stack_factor"],
-                                                           PRESETS["tiny"]["adapter_hidden"])
+        n: getattr(spec, n) for n in SpeechLMConfig.SPEC_FIELDS
+    }
+    assert (config.stack_factor, config.adapter_hidden) == (
+        PRESETS["tiny"]["stack_factor"],
+        PRESETS["tiny"]["adapter_hidden"],
+    )
 
 
-@pytest.mark.parametrize("kw,field", [
-    ({"lora_r": 8}, "lora_r=8 .* whose lora_r is 4"),
-    ({"lora_alpha": 32}, "lora_alpha=32 .* whose lora_alpha is 16"),
-    ({"encoder_lora_r": 2}, "encoder_lora_r=2 .* whose encoder_lora_r is 0"),
-    ({"num_classes": 2}, "num_classes=2 .* whose num_classes is 3"),
-    ({"num_entity_labels": 7}, "num_entity_labels=7 .* whose num_entity_labels is 0"),
-    ({"stack_factor": 8}, "stack_factor=8 .* whose stack_factor is 4"),
-    ({"adapter_hidden": 256}, "adapter_hidden=256 .* whose adapter_hidden is 128"),
-    ({"encoder_type": "wav2vec2"}, "encoder_type='wav2vec2' .* whose encoder_type is 'whisper'"),
-    ({"encoder_window_seconds": 5.0}, "encoder_window_seconds=5.0 .* whose encoder_window_seconds is 10.0"),
-    ({"encoder_path": "whisper-tiny.en"}, "encoder_path='whisper-tiny.en' with model.init_from"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"lora_r": 8}, "lora_r=8 .* whose lora_r is 4"),
+        ({"lora_alpha": 32}, "lora_alpha=32 .* whose lora_alpha is 16"),
+        ({"encoder_lora_r": 2}, "encoder_lora_r=2 .* whose encoder_lora_r is 0"),
+        ({"num_classes": 2}, "num_classes=2 .* whose num_classes is 3"),
+        ({"num_entity_labels": 7}, "num_entity_labels=7 .* whose num_entity_labels is 0"),
+        ({"stack_factor": 8}, "stack_factor=8 .* whose stack_factor is 4"),
+        ({"adapter_hidden": 256}, "adapter_hidden=256 .* whose adapter_hidden is 128"),
+        ({"encoder_type": "wav2vec2"}, "encoder_type='wav2vec2' .* whose encoder_type is 'whisper'"),
+        (
+            {"encoder_window_seconds": 5.0},
+            "encoder_window_seconds=5.0 .* whose encoder_window_seconds is 10.0",
+        ),
+        ({"encoder_path": "whisper-tiny.en"}, "encoder_path='whisper-tiny.en' with model.init_from"),
+    ],
+)
 def test_init_from_refuses_structure_that_contradicts_the_export(kw, field):
     from medlm.models.build import check_structure
 
@@ -630,13 +665,25 @@ def test_init_from_accepts_agreeing_or_default_structure_and_applies_the_job_cho
     with pytest.raises(ValueError, match="model.lora_r=8 contradicts the export"):
         check_init_from(ModelSpec(init_from=str(tmp_path), lora_r=8))
     check_init_from(ModelSpec(init_from=str(tmp_path), lora_r=4))
-    spec = ModelSpec(init_from=str(tmp_path), preset="real", lora_r=4, num_classes=3, stack_factor=4,
-                     adapter_hidden=128, encoder_window_seconds=10.0, kd_weight=0.5, ctc_weight=0.25,
-                     trainable=[r"^classifier\."])
+    spec = ModelSpec(
+        init_from=str(tmp_path),
+        preset="real",
+        lora_r=4,
+        num_classes=3,
+        stack_factor=4,
+        adapter_hidden=128,
+        encoder_window_seconds=10.0,
+        kd_weight=0.5,
+        ctc_weight=0.25,
+        trainable=[r"^classifier\."],
+    )
     check_structure(ModelSpec.model_validate(spec.model_dump(mode="json")), model.config)
     loaded, _ = build_model(spec)
     assert (loaded.config.lora_r, loaded.config.kd_weight, loaded.config.ctc_weight) == (4, 0.5, 0.25)
-    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad} == {
+        "classifier.weight",
+        "classifier.bias",
+    }
 
 
 def _export_config(job: str, *overrides: str):
@@ -659,26 +706,44 @@ def _job_spec(job: str, *overrides: str) -> ModelSpec:
 
 
 # The structure the real preset's alignment run sets for every later run (configs/presets/reproduce-real.yaml).
-_REAL_ALIGN = ["model.preset=real", "model.lora_r=16", "model.lora_alpha=32", "model.num_classes=3",
-               "model.num_entity_labels=7", "model.classifier_weight=0"]
+_REAL_ALIGN = [
+    "model.preset=real",
+    "model.lora_r=16",
+    "model.lora_alpha=32",
+    "model.num_classes=3",
+    "model.num_entity_labels=7",
+    "model.classifier_weight=0",
+]
 
 
-@pytest.mark.parametrize("export,runs", [
-    # reproduce, preset real: every SpeechLM starts from the alignment run; stage 2 from stage 1
-    (("stage2_ctc_real", *_REAL_ALIGN),
-     [("stage1_real",), ("stage2_real",), ("joint_sft_real",), ("multitask_real",),
-      ("multitask_real", "model.classifier_weight=0"), ("stage2_real", "model.lm_weight=1.0",
-                                                        "model.trainable=['lora_', '^adapter\\.']")]),
-    # demo, preset real: stage 1 (LoRA), then the CTC alignment and stage 2, each from the last export
-    (("stage1_real", "model.preset=real"), [("stage2_ctc_real",), ("stage2_real",)]),
-    # tiny: stage 2 from stage 1
-    (("stage1", "model.preset=tiny"), [("stage2",)]),
-])
+@pytest.mark.parametrize(
+    "export,runs",
+    [
+        # reproduce, preset real: every SpeechLM starts from the alignment run; stage 2 from stage 1
+        (
+            ("stage2_ctc_real", *_REAL_ALIGN),
+            [
+                ("stage1_real",),
+                ("stage2_real",),
+                ("joint_sft_real",),
+                ("multitask_real",),
+                ("multitask_real", "model.classifier_weight=0"),
+                ("stage2_real", "model.lm_weight=1.0", "model.trainable=['lora_', '^adapter\\.']"),
+            ],
+        ),
+        # demo, preset real: stage 1 (LoRA), then the CTC alignment and stage 2, each from the last export
+        (("stage1_real", "model.preset=real"), [("stage2_ctc_real",), ("stage2_real",)]),
+        # tiny: stage 2 from stage 1
+        (("stage1", "model.preset=tiny"), [("stage2",)]),
+    ],
+)
 def test_init_from_accepts_the_shipped_job_chains(export, runs):
     from medlm.models import pretrained as P
     from medlm.models.build import check_structure
 
-    if "model.preset=real" in export and not all(P.is_fetched(n) for n in ("whisper-tiny.en", "smollm2-135m-instruct")):
+    if "model.preset=real" in export and not all(
+        P.is_fetched(n) for n in ("whisper-tiny.en", "smollm2-135m-instruct")
+    ):
         pytest.skip("model store not fetched (run `medlm models fetch`)")
     config = _export_config(*export)
     preset = next(o for o in export if o.startswith("model.preset="))

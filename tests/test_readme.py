@@ -17,7 +17,7 @@ FEW_STEPS = "optim.steps=2 optim.checkpoint_every=2 optim.log_every=1"
 
 def using_it_block() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Using it"):]
+    section = text[text.index("## Using it") :]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
@@ -38,13 +38,16 @@ def script(lines: list[str], log_dir: Path) -> str:
             out.append(f"source {venv}/bin/activate")
         elif line.startswith("medlm serve"):
             log = log_dir / "serve.log"
-            out += [f"{line} > {log} 2>&1 &", "SERVE=$!",
-                    f"for i in $(seq 300); do grep -q 'serving on' {log} && break; sleep 1; done",
-                    f"URL=$(sed -n 's/^serving on //p' {log}); KEY=$(sed -n 's/^generated API key.*: //p' {log})",
-                    "curl -sf -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
-                    "-d '{\"model\": \"medlm\", \"max_tokens\": 4, \"messages\": [{\"role\": \"user\", "
-                    "\"content\": \"I have a cough.\"}]}' \"$URL/chat/completions\" > " + str(log_dir / "answer.json"),
-                    "kill -TERM $SERVE; wait $SERVE || true"]
+            out += [
+                f"{line} > {log} 2>&1 &",
+                "SERVE=$!",
+                f"for i in $(seq 300); do grep -q 'serving on' {log} && break; sleep 1; done",
+                f"URL=$(sed -n 's/^serving on //p' {log}); KEY=$(sed -n 's/^generated API key.*: //p' {log})",
+                "curl -sf -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' "
+                '-d \'{"model": "medlm", "max_tokens": 4, "messages": [{"role": "user", '
+                '"content": "I have a cough."}]}\' "$URL/chat/completions" > ' + str(log_dir / "answer.json"),
+                "kill -TERM $SERVE; wait $SERVE || true",
+            ]
         elif line.startswith("medlm train") or "ray_jobs/" in line:
             out.append(f"{line} {FEW_STEPS}")
         else:

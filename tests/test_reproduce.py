@@ -6,11 +6,19 @@ import pytest
 
 # The real preset's code paths (invented knowledge, the CTC-aligned start, the real-preset job configs) on the
 # tiny models and a few rows of data; the CT reproduction on its tiny config.
-TINY_REAL = ["model=tiny", "steps=2", "job_steps={}", "num_workers=1", "max_new_tokens=6", "eval_limit=4",
-             "data=[knowledge=invented, qa_forms=2, consultations=8, speech_consultations=4, utterances=8, "
-             "sentences=8, 'tts.backend=espeak']",
-             "ct_config=ct_clip", "ct=[data.synthetic_cases=32, teacher.steps=4, align.steps=4, distill.steps=4, "
-             "teacher.batch_size=8, align.batch_size=8, distill.batch_size=8]"]
+TINY_REAL = [
+    "model=tiny",
+    "steps=2",
+    "job_steps={}",
+    "num_workers=1",
+    "max_new_tokens=6",
+    "eval_limit=4",
+    "data=[knowledge=invented, qa_forms=2, consultations=8, speech_consultations=4, utterances=8, "
+    "sentences=8, 'tts.backend=espeak']",
+    "ct_config=ct_clip",
+    "ct=[data.synthetic_cases=32, teacher.steps=4, align.steps=4, distill.steps=4, "
+    "teacher.batch_size=8, align.batch_size=8, distill.batch_size=8]",
+]
 
 
 def _report(workdir, name):
@@ -32,7 +40,10 @@ def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tm
             line = next(x for x in tables[n].splitlines() if x.startswith(f"| {row['variant']} |"))
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             assert all(fmt(v) in cells for v in row.values()), (n, row, line)
-        assert "python -m recipes.reproduce run --preset real" in tables[n] and f"--workdir {workdir}" in tables[n]
+        assert (
+            "python -m recipes.reproduce run --preset real" in tables[n]
+            and f"--workdir {workdir}" in tables[n]
+        )
 
     sma = {r["variant"].split(":")[0]: r for r in results["speechmedassist"]["rows"]}
     two = _report(workdir, "sma-two-stage")["consistency"]["qa_speech_heldout"]
@@ -40,13 +51,20 @@ def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tm
     assert sma["two-stage"]["same questions in text: fact accuracy"] == two["text"]["fact_accuracy"]
     assert sma["cascade"]["spoken questions: fact accuracy"] == two["cascade"]["fact_accuracy"]
     one = _report(workdir, "sma-one-stage")["consistency"]["qa_speech_heldout"]["speech"]["fact_accuracy"]
-    assert results["speechmedassist"]["check"]["two-stage > one-stage on spoken fact accuracy"] == \
-        (two["speech"]["fact_accuracy"] > one)
+    assert results["speechmedassist"]["check"]["two-stage > one-stage on spoken fact accuracy"] == (
+        two["speech"]["fact_accuracy"] > one
+    )
 
     vtb = results["voicetextblender"]["rows"]
-    assert [r["variant"] for r in vtb] == ["before SFT (the two-stage model)", "joint speech+text SFT", "speech-only SFT"]
-    assert vtb[1]["text fact accuracy (injected facts)"] == \
-        _report(workdir, "vtb-joint")["datasets"]["qa_text"]["metrics"]["fact_accuracy"]
+    assert [r["variant"] for r in vtb] == [
+        "before SFT (the two-stage model)",
+        "joint speech+text SFT",
+        "speech-only SFT",
+    ]
+    assert (
+        vtb[1]["text fact accuracy (injected facts)"]
+        == _report(workdir, "vtb-joint")["datasets"]["qa_text"]["metrics"]["fact_accuracy"]
+    )
     assert vtb[0]["text score change (relative)"] == 0.0
 
     slm = results["speechllm"]["rows"]
@@ -59,10 +77,14 @@ def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tm
     assert results["speechct"]["rows"][2]["zero-shot F1"] == ct["zero_shot"]["speech_kd"]["f1"]
 
     # a rerun on the same workdir reuses every run and evaluation: the same numbers, no training
-    again = run_reproductions("real", only=["speechmedassist"], output=str(out), overrides=TINY_REAL,
-                              workdir=str(workdir))
+    again = run_reproductions(
+        "real", only=["speechmedassist"], output=str(out), overrides=TINY_REAL, workdir=str(workdir)
+    )
     rerun = json.loads((out / "reproductions-real.json").read_text())["reproductions"]["speechmedassist"]
-    assert rerun["rows"] == results["speechmedassist"]["rows"] and again["wall_s"] < results["speechmedassist"]["wall_s"]
+    assert (
+        rerun["rows"] == results["speechmedassist"]["rows"]
+        and again["wall_s"] < results["speechmedassist"]["wall_s"]
+    )
 
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):

@@ -11,7 +11,6 @@ import base64
 import concurrent.futures as cf
 import hashlib
 import json
-
 from pathlib import Path
 
 import httpx
@@ -40,6 +39,7 @@ def audio_part(seconds: float = 1.0, fmt: str = "wav") -> dict:
 
 # --- unit tests (no Ray) -------------------------------------------------------------------------------------
 
+
 def test_decode_audio_resamples_and_rejects_bad_input():
     wave = decode_audio(encode_wav(np.stack([tone(0.5), tone(0.5)], 1), 22050), 5.0, "a")
     assert wave.dtype == np.float32 and wave.ndim == 1 and len(wave) == 8000
@@ -60,14 +60,24 @@ def test_render_prompt_matches_processor():
 
     processor = build_processor(ModelSpec(preset="tiny"))
     wave = tone(1.0, 16000)
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": [{"type": "audio", "audio": wave}, {"type": "text", "text": "Is it bad?"}]},
-                {"role": "assistant", "content": "No."},
-                {"role": "user", "content": "And now?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [{"type": "audio", "audio": wave}, {"type": "text", "text": "Is it bad?"}],
+        },
+        {"role": "assistant", "content": "No."},
+        {"role": "user", "content": "And now?"},
+    ]
     expected = processor.featurize(messages, add_generation_prompt=True)["input_ids"].tolist()
     served = [dict(m) for m in messages]
-    served[1] = {"role": "user", "content": [{"type": "audio_embeds", "embeds": np.zeros((3, 4))},
-                                             {"type": "text", "text": "Is it bad?"}]}
+    served[1] = {
+        "role": "user",
+        "content": [
+            {"type": "audio_embeds", "embeds": np.zeros((3, 4))},
+            {"type": "text", "text": "Is it bad?"},
+        ],
+    }
     ids, audio = render_prompt(processor, served)
     assert ids == expected and len(audio) == 1
 
@@ -75,8 +85,10 @@ def test_render_prompt_matches_processor():
 def test_reply_sentences_are_split_for_speech():
     from medlm.serving.app import complete_sentences
 
-    assert complete_sentences("It is mild. Rest!\n1. Drink water. 2. Sle") == (["It is mild.", "Rest!", "1. Drink water."],
-                                                                          "2. Sle")
+    assert complete_sentences("It is mild. Rest!\n1. Drink water. 2. Sle") == (
+        ["It is mild.", "Rest!", "1. Drink water."],
+        "2. Sle",
+    )
     assert complete_sentences("Take 2.5 mg daily") == ([], "Take 2.5 mg daily")
 
 
@@ -113,8 +125,9 @@ def test_export_in_parts_loads_each_part_alone(tmp_path):
         assert (loaded.llm is None) == (part == "audio") and (loaded.encoder is None) == (part == "llm")
         with pytest.raises(FileNotFoundError, match="export in parts"):
             SpeechLM.from_pretrained_part(str(alone), other)
-    assert {k for k in whole if not k.startswith("llm.")} <= set(SpeechLM.from_pretrained_part(
-        str(tmp_path / "full"), "audio").state_dict())
+    assert {k for k in whole if not k.startswith("llm.")} <= set(
+        SpeechLM.from_pretrained_part(str(tmp_path / "full"), "audio").state_dict()
+    )
 
 
 def test_local_copy_leaves_out_the_other_part(s3, tmp_path):
@@ -124,9 +137,13 @@ def test_local_copy_leaves_out_the_other_part(s3, tmp_path):
     for name in ("config.json", "model-audio.safetensors", "model-llm.safetensors"):
         (tmp_path / "export" / name).write_text(name)
     storage.copy_tree(str(tmp_path / "export"), f"{s3.root}/parts-export")
-    local = storage.local_copy(f"{s3.root}/parts-export", cache_dir=tmp_path / "cache", exclude=("model-llm.*",))
+    local = storage.local_copy(
+        f"{s3.root}/parts-export", cache_dir=tmp_path / "cache", exclude=("model-llm.*",)
+    )
     assert sorted(p.name for p in Path(local).iterdir() if not p.name.startswith(".")) == [
-        "config.json", "model-audio.safetensors"]
+        "config.json",
+        "model-audio.safetensors",
+    ]
 
 
 def _engine_run(llm, prompts, limits, scheduling, cancel_first=False):
@@ -135,8 +152,14 @@ def _engine_run(llm, prompts, limits, scheduling, cancel_first=False):
 
     from medlm.serving.generation import Engine, Slot
 
-    engine = Engine(llm, eos_token_id=-1, activate=lambda name: None, lock=threading.Lock(), max_batch_size=3,
-                    scheduling=scheduling)
+    engine = Engine(
+        llm,
+        eos_token_id=-1,
+        activate=lambda name: None,
+        lock=threading.Lock(),
+        max_batch_size=3,
+        scheduling=scheduling,
+    )
     out, done = {}, [threading.Event() for _ in prompts]
     slots = []
     try:
@@ -149,6 +172,7 @@ def _engine_run(llm, prompts, limits, scheduling, cancel_first=False):
                 else:
                     out[i] = (tokens, finish)
                     done[i].set()
+
             slots.append(Slot(embeds, limit, emit))
             engine.submit(slots[-1])
             if cancel_first and i == 0:
@@ -174,9 +198,16 @@ def test_engine_continuous_batching_matches_generate():
     expected = []
     with torch.no_grad():
         for ids, n in zip(prompts, limits):
-            new = llm.generate(ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=n,
-                               min_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-            expected.append(new[0, len(ids):].tolist())
+            new = llm.generate(
+                ids[None],
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+            expected.append(new[0, len(ids) :].tolist())
         embeds = [llm.get_input_embeddings()(ids) for ids in prompts]
     for scheduling in ("continuous", "static"):
         results, stats = _engine_run(llm, embeds, limits, scheduling)
@@ -184,11 +215,16 @@ def test_engine_continuous_batching_matches_generate():
         assert {f for _, f in results} == {"length"} and stats["admitted"] == len(prompts)
         assert stats["max_batch"] <= 3  # never more rows than max_batch_size
     results, stats = _engine_run(llm, embeds[:2], [500, 3], "continuous", cancel_first=True)
-    assert results[0][1] == "cancelled" and len(results[0][0]) < 500 and results[1] == (expected[1][:3], "length")
+    assert (
+        results[0][1] == "cancelled"
+        and len(results[0][0]) < 500
+        and results[1] == (expected[1][:3], "length")
+    )
     assert stats["finished_cancelled"] == 1
 
 
 # --- the running app ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def server(stack, tmp_path_factory):
@@ -202,7 +238,9 @@ def server(stack, tmp_path_factory):
     from medlm.serving.adapters import save_adapter
     from medlm.stack import free_port
 
-    if not (is_fetched("whisper-tiny.en", verify=False) and is_fetched("smollm2-135m-instruct", verify=False)):
+    if not (
+        is_fetched("whisper-tiny.en", verify=False) and is_fetched("smollm2-135m-instruct", verify=False)
+    ):
         pytest.skip("model store not fetched (run `medlm models fetch`): the app tests serve the real preset")
     local = tmp_path_factory.mktemp("export")
     model, processor = build_model(ModelSpec(preset="real", lora_r=4))
@@ -214,14 +252,24 @@ def server(stack, tmp_path_factory):
                 p.normal_(0, 0.5)
     save_adapter(model, str(local / "adapters" / ADAPTER))
     default_ct_index_dir(local)
-    root = f"{stack.root}/serve-test"  # the small artifacts from S3; the 0.6 GB export from disk (moto is slow)
+    root = (
+        f"{stack.root}/serve-test"  # the small artifacts from S3; the 0.6 GB export from disk (moto is slow)
+    )
     for name in ("adapters", "ct-index-tiny"):
         storage.copy_tree(str(local / name), f"{root}/{name}")
 
     port = free_port()
-    limits = Limits(max_body_bytes=1_000_000, max_audio_seconds=5, max_turns=8, max_tokens=64, default_max_tokens=8)
-    url = run_local(str(local / "model"), port=port, api_key=KEY, adapters_dir=f"{root}/adapters",
-                    ct_index_dir=f"{root}/ct-index-tiny", limits=limits)
+    limits = Limits(
+        max_body_bytes=1_000_000, max_audio_seconds=5, max_turns=8, max_tokens=64, default_max_tokens=8
+    )
+    url = run_local(
+        str(local / "model"),
+        port=port,
+        api_key=KEY,
+        adapters_dir=f"{root}/adapters",
+        ct_index_dir=f"{root}/ct-index-tiny",
+        limits=limits,
+    )
     yield url
     serve.shutdown()
 
@@ -235,7 +283,9 @@ def client(server):
 
 def chat(client, messages, **kw):
     kw.setdefault("max_tokens", 6)
-    return client.chat.completions.create(model=kw.pop("model", "medlm"), messages=messages, temperature=0, **kw)
+    return client.chat.completions.create(
+        model=kw.pop("model", "medlm"), messages=messages, temperature=0, **kw
+    )
 
 
 @pytest.mark.slow
@@ -248,13 +298,21 @@ def test_text_audio_mixed_multiturn(client):
     assert 0 < text.usage.completion_tokens <= 6 and text.usage.total_tokens > text.usage.prompt_tokens
 
     audio = chat(client, [{"role": "user", "content": [audio_part(1.0)]}])
-    mixed = chat(client, [{"role": "user", "content": [audio_part(1.0, "flac"), {"type": "text", "text": "Is it bad?"}]}])
+    mixed = chat(
+        client,
+        [{"role": "user", "content": [audio_part(1.0, "flac"), {"type": "text", "text": "Is it bad?"}]}],
+    )
     # audio tokens count as prompt tokens: 1 s at 50 / 8 Hz is ~7 embedding slots beside the chat template's
     assert audio.usage.prompt_tokens > 7 and mixed.usage.prompt_tokens > audio.usage.prompt_tokens
-    multi = chat(client, [{"role": "system", "content": "You are a careful medical assistant."},
-                          {"role": "user", "content": [audio_part(0.5)]},
-                          {"role": "assistant", "content": "I hear a tone."},
-                          {"role": "user", "content": "What else?"}])
+    multi = chat(
+        client,
+        [
+            {"role": "system", "content": "You are a careful medical assistant."},
+            {"role": "user", "content": [audio_part(0.5)]},
+            {"role": "assistant", "content": "I hear a tone."},
+            {"role": "user", "content": "What else?"},
+        ],
+    )
     assert multi.usage.prompt_tokens > mixed.usage.prompt_tokens - 10
     assert multi.choices[0].message.content is not None
 
@@ -277,12 +335,17 @@ def test_streaming_matches_non_streaming(client):
 def test_concurrent_requests_are_batched_and_match_single(client):
     from ray import serve
 
-    prompts = [[{"role": "user", "content": [audio_part(0.3 + 0.2 * i), {"type": "text", "text": f"Case {i}?"}]}]
-               for i in range(6)]
+    prompts = [
+        [{"role": "user", "content": [audio_part(0.3 + 0.2 * i), {"type": "text", "text": f"Case {i}?"}]}]
+        for i in range(6)
+    ]
     single = [chat(client, p).choices[0].message.content for p in prompts[:2]]
     llm = serve.get_deployment_handle("LLM", app_name="medlm")
     encoder = serve.get_deployment_handle("SpeechEncoder", app_name="medlm")
-    before = llm.batch_stats.remote().result()["max_batch"], encoder.batch_stats.remote().result()["max_batch"]
+    before = (
+        llm.batch_stats.remote().result()["max_batch"],
+        encoder.batch_stats.remote().result()["max_batch"],
+    )
     with cf.ThreadPoolExecutor(6) as pool:
         together = list(pool.map(lambda p: chat(client, p).choices[0].message.content, prompts))
     assert together[:2] == single  # left padding + splicing in a batch changes nothing
@@ -314,7 +377,10 @@ def spoken_question(text: str) -> dict:
 
     (wave,) = speak([text], voice_bank(1, backend="piper")[0])
     data = base64.b64encode(encode_wav(wave, 16000)).decode()
-    return {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}
+    return {
+        "role": "user",
+        "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}],
+    }
 
 
 @pytest.mark.slow
@@ -324,14 +390,24 @@ def test_spoken_replies_streaming_and_not(client):
     import soundfile as sf
 
     messages = [{"role": "user", "content": "What is asthma? Tell me about its causes and its treatment."}]
-    full = chat(client, messages, max_tokens=48, modalities=["text", "audio"], audio={"voice": "joe", "format": "wav"})
+    full = chat(
+        client, messages, max_tokens=48, modalities=["text", "audio"], audio={"voice": "joe", "format": "wav"}
+    )
     message = full.choices[0].message
     assert message.audio.id.startswith("audio_") and message.audio.transcript == message.content
     wave, rate = sf.read(io.BytesIO(base64.b64decode(message.audio.data)))
     assert rate == 24000 and len(wave) / rate > 1.0 and np.abs(wave).max() > 0.05  # speech, not silence
 
-    events = list(chat(client, messages, max_tokens=48, stream=True, modalities=["text", "audio"],
-                       audio={"voice": "en-us", "format": "pcm16"}))
+    events = list(
+        chat(
+            client,
+            messages,
+            max_tokens=48,
+            stream=True,
+            modalities=["text", "audio"],
+            audio={"voice": "en-us", "format": "pcm16"},
+        )
+    )
     deltas = [e.choices[0].delta for e in events if e.choices]
     text = "".join(d.content or "" for d in deltas)
     spoken = [(i, d.audio) for i, d in enumerate(deltas) if d.audio]
@@ -345,27 +421,39 @@ def test_spoken_replies_streaming_and_not(client):
 
     import openai
 
-    for kw, code in (({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "invalid_voice"),
-                     ({"modalities": ["text", "audio"]}, "invalid_request")):
+    for kw, code in (
+        ({"modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}}, "invalid_voice"),
+        ({"modalities": ["text", "audio"]}, "invalid_request"),
+    ):
         with pytest.raises(openai.BadRequestError) as err:
             chat(client, messages, **kw)
         assert err.value.body["code"] == code
     earlier = {"role": "assistant", "audio": {"id": message.audio.id}}
     with pytest.raises(openai.BadRequestError) as err:
         chat(client, [*messages, earlier, {"role": "user", "content": "And then?"}])
-    assert err.value.body["code"] == "unsupported_audio_reference" and "transcript" in err.value.body["message"]
+    assert (
+        err.value.body["code"] == "unsupported_audio_reference" and "transcript" in err.value.body["message"]
+    )
     earlier["content"] = message.audio.transcript  # with its transcript the turn is understood
-    assert chat(client, [*messages, earlier, {"role": "user", "content": "And then?"}]).choices[0].message.content
+    assert (
+        chat(client, [*messages, earlier, {"role": "user", "content": "And then?"}])
+        .choices[0]
+        .message.content
+    )
 
 
 @pytest.mark.slow
 def test_cascade_is_whisper_then_the_same_llm(client):
     question = spoken_question("What are the symptoms of asthma?")
     heard = client.audio.transcriptions.create(
-        model="whisper-tiny.en", file=("q.wav", base64.b64decode(question["content"][0]["input_audio"]["data"])))
+        model="whisper-tiny.en",
+        file=("q.wav", base64.b64decode(question["content"][0]["input_audio"]["data"])),
+    )
     cascade = chat(client, [question], model="cascade", max_tokens=16)
     typed = chat(client, [{"role": "user", "content": heard.text}], max_tokens=16)
-    assert cascade.model == "cascade" and cascade.choices[0].message.content == typed.choices[0].message.content
+    assert (
+        cascade.model == "cascade" and cascade.choices[0].message.content == typed.choices[0].message.content
+    )
     assert "asthma" in heard.text.lower()
 
 
@@ -400,14 +488,21 @@ def test_requests_join_the_running_batch_and_leave_on_disconnect(client, server)
     assert short.usage.completion_tokens <= 3 and finished["short"] < finished["long"]
 
     before = llm.batch_stats.remote().result().get("finished_cancelled", 0)
-    with httpx.stream("POST", f"{server}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"model": "medlm", "messages": long_msgs, "max_tokens": 64, "stream": True},
-                      timeout=60) as r:
+    with httpx.stream(
+        "POST",
+        f"{server}/chat/completions",
+        headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "medlm", "messages": long_msgs, "max_tokens": 64, "stream": True},
+        timeout=60,
+    ) as r:
         for line in r.iter_lines():
             if '"content":"' in line and '"content":""' not in line:
                 break  # hang up after the first token
     deadline = time.monotonic() + 30
-    while llm.batch_stats.remote().result().get("finished_cancelled", 0) == before and time.monotonic() < deadline:
+    while (
+        llm.batch_stats.remote().result().get("finished_cancelled", 0) == before
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     assert llm.batch_stats.remote().result().get("finished_cancelled", 0) == before + 1
 
@@ -435,11 +530,12 @@ def test_readme_api_block_runs(server, tmp_path, monkeypatch):
 def test_transcription_and_understanding(client, server):
     tr = client.audio.transcriptions.create(model="medlm", file=("note.wav", encode_wav(tone(1.0), 22050)))
     assert isinstance(tr.text, str)
-    text = client.audio.transcriptions.create(model="medlm", file=("n.flac", encode_wav(tone(1.0), 22050, "FLAC")),
-                                              response_format="text")
+    text = client.audio.transcriptions.create(
+        model="medlm", file=("n.flac", encode_wav(tone(1.0), 22050, "FLAC")), response_format="text"
+    )
     assert isinstance(text, str)
-    from medlm.models.tts import speak, voice_bank
     from medlm.eval.metrics import wer
+    from medlm.models.tts import speak, voice_bank
 
     said = "I have had a dry cough for three days."  # the ASR baseline, served beside the SpeechLM
     (wave,) = speak([said], voice_bank(1, backend="piper")[0])
@@ -447,7 +543,10 @@ def test_transcription_and_understanding(client, server):
     assert wer([said], [tr.text]) <= 0.2, tr.text
     headers = {"Authorization": f"Bearer {KEY}"}
     base = server.removesuffix("/v1")
-    for body in ({"audio": {"data": wav_b64(1.0), "format": "wav"}}, {"text": "Chest pain since Monday, took aspirin."}):
+    for body in (
+        {"audio": {"data": wav_b64(1.0), "format": "wav"}},
+        {"text": "Chest pain since Monday, took aspirin."},
+    ):
         r = httpx.post(f"{base}/v1/understand", json=body, headers=headers, timeout=60)
         assert r.status_code == 200, r.text
         out = r.json()
@@ -465,7 +564,9 @@ def test_ct_search_and_classify(server):
             hits = http.post("/v1/ct/search", json={**query, "k": 3}).json()["results"]
             assert len(hits) == 3 and all(h["id"].startswith("ct-") for h in hits)
             assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-            scores = http.post("/v1/ct/classify", json={**query, "labels": ["Emphysema", "Lung nodule"]}).json()
+            scores = http.post(
+                "/v1/ct/classify", json={**query, "labels": ["Emphysema", "Lung nodule"]}
+            ).json()
             assert [s["label"] for s in scores["scores"]] == ["Emphysema", "Lung nodule"]
             assert all(0 <= s["score"] <= 1 for s in scores["scores"])
         every = http.post("/v1/ct/classify", json={"text": "Normal chest CT."}).json()["scores"]
@@ -482,61 +583,186 @@ def _bad_requests(base: str) -> list[tuple[str, dict]]:
         return json.dumps({"model": "medlm", "messages": ok_msg, **kw})
 
     def audio_msg(data, fmt="wav"):
-        return body(messages=[{"role": "user", "content": [{"type": "input_audio",
-                                                           "input_audio": {"data": data, "format": fmt}}]}])
+        return body(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [{"type": "input_audio", "input_audio": {"data": data, "format": fmt}}],
+                }
+            ]
+        )
 
     return [
         ("no API key", dict(url=chat_url, content=body(), headers={"Content-Type": "application/json"}), 401),
-        ("wrong API key", dict(url=chat_url, content=body(), headers={"Authorization": "Bearer nope",
-                                                                      "Content-Type": "application/json"}), 401),
+        (
+            "wrong API key",
+            dict(
+                url=chat_url,
+                content=body(),
+                headers={"Authorization": "Bearer nope", "Content-Type": "application/json"},
+            ),
+            401,
+        ),
         ("basic auth", dict(url=chat_url, content=body(), headers={"Authorization": "Basic " + KEY}), 401),
-        ("metrics need a key", dict(url=f"{base}/metrics", method="GET"), 401),  # no such route: the key first
+        (
+            "metrics need a key",
+            dict(url=f"{base}/metrics", method="GET"),
+            401,
+        ),  # no such route: the key first
         ("bad JSON", dict(url=chat_url, content=b'{"model": "medlm", "messages": [', headers=js), 400),
-        ("not UTF-8", dict(url=chat_url, content=b'\xff\xfe\x00', headers=js), 400),
-        ("JSON array", dict(url=chat_url, content=b'[1, 2]', headers=js), 400),
-        ("wrong content type", dict(url=chat_url, content=body(), headers={**auth, "Content-Type": "text/plain"}), 415),
-        ("form to JSON route", dict(url=chat_url, content=b"a=b", headers={
-            **auth, "Content-Type": "application/x-www-form-urlencoded"}), 415),
+        ("not UTF-8", dict(url=chat_url, content=b"\xff\xfe\x00", headers=js), 400),
+        ("JSON array", dict(url=chat_url, content=b"[1, 2]", headers=js), 400),
+        (
+            "wrong content type",
+            dict(url=chat_url, content=body(), headers={**auth, "Content-Type": "text/plain"}),
+            415,
+        ),
+        (
+            "form to JSON route",
+            dict(
+                url=chat_url,
+                content=b"a=b",
+                headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
+            ),
+            415,
+        ),
         ("oversize body", dict(url=chat_url, content=body(pad="x" * 1_100_000), headers=js), 413),
-        ("no messages", dict(url=chat_url, content=json.dumps({"model": "medlm", "messages": []}), headers=js), 400),
-        ("unknown role", dict(url=chat_url, content=body(messages=[{"role": "robot", "content": "x"}]), headers=js), 400),
-        ("unknown part", dict(url=chat_url, content=body(messages=[{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "http://x"}}]}]), headers=js), 400),
-        ("last turn not user", dict(url=chat_url, content=body(messages=[*ok_msg, {"role": "assistant",
-                                                                                   "content": "x"}]), headers=js), 400),
+        (
+            "no messages",
+            dict(url=chat_url, content=json.dumps({"model": "medlm", "messages": []}), headers=js),
+            400,
+        ),
+        (
+            "unknown role",
+            dict(url=chat_url, content=body(messages=[{"role": "robot", "content": "x"}]), headers=js),
+            400,
+        ),
+        (
+            "unknown part",
+            dict(
+                url=chat_url,
+                content=body(
+                    messages=[
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}
+                    ]
+                ),
+                headers=js,
+            ),
+            400,
+        ),
+        (
+            "last turn not user",
+            dict(
+                url=chat_url,
+                content=body(messages=[*ok_msg, {"role": "assistant", "content": "x"}]),
+                headers=js,
+            ),
+            400,
+        ),
         ("too many turns", dict(url=chat_url, content=body(messages=ok_msg * 9), headers=js), 400),
         ("too many tokens", dict(url=chat_url, content=body(max_tokens=10_000), headers=js), 400),
         ("negative tokens", dict(url=chat_url, content=body(max_tokens=-1), headers=js), 400),
         ("n > 1", dict(url=chat_url, content=body(n=2), headers=js), 400),
         ("unknown model", dict(url=chat_url, content=body(model="gpt-9"), headers=js), 404),
         ("non-base64 audio", dict(url=chat_url, content=audio_msg("%%% not base64 %%%"), headers=js), 400),
-        ("base64 of non-audio", dict(url=chat_url, content=audio_msg(base64.b64encode(b"hello " * 100).decode()),
-                                     headers=js), 400),
+        (
+            "base64 of non-audio",
+            dict(url=chat_url, content=audio_msg(base64.b64encode(b"hello " * 100).decode()), headers=js),
+            400,
+        ),
         ("empty audio", dict(url=chat_url, content=audio_msg(""), headers=js), 400),
         ("too-long audio", dict(url=chat_url, content=audio_msg(wav_b64(6.0, sr=8000)), headers=js), 400),
         ("unsupported format", dict(url=chat_url, content=audio_msg(wav_b64(0.5), "mp3"), headers=js), 400),
-        ("audio in the text field", dict(url=chat_url, content=body(messages=[{"role": "user",
-                                                                               "content": "a <|audio|> b"}]),
-                                         headers=js), 400),
-        ("transcription without file", dict(url=f"{base}/v1/audio/transcriptions", data={"model": "medlm"},
-                                            files={"x": ("a.txt", b"abc")}, headers=auth), 400),
-        ("transcription of text", dict(url=f"{base}/v1/audio/transcriptions", data={"model": "medlm"},
-                                       files={"file": ("a.wav", b"RIFF not really")}, headers=auth), 400),
-        ("transcription as JSON", dict(url=f"{base}/v1/audio/transcriptions", content=body(), headers=js), 415),
-        ("understand both inputs", dict(url=f"{base}/v1/understand", content=json.dumps(
-            {"text": "x", "audio": {"data": wav_b64(0.2), "format": "wav"}}), headers=js), 400),
+        (
+            "audio in the text field",
+            dict(
+                url=chat_url,
+                content=body(messages=[{"role": "user", "content": "a <|audio|> b"}]),
+                headers=js,
+            ),
+            400,
+        ),
+        (
+            "transcription without file",
+            dict(
+                url=f"{base}/v1/audio/transcriptions",
+                data={"model": "medlm"},
+                files={"x": ("a.txt", b"abc")},
+                headers=auth,
+            ),
+            400,
+        ),
+        (
+            "transcription of text",
+            dict(
+                url=f"{base}/v1/audio/transcriptions",
+                data={"model": "medlm"},
+                files={"file": ("a.wav", b"RIFF not really")},
+                headers=auth,
+            ),
+            400,
+        ),
+        (
+            "transcription as JSON",
+            dict(url=f"{base}/v1/audio/transcriptions", content=body(), headers=js),
+            415,
+        ),
+        (
+            "understand both inputs",
+            dict(
+                url=f"{base}/v1/understand",
+                content=json.dumps({"text": "x", "audio": {"data": wav_b64(0.2), "format": "wav"}}),
+                headers=js,
+            ),
+            400,
+        ),
         ("understand nothing", dict(url=f"{base}/v1/understand", content=b"{}", headers=js), 400),
-        ("ct unknown label", dict(url=f"{base}/v1/ct/classify", content=json.dumps(
-            {"text": "x", "labels": ["Broken leg"]}), headers=js), 400),
-        ("ct search k=0", dict(url=f"{base}/v1/ct/search", content=json.dumps({"text": "x", "k": 0}), headers=js), 400),
-        ("unknown voice", dict(url=chat_url, content=body(modalities=["text", "audio"], audio={
-            "voice": "nobody", "format": "wav"}), headers=js), 400),
-        ("audio out without modalities", dict(url=chat_url, content=body(audio={"voice": "joe", "format": "wav"}),
-                                              headers=js), 400),
-        ("unknown audio format", dict(url=chat_url, content=body(modalities=["text", "audio"], audio={
-            "voice": "joe", "format": "mp3"}), headers=js), 400),
-        ("audio reference only", dict(url=chat_url, content=body(messages=[
-            *ok_msg, {"role": "assistant", "audio": {"id": "audio_1"}}, *ok_msg]), headers=js), 400),
+        (
+            "ct unknown label",
+            dict(
+                url=f"{base}/v1/ct/classify",
+                content=json.dumps({"text": "x", "labels": ["Broken leg"]}),
+                headers=js,
+            ),
+            400,
+        ),
+        (
+            "ct search k=0",
+            dict(url=f"{base}/v1/ct/search", content=json.dumps({"text": "x", "k": 0}), headers=js),
+            400,
+        ),
+        (
+            "unknown voice",
+            dict(
+                url=chat_url,
+                content=body(modalities=["text", "audio"], audio={"voice": "nobody", "format": "wav"}),
+                headers=js,
+            ),
+            400,
+        ),
+        (
+            "audio out without modalities",
+            dict(url=chat_url, content=body(audio={"voice": "joe", "format": "wav"}), headers=js),
+            400,
+        ),
+        (
+            "unknown audio format",
+            dict(
+                url=chat_url,
+                content=body(modalities=["text", "audio"], audio={"voice": "joe", "format": "mp3"}),
+                headers=js,
+            ),
+            400,
+        ),
+        (
+            "audio reference only",
+            dict(
+                url=chat_url,
+                content=body(messages=[*ok_msg, {"role": "assistant", "audio": {"id": "audio_1"}}, *ok_msg]),
+                headers=js,
+            ),
+            400,
+        ),
         ("unknown route", dict(url=f"{base}/v1/nothing", content=body(), headers=js), 404),
         ("wrong method", dict(url=chat_url, method="GET", headers=auth), 405),
     ]
@@ -558,10 +784,13 @@ def test_malformed_requests_get_4xx_json_and_replicas_survive(client, server):
                 failures.append(f"{name}: {r.status_code} {r.text[:200]}")
         assert not failures, "\n".join(failures)
         assert http.get(f"{base}/healthz").json() == {"status": "ok"}
-    counts = _poll_metrics(lambda m: _total(m, "ray_medlm_requests_total", route="/v1/chat/completions",
-                                            status="401") > 0)  # in Ray's metrics (test_metrics_... below)
+    counts = _poll_metrics(
+        lambda m: _total(m, "ray_medlm_requests_total", route="/v1/chat/completions", status="401") > 0
+    )  # in Ray's metrics (test_metrics_... below)
     assert _total(counts, "ray_medlm_requests_total", route="/v1/chat/completions", status="401") > 0
-    assert chat(client, [{"role": "user", "content": [audio_part(0.5)]}]).choices[0].message.content is not None
+    assert (
+        chat(client, [{"role": "user", "content": [audio_part(0.5)]}]).choices[0].message.content is not None
+    )
 
 
 def test_api_key_never_in_app_args():
@@ -589,8 +818,11 @@ def test_serve_config_is_valid_and_consistent():
     args = AppArgs.model_validate(app["args"])
     deployments = {d["name"]: d for d in app["deployments"]}
     assert set(deployments) == {"Ingress", "SpeechEncoder", "LLM", "Speaker"}  # the app without a CT index
-    for name, batching in (("SpeechEncoder", args.encoder_batching), ("LLM", args.llm_batching),
-                           ("Speaker", args.speaker_batching)):
+    for name, batching in (
+        ("SpeechEncoder", args.encoder_batching),
+        ("LLM", args.llm_batching),
+        ("Speaker", args.speaker_batching),
+    ):
         assert deployments[name]["max_ongoing_requests"] >= batching.max_batch_size
         assert 0 < deployments[name]["ray_actor_options"]["num_cpus"] < 1
         assert deployments[name]["autoscaling_config"]["min_replicas"] >= 1
@@ -605,10 +837,15 @@ def _app_shape(app) -> dict[str, dict]:
     def walk(node):
         d = node._bound_deployment
         auto = d._deployment_config.autoscaling_config
-        shape[d.name] = {"max_ongoing_requests": d.max_ongoing_requests,
-                         "ray_actor_options": {"num_cpus": d.ray_actor_options["num_cpus"]},
-                         "autoscaling_config": {"min_replicas": auto.min_replicas, "max_replicas": auto.max_replicas,
-                                                "target_ongoing_requests": auto.target_ongoing_requests}}
+        shape[d.name] = {
+            "max_ongoing_requests": d.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": d.ray_actor_options["num_cpus"]},
+            "autoscaling_config": {
+                "min_replicas": auto.min_replicas,
+                "max_replicas": auto.max_replicas,
+                "target_ongoing_requests": auto.target_ongoing_requests,
+            },
+        }
         for arg in (*d.init_args, *d.init_kwargs.values()):
             if isinstance(arg, serve.Application):
                 walk(arg)
@@ -634,14 +871,21 @@ def test_one_deployment_shape_for_medlm_serve_and_serve_config():
     args = AppArgs.model_validate(app["args"])
     assert _app_shape(build_app(args)) == committed == deployment_options(args)
 
-    other = AppArgs(model_dir="/x", asr_model="whisper-tiny.en", ct_index_dir="/ct",
-                    encoder_batching={"max_batch_size": 2}, speaker_batching={"max_batch_size": 3},
-                    asr_batching={"max_batch_size": 5}, llm_batching={"max_batch_size": 7})
+    other = AppArgs(
+        model_dir="/x",
+        asr_model="whisper-tiny.en",
+        ct_index_dir="/ct",
+        encoder_batching={"max_batch_size": 2},
+        speaker_batching={"max_batch_size": 3},
+        asr_batching={"max_batch_size": 5},
+        llm_batching={"max_batch_size": 7},
+    )
     shape = _app_shape(build_app(other))
     assert shape == deployment_options(other)
-    assert {n: (shape[n]["max_ongoing_requests"], shape[n]["autoscaling_config"]["target_ongoing_requests"])
-            for n in ("SpeechEncoder", "Speaker", "WhisperTranscriber", "LLM")} == {
-        "SpeechEncoder": (4, 2), "Speaker": (6, 3), "WhisperTranscriber": (10, 5), "LLM": (14, 7)}
+    assert {
+        n: (shape[n]["max_ongoing_requests"], shape[n]["autoscaling_config"]["target_ongoing_requests"])
+        for n in ("SpeechEncoder", "Speaker", "WhisperTranscriber", "LLM")
+    } == {"SpeechEncoder": (4, 2), "Speaker": (6, 3), "WhisperTranscriber": (10, 5), "LLM": (14, 7)}
     assert set(shape) == {"Ingress", "SpeechEncoder", "LLM", "WhisperTranscriber", "Speaker", "CTRetriever"}
 
 
@@ -650,8 +894,10 @@ def test_serve_config_generation_replaces_only_its_block(tmp_path):
     from medlm.serving.config import GENERATED_BEGIN, GENERATED_END, write_serve_config
 
     path = tmp_path / "config.yaml"
-    head = ("applications:\n- name: medlm\n  import_path: medlm.serving.app:build_app\n  args:  # kept\n"
-            "    model_dir: /x\n    ct_index_dir: /ct\n    speech: {enabled: false}\n")
+    head = (
+        "applications:\n- name: medlm\n  import_path: medlm.serving.app:build_app\n  args:  # kept\n"
+        "    model_dir: /x\n    ct_index_dir: /ct\n    speech: {enabled: false}\n"
+    )
     path.write_text(f"{head}  {GENERATED_BEGIN}\n  deployments: []\n  {GENERATED_END}\n# after\n")
     assert write_serve_config(path, check=True) and write_serve_config(path)
     assert not write_serve_config(path, check=True)
@@ -668,6 +914,7 @@ def test_serve_config_generation_replaces_only_its_block(tmp_path):
 
 # --- metrics: through Ray's metrics agent -----------------------------------------------------------------------
 
+
 def _scrape() -> list:
     """Every sample of the Ray cluster's Prometheus endpoints (one per node: its metrics agent)."""
     import ray
@@ -676,15 +923,23 @@ def _scrape() -> list:
     samples = []
     for node in ray.nodes():
         if node["Alive"] and node.get("MetricsExportPort", -1) > 0:
-            text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10).text
-            samples += [s for fam in text_string_to_metric_families(text) if fam.name.startswith("ray_medlm_")
-                        for s in fam.samples]
+            text = httpx.get(
+                f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=10
+            ).text
+            samples += [
+                s
+                for fam in text_string_to_metric_families(text)
+                if fam.name.startswith("ray_medlm_")
+                for s in fam.samples
+            ]
     return samples
 
 
 def _total(samples: list, name: str, **labels: str) -> float:
     """Sum over every replica (and node) of the samples ``name`` whose labels include ``labels``."""
-    return sum(s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value for s in samples if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def _poll_metrics(done, timeout: float = 60.0) -> list:
@@ -705,17 +960,28 @@ def test_metrics_reach_rays_prometheus_endpoint(client, server):
     hand-built page of one ingress replica); tags are routes, statuses, models and deployments, never content."""
     base = server.removesuffix("/v1")
     for _ in range(3):  # a route + status no other test sends
-        r = httpx.post(f"{base}/v1/understand", content=b"x", headers={"Authorization": f"Bearer {KEY}",
-                                                                         "Content-Type": "text/plain"}, timeout=60)
+        r = httpx.post(
+            f"{base}/v1/understand",
+            content=b"x",
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"},
+            timeout=60,
+        )
         assert r.status_code == 415
-    said = chat(client, [{"role": "user", "content": [audio_part(1.0), {"type": "text", "text": "Secret words?"}]}],
-                max_tokens=4)
+    said = chat(
+        client,
+        [{"role": "user", "content": [audio_part(1.0), {"type": "text", "text": "Secret words?"}]}],
+        max_tokens=4,
+    )
     assert said.usage.completion_tokens > 0
 
     def ready(m):
-        return _total(m, "ray_medlm_requests_total", route="/v1/understand", status="415") >= 3 and all(
-            _total(m, "ray_medlm_batch_size_count", deployment=d) > 0 for d in ("SpeechEncoder", "LLM")) and \
-            _total(m, "ray_medlm_completion_tokens_total", model="medlm") > 0
+        return (
+            _total(m, "ray_medlm_requests_total", route="/v1/understand", status="415") >= 3
+            and all(
+                _total(m, "ray_medlm_batch_size_count", deployment=d) > 0 for d in ("SpeechEncoder", "LLM")
+            )
+            and _total(m, "ray_medlm_completion_tokens_total", model="medlm") > 0
+        )
 
     samples = _poll_metrics(ready)
     assert _total(samples, "ray_medlm_requests_total", route="/v1/understand", status="415") == 3
@@ -725,6 +991,8 @@ def test_metrics_reach_rays_prometheus_endpoint(client, server):
     for deployment in ("SpeechEncoder", "LLM"):
         assert _total(samples, "ray_medlm_batch_size_count", deployment=deployment) > 0
     requests = [s for s in samples if s.name == "ray_medlm_requests_total"]
-    assert all(s.labels["deployment"] == "Ingress" and s.labels["application"] == "medlm" and s.labels["replica"]
-               for s in requests)
+    assert all(
+        s.labels["deployment"] == "Ingress" and s.labels["application"] == "medlm" and s.labels["replica"]
+        for s in requests
+    )
     assert not any("Secret" in v for s in samples for v in s.labels.values())  # no request content in a tag

@@ -10,8 +10,8 @@ import pytest
 from medlm import storage
 from medlm.config import load_config
 from medlm.train import TrainJobConfig, train
-from medlm.train.core import FAULT_ENV, deepspeed_config, lr_lambda
 from medlm.train.config import OptimSpec
+from medlm.train.core import FAULT_ENV, deepspeed_config, lr_lambda
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +19,20 @@ STEPS = 6
 
 
 def _cfg(job, tiny_data, stack, name, *extra):
-    return load_config(TrainJobConfig, f"{job}.yaml", [
-        f"data.root={tiny_data}", f"run.storage_path={stack.root}/runs", f"run.name={name}",
-        f"optim.steps={STEPS}", "optim.checkpoint_every=2", "optim.log_every=1", "optim.lr=1e-2", *extra])
+    return load_config(
+        TrainJobConfig,
+        f"{job}.yaml",
+        [
+            f"data.root={tiny_data}",
+            f"run.storage_path={stack.root}/runs",
+            f"run.name={name}",
+            f"optim.steps={STEPS}",
+            "optim.checkpoint_every=2",
+            "optim.log_every=1",
+            "optim.lr=1e-2",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +82,11 @@ def _state(export):
 
     from safetensors.torch import load_file
 
-    return {k: v for f in sorted(Path(storage.local_copy(export)).glob("model*.safetensors"))
-            for k, v in load_file(str(f)).items()}
+    return {
+        k: v
+        for f in sorted(Path(storage.local_copy(export)).glob("model*.safetensors"))
+        for k, v in load_file(str(f)).items()
+    }
 
 
 def test_stage2_from_stage1_export(stage1, tiny_data, stack):
@@ -101,17 +115,25 @@ def test_multitask_with_classifier_regularizer(tiny_data, stack):
 def test_deepspeed_config_and_schedule():
     o = OptimSpec(zero_stage=3, offload_optimizer=True, bf16=True, grad_accum=2, warmup_steps=2, steps=10)
     cfg = deepspeed_config(o, micro_batch=4)
-    assert cfg["zero_optimization"]["stage"] == 3 and cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert (
+        cfg["zero_optimization"]["stage"] == 3
+        and cfg["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    )
     assert cfg["bf16"]["enabled"] and cfg["gradient_accumulation_steps"] == 2
     f = lr_lambda(o)
-    assert f(0) == 0.5 and f(1) == 1.0 and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(o.min_lr_ratio)
+    assert (
+        f(0) == 0.5 and f(1) == 1.0 and f(2) == pytest.approx(1.0) and f(10) == pytest.approx(o.min_lr_ratio)
+    )
     assert all(f(i) >= f(i + 1) for i in range(2, 10))
 
 
-@pytest.mark.parametrize("config, falls, absent", [
-    ("stage2_real.yaml", "kd_loss", ()),                                 # KD from text (+ CTC kept)
-    ("stage2_ctc_real.yaml", "ctc_loss", ("lm_loss", "kd_loss")),        # CTC alignment, no LLM forward
-])
+@pytest.mark.parametrize(
+    "config, falls, absent",
+    [
+        ("stage2_real.yaml", "kd_loss", ()),  # KD from text (+ CTC kept)
+        ("stage2_ctc_real.yaml", "ctc_loss", ("lm_loss", "kd_loss")),  # CTC alignment, no LLM forward
+    ],
+)
 def test_stage2_on_the_real_preset_aligns(tiny_data, stack, config, falls, absent):
     """Stage 2's real recipes (whisper-tiny.en + SmolLM2 frozen, adapter only) for a few steps under Ray
     Train + DeepSpeed with 2 CPU workers: the aligning loss falls; the CTC stage computes no LM / KD loss."""
@@ -119,10 +141,23 @@ def test_stage2_on_the_real_preset_aligns(tiny_data, stack, config, falls, absen
 
     if not all(is_fetched(n) for n in PARTS):
         pytest.skip("model store not fetched (run `medlm models fetch`)")
-    res = train(load_config(TrainJobConfig, config, [
-        f"data.root={tiny_data}", f"run.storage_path={stack.root}/runs", f"run.name=t-{config.removesuffix('.yaml')}",
-        "optim.steps=8", "optim.warmup_steps=1", "optim.log_every=2", "optim.checkpoint_every=8",
-        "optim.lr=5e-3", "data.batch_rows=2"]))
+    res = train(
+        load_config(
+            TrainJobConfig,
+            config,
+            [
+                f"data.root={tiny_data}",
+                f"run.storage_path={stack.root}/runs",
+                f"run.name=t-{config.removesuffix('.yaml')}",
+                "optim.steps=8",
+                "optim.warmup_steps=1",
+                "optim.log_every=2",
+                "optim.checkpoint_every=8",
+                "optim.lr=5e-3",
+                "data.batch_rows=2",
+            ],
+        )
+    )
     values = [m[falls] for m in res["history"]]
     assert len(values) == 4 and values[-1] < values[0], values
     assert not any(k in m for m in res["history"] for k in absent)

@@ -17,12 +17,20 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _noise(seconds, seed):
-    return (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLING_RATE)) * 0.1).astype(np.float32)
+    return (np.random.default_rng(seed).standard_normal(int(seconds * SAMPLING_RATE)) * 0.1).astype(
+        np.float32
+    )
 
 
 def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), DS_ACCELERATOR="cpu")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        DS_ACCELERATOR="cpu",
+    )
     import deepspeed
     import torch
     import torch.distributed as dist
@@ -33,18 +41,43 @@ def _rank(rank: int, world: int, port: int, out_dir: str) -> None:
 
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model, proc = build_model(ModelSpec(preset="tiny", lora_r=8, encoder_lora_r=2, num_classes=3, kd_weight=0.5,
-                                        trainable=[r"^adapter\.", r"^classifier\.", "lora_"]))
+    model, proc = build_model(
+        ModelSpec(
+            preset="tiny",
+            lora_r=8,
+            encoder_lora_r=2,
+            num_classes=3,
+            kd_weight=0.5,
+            trainable=[r"^adapter\.", r"^classifier\.", "lora_"],
+        )
+    )
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(params, lr=1e-3),
-                                      config=deepspeed_config(OptimSpec(zero_stage=3), 1))
-    text = [{"role": "user", "content": "Text only question."}, {"role": "assistant", "content": "Text answer."}]
-    spoken = [{"role": "user", "content": [{"type": "audio", "audio": _noise(1.0, 1), "sampling_rate": SAMPLING_RATE,
-                                            "transcript": "It hurts here."}]},
-              {"role": "assistant", "content": "Where exactly?"}]
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=torch.optim.AdamW(params, lr=1e-3),
+        config=deepspeed_config(OptimSpec(zero_stage=3), 1),
+    )
+    text = [
+        {"role": "user", "content": "Text only question."},
+        {"role": "assistant", "content": "Text answer."},
+    ]
+    spoken = [
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "audio",
+                    "audio": _noise(1.0, 1),
+                    "sampling_rate": SAMPLING_RATE,
+                    "transcript": "It hurts here.",
+                }
+            ],
+        },
+        {"role": "assistant", "content": "Where exactly?"},
+    ]
     losses = []
     for step in range(3):
-        conv = text if (rank + step) % 2 == 0 else spoken   # the ranks always disagree
+        conv = text if (rank + step) % 2 == 0 else spoken  # the ranks always disagree
         # lockstep as the training core passes it when world > 1 (SpeechLM.forward)
         out = engine(**proc.collate([proc.featurize(conv, class_label=1)]), lockstep=world > 1)
         engine.backward(out.loss)

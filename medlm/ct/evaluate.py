@@ -16,14 +16,15 @@ from medlm.ct.index import CTEncoders
 from medlm.ct.metrics import gap_recovered, prompts, zero_shot_probs
 from medlm.ct.preprocess import featurize_rows
 from medlm.data.schema import CT_RATE_CLASSES
-from medlm.models.tts import speak, voice_bank
 from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
+from medlm.models.tts import speak, voice_bank
 
 RECALL_KS = (1, 5, 10)
 
 
-def classification_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray,
-                          classes) -> dict:
+def classification_report(
+    y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarray, p_test: np.ndarray, classes
+) -> dict:
     """:func:`medlm.eval.metrics.zero_shot_auroc_f1` (thresholds from validation, scored on test) in
     the shape ``results.json``/``results.md`` use: macro ``auroc``, ``f1``, ``precision``, ``accuracy``
     (over the classes whose test labels hold both values, ``n_scored``) and ``per_class``.
@@ -33,9 +34,16 @@ def classification_report(y_val: np.ndarray, p_val: np.ndarray, y_test: np.ndarr
     threshold, nothing predicted positive; ``threshold_source`` is then ``"youden"``, not ``"default"``).
     """
     m = zero_shot_auroc_f1(p_test, y_test, p_val, y_val, class_names=list(classes))
-    return _finite_or_none({"auroc": m["auroc_macro"], "f1": m["f1_macro"], "precision": m["precision_macro"],
-                            "accuracy": m["accuracy_macro"], "n_scored": m["n_scored"],
-                            "per_class": m["per_class"]})
+    return _finite_or_none(
+        {
+            "auroc": m["auroc_macro"],
+            "f1": m["f1_macro"],
+            "precision": m["precision_macro"],
+            "accuracy": m["accuracy_macro"],
+            "n_scored": m["n_scored"],
+            "per_class": m["per_class"],
+        }
+    )
 
 
 def retrieval_report(query_emb: np.ndarray, gallery_emb: np.ndarray, ks=RECALL_KS) -> dict[str, float]:
@@ -61,8 +69,10 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
     from medlm.data import iter_rows
 
     teacher = CTEncoders(storage.join(output, "teacher"))
-    students = {"speech_no_kd": CTEncoders(storage.join(output, "teacher"), storage.join(output, "student_align")),
-                "speech_kd": CTEncoders(storage.join(output, "teacher"), storage.join(output, "student"))}
+    students = {
+        "speech_no_kd": CTEncoders(storage.join(output, "teacher"), storage.join(output, "student_align")),
+        "speech_kd": CTEncoders(storage.join(output, "teacher"), storage.join(output, "student")),
+    }
     rows = {s: [r for r in iter_rows(data_uri) if r["split"] == s] for s in ("val", "test")}
     for s, rs in rows.items():
         if len(rs) < 2:
@@ -82,14 +92,17 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
 
     results: dict = {"n_val": len(rows["val"]), "n_test": len(rows["test"]), "zero_shot": {}, "retrieval": {}}
     results["zero_shot"]["teacher_text"] = zero_shot(teacher.embed_texts(present + absent), teacher)
-    results["retrieval"]["teacher_text"] = retrieval_report(teacher.embed_texts(list(data["test"]["report"])),
-                                                            image["test"])
+    results["retrieval"]["teacher_text"] = retrieval_report(
+        teacher.embed_texts(list(data["test"]["report"])), image["test"]
+    )
     for name, enc in students.items():
         results["zero_shot"][name] = zero_shot(enc.embed_audio(spoken_prompts), enc)
         results["retrieval"][name] = retrieval_report(enc.embed_audio(wavs["test"]), image["test"])
     z = results["zero_shot"]
-    results["gap_recovered"] = {m: gap_recovered(z["teacher_text"][m], z["speech_no_kd"][m], z["speech_kd"][m])
-                                for m in ("f1", "auroc")}
+    results["gap_recovered"] = {
+        m: gap_recovered(z["teacher_text"][m], z["speech_no_kd"][m], z["speech_kd"][m])
+        for m in ("f1", "auroc")
+    }
     results["exports"] = {k: storage.join(output, k) for k in ("teacher", "student_align", "student")}
     return results
 

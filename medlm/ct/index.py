@@ -31,12 +31,14 @@ from medlm.data.schema import CT_RATE_CLASSES
 
 def _no_grad(fn):
     """Run ``fn`` under ``torch.no_grad()`` (torch is imported lazily, so no bare decorator)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         import torch
 
         with torch.no_grad():
             return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -51,7 +53,9 @@ class CTEncoders:
         local = storage.local_copy(teacher_dir)
         self.teacher = CTClipModel.from_pretrained(local).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(local)
-        self.student = SpeechCTModel.from_pretrained(storage.local_copy(student_dir)).eval() if student_dir else None
+        self.student = (
+            SpeechCTModel.from_pretrained(storage.local_copy(student_dir)).eval() if student_dir else None
+        )
         self.volume_shape = tuple(self.teacher.config.vision["volume_shape"])
         self.logit_scale = float(self.teacher.logit_scale.detach())
 
@@ -66,10 +70,14 @@ class CTEncoders:
 
         volumes = np.asarray(volumes, dtype=np.float32)
         if volumes.ndim != 4 or volumes.shape[1:] != self.volume_shape:
-            raise ValueError(f"expected preprocessed volumes (N, {', '.join(map(str, self.volume_shape))}), "
-                             f"got {volumes.shape}")
-        out = [self.teacher.encode_volume(torch.from_numpy(volumes[i:i + batch_size])).numpy()
-               for i in range(0, len(volumes), batch_size)]
+            raise ValueError(
+                f"expected preprocessed volumes (N, {', '.join(map(str, self.volume_shape))}), "
+                f"got {volumes.shape}"
+            )
+        out = [
+            self.teacher.encode_volume(torch.from_numpy(volumes[i : i + batch_size])).numpy()
+            for i in range(0, len(volumes), batch_size)
+        ]
         return np.concatenate(out)
 
     @_no_grad
@@ -80,7 +88,9 @@ class CTEncoders:
             raise ValueError("texts must be a non-empty list of non-empty strings")
         out = []
         for i in range(0, len(texts), batch_size):
-            enc = text_inputs(self.tokenizer, texts[i:i + batch_size], 512, self.teacher.config.text_per_sentence)
+            enc = text_inputs(
+                self.tokenizer, texts[i : i + batch_size], 512, self.teacher.config.text_per_sentence
+            )
             out.append(self.teacher.encode_text(**enc).numpy())
         return np.concatenate(out)
 
@@ -93,30 +103,50 @@ class CTEncoders:
             raise ValueError("no speech student loaded")
         out = []
         for i in range(0, len(waveforms), batch_size):
-            f = self.student.featurize(waveforms[i:i + batch_size])
-            out.append(self.student.encode_speech(*(torch.from_numpy(f[k]) for k in
-                                                    ("input_features", "frame_mask", "chunks"))).numpy())
+            f = self.student.featurize(waveforms[i : i + batch_size])
+            out.append(
+                self.student.encode_speech(
+                    *(torch.from_numpy(f[k]) for k in ("input_features", "frame_mask", "chunks"))
+                ).numpy()
+            )
         return np.concatenate(out)
 
 
 class CTIndex:
     """Volume embeddings + the encoders that query them (text, speech) and zero-shot class prompts."""
 
-    def __init__(self, encoders: CTEncoders, ids: list[str], embeddings: np.ndarray,
-                 volume_spec: VolumeSpec, classes: tuple[str, ...] = CT_RATE_CLASSES):
+    def __init__(
+        self,
+        encoders: CTEncoders,
+        ids: list[str],
+        embeddings: np.ndarray,
+        volume_spec: VolumeSpec,
+        classes: tuple[str, ...] = CT_RATE_CLASSES,
+    ):
         if len(ids) != len(embeddings):
             raise ValueError(f"{len(ids)} ids but {len(embeddings)} embeddings")
         if len(set(ids)) != len(ids):
             raise ValueError("volume ids must be unique")
-        self.encoders, self.ids, self.embeddings = encoders, list(ids), np.asarray(embeddings, dtype=np.float32)
+        self.encoders, self.ids, self.embeddings = (
+            encoders,
+            list(ids),
+            np.asarray(embeddings, dtype=np.float32),
+        )
         self.volume_spec, self.classes = volume_spec, tuple(classes)
         present, absent = prompts(self.classes)
         emb = encoders.embed_texts(present + absent)
-        self.present_emb, self.absent_emb = emb[: len(self.classes)], emb[len(self.classes):]
+        self.present_emb, self.absent_emb = emb[: len(self.classes)], emb[len(self.classes) :]
 
     @classmethod
-    def build(cls, model_dir: str, volumes, ids: list[str], spacings=None, volume_spec: VolumeSpec | None = None,
-              preprocessed: bool = False) -> "CTIndex":
+    def build(
+        cls,
+        model_dir: str,
+        volumes,
+        ids: list[str],
+        spacings=None,
+        volume_spec: VolumeSpec | None = None,
+        preprocessed: bool = False,
+    ) -> "CTIndex":
         """Index HU ``volumes`` (each (D, H, W) with its ``spacings`` entry in mm), or ``preprocessed`` ones.
 
         ``volume_spec`` defaults to the teacher's input shape at the synthetic set's base spacing.
@@ -124,7 +154,9 @@ class CTIndex:
         from medlm.data.synth_ct import base_spacing
 
         enc = CTEncoders.from_output(model_dir)
-        spec = volume_spec or VolumeSpec(target_shape=enc.volume_shape, target_spacing=base_spacing(enc.volume_shape))
+        spec = volume_spec or VolumeSpec(
+            target_shape=enc.volume_shape, target_spacing=base_spacing(enc.volume_shape)
+        )
         if len(volumes) != len(ids):
             raise ValueError(f"{len(volumes)} volumes but {len(ids)} ids")
         if preprocessed:
@@ -151,8 +183,15 @@ class CTIndex:
         if self.encoders.student is not None:
             self.encoders.student.save_pretrained(str(local / "student"))
         np.save(local / "embeddings.npy", self.embeddings)
-        (local / "index.json").write_text(json.dumps({"ids": self.ids, "classes": list(self.classes),
-                                                      "volume_spec": self.volume_spec.model_dump(mode="json")}))
+        (local / "index.json").write_text(
+            json.dumps(
+                {
+                    "ids": self.ids,
+                    "classes": list(self.classes),
+                    "volume_spec": self.volume_spec.model_dump(mode="json"),
+                }
+            )
+        )
         return path
 
     @classmethod
@@ -163,8 +202,13 @@ class CTIndex:
         meta = json.loads((local / "index.json").read_text())
         student = str(local / "student") if (local / "student").exists() else None
         enc = CTEncoders(str(local / "teacher"), student)
-        return cls(enc, meta["ids"], np.load(local / "embeddings.npy"), VolumeSpec(**meta["volume_spec"]),
-                   tuple(meta["classes"]))
+        return cls(
+            enc,
+            meta["ids"],
+            np.load(local / "embeddings.npy"),
+            VolumeSpec(**meta["volume_spec"]),
+            tuple(meta["classes"]),
+        )
 
     # ---- queries -----------------------------------------------------------------------------------------
 
@@ -189,7 +233,9 @@ class CTIndex:
         if unknown:
             raise ValueError(f"unknown classes {unknown}; known: {list(self.classes)}")
         idx = [self.classes.index(n) for n in names]
-        p = zero_shot_probs(emb[None], self.present_emb[idx], self.absent_emb[idx], self.encoders.logit_scale)[0]
+        p = zero_shot_probs(
+            emb[None], self.present_emb[idx], self.absent_emb[idx], self.encoders.logit_scale
+        )[0]
         return {n: float(v) for n, v in zip(names, p)}
 
     def classify(self, query: str | np.ndarray, labels: list[str] | None = None) -> dict[str, float]:
@@ -199,13 +245,20 @@ class CTIndex:
         else:
             wav = np.asarray(query)
             if wav.ndim != 1:
-                raise ValueError(f"classify takes a report (text or 1-D audio); use classify_volume for "
-                                 f"volumes (got an array of shape {wav.shape})")
+                raise ValueError(
+                    f"classify takes a report (text or 1-D audio); use classify_volume for "
+                    f"volumes (got an array of shape {wav.shape})"
+                )
             emb = self.encoders.embed_audio([wav])[0]
         return self._scores(emb, labels)
 
-    def classify_volume(self, id: str | None = None, volume: np.ndarray | None = None, spacing=None,
-                        labels: list[str] | None = None) -> dict[str, float]:
+    def classify_volume(
+        self,
+        id: str | None = None,
+        volume: np.ndarray | None = None,
+        spacing=None,
+        labels: list[str] | None = None,
+    ) -> dict[str, float]:
         """CT-CLIP zero-shot P(present) per class for an indexed volume ``id`` or a HU ``volume`` + ``spacing``."""
         if (id is None) == (volume is None):
             raise ValueError("pass exactly one of id or volume")

@@ -30,7 +30,14 @@ from pydantic import Field, model_validator
 
 from medlm import storage
 from medlm.config import Section, config_to_dict
-from medlm.ct.build import TINY_SHAPE, CTModelSpec, build_student, build_teacher, speech_model_spec, teacher_text_inputs
+from medlm.ct.build import (
+    TINY_SHAPE,
+    CTModelSpec,
+    build_student,
+    build_teacher,
+    speech_model_spec,
+    teacher_text_inputs,
+)
 from medlm.ct.evaluate import evaluate_exports
 from medlm.ct.preprocess import VolumeSpec, featurize_rows
 from medlm.data.synth_ct import base_spacing
@@ -44,8 +51,9 @@ EXPORTS = {"teacher": "teacher", "align": "student_align", "distill": "student"}
 
 # --- config -----------------------------------------------------------------------------------
 
+
 class CTDataSpec(Section):
-    uri: str | None = None                # ct shards; unset = write the synthetic set under output/data/ct
+    uri: str | None = None  # ct shards; unset = write the synthetic set under output/data/ct
     synthetic_cases: int = Field(default=160, ge=8)
     synthetic_shape: tuple[int, int, int] = TINY_SHAPE
     seed: int = 0
@@ -71,11 +79,11 @@ class DistillSpec(PhaseSpec):
 
 
 class CTClipConfig(Section):
-    output: str = "s3://medlm/runs/ct_clip"   # exports, results (local dir or s3://)
-    name: str = "ct_clip"                      # Ray Train run name (checkpoints under storage_path/name)
-    storage_path: str | None = None            # default: output/ray
+    output: str = "s3://medlm/runs/ct_clip"  # exports, results (local dir or s3://)
+    name: str = "ct_clip"  # Ray Train run name (checkpoints under storage_path/name)
+    storage_path: str | None = None  # default: output/ray
     num_workers: int = Field(default=1, ge=1)
-    use_gpu: bool = False                      # one GPU per Ray Train worker (phases and batches on the GPU)
+    use_gpu: bool = False  # one GPU per Ray Train worker (phases and batches on the GPU)
     cpus_per_worker: float = Field(default=1.0, gt=0)
     seed: int = 0
     data: CTDataSpec = CTDataSpec()
@@ -88,12 +96,15 @@ class CTClipConfig(Section):
     @model_validator(mode="after")
     def _sentence_keep_needs_sentences(self):
         if self.teacher.sentence_keep < 1 and not (self.model.text_trainable or self.model.text_per_sentence):
-            raise ValueError("teacher.sentence_keep < 1 with a frozen text encoder needs model.text_per_sentence=true "
-                             "(its states are then cached per sentence)")
+            raise ValueError(
+                "teacher.sentence_keep < 1 with a frozen text encoder needs model.text_per_sentence=true "
+                "(its states are then cached per sentence)"
+            )
         return self
 
 
 # --- data -------------------------------------------------------------------------------------
+
 
 class CTFeaturizer:
     """Ray Data ``map_batches`` callable: ct rows -> preprocessed volume + speech features (numpy only)."""
@@ -117,9 +128,17 @@ def make_ct_shards(cfg: CTClipConfig) -> str:
 
     d = cfg.data
     out = storage.join(cfg.output, "data")
-    mcfg = MakeDataConfig(output=out, seed=d.seed, consultations=0, speech_consultations=0, utterances=0,
-                          ct_cases=d.synthetic_cases, ct_shape=d.synthetic_shape, rows_per_shard=d.rows_per_shard,
-                          max_audio_seconds=d.max_audio_seconds)
+    mcfg = MakeDataConfig(
+        output=out,
+        seed=d.seed,
+        consultations=0,
+        speech_consultations=0,
+        utterances=0,
+        ct_cases=d.synthetic_cases,
+        ct_shape=d.synthetic_shape,
+        rows_per_shard=d.rows_per_shard,
+        max_audio_seconds=d.max_audio_seconds,
+    )
     uri = storage.join(out, "ct")
     storage.delete_files(uri)
     stats = make_shards(mcfg, ["ct"])
@@ -128,6 +147,7 @@ def make_ct_shards(cfg: CTClipConfig) -> str:
 
 
 # --- tasks ------------------------------------------------------------------------------------
+
 
 def _tensor_batch(batch: dict[str, np.ndarray], with_volume: bool = True, with_speech: bool = False) -> dict:
     import torch
@@ -138,8 +158,9 @@ def _tensor_batch(batch: dict[str, np.ndarray], with_volume: bool = True, with_s
     if with_speech:
         feats = [np.asarray(f, dtype=np.float32) for f in batch["input_features"]]
         out["input_features"] = torch.from_numpy(np.concatenate(feats))
-        out["frame_mask"] = torch.from_numpy(np.concatenate([np.asarray(m, dtype=np.float32)
-                                                             for m in batch["frame_mask"]]))
+        out["frame_mask"] = torch.from_numpy(
+            np.concatenate([np.asarray(m, dtype=np.float32) for m in batch["frame_mask"]])
+        )
         out["chunks"] = torch.tensor([len(f) for f in feats], dtype=torch.long)
     return out
 
@@ -187,8 +208,9 @@ class TeacherTask:
         new = sorted({k for ks in keys for k in ks if k not in self.states})
         if new:  # each key is one sequence
             with torch.no_grad():
-                states, mask = self.model.text_states(**_on(self.model, text_inputs(self.tokenizer, new,
-                                                                                    spec.max_text_tokens)))
+                states, mask = self.model.text_states(
+                    **_on(self.model, text_inputs(self.tokenizer, new, spec.max_text_tokens))
+                )
             self.states.update((k, h[m.bool()]) for k, h, m in zip(new, states, mask))
         states, mask = pad_text_states([torch.cat([self.states[k] for k in ks]) for ks in keys])
         return {**out, "text_states": states, "attention_mask": mask}
@@ -196,15 +218,20 @@ class TeacherTask:
     def loss(self, model, batch: dict):
         loss, img, txt = model(**batch)
         acc = (txt @ img.t()).argmax(1).eq(_arange(img)).float().mean()
-        return loss, {"loss": loss.item(), "t2i_acc": acc.item(), "logit_scale": model.logit_scale.exp().item()}
+        return loss, {
+            "loss": loss.item(),
+            "t2i_acc": acc.item(),
+            "logit_scale": model.logit_scale.exp().item(),
+        }
 
 
 class StudentTask:
     """The speech student against a frozen teacher: ``align`` (InfoNCE to the teacher's report embedding)
     or ``distill`` (KL to the teacher's report->volume similarities, plus ``align_weight`` x alignment)."""
 
-    def __init__(self, cfg: CTClipConfig, teacher, tokenizer, phase: Literal["align", "distill"],
-                 init_from=None):
+    def __init__(
+        self, cfg: CTClipConfig, teacher, tokenizer, phase: Literal["align", "distill"], init_from=None
+    ):
         self.cfg, self.teacher, self.tokenizer, self.name = cfg, teacher.eval(), tokenizer, phase
         self.init_from = init_from
         self.text_emb: dict[str, Any] = {}  # report -> the frozen teacher's embedding (computed once)
@@ -245,8 +272,11 @@ class StudentTask:
             return align, {"loss": align.item(), **metrics}
         img = batch["image_emb"].to(speech.dtype)
         t_scale = self.teacher.logit_scale.exp()
-        kd = kd_loss(model.logit_scale.exp() * speech @ img.t(), t_scale * text @ img.t(),
-                     self.cfg.distill.kd_temperature)
+        kd = kd_loss(
+            model.logit_scale.exp() * speech @ img.t(),
+            t_scale * text @ img.t(),
+            self.cfg.distill.kd_temperature,
+        )
         w = self.cfg.distill.align_weight
         loss = w * align + (1 - w) * kd
         return loss, {"loss": loss.item(), "kd_loss": kd.item(), **metrics}
@@ -269,6 +299,7 @@ def _on(model, inputs):
 
 # --- worker side ------------------------------------------------------------------------------
 
+
 def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
     """Train ``task.build_model()`` for ``phase.steps`` DeepSpeed steps with the shared training core;
     returns (engine, last metrics)."""
@@ -276,9 +307,15 @@ def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
 
     seed_everything(seed)
     engine, _ = build_engine(task.build_model(), phase, phase.batch_size)
-    batches = endless(lambda epoch: shard.iter_batches(
-        batch_size=phase.batch_size, batch_format="numpy", drop_last=True,
-        local_shuffle_buffer_size=4 * phase.batch_size, local_shuffle_seed=seed + epoch))
+    batches = endless(
+        lambda epoch: shard.iter_batches(
+            batch_size=phase.batch_size,
+            batch_format="numpy",
+            drop_last=True,
+            local_shuffle_buffer_size=4 * phase.batch_size,
+            local_shuffle_seed=seed + epoch,
+        )
+    )
     metrics: dict = {}
     for step in range(phase.steps):
         loss, metrics = task.loss(engine, to_device(task.collate(next(batches)), engine.device))
@@ -315,8 +352,9 @@ def train_loop(config: dict) -> None:
                 if tokenizer is not None:
                     tokenizer.save_pretrained(str(export))
                 storage.copy_tree(str(export), storage.join(cfg.output, EXPORTS[name]))
-            ray.train.report({"phase": name, **(metrics or {})},
-                             checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir))
+            ray.train.report(
+                {"phase": name, **(metrics or {})}, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir)
+            )
 
     teacher_task = TeacherTask(cfg)
     engine, m = run_phase(teacher_task, cfg.teacher, shard, cfg.seed, log_fn)
@@ -334,6 +372,7 @@ def train_loop(config: dict) -> None:
 
 # --- driver side ------------------------------------------------------------------------------
 
+
 def train_dataset(cfg: CTClipConfig, uri: str):
     """The training split of ``uri``'s ct shards, featurized by Ray Data (streamed, preprocessed once)."""
     import ray.data
@@ -342,8 +381,13 @@ def train_dataset(cfg: CTClipConfig, uri: str):
     from medlm.data import read_ray
 
     ds = read_ray(uri).filter(expr=col("split") == "train")
-    return ds.map_batches(CTFeaturizer, fn_constructor_args=(config_to_dict(cfg),), batch_size=16,
-                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1)).materialize()
+    return ds.map_batches(
+        CTFeaturizer,
+        fn_constructor_args=(config_to_dict(cfg),),
+        batch_size=16,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=1),
+    ).materialize()
 
 
 def run_ct_clip(cfg: CTClipConfig) -> dict:
@@ -351,18 +395,25 @@ def run_ct_clip(cfg: CTClipConfig) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    storage.makedirs(cfg.output) if storage.is_s3(cfg.output) else Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    storage.makedirs(cfg.output) if storage.is_s3(cfg.output) else Path(cfg.output).mkdir(
+        parents=True, exist_ok=True
+    )
     uri = cfg.data.uri or make_ct_shards(cfg)
     ds = train_dataset(cfg, uri)
     storage_path = cfg.storage_path or storage.join(cfg.output, "ray")
     if not storage.is_s3(storage_path):
         Path(storage_path).mkdir(parents=True, exist_ok=True)
     trainer = TorchTrainer(
-        train_loop, train_loop_config=config_to_dict(cfg),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        train_loop,
+        train_loop_config=config_to_dict(cfg),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker},
+        ),
         run_config=RunConfig(name=cfg.name, storage_path=storage_path),
-        datasets={"train": ds})
+        datasets={"train": ds},
+    )
     result = trainer.fit()
     if result.error:
         raise result.error
@@ -375,17 +426,30 @@ def run_ct_clip(cfg: CTClipConfig) -> dict:
 
 def results_markdown(r: dict) -> str:
     z = r["zero_shot"]
-    lines = ["# SpeechCT-CLIP miniature reproduction", "",
-             f"Test split: {r['n_test']} volumes; thresholds (Youden J) chosen on {r['n_val']} validation volumes.", "",
-             "| model | zero-shot AUROC | zero-shot F1 | R@1 | R@5 | R@10 |", "|---|---|---|---|---|---|"]
-    for name, label in (("teacher_text", "text teacher (CT-CLIP)"), ("speech_no_kd", "speech, no KD"),
-                        ("speech_kd", "speech, with KD")):
+    lines = [
+        "# SpeechCT-CLIP miniature reproduction",
+        "",
+        f"Test split: {r['n_test']} volumes; thresholds (Youden J) chosen on {r['n_val']} validation volumes.",
+        "",
+        "| model | zero-shot AUROC | zero-shot F1 | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, label in (
+        ("teacher_text", "text teacher (CT-CLIP)"),
+        ("speech_no_kd", "speech, no KD"),
+        ("speech_kd", "speech, with KD"),
+    ):
         ret = r["retrieval"][name]
-        lines.append(f"| {label} | {_fmt(z[name]['auroc'])} | {_fmt(z[name]['f1'])} | {_fmt(ret['R@1'])} | "
-                     f"{_fmt(ret['R@5'])} | {_fmt(ret['R@10'])} |")
+        lines.append(
+            f"| {label} | {_fmt(z[name]['auroc'])} | {_fmt(z[name]['f1'])} | {_fmt(ret['R@1'])} | "
+            f"{_fmt(ret['R@5'])} | {_fmt(ret['R@10'])} |"
+        )
     g = r["gap_recovered"]
-    lines += ["", f"Gap recovered by KD: F1 {_fmt(g['f1'])}, AUROC {_fmt(g['auroc'])} "
-                  "(paper: 88%, F1 0.623 -> 0.705).", ""]
+    lines += [
+        "",
+        f"Gap recovered by KD: F1 {_fmt(g['f1'])}, AUROC {_fmt(g['auroc'])} (paper: 88%, F1 0.623 -> 0.705).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -17,8 +17,9 @@ def prompts(classes) -> tuple[list[str], list[str]]:
     return [PRESENT.format(c) for c in classes], [ABSENT.format(c) for c in classes]
 
 
-def zero_shot_probs(image_emb: np.ndarray, present_emb: np.ndarray, absent_emb: np.ndarray,
-                    logit_scale: float) -> np.ndarray:
+def zero_shot_probs(
+    image_emb: np.ndarray, present_emb: np.ndarray, absent_emb: np.ndarray, logit_scale: float
+) -> np.ndarray:
     """P(present) per (volume, class): softmax over the (present, not present) prompt pair. -> (N, C)."""
     s = float(np.exp(logit_scale))
     pos, neg = s * image_emb @ present_emb.T, s * image_emb @ absent_emb.T

@@ -28,21 +28,57 @@ from medlm.models.modeling import as_config
 
 # CTViT shapes by preset. ``full`` is CT-CLIP's (dim 512, image 480, patch 20, temporal patch 10, 4+4 layers).
 CTVIT_PRESETS: dict[str, dict] = {
-    "tiny": dict(volume_shape=(16, 32, 32), patch_size=8, temporal_patch_size=4, dim=64, spatial_layers=1,
-                 temporal_layers=1, heads=4),
-    "small": dict(volume_shape=(48, 96, 96), patch_size=12, temporal_patch_size=6, dim=192, spatial_layers=2,
-                  temporal_layers=2, heads=6),
-    "full": dict(volume_shape=(240, 480, 480), patch_size=20, temporal_patch_size=10, dim=512, spatial_layers=4,
-                 temporal_layers=4, heads=8),
+    "tiny": dict(
+        volume_shape=(16, 32, 32),
+        patch_size=8,
+        temporal_patch_size=4,
+        dim=64,
+        spatial_layers=1,
+        temporal_layers=1,
+        heads=4,
+    ),
+    "small": dict(
+        volume_shape=(48, 96, 96),
+        patch_size=12,
+        temporal_patch_size=6,
+        dim=192,
+        spatial_layers=2,
+        temporal_layers=2,
+        heads=6,
+    ),
+    "full": dict(
+        volume_shape=(240, 480, 480),
+        patch_size=20,
+        temporal_patch_size=10,
+        dim=512,
+        spatial_layers=4,
+        temporal_layers=4,
+        heads=8,
+    ),
 }
 # Text encoder shapes (BERT) by preset; ``full`` is CXR-BERT's (BERT-base) shape, normally loaded from text_path.
 TEXT_PRESETS: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                 max_position_embeddings=512),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-                  max_position_embeddings=512),
-    "full": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 max_position_embeddings=512),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    ),
+    "small": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=1024,
+        max_position_embeddings=512,
+    ),
+    "full": dict(
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+    ),
 }
 
 
@@ -57,7 +93,11 @@ def text_model_kwargs(config: PretrainedConfig) -> dict:
         cls = MODEL_MAPPING[type(config)]
     except KeyError:
         return {}
-    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(cls.__init__).parameters else {}
+    return (
+        {"add_pooling_layer": False}
+        if "add_pooling_layer" in inspect.signature(cls.__init__).parameters
+        else {}
+    )
 
 
 def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -67,39 +107,63 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> to
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """KL(teacher || student) of the similarity distributions, both ways (rows: query -> volumes, and columns)."""
     t = temperature
     loss = 0.0
     for s_l, t_l in ((student_logits, teacher_logits), (student_logits.t(), teacher_logits.t())):
-        loss = loss + F.kl_div(F.log_softmax(s_l / t, -1), F.log_softmax(t_l / t, -1), log_target=True,
-                               reduction="batchmean") * t * t
+        loss = (
+            loss
+            + F.kl_div(
+                F.log_softmax(s_l / t, -1), F.log_softmax(t_l / t, -1), log_target=True, reduction="batchmean"
+            )
+            * t
+            * t
+        )
     return loss / 2
 
 
 # --- CT encoder ---------------------------------------------------------------------------------
 
+
 class CTViT(nn.Module):
     """3D patch transformer with factorised attention (CTViT-like): spatial within each slab, temporal along depth."""
 
-    def __init__(self, volume_shape, patch_size: int, temporal_patch_size: int, dim: int, spatial_layers: int,
-                 temporal_layers: int, heads: int):
+    def __init__(
+        self,
+        volume_shape,
+        patch_size: int,
+        temporal_patch_size: int,
+        dim: int,
+        spatial_layers: int,
+        temporal_layers: int,
+        heads: int,
+    ):
         super().__init__()
         d, h, w = volume_shape
         if h % patch_size or w % patch_size or d % temporal_patch_size:
-            raise ValueError(f"volume_shape {tuple(volume_shape)} must be divisible by the patch sizes "
-                             f"({temporal_patch_size}, {patch_size}, {patch_size})")
+            raise ValueError(
+                f"volume_shape {tuple(volume_shape)} must be divisible by the patch sizes "
+                f"({temporal_patch_size}, {patch_size}, {patch_size})"
+            )
         self.grid = (d // temporal_patch_size, h // patch_size, w // patch_size)
-        self.patch = nn.Conv3d(1, dim, kernel_size=(temporal_patch_size, patch_size, patch_size),
-                               stride=(temporal_patch_size, patch_size, patch_size))
+        self.patch = nn.Conv3d(
+            1,
+            dim,
+            kernel_size=(temporal_patch_size, patch_size, patch_size),
+            stride=(temporal_patch_size, patch_size, patch_size),
+        )
         self.spatial_pos = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], dim))
         self.temporal_pos = nn.Parameter(torch.zeros(1, self.grid[0], dim))
         nn.init.normal_(self.spatial_pos, std=0.02)
         nn.init.normal_(self.temporal_pos, std=0.02)
 
         def layer():
-            return nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
-                                              norm_first=True)
+            return nn.TransformerEncoderLayer(
+                dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
 
         self.spatial = nn.ModuleList(layer() for _ in range(spatial_layers))
         self.temporal = nn.ModuleList(layer() for _ in range(temporal_layers))
@@ -127,6 +191,7 @@ def text_inputs(tokenizer, texts: list[str], max_length: int = 512, per_sentence
     """``texts`` tokenized for :meth:`CTClipModel.encode_text`. ``per_sentence``: every sentence is a sequence of
     its own and ``text_index`` says whose text it is, so that the encoder sees each sentence alone (see
     ``CTClipModelConfig.text_per_sentence``); ``max_length`` then bounds each sentence."""
+
     def tokens(batch: list[str]) -> dict:
         enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
@@ -151,7 +216,7 @@ def pad_text_states(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     as ``CTClipModel.encode_text(text_states=..., attention_mask=...)`` takes them."""
     mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long, device=seqs[0].device)
     for i, x in enumerate(seqs):
-        mask[i, :len(x)] = 1
+        mask[i, : len(x)] = 1
     return nn.utils.rnn.pad_sequence(seqs, batch_first=True), mask
 
 
@@ -165,7 +230,9 @@ class TextAdapter(nn.Module):
     def __init__(self, in_dim: int, dim: int = 128, layers: int = 2, heads: int = 4):
         super().__init__()
         self.inp = nn.Linear(in_dim, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -175,10 +242,19 @@ class TextAdapter(nn.Module):
 class CTClipModelConfig(PretrainedConfig):
     model_type = "medlm_ct_clip"
 
-    def __init__(self, vision: dict | None = None, text_config=None, latent_dim: int = 512,
-                 text_pooling: str = "cls", init_logit_scale: float = math.log(1 / 0.07),
-                 text_trainable: bool = True, text_adapter_layers: int = 0, text_adapter_dim: int = 128,
-                 text_per_sentence: bool = False, **kwargs):
+    def __init__(
+        self,
+        vision: dict | None = None,
+        text_config=None,
+        latent_dim: int = 512,
+        text_pooling: str = "cls",
+        init_logit_scale: float = math.log(1 / 0.07),
+        text_trainable: bool = True,
+        text_adapter_layers: int = 0,
+        text_adapter_dim: int = 128,
+        text_per_sentence: bool = False,
+        **kwargs,
+    ):
         self.vision = dict(vision or CTVIT_PRESETS["tiny"])
         self.vision["volume_shape"] = tuple(self.vision["volume_shape"])
         self.text_config = as_config(text_config)
@@ -188,7 +264,9 @@ class CTClipModelConfig(PretrainedConfig):
         self.text_pooling = text_pooling
         self.init_logit_scale = init_logit_scale
         self.text_trainable = text_trainable  # False: the text encoder is frozen (only text_proj trains)
-        self.text_adapter_layers = text_adapter_layers  # > 0: a small trained transformer over the text states
+        self.text_adapter_layers = (
+            text_adapter_layers  # > 0: a small trained transformer over the text states
+        )
         self.text_adapter_dim = text_adapter_dim
         # True: the text encoder reads each sentence on its own (``text_inputs(per_sentence=True)``) and a report's
         # states are its sentences' states in order. A decoder's states for "X is present." then do not depend on
@@ -215,17 +293,26 @@ class CTClipModel(PreTrainedModel):
         if config.text_config is None:
             raise ValueError("CTClipModelConfig needs a text_config")
         self.visual = CTViT(**config.vision)
-        self.text = text_model if text_model is not None else AutoModel.from_config(
-            config.text_config, **text_model_kwargs(config.text_config))
+        self.text = (
+            text_model
+            if text_model is not None
+            else AutoModel.from_config(config.text_config, **text_model_kwargs(config.text_config))
+        )
         if not config.text_trainable:
             self.text.requires_grad_(False)
         self.visual_proj = nn.Linear(config.vision["dim"], config.latent_dim, bias=False)
         hidden = config.text_config.hidden_size
-        self.text_adapter = TextAdapter(hidden, config.text_adapter_dim, config.text_adapter_layers) \
-            if config.text_adapter_layers else None
-        self.text_proj = nn.Linear(config.text_adapter_dim if self.text_adapter else hidden, config.latent_dim,
-                                   bias=False)
-        self.logit_scale = nn.Parameter(torch.full((1,), float(config.init_logit_scale)))  # 1-D: DeepSpeed broadcasts bytes
+        self.text_adapter = (
+            TextAdapter(hidden, config.text_adapter_dim, config.text_adapter_layers)
+            if config.text_adapter_layers
+            else None
+        )
+        self.text_proj = nn.Linear(
+            config.text_adapter_dim if self.text_adapter else hidden, config.latent_dim, bias=False
+        )
+        self.logit_scale = nn.Parameter(
+            torch.full((1,), float(config.init_logit_scale))
+        )  # 1-D: DeepSpeed broadcasts bytes
         self.post_init()
 
     def _init_weights(self, module):  # sub-modules initialise themselves
@@ -241,8 +328,9 @@ class CTClipModel(PreTrainedModel):
     def encode_volume(self, volume: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual_proj(self.visual(volume)), dim=-1)
 
-    def text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    text_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, text_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The text encoder's last hidden states and their mask, (B, T, hidden) and (B, T); with ``text_index``
         (:func:`text_inputs` per sentence) each text's sentences' states are joined in order. A frozen encoder's
         are the same every epoch, so training computes them once per report, or per sentence, and passes them as
@@ -251,8 +339,12 @@ class CTClipModel(PreTrainedModel):
         if text_index is None:
             return states, attention_mask
         keep = attention_mask.bool()
-        return pad_text_states([torch.cat([states[j][keep[j]] for j in torch.nonzero(text_index == i)[:, 0]])
-                                for i in range(int(text_index.max()) + 1)])
+        return pad_text_states(
+            [
+                torch.cat([states[j][keep[j]] for j in torch.nonzero(text_index == i)[:, 0]])
+                for i in range(int(text_index.max()) + 1)
+            ]
+        )
 
     def pool_text(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Text states -> (B, d) before ``text_proj``: through the adapter (if any), then CLS or the masked mean
@@ -264,17 +356,28 @@ class CTClipModel(PreTrainedModel):
         m = attention_mask.unsqueeze(-1).to(states.dtype)
         return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
-    def encode_text(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                    text_states: torch.Tensor | None = None, text_index: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_states: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """:func:`text_inputs` (or precomputed :meth:`text_states` + their mask) -> (B, latent)."""
         if text_states is None:
             text_states, attention_mask = self.text_states(input_ids, attention_mask, text_index)
         pooled = self.pool_text(text_states, attention_mask)
         return F.normalize(self.text_proj(pooled.to(self.text_proj.weight.dtype)), dim=-1)
 
-    def forward(self, volume: torch.Tensor, input_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, text_states: torch.Tensor | None = None,
-                text_index: torch.Tensor | None = None, **_):
+    def forward(
+        self,
+        volume: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_states: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+        **_,
+    ):
         """Returns ``(loss, image_embeds, text_embeds)``."""
         img = self.encode_volume(volume)
         txt = self.encode_text(input_ids, attention_mask, text_states, text_index)
@@ -284,11 +387,18 @@ class CTClipModel(PreTrainedModel):
 
 # --- student ------------------------------------------------------------------------------------
 
+
 class SpeechCTConfig(PretrainedConfig):
     model_type = "medlm_speech_ct"
 
-    def __init__(self, encoder_config=None, latent_dim: int = 512, audio_window_seconds: float = 20.0,
-                 init_logit_scale: float = math.log(1 / 0.07), **kwargs):
+    def __init__(
+        self,
+        encoder_config=None,
+        latent_dim: int = 512,
+        audio_window_seconds: float = 20.0,
+        init_logit_scale: float = math.log(1 / 0.07),
+        **kwargs,
+    ):
         self.encoder_config = as_config(encoder_config)
         self.latent_dim = latent_dim
         self.audio_window_seconds = audio_window_seconds
@@ -315,7 +425,9 @@ class SpeechCTModel(PreTrainedModel):
             raise ValueError("SpeechCTConfig needs an encoder_config")
         self.encoder = encoder if encoder is not None else build_audio_encoder(config.encoder_config)
         self.proj = nn.Linear(self.encoder.hidden_size, config.latent_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.full((1,), float(config.init_logit_scale)))  # 1-D: DeepSpeed broadcasts bytes
+        self.logit_scale = nn.Parameter(
+            torch.full((1,), float(config.init_logit_scale))
+        )  # 1-D: DeepSpeed broadcasts bytes
         self.frontend = AudioFrontend(config.encoder_config, config.audio_window_seconds)
         self.post_init()
 
@@ -326,8 +438,9 @@ class SpeechCTModel(PreTrainedModel):
         """16 kHz mono waveforms -> numpy inputs of :meth:`encode_speech`."""
         return speech_features(self.frontend, waveforms)
 
-    def encode_speech(self, input_features: torch.Tensor, frame_mask: torch.Tensor, chunks: torch.Tensor
-                      ) -> torch.Tensor:
+    def encode_speech(
+        self, input_features: torch.Tensor, frame_mask: torch.Tensor, chunks: torch.Tensor
+    ) -> torch.Tensor:
         """Chunks (N, mels, frames) of ``len(chunks)`` items -> (B, latent) L2-normalised embeddings."""
         frames = self.encoder(input_features)  # (N, T, d)
         mask = frame_mask[:, : frames.shape[1]].to(frames.dtype).unsqueeze(-1)

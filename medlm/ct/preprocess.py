@@ -136,6 +136,7 @@ def _gunzip(data: bytes) -> bytes:
 
 # --- shard rows -> training arrays (teacher, student, evaluation) --------------------------------------------
 
+
 def speech_features(frontend, waveforms) -> dict:
     """Waveforms -> ``input_features`` (chunks, ...), ``frame_mask`` (chunks, frames: 1 where the encoder frame
     carries audio, 0 on the last chunk's padding) and ``chunks`` (chunk count per waveform), numpy only."""
@@ -145,8 +146,9 @@ def speech_features(frontend, waveforms) -> dict:
     return {"input_features": feats, "frame_mask": mask, "chunks": np.array(per_item, dtype=np.int64)}
 
 
-def featurize_rows(rows: list[dict], volume: VolumeSpec, max_audio_seconds: float | None = None,
-                   frontend=None) -> dict[str, np.ndarray]:
+def featurize_rows(
+    rows: list[dict], volume: VolumeSpec, max_audio_seconds: float | None = None, frontend=None
+) -> dict[str, np.ndarray]:
     """ct shard rows -> ``volume`` (N, D, H, W), ``labels``, ``report``, ``id`` and, with a frontend,
     ``input_features`` / ``frame_mask`` (object arrays, one (chunks, ...) array per row)."""
     from medlm.data.schema import check_ct_labels, decode_audio, unpack_volume
@@ -165,8 +167,12 @@ def featurize_rows(rows: list[dict], volume: VolumeSpec, max_audio_seconds: floa
             speech = speech_features(frontend, [wav])
             out["input_features"].append(speech["input_features"])
             out["frame_mask"].append(speech["frame_mask"])
-    res = {"id": np.array(out["id"]), "report": np.array(out["report"]), "volume": np.stack(out["volume"]),
-           "labels": np.stack(out["labels"])}
+    res = {
+        "id": np.array(out["id"]),
+        "report": np.array(out["report"]),
+        "volume": np.stack(out["volume"]),
+        "labels": np.stack(out["labels"]),
+    }
     if frontend is not None:  # ragged (chunks, ...) arrays, one per row
         for k in ("input_features", "frame_mask"):
             res[k] = np.empty(len(rows), dtype=object)

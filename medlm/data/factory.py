@@ -43,16 +43,16 @@ from medlm.models.tts import TTSConfig, Voice, build_tts, voice_bank
 class MakeDataConfig(Section):
     output: str = "s3://medlm/data"
     seed: int = 0
-    consultations: int = Field(default=40, ge=0)         # text consultations
+    consultations: int = Field(default=40, ge=0)  # text consultations
     speech_consultations: int = Field(default=16, ge=0)  # spoken consultations (speech conditions only)
     utterances: int = Field(default=32, ge=0)
-    sentences: int = Field(default=16, ge=0)             # broad-vocabulary spoken sentences (alignment)
+    sentences: int = Field(default=16, ge=0)  # broad-vocabulary spoken sentences (alignment)
     ct_cases: int = Field(default=6, ge=0)
     ct_shape: tuple[int, int, int] = (16, 32, 32)
     spoken_ct_reports: bool = True
     speech_fraction: float = Field(default=0.5, ge=0, le=1)  # share of conditions whose facts are spoken
     knowledge: Literal["standard", "invented"] = "standard"  # kb.KNOWLEDGE: real-world or invented facts
-    qa_forms: int = Field(default=1, ge=1, le=2)          # written questions per fact in qa_text
+    qa_forms: int = Field(default=1, ge=1, le=2)  # written questions per fact in qa_text
     rows_per_shard: int = Field(default=2000, ge=1)
     max_audio_seconds: float = 60.0
     llm: LLMConfig = Field(default_factory=LLMConfig)
@@ -97,8 +97,10 @@ def _items(cfg: MakeDataConfig, dataset: str) -> list[Any]:
         return list(range(cfg.consultations))
     if dataset == "qa_text":
         pairs = kb.qa_pairs(cfg.seed, conditions=conditions, forms=cfg.qa_forms)
-        return [{**q, "row_id": f"qa_text-{q['fact_id']}" + (f"-{i % cfg.qa_forms}" if cfg.qa_forms > 1 else "")}
-                for i, q in enumerate(pairs)]
+        return [
+            {**q, "row_id": f"qa_text-{q['fact_id']}" + (f"-{i % cfg.qa_forms}" if cfg.qa_forms > 1 else "")}
+            for i, q in enumerate(pairs)
+        ]
     if dataset == "consult_speech":
         return list(range(cfg.speech_consultations)) if speech else []
     if dataset == "qa_speech":
@@ -114,8 +116,9 @@ def _items(cfg: MakeDataConfig, dataset: str) -> list[Any]:
     raise ValueError(f"unknown dataset {dataset!r}")
 
 
-def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Counter,
-               voices: set[str]) -> list[dict]:
+def _make_rows(
+    cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Counter, voices: set[str]
+) -> list[dict]:
     llm = build_llm(cfg.llm)
     spoken = KIND_OF[dataset] != "text_dialogue" and (dataset != "ct" or cfg.spoken_ct_reports)
     speaker = _Speaker(cfg) if spoken else None
@@ -124,8 +127,11 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
     for item in items:
         if dataset in ("consult_text", "consult_speech"):
             rng = _rng(cfg, dataset, item)
-            cond = conditions[item % len(conditions)] if dataset == "consult_text" else \
-                kb.condition(speech[item % len(speech)])
+            cond = (
+                conditions[item % len(conditions)]
+                if dataset == "consult_text"
+                else kb.condition(speech[item % len(speech)])
+            )
             turns = kb.consultation(cond, rng)
             meta = {"condition": cond.id}
             if dataset == "consult_speech":
@@ -136,12 +142,21 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
                     if t["role"] == "user":
                         t["audio"], t["sample_rate"] = speaker.say(t["text"], voice)
                         t["transcript"], t["text"] = t.pop("text"), None
-            rows.append({"id": f"{dataset}-{item:06d}", "source": "kb", "turns": turns, "meta": dumps_meta(meta)})
+            rows.append(
+                {"id": f"{dataset}-{item:06d}", "source": "kb", "turns": turns, "meta": dumps_meta(meta)}
+            )
         elif dataset == "qa_text":
-            rows.append({"id": item["row_id"], "source": "kb",
-                         "turns": [{"role": "user", "text": item["question"]},
-                                   {"role": "assistant", "text": item["answer"]}],
-                         "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"]})})
+            rows.append(
+                {
+                    "id": item["row_id"],
+                    "source": "kb",
+                    "turns": [
+                        {"role": "user", "text": item["question"]},
+                        {"role": "assistant", "text": item["answer"]},
+                    ],
+                    "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"]}),
+                }
+            )
         elif dataset in ("qa_speech", "qa_speech_heldout"):
             spoken = llm.rewrite_spoken(item["question"], item["long_answer"])
             if spoken is None:
@@ -152,11 +167,24 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
             voice = speaker.voice(rng)
             voices.add(voice.id)
             audio, rate = speaker.say(question, voice)
-            rows.append({"id": f"{dataset}-{item['fact_id']}", "source": "kb-rewrite",
-                         "turns": [{"role": "user", "audio": audio, "sample_rate": rate, "transcript": question},
-                                   {"role": "assistant", "text": answer}],
-                         "meta": dumps_meta({"fact_id": item["fact_id"], "condition": item["condition"],
-                                             "written_question": item["question"], "voice": voice.meta()})})
+            rows.append(
+                {
+                    "id": f"{dataset}-{item['fact_id']}",
+                    "source": "kb-rewrite",
+                    "turns": [
+                        {"role": "user", "audio": audio, "sample_rate": rate, "transcript": question},
+                        {"role": "assistant", "text": answer},
+                    ],
+                    "meta": dumps_meta(
+                        {
+                            "fact_id": item["fact_id"],
+                            "condition": item["condition"],
+                            "written_question": item["question"],
+                            "voice": voice.meta(),
+                        }
+                    ),
+                }
+            )
         elif dataset in ("utterances", "sentences"):
             rng = _rng(cfg, dataset, item)
             if dataset == "utterances":
@@ -171,10 +199,19 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
             voice = speaker.voice(rng)
             voices.add(voice.id)
             audio, rate = speaker.say(utt["text"], voice)
-            rows.append({"id": row_id, "source": source, "audio": audio,
-                         "sample_rate": rate, "transcript": utt["text"], "entities": ann["entities"],
-                         "sentiment": ann["sentiment"], "speaker": json.dumps(voice.meta()),
-                         "meta": dumps_meta(meta)})
+            rows.append(
+                {
+                    "id": row_id,
+                    "source": source,
+                    "audio": audio,
+                    "sample_rate": rate,
+                    "transcript": utt["text"],
+                    "entities": ann["entities"],
+                    "sentiment": ann["sentiment"],
+                    "speaker": json.dumps(voice.meta()),
+                    "meta": dumps_meta(meta),
+                }
+            )
         elif dataset == "ct":
             from medlm.data.synth_ct import generate_ct_cases
 
@@ -185,10 +222,19 @@ def _make_rows(cfg: MakeDataConfig, dataset: str, items: list[Any], stats: Count
                     voice = speaker.voice(_rng(cfg, dataset, case["id"]))
                     voices.add(voice.id)
                     audio, rate = speaker.say(case["report"], voice)
-                rows.append({"id": str(case["id"]), "volume": pack_volume(case["volume"]),
-                             "shape": list(case["volume"].shape), "spacing": [float(s) for s in case["spacing"]],
-                             "labels": [int(v) for v in case["labels"]], "report": case["report"],
-                             "report_audio": audio, "sample_rate": rate, "split": case["split"]})
+                rows.append(
+                    {
+                        "id": str(case["id"]),
+                        "volume": pack_volume(case["volume"]),
+                        "shape": list(case["volume"].shape),
+                        "spacing": [float(s) for s in case["spacing"]],
+                        "labels": [int(v) for v in case["labels"]],
+                        "report": case["report"],
+                        "report_audio": audio,
+                        "sample_rate": rate,
+                        "split": case["split"],
+                    }
+                )
     return rows
 
 
@@ -213,8 +259,14 @@ def make_shard(cfg: MakeDataConfig, dataset: str, index: int, items: list[Any]) 
     write_quarantine(storage.join(cfg.output, "_quarantine"), bad, prefix=f"make_data-{dataset}")
     if good:
         write_shard(good, shard_uri(storage.join(cfg.output, dataset), index), kind)
-    return {"dataset": dataset, "rows": len(good), "quarantined": len(bad), "filtered": stats["filtered"],
-            "audio_seconds": sum(_row_audio_seconds(r) for r in good), "voices": sorted(voices)}
+    return {
+        "dataset": dataset,
+        "rows": len(good),
+        "quarantined": len(bad),
+        "filtered": stats["filtered"],
+        "audio_seconds": sum(_row_audio_seconds(r) for r in good),
+        "voices": sorted(voices),
+    }
 
 
 def plan(cfg: MakeDataConfig) -> list[tuple[str, int, list[Any]]]:
@@ -227,12 +279,16 @@ def plan(cfg: MakeDataConfig) -> list[tuple[str, int, list[Any]]]:
             items = [min(per, n - s) for s in range(0, n, per)]
             out += [(name, i, [(k, cfg.seed + 1000 * i)]) for i, k in enumerate(items)]
             continue
-        out += [(name, i, items[s:s + cfg.rows_per_shard])
-                for i, s in enumerate(range(0, len(items), cfg.rows_per_shard))]
+        out += [
+            (name, i, items[s : s + cfg.rows_per_shard])
+            for i, s in enumerate(range(0, len(items), cfg.rows_per_shard))
+        ]
     return out
 
 
-def make_shards(cfg: MakeDataConfig, names: Iterable[str] | None = None, progress: bool = False) -> list[dict]:
+def make_shards(
+    cfg: MakeDataConfig, names: Iterable[str] | None = None, progress: bool = False
+) -> list[dict]:
     """Write the shards of :func:`plan` whose dataset is in ``names`` (all when None), one Ray task (1 CPU)
     per shard; returns each shard's stats (:func:`make_shard`) in plan order. Writes over what is there:
     clear a dataset's prefix first (``storage.delete_files``) to replace it."""
@@ -264,15 +320,29 @@ def make_data(cfg: MakeDataConfig, progress: bool = True) -> dict:
     results = make_shards(cfg, progress=progress)
     datasets: dict[str, dict] = {}
     for r in sorted(results, key=lambda r: DATASETS.index(r["dataset"])):
-        d = datasets.setdefault(r["dataset"], {"uri": storage.join(cfg.output, r["dataset"]), "kind": KIND_OF[r["dataset"]],
-                                               "rows": 0, "shards": 0, "audio_hours": 0.0, "filtered": 0})
+        d = datasets.setdefault(
+            r["dataset"],
+            {
+                "uri": storage.join(cfg.output, r["dataset"]),
+                "kind": KIND_OF[r["dataset"]],
+                "rows": 0,
+                "shards": 0,
+                "audio_hours": 0.0,
+                "filtered": 0,
+            },
+        )
         d["rows"] += r["rows"]
         d["shards"] += 1 if r["rows"] else 0
         d["audio_hours"] += r["audio_seconds"] / 3600
         d["filtered"] += r["filtered"]
     speech = speech_conditions(cfg)
-    storage.write_text(storage.join(cfg.output, "facts.jsonl"), "".join(
-        json.dumps({**f, "speech": f["condition"] in speech}) + "\n" for f in kb.facts(kb.KNOWLEDGE[cfg.knowledge])))
+    storage.write_text(
+        storage.join(cfg.output, "facts.jsonl"),
+        "".join(
+            json.dumps({**f, "speech": f["condition"] in speech}) + "\n"
+            for f in kb.facts(kb.KNOWLEDGE[cfg.knowledge])
+        ),
+    )
     summary = {
         "output": cfg.output,
         "datasets": datasets,
@@ -287,12 +357,19 @@ def make_data(cfg: MakeDataConfig, progress: bool = True) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"make_data -> {summary['output']}", "| dataset | kind | rows | shards | audio h | filtered |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"make_data -> {summary['output']}",
+        "| dataset | kind | rows | shards | audio h | filtered |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, d in summary["datasets"].items():
-        lines.append(f"| {name} | {d['kind']} | {d['rows']} | {d['shards']} | {d['audio_hours']:.4f} | {d['filtered']} |")
+        lines.append(
+            f"| {name} | {d['kind']} | {d['rows']} | {d['shards']} | {d['audio_hours']:.4f} | {d['filtered']} |"
+        )
     q = summary["quarantine"]
-    lines.append(f"audio: {summary['audio_hours']:.3f} h; voices used: {len(summary['voices'])} "
-                 f"({', '.join(summary['voices'])}); facts: {summary['facts']}; quarantined: {q['total']} "
-                 f"{q['by_reason'] or ''}")
+    lines.append(
+        f"audio: {summary['audio_hours']:.3f} h; voices used: {len(summary['voices'])} "
+        f"({', '.join(summary['voices'])}); facts: {summary['facts']}; quarantined: {q['total']} "
+        f"{q['by_reason'] or ''}"
+    )
     return "\n".join(lines)

@@ -47,8 +47,14 @@ class ShardWriter:
     ``first_index`` lets parallel writers (one per Ray task) share a dataset prefix without clashes.
     """
 
-    def __init__(self, uri: str, kind: str, rows_per_shard: int = 10_000,
-                 target_bytes: int = TARGET_SHARD_BYTES, first_index: int = 0):
+    def __init__(
+        self,
+        uri: str,
+        kind: str,
+        rows_per_shard: int = 10_000,
+        target_bytes: int = TARGET_SHARD_BYTES,
+        first_index: int = 0,
+    ):
         schema_for(kind)  # validates the kind
         self.uri, self.kind = uri, kind
         self.rows_per_shard, self.target_bytes = rows_per_shard, target_bytes

@@ -25,7 +25,7 @@ MAX_SPOKEN_WORDS = 40
 
 class LLMConfig(Section):
     backend: Literal["rule", "openai"] = "rule"
-    base_url: str | None = None       # e.g. http://127.0.0.1:8000/v1 (medlm serve) or a hosted endpoint
+    base_url: str | None = None  # e.g. http://127.0.0.1:8000/v1 (medlm serve) or a hosted endpoint
     model: str = "medlm"
     api_key_env: str = "OPENAI_API_KEY"
     timeout_s: float = 60.0
@@ -41,7 +41,11 @@ class LLMBackend(Protocol):
 
 def spoken_ok(text: str, max_words: int = MAX_SPOKEN_WORDS) -> bool:
     """The filter: short, no markup/tables/URLs, nothing a speaker could not read aloud."""
-    return bool(text.strip()) and len(text.split()) <= max_words and not re.search(r"[|#*_<>\[\]{}]|https?:", text)
+    return (
+        bool(text.strip())
+        and len(text.split()) <= max_words
+        and not re.search(r"[|#*_<>\[\]{}]|https?:", text)
+    )
 
 
 class RuleBackend:
@@ -56,8 +60,11 @@ class RuleBackend:
     def rewrite_spoken(self, question: str, answer: str) -> tuple[str, str] | None:
         sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", answer) if s.strip()]
         # Keep the first sentence that carries content (skip pleasantries), drop markup and caveats.
-        keep = [s for s in sentences if not s.lower().startswith(("thank you", "please note", "if symptoms"))
-                and spoken_ok(s)]
+        keep = [
+            s
+            for s in sentences
+            if not s.lower().startswith(("thank you", "please note", "if symptoms")) and spoken_ok(s)
+        ]
         if not keep:
             return None
         q = question.replace("?", "").strip()
@@ -70,9 +77,9 @@ class RuleBackend:
         low = text.lower()
         for form, label in self.lexicon.items():
             for m in re.finditer(r"\b" + re.escape(form.lower()) + r"\b", low):
-                if not any(taken[m.start():m.end()]):
+                if not any(taken[m.start() : m.end()]):
                     entities.append({"start": m.start(), "end": m.end(), "label": label})
-                    taken[m.start():m.end()] = [True] * (m.end() - m.start())
+                    taken[m.start() : m.end()] = [True] * (m.end() - m.start())
         neg = sum(w in low for w in self.NEG)
         pos = sum(w in low for w in self.POS)
         sentiment = "negative" if neg > pos else "positive" if pos > neg else "neutral"
@@ -88,14 +95,19 @@ class OpenAIBackend:
         if not cfg.base_url:
             raise ValueError("llm.backend=openai needs llm.base_url (e.g. http://127.0.0.1:8000/v1)")
         self.cfg = cfg
-        self.client = OpenAI(base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env, "none"),
-                             timeout=cfg.timeout_s)
+        self.client = OpenAI(
+            base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env, "none"), timeout=cfg.timeout_s
+        )
 
     def _json(self, prompt: str) -> dict | None:
         r = self.client.chat.completions.create(
-            model=self.cfg.model, temperature=0.0,
-            messages=[{"role": "system", "content": "Answer with one JSON object only."},
-                      {"role": "user", "content": prompt}])
+            model=self.cfg.model,
+            temperature=0.0,
+            messages=[
+                {"role": "system", "content": "Answer with one JSON object only."},
+                {"role": "user", "content": prompt},
+            ],
+        )
         text = (r.choices[0].message.content or "").strip()
         m = re.search(r"\{.*\}", text, re.DOTALL)
         try:
@@ -109,23 +121,28 @@ class OpenAIBackend:
             f"answer in one or two short spoken sentences (no lists, no markup, under {MAX_SPOKEN_WORDS} words). "
             'If it cannot be said naturally, answer {"skip": true}. Otherwise answer '
             '{"question": "...", "answer": "..."}.\n\n'
-            f"Question: {question}\nAnswer: {answer}")
+            f"Question: {question}\nAnswer: {answer}"
+        )
         if not out or out.get("skip"):
             return None
         q, a = str(out.get("question", "")), str(out.get("answer", ""))
         return (q, a) if spoken_ok(q) and spoken_ok(a) else None
 
     def annotate(self, text: str) -> dict:
-        out = self._json(
-            f"Find the medical entities (labels: {', '.join(ENTITY_LABELS)}) and the speaker's sentiment "
-            f"({', '.join(SENTIMENTS)}) in the text. Answer "
-            '{"entities": [{"text": "...", "label": "..."}], "sentiment": "..."}.\n\n'
-            f"Text: {text}") or {}
+        out = (
+            self._json(
+                f"Find the medical entities (labels: {', '.join(ENTITY_LABELS)}) and the speaker's sentiment "
+                f"({', '.join(SENTIMENTS)}) in the text. Answer "
+                '{"entities": [{"text": "...", "label": "..."}], "sentiment": "..."}.\n\n'
+                f"Text: {text}"
+            )
+            or {}
+        )
         entities, low = [], text.lower()
         for e in out.get("entities") or []:
             span, label = str(e.get("text", "")), e.get("label")
             start = low.find(span.lower()) if span else -1
-            if label in ENTITY_LABELS and start >= 0:   # keep only spans that are really in the text
+            if label in ENTITY_LABELS and start >= 0:  # keep only spans that are really in the text
                 entities.append({"start": start, "end": start + len(span), "label": label})
         sentiment = out.get("sentiment") if out.get("sentiment") in SENTIMENTS else "neutral"
         return {"entities": sorted(entities, key=lambda e: e["start"]), "sentiment": sentiment}

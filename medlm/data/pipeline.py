@@ -37,10 +37,24 @@ from medlm.data.quarantine import bad_record, write_quarantine
 from medlm.data.registry import DataSpec, ResolvedDataset
 from medlm.data.schema import BadRecord, to_messages
 
-ENVELOPE = pa.schema([("dataset", pa.string()), ("kind", pa.string()), ("task", pa.string()),
-                      ("id", pa.string()), ("row", pa.binary())])
-FEATURIZED = pa.schema([("dataset", pa.string()), ("id", pa.string()), ("num_tokens", pa.int64()),
-                        ("audio_seconds", pa.float32()), ("example", pa.binary())])
+ENVELOPE = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("kind", pa.string()),
+        ("task", pa.string()),
+        ("id", pa.string()),
+        ("row", pa.binary()),
+    ]
+)
+FEATURIZED = pa.schema(
+    [
+        ("dataset", pa.string()),
+        ("id", pa.string()),
+        ("num_tokens", pa.int64()),
+        ("audio_seconds", pa.float32()),
+        ("example", pa.binary()),
+    ]
+)
 
 
 def encode_example(example: dict[str, np.ndarray]) -> bytes:
@@ -56,13 +70,21 @@ def decode_example(data: bytes) -> dict[str, np.ndarray]:
 
 # --- the envelope: the one reader of shard rows into a stream of mixed kinds (training and evaluation) ---------
 
+
 def envelope(rows: list[dict], name: str, kind: str, task: str, ids: list[str] | None = None) -> pa.Table:
     """Rows of any schema -> the common envelope ``{dataset, kind, task, id, row}`` (each row pickled, so
     datasets of all kinds share one stream); ``ids`` default to the rows' ``id``."""
     n = len(rows)
-    return pa.table({"dataset": [name] * n, "kind": [kind] * n, "task": [task] * n,
-                     "id": ids if ids is not None else [str(r.get("id") or "") for r in rows],
-                     "row": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows]}, schema=ENVELOPE)
+    return pa.table(
+        {
+            "dataset": [name] * n,
+            "kind": [kind] * n,
+            "task": [task] * n,
+            "id": ids if ids is not None else [str(r.get("id") or "") for r in rows],
+            "row": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows],
+        },
+        schema=ENVELOPE,
+    )
 
 
 def envelope_row(env: dict) -> dict:
@@ -70,8 +92,9 @@ def envelope_row(env: dict) -> dict:
     return pickle.loads(env["row"])
 
 
-def iter_envelopes(uri: str, name: str, kind: str, task: str, rows: int = 64,
-                   limit: int | None = None) -> Iterator[pa.Table]:
+def iter_envelopes(
+    uri: str, name: str, kind: str, task: str, rows: int = 64, limit: int | None = None
+) -> Iterator[pa.Table]:
     """One shard file -> envelope tables of up to ``rows`` rows, streamed one slice of a row group at a time;
     with ``limit``, its first ``limit`` rows only."""
     fs, path = storage.resolve(uri)
@@ -99,8 +122,16 @@ class Featurizer:
 
     def featurize_row(self, kind: str, task: str, row: dict) -> tuple[dict, float]:
         messages, label = to_messages(row, kind, task, self.max_audio_seconds)
-        seconds = sum(len(p["audio"]) for m in messages if isinstance(m["content"], list)
-                      for p in m["content"] if p["type"] == "audio") / SAMPLING_RATE
+        seconds = (
+            sum(
+                len(p["audio"])
+                for m in messages
+                if isinstance(m["content"], list)
+                for p in m["content"]
+                if p["type"] == "audio"
+            )
+            / SAMPLING_RATE
+        )
         try:
             return self.processor.featurize(messages, class_label=label), seconds
         except ValueError as e:  # the processor rejects the conversation (e.g. an unusable audio part)
@@ -124,8 +155,9 @@ class Featurizer:
         return pa.table(out, schema=FEATURIZED)
 
 
-def _read_envelopes(batch: dict[str, np.ndarray], name: str, kind: str, task: str,
-                    rows: int = 64) -> Iterator[pa.Table]:
+def _read_envelopes(
+    batch: dict[str, np.ndarray], name: str, kind: str, task: str, rows: int = 64
+) -> Iterator[pa.Table]:
     """Shard URIs -> envelope tables, streamed one slice of a row group at a time."""
     for uri in batch["uri"]:
         yield from iter_envelopes(str(uri), name, kind, task, rows)
@@ -138,8 +170,12 @@ def read_envelopes(d: ResolvedDataset, seed: int, num_cpus: float = 0.25):
     files = shard_files(d.uri)
     random.Random(f"{seed}/{d.name}").shuffle(files)
     return ray.data.from_items([{"uri": f} for f in files]).map_batches(
-        _read_envelopes, fn_kwargs={"name": d.name, "kind": d.kind, "task": d.task},
-        batch_size=1, batch_format="numpy", num_cpus=num_cpus)
+        _read_envelopes,
+        fn_kwargs={"name": d.name, "kind": d.kind, "task": d.task},
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=num_cpus,
+    )
 
 
 def mixed_envelopes(spec: DataSpec):
@@ -148,8 +184,15 @@ def mixed_envelopes(spec: DataSpec):
 
     resolved = spec.resolved()
     parts = [read_envelopes(d, spec.seed, spec.read_cpus) for d in resolved]
-    ds = parts[0] if len(parts) == 1 else parts[0].mix(
-        *parts[1:], weights=[d.weight for d in resolved], stopping_condition=MixStoppingCondition.STOP_ON_LONGEST_DROP)
+    ds = (
+        parts[0]
+        if len(parts) == 1
+        else parts[0].mix(
+            *parts[1:],
+            weights=[d.weight for d in resolved],
+            stopping_condition=MixStoppingCondition.STOP_ON_LONGEST_DROP,
+        )
+    )
     ds.context.execution_options.preserve_order = True
     return ds
 
@@ -160,17 +203,27 @@ def build_dataset(data_spec: DataSpec, model_spec: Any):
 
     spec_dict = model_spec.model_dump(mode="json") if hasattr(model_spec, "model_dump") else dict(model_spec)
     ds = mixed_envelopes(data_spec).map_batches(
-        Featurizer, fn_constructor_args=(spec_dict, data_spec.max_audio_seconds, data_spec.quarantine()),
-        batch_format="pyarrow", batch_size=data_spec.featurize_batch,
-        compute=ray.data.ActorPoolStrategy(size=data_spec.featurizers), num_cpus=data_spec.featurizer_cpus)
+        Featurizer,
+        fn_constructor_args=(spec_dict, data_spec.max_audio_seconds, data_spec.quarantine()),
+        batch_format="pyarrow",
+        batch_size=data_spec.featurize_batch,
+        compute=ray.data.ActorPoolStrategy(size=data_spec.featurizers),
+        num_cpus=data_spec.featurizer_cpus,
+    )
     ds.context.execution_options.preserve_order = True
     return ds
 
 
 # --- batching on the train worker -------------------------------------------------------------
 
-def plan_batches(lengths: list[int], batch_rows: int, batch_tokens: int | None = None, bucketing: bool = True,
-                 rng: random.Random | None = None) -> list[list[int]]:
+
+def plan_batches(
+    lengths: list[int],
+    batch_rows: int,
+    batch_tokens: int | None = None,
+    bucketing: bool = True,
+    rng: random.Random | None = None,
+) -> list[list[int]]:
     """Indices of ``lengths`` grouped into batches.
 
     With ``bucketing`` the indices are sorted by length first (so batches hold similar lengths);
@@ -182,7 +235,9 @@ def plan_batches(lengths: list[int], batch_rows: int, batch_tokens: int | None =
     cur: list[int] = []
     longest = 0
     for i in order:
-        fits = len(cur) < batch_rows and (batch_tokens is None or max(longest, lengths[i]) * (len(cur) + 1) <= batch_tokens)
+        fits = len(cur) < batch_rows and (
+            batch_tokens is None or max(longest, lengths[i]) * (len(cur) + 1) <= batch_tokens
+        )
         if cur and not fits:
             batches.append(cur)
             cur, longest = [], 0
@@ -205,11 +260,17 @@ def iter_examples(shard, rows: int = 64) -> Iterator[dict]:
     """Featurized rows of a dataset / ``DataIterator`` with the example decoded (plus dataset, id)."""
     for batch in shard.iter_batches(batch_size=rows, batch_format="pyarrow"):
         for r in batch.to_pylist():
-            yield {"dataset": r["dataset"], "id": r["id"], "num_tokens": r["num_tokens"], **decode_example(r["example"])}
+            yield {
+                "dataset": r["dataset"],
+                "id": r["id"],
+                "num_tokens": r["num_tokens"],
+                **decode_example(r["example"]),
+            }
 
 
-def iter_train_batches(shard, processor, spec: DataSpec | None = None, epoch: int = 0,
-                       with_ids: bool = False) -> Iterator[dict]:
+def iter_train_batches(
+    shard, processor, spec: DataSpec | None = None, epoch: int = 0, with_ids: bool = False
+) -> Iterator[dict]:
     """Padded torch batches from a dataset or a Train worker's ``get_dataset_shard(...)``.
 
     Rows mode (``batch_tokens`` None) gives every rank the same batch count under an equal split;
@@ -225,7 +286,9 @@ def iter_train_batches(shard, processor, spec: DataSpec | None = None, epoch: in
         lengths = [int(e["num_tokens"]) for e in examples]
         for b in plan_batches(lengths, spec.batch_rows, spec.batch_tokens, spec.bucketing, rng):
             chosen = [examples[i] for i in b]
-            batch = processor.collate([{k: v for k, v in e.items() if k not in ("dataset", "id")} for e in chosen])
+            batch = processor.collate(
+                [{k: v for k, v in e.items() if k not in ("dataset", "id")} for e in chosen]
+            )
             if with_ids:
                 batch["ids"] = [e["id"] for e in chosen]
                 batch["datasets"] = [e["dataset"] for e in chosen]

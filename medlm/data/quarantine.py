@@ -40,9 +40,11 @@ def read_quarantine(uri: str) -> list[dict]:
 def summarize_quarantine(uri: str) -> dict:
     """``{"total", "by_reason", "by_dataset"}`` for a quarantine prefix."""
     records = read_quarantine(uri)
-    return {"total": len(records),
-            "by_reason": dict(Counter(r["reason"] for r in records).most_common()),
-            "by_dataset": dict(Counter(r["dataset"] for r in records).most_common())}
+    return {
+        "total": len(records),
+        "by_reason": dict(Counter(r["reason"] for r in records).most_common()),
+        "by_dataset": dict(Counter(r["dataset"] for r in records).most_common()),
+    }
 
 
 def format_summary(summary: dict) -> str:

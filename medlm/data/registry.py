@@ -24,7 +24,7 @@ from medlm.data.schema import KINDS, TASKS
 
 @dataclass(frozen=True)
 class RegisteredDataset:
-    path: str   # relative to DataSpec.root, or an absolute URI
+    path: str  # relative to DataSpec.root, or an absolute URI
     kind: str
     task: str
 
@@ -47,16 +47,27 @@ FACTORY_DATASETS: tuple[FactoryDataset, ...] = (
     FactoryDataset("consult_speech", "speech_dialogue", (("consult_speech", "chat"),)),
     FactoryDataset("qa_speech", "speech_dialogue", (("qa_speech", "chat"),)),
     FactoryDataset("qa_speech_heldout", "speech_dialogue", (("qa_speech_heldout", "chat"),)),
-    FactoryDataset("utterances", "utterance", (("utterances_asr", "asr"), ("utterances_ner", "ner"),
-                                               ("utterances_sentiment", "sentiment"),
-                                               ("utterances_multitask", "multitask"))),
-    FactoryDataset("sentences", "utterance", (("sentences_asr", "asr"), ("sentences_ner", "ner"),
-                                              ("sentences_sentiment", "sentiment"))),
+    FactoryDataset(
+        "utterances",
+        "utterance",
+        (
+            ("utterances_asr", "asr"),
+            ("utterances_ner", "ner"),
+            ("utterances_sentiment", "sentiment"),
+            ("utterances_multitask", "multitask"),
+        ),
+    ),
+    FactoryDataset(
+        "sentences",
+        "utterance",
+        (("sentences_asr", "asr"), ("sentences_ner", "ner"), ("sentences_sentiment", "sentiment")),
+    ),
     FactoryDataset("ct", "ct", (("ct_reports", "report"), ("ct_spoken_reports", "spoken_report"))),
 )
 
 REGISTRY: dict[str, RegisteredDataset] = {
-    name: RegisteredDataset(d.path, d.kind, task) for d in FACTORY_DATASETS for name, task in d.names}
+    name: RegisteredDataset(d.path, d.kind, task) for d in FACTORY_DATASETS for name, task in d.names
+}
 
 
 def register_dataset(name: str, path: str, kind: str, task: str | None = None) -> None:
@@ -71,8 +82,8 @@ def register_dataset(name: str, path: str, kind: str, task: str | None = None) -
 
 class DatasetEntry(Section):
     name: str
-    uri: str | None = None       # overrides the registry path
-    kind: str | None = None      # needed when the name is not registered
+    uri: str | None = None  # overrides the registry path
+    kind: str | None = None  # needed when the name is not registered
     task: str | None = None
     weight: float = Field(default=1.0, gt=0)
 
@@ -93,16 +104,18 @@ class DataSpec(Section):
     datasets: list[DatasetEntry] = Field(default_factory=lambda: [DatasetEntry(name="consult_text")])
     seed: int = 0
     max_audio_seconds: float = Field(default=60.0, gt=0)
-    batch_tokens: int | None = Field(default=None, ge=1)  # token budget per batch (max len x rows); None = by rows
-    batch_rows: int = Field(default=8, ge=1)              # rows per batch (also the cap with batch_tokens)
-    bucketing: bool = True                                # sort a buffer by length before cutting batches
-    bucket_buffer: int = Field(default=256, ge=1)         # examples per bucketing buffer
-    featurize_batch: int = Field(default=16, ge=1)        # rows per featurizer call
+    batch_tokens: int | None = Field(
+        default=None, ge=1
+    )  # token budget per batch (max len x rows); None = by rows
+    batch_rows: int = Field(default=8, ge=1)  # rows per batch (also the cap with batch_tokens)
+    bucketing: bool = True  # sort a buffer by length before cutting batches
+    bucket_buffer: int = Field(default=256, ge=1)  # examples per bucketing buffer
+    featurize_batch: int = Field(default=16, ge=1)  # rows per featurizer call
     # actor pool size; featurizers x featurizer_cpus + read_cpus must fit in the CPUs left to Ray Data
     featurizers: int = Field(default=1, ge=1)
     featurizer_cpus: float = Field(default=1.0, gt=0)
-    read_cpus: float = Field(default=0.25, gt=0)          # per shard-reading task (I/O bound)
-    quarantine_uri: str | None = None                     # None = <root>/_quarantine
+    read_cpus: float = Field(default=0.25, gt=0)  # per shard-reading task (I/O bound)
+    quarantine_uri: str | None = None  # None = <root>/_quarantine
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:
@@ -110,10 +123,14 @@ class DataSpec(Section):
             raise ValueError("data.datasets is empty")
         for d in self.datasets:
             if d.name not in REGISTRY and not (d.uri and d.kind):
-                raise ValueError(f"dataset {d.name!r} is not registered; give it a uri and a kind "
-                                 f"(registered: {sorted(REGISTRY)})")
+                raise ValueError(
+                    f"dataset {d.name!r} is not registered; give it a uri and a kind "
+                    f"(registered: {sorted(REGISTRY)})"
+                )
             if d.kind is not None and d.kind not in KINDS:
-                raise ValueError(f"dataset {d.name!r}: unknown kind {d.kind!r}; expected one of {sorted(KINDS)}")
+                raise ValueError(
+                    f"dataset {d.name!r}: unknown kind {d.kind!r}; expected one of {sorted(KINDS)}"
+                )
         return self
 
     def resolved(self) -> list[ResolvedDataset]:
@@ -121,11 +138,16 @@ class DataSpec(Section):
         for d in self.datasets:
             reg = REGISTRY.get(d.name)
             kind = d.kind or reg.kind
-            task = d.task or (reg.task if reg and (d.kind is None or d.kind == reg.kind) else TASKS[KINDS[kind]][0])
+            task = d.task or (
+                reg.task if reg and (d.kind is None or d.kind == reg.kind) else TASKS[KINDS[kind]][0]
+            )
             if task not in TASKS[KINDS[kind]]:
                 raise ValueError(f"dataset {d.name!r}: task {task!r} does not apply to kind {kind!r}")
-            uri = d.uri or (reg.path if "://" in reg.path or reg.path.startswith("/")
-                            else storage.join(self.root, reg.path))
+            uri = d.uri or (
+                reg.path
+                if "://" in reg.path or reg.path.startswith("/")
+                else storage.join(self.root, reg.path)
+            )
             out.append(ResolvedDataset(d.name, uri, kind, task, d.weight))
         return out
 

@@ -37,7 +37,6 @@ from medlm.models.prompts import (
     ASR_PROMPT,
     CT_PROMPT,
     ENTITY_LABELS,
-    MULTITASK_PROMPT,
     NER_PROMPT,
     SENTIMENT_PROMPT,
     SENTIMENTS,
@@ -70,30 +69,60 @@ CT_RATE_CLASSES: tuple[str, ...] = (
 
 NUM_CT_CLASSES = 18
 
-TURN = pa.struct([
-    ("role", pa.string()), ("text", pa.string()), ("audio", pa.binary()),
-    ("sample_rate", pa.int32()), ("transcript", pa.string()),
-])
+TURN = pa.struct(
+    [
+        ("role", pa.string()),
+        ("text", pa.string()),
+        ("audio", pa.binary()),
+        ("sample_rate", pa.int32()),
+        ("transcript", pa.string()),
+    ]
+)
 ENTITY = pa.struct([("start", pa.int32()), ("end", pa.int32()), ("label", pa.string())])
 
-DIALOGUE = pa.schema([
-    pa.field("id", pa.string(), nullable=False), ("source", pa.string()),
-    ("turns", pa.list_(TURN)), ("meta", pa.string()),
-])
-UTTERANCE = pa.schema([
-    pa.field("id", pa.string(), nullable=False), ("source", pa.string()), ("audio", pa.binary()),
-    ("sample_rate", pa.int32()), ("transcript", pa.string()), ("entities", pa.list_(ENTITY)),
-    ("sentiment", pa.string()), ("speaker", pa.string()), ("meta", pa.string()),
-])
-CT = pa.schema([
-    pa.field("id", pa.string(), nullable=False), ("volume", pa.binary()), ("shape", pa.list_(pa.int32())),
-    ("spacing", pa.list_(pa.float32())), ("labels", pa.list_(pa.int8())), ("report", pa.string()),
-    ("report_audio", pa.binary()), ("sample_rate", pa.int32()), ("split", pa.string()),
-])
+DIALOGUE = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        ("source", pa.string()),
+        ("turns", pa.list_(TURN)),
+        ("meta", pa.string()),
+    ]
+)
+UTTERANCE = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        ("source", pa.string()),
+        ("audio", pa.binary()),
+        ("sample_rate", pa.int32()),
+        ("transcript", pa.string()),
+        ("entities", pa.list_(ENTITY)),
+        ("sentiment", pa.string()),
+        ("speaker", pa.string()),
+        ("meta", pa.string()),
+    ]
+)
+CT = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        ("volume", pa.binary()),
+        ("shape", pa.list_(pa.int32())),
+        ("spacing", pa.list_(pa.float32())),
+        ("labels", pa.list_(pa.int8())),
+        ("report", pa.string()),
+        ("report_audio", pa.binary()),
+        ("sample_rate", pa.int32()),
+        ("split", pa.string()),
+    ]
+)
 
 SCHEMAS: dict[str, pa.Schema] = {"dialogue": DIALOGUE, "utterance": UTTERANCE, "ct": CT}
-KINDS: dict[str, str] = {"text_dialogue": "dialogue", "speech_dialogue": "dialogue",
-                         "dialogue": "dialogue", "utterance": "utterance", "ct": "ct"}
+KINDS: dict[str, str] = {
+    "text_dialogue": "dialogue",
+    "speech_dialogue": "dialogue",
+    "dialogue": "dialogue",
+    "utterance": "utterance",
+    "ct": "ct",
+}
 TASKS: dict[str, tuple[str, ...]] = {
     "dialogue": ("chat",),
     "utterance": ("asr", "ner", "sentiment", "multitask"),
@@ -119,13 +148,15 @@ class BadRecord(ValueError):
 
 # --- audio / volume encoding ------------------------------------------------------------------
 
+
 def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
     """float mono audio in [-1, 1] -> FLAC bytes (16 bit)."""
     return audio_io.encode(audio, sample_rate, "FLAC", "PCM_16")
 
 
-def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float | None = None,
-                 min_seconds: float = 0.05) -> np.ndarray:
+def decode_audio(
+    data: bytes | None, sample_rate: int | None, max_seconds: float | None = None, min_seconds: float = 0.05
+) -> np.ndarray:
     """A row's encoded audio -> float32 mono at 16 kHz (:func:`medlm.audio.decode`); raises :class:`BadRecord`.
 
     Checks: present, decodable (corrupt / truncated), the stored ``sample_rate`` matches the file,
@@ -134,8 +165,14 @@ def decode_audio(data: bytes | None, sample_rate: int | None, max_seconds: float
     if data and not sample_rate:
         raise BadRecord("missing_field", "sample_rate")
     try:
-        return audio_io.decode(data, max_seconds=max_seconds, declared_rate=sample_rate, min_rate=8000,
-                               min_seconds=min_seconds, reject_silence=True)
+        return audio_io.decode(
+            data,
+            max_seconds=max_seconds,
+            declared_rate=sample_rate,
+            min_rate=8000,
+            min_seconds=min_seconds,
+            reject_silence=True,
+        )
     except audio_io.AudioError as e:
         raise BadRecord(e.reason, e.detail) from None
 
@@ -173,6 +210,7 @@ def audio_seconds(data: bytes | None) -> float:
 
 # --- row -> chat messages ---------------------------------------------------------------------
 
+
 def _require(row: dict, *names: str) -> None:
     for n in names:
         if row.get(n) is None or (isinstance(row.get(n), str) and not row[n].strip() and n != "text"):
@@ -180,7 +218,11 @@ def _require(row: dict, *names: str) -> None:
 
 
 def _audio_part(data: bytes, rate: int, max_seconds: float | None, transcript: str | None) -> dict:
-    part = {"type": "audio", "audio": decode_audio(data, rate, max_seconds), "sampling_rate": audio_io.SAMPLING_RATE}
+    part = {
+        "type": "audio",
+        "audio": decode_audio(data, rate, max_seconds),
+        "sampling_rate": audio_io.SAMPLING_RATE,
+    }
     if transcript:
         part["transcript"] = transcript
     return part
@@ -233,7 +275,7 @@ def check_entities(row: dict) -> list[dict]:
 def entities_text(row: dict) -> str:
     ents = check_entities(row)
     text = row["transcript"]
-    return "\n".join(f"{e['label']}: {text[e['start']:e['end']]}" for e in ents) or "none"
+    return "\n".join(f"{e['label']}: {text[e['start'] : e['end']]}" for e in ents) or "none"
 
 
 def utterance_class_label(row: dict) -> list[int]:
@@ -261,9 +303,11 @@ def utterance_to_messages(row: dict, task: str = "asr", max_audio_seconds: float
     else:
         raise ValueError(f"unknown utterance task {task!r}; expected one of {TASKS['utterance']}")
     audio = _audio_part(row["audio"], row["sample_rate"], max_audio_seconds, row["transcript"])
-    return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": [audio, {"type": "text", "text": prompt}]},
-            {"role": "assistant", "content": answer}]
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": [audio, {"type": "text", "text": prompt}]},
+        {"role": "assistant", "content": answer},
+    ]
 
 
 def ct_findings_text(labels: Any, class_names: tuple[str, ...] | list[str]) -> str:
@@ -289,16 +333,22 @@ def ct_to_messages(row: dict, task: str = "report", max_audio_seconds: float | N
         user: Any = f"{CT_PROMPT}\n\n{row['report']}"
     elif task == "spoken_report":
         _require(row, "report_audio")
-        user = [_audio_part(row["report_audio"], row.get("sample_rate"), max_audio_seconds, row["report"]),
-                {"type": "text", "text": CT_PROMPT}]
+        user = [
+            _audio_part(row["report_audio"], row.get("sample_rate"), max_audio_seconds, row["report"]),
+            {"type": "text", "text": CT_PROMPT},
+        ]
     else:
         raise ValueError(f"unknown ct task {task!r}; expected one of {TASKS['ct']}")
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user},
-            {"role": "assistant", "content": ct_findings_text(labels, CT_RATE_CLASSES)}]
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": ct_findings_text(labels, CT_RATE_CLASSES)},
+    ]
 
 
-def to_messages(row: dict, kind: str, task: str | None = None,
-                max_audio_seconds: float | None = None) -> tuple[list[dict], Any]:
+def to_messages(
+    row: dict, kind: str, task: str | None = None, max_audio_seconds: float | None = None
+) -> tuple[list[dict], Any]:
     """Any shard row -> (chat messages, class label or None). Raises :class:`BadRecord` for bad rows."""
     base = KINDS.get(kind)
     if base is None:

@@ -18,8 +18,28 @@ from medlm.data.schema import CT_RATE_CLASSES  # the 18 CT-RATE abnormality clas
 
 # Prevalence per class (roughly CT-RATE's ordering of frequent vs rare findings; ~1.8 findings per case,
 # so that a spoken report stays around 5-12 s).
-PREVALENCE = np.array([0.10, 0.15, 0.09, 0.07, 0.13, 0.08, 0.13, 0.10, 0.11, 0.17,
-                       0.15, 0.11, 0.08, 0.07, 0.07, 0.08, 0.07, 0.07])
+PREVALENCE = np.array(
+    [
+        0.10,
+        0.15,
+        0.09,
+        0.07,
+        0.13,
+        0.08,
+        0.13,
+        0.10,
+        0.11,
+        0.17,
+        0.15,
+        0.11,
+        0.08,
+        0.07,
+        0.07,
+        0.08,
+        0.07,
+        0.07,
+    ]
+)
 
 FIELD_OF_VIEW_MM = 360.0  # physical extent covered by ``shape`` at the base spacing, every axis
 SPLITS = (("train", 0.7), ("val", 0.15), ("test", 0.15))
@@ -30,40 +50,88 @@ AIR, FAT, SOFT, BLOOD, LUNG, BONE, FLUID, METAL = -1000, -100, 45, 40, -850, 700
 # structure) and a distinct attenuation or texture, large enough to fill about one CTViT patch at
 # 16 x 32 x 32, so that each class is visible at the tiny preset's resolution. The phrasing names that place.
 POSITIVE: dict[str, list[str]] = {
-    "Medical material": ["A pacemaker lead is seen.", "Medical material: a cardiac device.",
-                         "There is a cardiac device lead."],
-    "Arterial wall calcification": ["The aortic wall is calcified.", "Aortic wall calcification is noted.",
-                                    "There are calcified aortic plaques."],
+    "Medical material": [
+        "A pacemaker lead is seen.",
+        "Medical material: a cardiac device.",
+        "There is a cardiac device lead.",
+    ],
+    "Arterial wall calcification": [
+        "The aortic wall is calcified.",
+        "Aortic wall calcification is noted.",
+        "There are calcified aortic plaques.",
+    ],
     "Cardiomegaly": ["The heart is enlarged.", "Cardiac size is increased.", "There is cardiomegaly."],
-    "Pericardial effusion": ["There is fluid around the heart.", "A pericardial effusion is seen.",
-                             "Pericardial fluid, {mm} mm thick."],
-    "Coronary artery wall calcification": ["The coronary arteries are calcified.",
-                                           "There is coronary calcification.", "Coronary plaques are seen."],
-    "Hiatal hernia": ["There is a hiatal hernia.", "A sliding hiatal hernia is seen.",
-                      "Hiatal hernia at the hiatus."],
-    "Lymphadenopathy": ["Mediastinal nodes are enlarged.", "A {mm} mm mediastinal node is seen.",
-                        "There is mediastinal lymphadenopathy."],
-    "Emphysema": ["Right upper lobe emphysema.", "There is emphysema in the right apex.",
-                  "Emphysema is seen."],
-    "Atelectasis": ["Left basal atelectasis.", "There is atelectasis at the left base.",
-                    "Atelectasis is seen."],
-    "Lung nodule": ["A {mm} mm left lung nodule.", "There is a nodule in the left lung.",
-                    "A lung nodule is seen."],
-    "Lung opacity": ["Right ground glass opacity.", "There is a right lung opacity.",
-                     "A lung opacity is seen."],
-    "Pulmonary fibrotic sequela": ["Right apical fibrotic bands.", "There are fibrotic sequelae.",
-                                   "Fibrotic sequela at the right apex."],
-    "Pleural effusion": ["A right pleural effusion.", "There is a right pleural effusion.",
-                         "Pleural fluid on the right."],
-    "Mosaic attenuation pattern": ["Mosaic attenuation, left upper lobe.", "There is mosaic attenuation.",
-                                   "A mosaic pattern is seen."],
-    "Peribronchial thickening": ["Left peribronchial thickening.", "The bronchial walls are thickened.",
-                                 "There is peribronchial thickening."],
-    "Consolidation": ["Right basal consolidation.", "There is consolidation at the right base.",
-                      "A consolidation is seen."],
+    "Pericardial effusion": [
+        "There is fluid around the heart.",
+        "A pericardial effusion is seen.",
+        "Pericardial fluid, {mm} mm thick.",
+    ],
+    "Coronary artery wall calcification": [
+        "The coronary arteries are calcified.",
+        "There is coronary calcification.",
+        "Coronary plaques are seen.",
+    ],
+    "Hiatal hernia": [
+        "There is a hiatal hernia.",
+        "A sliding hiatal hernia is seen.",
+        "Hiatal hernia at the hiatus.",
+    ],
+    "Lymphadenopathy": [
+        "Mediastinal nodes are enlarged.",
+        "A {mm} mm mediastinal node is seen.",
+        "There is mediastinal lymphadenopathy.",
+    ],
+    "Emphysema": [
+        "Right upper lobe emphysema.",
+        "There is emphysema in the right apex.",
+        "Emphysema is seen.",
+    ],
+    "Atelectasis": [
+        "Left basal atelectasis.",
+        "There is atelectasis at the left base.",
+        "Atelectasis is seen.",
+    ],
+    "Lung nodule": [
+        "A {mm} mm left lung nodule.",
+        "There is a nodule in the left lung.",
+        "A lung nodule is seen.",
+    ],
+    "Lung opacity": [
+        "Right ground glass opacity.",
+        "There is a right lung opacity.",
+        "A lung opacity is seen.",
+    ],
+    "Pulmonary fibrotic sequela": [
+        "Right apical fibrotic bands.",
+        "There are fibrotic sequelae.",
+        "Fibrotic sequela at the right apex.",
+    ],
+    "Pleural effusion": [
+        "A right pleural effusion.",
+        "There is a right pleural effusion.",
+        "Pleural fluid on the right.",
+    ],
+    "Mosaic attenuation pattern": [
+        "Mosaic attenuation, left upper lobe.",
+        "There is mosaic attenuation.",
+        "A mosaic pattern is seen.",
+    ],
+    "Peribronchial thickening": [
+        "Left peribronchial thickening.",
+        "The bronchial walls are thickened.",
+        "There is peribronchial thickening.",
+    ],
+    "Consolidation": [
+        "Right basal consolidation.",
+        "There is consolidation at the right base.",
+        "A consolidation is seen.",
+    ],
     "Bronchiectasis": ["Right bronchiectasis.", "There are dilated bronchi.", "Bronchiectasis is seen."],
-    "Interlobular septal thickening": ["Left apical septal thickening.", "The interlobular septa are thickened.",
-                                       "There is septal thickening."],
+    "Interlobular septal thickening": [
+        "Left apical septal thickening.",
+        "The interlobular septa are thickened.",
+        "There is septal thickening.",
+    ],
 }
 
 NEGATIVE: dict[str, list[str]] = {
@@ -76,11 +144,16 @@ NORMAL_SENTENCES = ("The airways are patent.", "The bones are intact.", "The thy
 # Lung zones: (side, level, half) -> a class. side -1 = right (x < 0), +1 = left; level by z (upper /
 # middle / lower third of the lung); half by y (anterior / posterior).
 _ZONES = {
-    "Emphysema": (-1, 0, 0), "Pulmonary fibrotic sequela": (-1, 0, 1),
-    "Mosaic attenuation pattern": (1, 0, 0), "Interlobular septal thickening": (1, 0, 1),
-    "Lung opacity": (-1, 1, 0), "Bronchiectasis": (-1, 1, 1),
-    "Lung nodule": (1, 1, 0), "Peribronchial thickening": (1, 1, 1),
-    "Consolidation": (-1, 2, 0), "Pleural effusion": (-1, 2, 1),
+    "Emphysema": (-1, 0, 0),
+    "Pulmonary fibrotic sequela": (-1, 0, 1),
+    "Mosaic attenuation pattern": (1, 0, 0),
+    "Interlobular septal thickening": (1, 0, 1),
+    "Lung opacity": (-1, 1, 0),
+    "Bronchiectasis": (-1, 1, 1),
+    "Lung nodule": (1, 1, 0),
+    "Peribronchial thickening": (1, 1, 1),
+    "Consolidation": (-1, 2, 0),
+    "Pleural effusion": (-1, 2, 1),
     "Atelectasis": (1, 2, 0),
 }
 _LEVELS = ((-0.9, -0.3), (-0.3, 0.3), (0.3, 0.9))
@@ -101,7 +174,9 @@ class _Canvas:
         self.vol = np.full(shape, AIR, dtype=np.float32)
 
     def ellipsoid(self, c, r) -> np.ndarray:
-        return ((self.x - c[0]) / r[0]) ** 2 + ((self.y - c[1]) / r[1]) ** 2 + ((self.z - c[2]) / r[2]) ** 2 <= 1
+        return ((self.x - c[0]) / r[0]) ** 2 + ((self.y - c[1]) / r[1]) ** 2 + (
+            (self.z - c[2]) / r[2]
+        ) ** 2 <= 1
 
     def cylinder(self, c, r, z0=-2.0, z1=2.0) -> np.ndarray:
         inside = ((self.x - c[0]) / r[0]) ** 2 + ((self.y - c[1]) / r[1]) ** 2 <= 1
@@ -217,7 +292,9 @@ def _report(rng: np.random.Generator, labels: np.ndarray) -> str:
     present = [n for i, n in enumerate(CT_RATE_CLASSES) if labels[i]]
     absent = [n for i, n in enumerate(CT_RATE_CLASSES) if not labels[i]]
     findings = [fill(POSITIVE[n][rng.integers(3)]) for n in present]
-    if absent:  # one negation, worded as the zero-shot "absent" prompt, so that the text side learns the contrast
+    if (
+        absent
+    ):  # one negation, worded as the zero-shot "absent" prompt, so that the text side learns the contrast
         findings.append(NEGATIVE[absent[rng.integers(len(absent))]][2])
     if not present:
         findings.append(NORMAL_SENTENCES[rng.integers(len(NORMAL_SENTENCES))])
@@ -243,7 +320,9 @@ def generate_ct_cases(n: int, shape: tuple[int, int, int] = (16, 32, 32), seed: 
         raise ValueError(f"shape must be 3 sizes >= 8 (D, H, W), got {shape}")
     rng = np.random.default_rng(seed)
     n_train, n_val = round(n * SPLITS[0][1]), round(n * SPLITS[1][1])
-    split_of = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val))[rng.permutation(n)]
+    split_of = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val))[
+        rng.permutation(n)
+    ]
     base = base_spacing(tuple(shape))
     cases = []
     for i in range(n):
@@ -251,6 +330,14 @@ def generate_ct_cases(n: int, shape: tuple[int, int, int] = (16, 32, 32), seed: 
         labels = (case_rng.random(len(CT_RATE_CLASSES)) < PREVALENCE).astype(np.int8)
         spacing = tuple(float(round(b * case_rng.uniform(0.9, 1.1), 4)) for b in base)
         volume = _render(case_rng, labels, tuple(shape), spacing)
-        cases.append({"id": f"ct-{seed}-{i:05d}", "volume": volume, "spacing": spacing, "labels": labels,
-                      "report": _report(case_rng, labels), "split": str(split_of[i])})
+        cases.append(
+            {
+                "id": f"ct-{seed}-{i:05d}",
+                "volume": volume,
+                "spacing": spacing,
+                "labels": labels,
+                "report": _report(case_rng, labels),
+                "split": str(split_of[i]),
+            }
+        )
     return cases

@@ -37,14 +37,20 @@ from medlm.models.prompts import SYSTEM_PROMPT
 Chat = Callable[[list[dict]], str]
 TTS = Callable[[str], np.ndarray]  # text -> float32 mono audio at 16 kHz
 
-CONSULTATION_PROMPT = (SYSTEM_PROMPT + " A patient describes their complaint. Ask about their symptoms, one "
-                       "question at a time, and name the most likely condition as soon as you are confident.")
+CONSULTATION_PROMPT = (
+    SYSTEM_PROMPT + " A patient describes their complaint. Ask about their symptoms, one "
+    "question at a time, and name the most likely condition as soon as you are confident."
+)
 
-_STOPWORDS = frozenset("a an the and or of in on at to for with when after from my your any is are do does "
-                       "have has had been feel feeling".split())
+_STOPWORDS = frozenset(
+    "a an the and or of in on at to for with when after from my your any is are do does "
+    "have has had been feel feeling".split()
+)
 _DURATION = re.compile(r"\b(how long|since when|when did|how many days|how much time|started)\b")
-_OPEN = re.compile(r"\b(anything else|what else|other symptoms?|any other|more symptoms?|tell me more|describe|"
-                   r"what brings you|what seems|what is the (problem|matter)|how can i help)\b")
+_OPEN = re.compile(
+    r"\b(anything else|what else|other symptoms?|any other|more symptoms?|tell me more|describe|"
+    r"what brings you|what seems|what is the (problem|matter)|how can i help)\b"
+)
 
 
 def _norm(text: str) -> str:
@@ -69,21 +75,29 @@ def condition_aliases(c: kb.Condition) -> list[str]:
 def named_conditions(text: str) -> list[str]:
     """Sorted ids of the knowledge-base conditions that ``text`` names (whole words, case-insensitive)."""
     t = _norm(text)
-    return sorted(c.id for c in kb.CONDITIONS if any(f" {_norm(a).strip()} " in t for a in condition_aliases(c)))
+    return sorted(
+        c.id for c in kb.CONDITIONS if any(f" {_norm(a).strip()} " in t for a in condition_aliases(c))
+    )
 
 
 @dataclass
 class ConsultationResult:
-    condition: str                 # the patient's condition id
-    diagnosed: bool                # the doctor named it (and no other condition) in its diagnosis turn
-    diagnosis: list[str]           # condition ids named in the diagnosis turn ([] = never diagnosed)
-    turns: int                     # doctor turns taken (up to and including the diagnosis turn)
+    condition: str  # the patient's condition id
+    diagnosed: bool  # the doctor named it (and no other condition) in its diagnosis turn
+    diagnosis: list[str]  # condition ids named in the diagnosis turn ([] = never diagnosed)
+    turns: int  # doctor turns taken (up to and including the diagnosis turn)
     revealed: list[str] = field(default_factory=list)  # symptoms the patient mentioned
     transcript: list[dict] = field(default_factory=list)  # {role, text} turns, patient = user
 
     def to_dict(self) -> dict:
-        return {"condition": self.condition, "diagnosed": self.diagnosed, "diagnosis": self.diagnosis,
-                "turns": self.turns, "revealed": self.revealed, "transcript": self.transcript}
+        return {
+            "condition": self.condition,
+            "diagnosed": self.diagnosed,
+            "diagnosis": self.diagnosis,
+            "turns": self.turns,
+            "revealed": self.revealed,
+            "transcript": self.transcript,
+        }
 
 
 class SimulatedPatient:
@@ -119,7 +133,11 @@ class SimulatedPatient:
             self._reveal(mine)
             return f"Yes, I have {_join(mine)}."
         if _DURATION.search(t):
-            return f"It started {self.duration} ago." if self.duration != "since yesterday" else "Since yesterday."
+            return (
+                f"It started {self.duration} ago."
+                if self.duration != "since yesterday"
+                else "Since yesterday."
+            )
         if _OPEN.search(t):
             nxt = self._next_unrevealed()
             if nxt is None:
@@ -139,12 +157,20 @@ def _user_turn(text: str, tts: TTS | None) -> dict:
     if tts is None:
         return {"role": "user", "content": text}
     audio = np.asarray(tts(text), dtype=np.float32)
-    return {"role": "user", "content": [{"type": "audio", "audio": audio, "sampling_rate": SAMPLING_RATE,
-                                         "transcript": text}]}
+    return {
+        "role": "user",
+        "content": [{"type": "audio", "audio": audio, "sampling_rate": SAMPLING_RATE, "transcript": text}],
+    }
 
 
-def run_consultation(chat: Chat, condition: str | kb.Condition, max_turns: int = 6, seed: int = 0,
-                     tts: TTS | None = None, system_prompt: str = CONSULTATION_PROMPT) -> ConsultationResult:
+def run_consultation(
+    chat: Chat,
+    condition: str | kb.Condition,
+    max_turns: int = 6,
+    seed: int = 0,
+    tts: TTS | None = None,
+    system_prompt: str = CONSULTATION_PROMPT,
+) -> ConsultationResult:
     """Play one consultation between ``chat`` (the doctor) and a :class:`SimulatedPatient`.
 
     The doctor sees the whole conversation each turn. It ends at the first doctor turn naming any
@@ -171,8 +197,14 @@ def run_consultation(chat: Chat, condition: str | kb.Condition, max_turns: int =
         messages.append(_user_turn(reply, tts))
         transcript.append({"role": "user", "text": reply})
     cid = patient.condition.id
-    return ConsultationResult(condition=cid, diagnosed=diagnosis == [cid], diagnosis=diagnosis, turns=turns,
-                              revealed=list(patient.revealed), transcript=transcript)
+    return ConsultationResult(
+        condition=cid,
+        diagnosed=diagnosis == [cid],
+        diagnosis=diagnosis,
+        turns=turns,
+        revealed=list(patient.revealed),
+        transcript=transcript,
+    )
 
 
 def consultation_scores(results: list[ConsultationResult]) -> dict[str, float]:

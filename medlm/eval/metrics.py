@@ -41,6 +41,7 @@ def normalize_text(text: str | None) -> str:
 
 # --- ASR ----------------------------------------------------------------------------------------------
 
+
 def _check_pairs(refs: Sequence[str], hyps: Sequence[str]) -> tuple[list[str], list[str]]:
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
@@ -78,6 +79,7 @@ def _error_rate(refs: Sequence[str], hyps: Sequence[str], unit: str) -> float:
 
 # --- NER (SLUE) -------------------------------------------------------------------------------------
 
+
 def parse_entities(text: str | None) -> list[tuple[str, str]]:
     """``medlm.models.prompts.parse_entities``: the API's parser, so what is scored is what it returns."""
     from medlm.models.prompts import parse_entities as parse
@@ -103,8 +105,9 @@ def _prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def ner_span_f1(gold: Sequence[Sequence[tuple]], pred: Sequence[Sequence[tuple]],
-                mode: str = "text") -> dict[str, float]:
+def ner_span_f1(
+    gold: Sequence[Sequence[tuple]], pred: Sequence[Sequence[tuple]], mode: str = "text"
+) -> dict[str, float]:
     """Micro precision / recall / F1 of entities, pooled over utterances, as SLUE-NER scores them.
 
     ``gold[i]`` and ``pred[i]`` are the entities of utterance ``i``:
@@ -145,6 +148,7 @@ def ner_span_f1(gold: Sequence[Sequence[tuple]], pred: Sequence[Sequence[tuple]]
 
 
 # --- sentiment --------------------------------------------------------------------------------------
+
 
 def parse_sentiment(text: str | None, labels: Sequence[str]) -> str:
     """``medlm.models.prompts.parse_sentiment`` (the API's parser), with ``"invalid"`` for no single label."""
@@ -199,14 +203,19 @@ def parse_choice(text: str | None, options: Sequence[str] | None = None) -> str 
         return m.group(1)
     if options:
         norm = f" {normalize_text(raw)} "
-        hits = [(len(o), i) for i, o in enumerate(options) if normalize_text(o) and f" {normalize_text(o)} " in norm]
+        hits = [
+            (len(o), i)
+            for i, o in enumerate(options)
+            if normalize_text(o) and f" {normalize_text(o)} " in norm
+        ]
         if hits:
             return LETTERS[max(hits)[1]]
     return None
 
 
-def multiple_choice_accuracy(gold: Sequence[str], pred: Sequence[str],
-                             options: Sequence[Sequence[str]] | None = None) -> float:
+def multiple_choice_accuracy(
+    gold: Sequence[str], pred: Sequence[str], options: Sequence[Sequence[str]] | None = None
+) -> float:
     """Share of questions whose :func:`parse_choice` letter equals the gold letter; an unreadable
     answer is wrong. ``options[i]`` are question ``i``'s option texts (optional)."""
     if len(gold) != len(pred):
@@ -285,20 +294,29 @@ def fact_accuracy(keys: Sequence[str], answers: Sequence[str]) -> float:
     return sum(names_topic(a, k) for a, k in zip(answers, keys)) / len(keys)
 
 
-def consistency_scores(text_answers: Sequence[str], answers: Sequence[str],
-                       topics: Sequence[str | None]) -> dict[str, float | int | None]:
+def consistency_scores(
+    text_answers: Sequence[str], answers: Sequence[str], topics: Sequence[str | None]
+) -> dict[str, float | int | None]:
     """How far answers to speech agree with the same model's answers to the text of the same turns:
     token ``f1`` and ``rouge_l`` against the text answers, and ``topic_accuracy``: among the turns whose
     text answer names the turn's key entity, the share whose answer names it too (``topic_n`` turns)."""
     named = [i for i, (t, k) in enumerate(zip(text_answers, topics)) if k and names_topic(t, k)]
-    return {"f1": short_answer_scores(list(text_answers), list(answers))["f1"],
-            "rouge_l": rouge_l(text_answers, answers),
-            "topic_accuracy": (sum(names_topic(answers[i], topics[i]) for i in named) / len(named)) if named else None,
-            "topic_n": len(named)}
+    return {
+        "f1": short_answer_scores(list(text_answers), list(answers))["f1"],
+        "rouge_l": rouge_l(text_answers, answers),
+        "topic_accuracy": (sum(names_topic(answers[i], topics[i]) for i in named) / len(named))
+        if named
+        else None,
+        "topic_n": len(named),
+    }
 
 
-def qa_accuracy(gold: Sequence, pred: Sequence[str], kind: str = "short_answer",
-                options: Sequence[Sequence[str]] | None = None) -> dict[str, float]:
+def qa_accuracy(
+    gold: Sequence,
+    pred: Sequence[str],
+    kind: str = "short_answer",
+    options: Sequence[Sequence[str]] | None = None,
+) -> dict[str, float]:
     """QA accuracy for ``kind="multiple_choice"`` (``{"accuracy"}``, see
     :func:`multiple_choice_accuracy`) or ``kind="short_answer"`` (``{"accuracy"}`` = exact match,
     plus ``exact_match`` and ``f1``, see :func:`short_answer_scores`)."""
@@ -314,11 +332,16 @@ def text_retention(before: float, after: float) -> dict[str, float]:
     """Text-only retention: the same text questions scored before and after speech training.
     ``delta = after - before`` (negative = forgetting); ``ratio = after / before`` (1 = fully
     retained; ``nan`` when ``before`` is 0)."""
-    return {"before": float(before), "after": float(after), "delta": float(after - before),
-            "ratio": float(after / before) if before else float("nan")}
+    return {
+        "before": float(before),
+        "after": float(after),
+        "delta": float(after - before),
+        "ratio": float(after / before) if before else float("nan"),
+    }
 
 
 # --- retrieval -----------------------------------------------------------------------------------------
+
 
 def recall_at_k(similarity, k: int | Sequence[int], targets: Sequence[int] | None = None) -> dict[int, float]:
     """Retrieval Recall@k: the share of queries (rows of ``similarity``, queries x candidates) whose
@@ -349,6 +372,7 @@ def recall_at_k(similarity, k: int | Sequence[int], targets: Sequence[int] | Non
 
 # --- CT zero-shot classification -------------------------------------------------------------------
 
+
 def youden_threshold(scores, labels) -> float:
     """The threshold maximising Youden's J = TPR - FPR on (``scores``, 0/1 ``labels``), from the ROC
     curve (scikit-learn); predictions are positive when ``score >= threshold``. Needs both classes;
@@ -366,9 +390,14 @@ def youden_threshold(scores, labels) -> float:
     return float(thr[int(np.argmax(tpr - fpr))])
 
 
-def zero_shot_auroc_f1(probs, labels, val_probs=None, val_labels=None,
-                       class_names: Sequence[str] | None = None,
-                       default_threshold: float = 0.5) -> dict:
+def zero_shot_auroc_f1(
+    probs,
+    labels,
+    val_probs=None,
+    val_labels=None,
+    class_names: Sequence[str] | None = None,
+    default_threshold: float = 0.5,
+) -> dict:
     """Multi-label zero-shot scores as in CT-CLIP: per class AUROC, and F1 / precision / accuracy at
     an operating point chosen by Youden's J.
 
@@ -399,7 +428,9 @@ def zero_shot_auroc_f1(probs, labels, val_probs=None, val_labels=None,
         raise ValueError(f"probs {p.shape} and labels {y.shape} must be the same non-empty (N, C) shape")
     if (val_probs is None) != (val_labels is None):
         raise ValueError("give both val_probs and val_labels, or neither")
-    vp, vy = (p, y) if val_probs is None else (np.asarray(val_probs, np.float64), np.asarray(val_labels, np.int64))
+    vp, vy = (
+        (p, y) if val_probs is None else (np.asarray(val_probs, np.float64), np.asarray(val_labels, np.int64))
+    )
     if vp.ndim == 1:
         vp, vy = vp[:, None], vy[:, None]
     if vp.shape[1] != p.shape[1] or vy.shape != vp.shape:
@@ -424,12 +455,19 @@ def zero_shot_auroc_f1(probs, labels, val_probs=None, val_labels=None,
             "f1": float(f1_score(y[:, c], pred, zero_division=0)),
             "precision": float(precision_score(y[:, c], pred, zero_division=0)),
             "accuracy": float(accuracy_score(y[:, c], pred)),
-            "threshold": thr, "threshold_source": source, "positives": int(y[:, c].sum()),
+            "threshold": thr,
+            "threshold_source": source,
+            "positives": int(y[:, c].sum()),
         }
 
     def macro(key: str) -> float:
         return float(np.mean([per_class[n][key] for n in scored])) if scored else float("nan")
 
-    return {"per_class": per_class, "auroc_macro": macro("auroc"), "f1_macro": macro("f1"),
-            "precision_macro": macro("precision"), "accuracy_macro": macro("accuracy"),
-            "n_scored": len(scored)}
+    return {
+        "per_class": per_class,
+        "auroc_macro": macro("auroc"),
+        "f1_macro": macro("f1"),
+        "precision_macro": macro("precision"),
+        "accuracy_macro": macro("accuracy"),
+        "n_scored": len(scored),
+    }

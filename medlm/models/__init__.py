@@ -1,7 +1,7 @@
 """SpeechLM: audio encoder + frame-stacking adapter + causal LLM (LoRA), processor, presets, builder."""
 
-from medlm.models.encoder import AudioEncoder, AudioFrontend, build_audio_encoder
 from medlm.models.build import build_model, build_processor
+from medlm.models.encoder import AudioEncoder, AudioFrontend, build_audio_encoder
 from medlm.models.modeling import (
     SpeechLM,
     SpeechLMConfig,

@@ -19,16 +19,28 @@ from medlm.models.pretrained import resolve_checkpoint
 
 def audio_parts(messages: list[dict]) -> list[dict]:
     """The audio parts of a chat, in reading order."""
-    return [p for m in messages if not isinstance(m["content"], str) for p in m["content"] if p.get("type") == "audio"]
+    return [
+        p
+        for m in messages
+        if not isinstance(m["content"], str)
+        for p in m["content"]
+        if p.get("type") == "audio"
+    ]
 
 
 def with_text(messages: list[dict], texts: list[str]) -> list[dict]:
     """The chat with its audio parts replaced, in reading order, by ``texts`` (transcripts: the text view of a
     spoken chat); each message's parts are joined by newlines, as the SpeechLM processor renders them."""
     words = iter(texts)
-    return [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str) else
-             "\n".join(next(words) if p.get("type") == "audio" else p["text"] for p in m["content"])}
-            for m in messages]
+    return [
+        {
+            "role": m["role"],
+            "content": m["content"]
+            if isinstance(m["content"], str)
+            else "\n".join(next(words) if p.get("type") == "audio" else p["text"] for p in m["content"]),
+        }
+        for m in messages
+    ]
 
 
 class WhisperASR:
@@ -42,8 +54,9 @@ class WhisperASR:
         self.window = self.processor.feature_extractor.n_samples  # 30 s at 16 kHz
 
     @torch.no_grad()
-    def transcribe(self, waves: list[np.ndarray], sampling_rate: int = SAMPLING_RATE,
-                   max_new_tokens: int = 224) -> list[str]:
+    def transcribe(
+        self, waves: list[np.ndarray], sampling_rate: int = SAMPLING_RATE, max_new_tokens: int = 224
+    ) -> list[str]:
         """Greedy transcripts of mono waveforms (any rate: resampled to 16 kHz)."""
         waves = [as_waveform(w, sampling_rate) for w in waves]
         pieces, owner = [], []
@@ -54,8 +67,9 @@ class WhisperASR:
         if not pieces:
             return []
         feats = self.processor.feature_extractor(pieces, sampling_rate=SAMPLING_RATE, return_tensors="pt")
-        ids = self.model.generate(feats.input_features.to(self.model.dtype), max_new_tokens=max_new_tokens,
-                                  do_sample=False)
+        ids = self.model.generate(
+            feats.input_features.to(self.model.dtype), max_new_tokens=max_new_tokens, do_sample=False
+        )
         texts = self.processor.batch_decode(ids, skip_special_tokens=True)
         out = [""] * len(waves)
         for i, t in zip(owner, texts):
@@ -66,8 +80,12 @@ class WhisperASR:
 class Cascade:
     """Whisper transcribes, a text LLM answers: ``generate(messages_batch)`` as ``SpeechLM`` callers use it."""
 
-    def __init__(self, asr: str = "whisper-tiny.en", llm: str = "smollm2-135m-instruct",
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        asr: str = "whisper-tiny.en",
+        llm: str = "smollm2-135m-instruct",
+        dtype: torch.dtype = torch.float32,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.asr = asr if isinstance(asr, WhisperASR) else WhisperASR(asr, dtype)
@@ -80,17 +98,30 @@ class Cascade:
     def transcribe_messages(self, messages_batch: list[list[dict]]) -> list[list[dict]]:
         """Every audio part replaced by its Whisper transcript (one batched ASR call for the whole batch)."""
         parts = [audio_parts(msgs) for msgs in messages_batch]
-        heard = iter(self.asr.transcribe([as_waveform(p["audio"], int(p.get("sampling_rate", SAMPLING_RATE)))
-                                          for ps in parts for p in ps]))
+        heard = iter(
+            self.asr.transcribe(
+                [
+                    as_waveform(p["audio"], int(p.get("sampling_rate", SAMPLING_RATE)))
+                    for ps in parts
+                    for p in ps
+                ]
+            )
+        )
         return [with_text(msgs, [next(heard) for _ in ps]) for msgs, ps in zip(messages_batch, parts)]
 
     @torch.no_grad()
     def generate(self, messages_batch: list[list[dict]], max_new_tokens: int = 64) -> list[str]:
         """Greedy answers to conversations that end on a user turn."""
         convs = self.transcribe_messages(messages_batch)
-        enc = self.tokenizer.apply_chat_template(convs, add_generation_prompt=True, padding=True,
-                                                 return_tensors="pt", return_dict=True)
-        out = self.llm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=self.tokenizer.pad_token_id)
-        return [t.strip() for t in self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                               skip_special_tokens=True)]
+        enc = self.tokenizer.apply_chat_template(
+            convs, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+        )
+        out = self.llm.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
+        )
+        return [
+            t.strip()
+            for t in self.tokenizer.batch_decode(
+                out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+        ]

@@ -20,13 +20,13 @@ from transformers import (
     WhisperConfig,
 )
 
+from medlm import storage
 from medlm.models.encoder import build_audio_encoder
 from medlm.models.modeling import SpeechLM, SpeechLMConfig
 from medlm.models.pretrained import store_path
 from medlm.models.processor import SpeechLMProcessor
 from medlm.models.spec import PRESETS, ModelSpec, field_default
 from medlm.models.tokenizer import AUDIO_TOKEN, build_byte_tokenizer
-from medlm import storage
 from medlm.storage import local_copy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,8 +36,11 @@ def resolve_spec(spec: ModelSpec) -> ModelSpec:
     """``spec`` with its preset's checkpoint defaults filled in (preset ``real``) and model store names
     (``whisper-tiny.en``, ...) resolved to their local store directories."""
     preset = PRESETS[spec.preset]
-    update = {k: preset[k] for k in ("encoder_path", "llm_path", "encoder_window_seconds")
-              if getattr(spec, k) is None and preset.get(k) is not None}
+    update = {
+        k: preset[k]
+        for k in ("encoder_path", "llm_path", "encoder_window_seconds")
+        if getattr(spec, k) is None and preset.get(k) is not None
+    }
     for key in ("encoder_path", "llm_path"):
         value = update.get(key, getattr(spec, key))
         if value is not None and store_path(value) != value:
@@ -51,8 +54,10 @@ def encoder_config(spec: ModelSpec) -> PretrainedConfig:
         if spec.encoder_window_seconds and config.model_type == "whisper":
             positions = int(spec.encoder_window_seconds * 50)  # 50 encoder positions per second
             if positions > config.max_source_positions:
-                raise ValueError(f"encoder_window_seconds={spec.encoder_window_seconds} exceeds the checkpoint's "
-                                 f"{config.max_source_positions / 50:g} s window")
+                raise ValueError(
+                    f"encoder_window_seconds={spec.encoder_window_seconds} exceeds the checkpoint's "
+                    f"{config.max_source_positions / 50:g} s window"
+                )
             config.max_source_positions = positions
         return config
     preset = PRESETS[spec.preset]
@@ -118,8 +123,13 @@ def speechlm_config(
 JOB_CHOICES = ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale")
 #: The spec fields an export fixes (``trainable`` and ``dtype`` are the job's too; ``preset`` only supplies
 #: defaults): with ``init_from`` a value the spec gives must be the export's.
-STRUCTURAL = ("encoder_type", "encoder_window_seconds", "stack_factor", "adapter_hidden",
-              *(f for f in SpeechLMConfig.SPEC_FIELDS if f not in (*JOB_CHOICES, "trainable")))
+STRUCTURAL = (
+    "encoder_type",
+    "encoder_window_seconds",
+    "stack_factor",
+    "adapter_hidden",
+    *(f for f in SpeechLMConfig.SPEC_FIELDS if f not in (*JOB_CHOICES, "trainable")),
+)
 
 
 def _export_value(config: SpeechLMConfig, name: str):
@@ -141,8 +151,10 @@ def check_structure(spec: ModelSpec, config: SpeechLMConfig) -> None:
     ``model_fields_set`` cannot tell)."""
     for name in ("encoder_path", "llm_path"):
         if getattr(spec, name) is not None:
-            raise ValueError(f"model.{name}={getattr(spec, name)!r} with model.init_from={spec.init_from!r}: "
-                             f"the export holds the weights; give one of them")
+            raise ValueError(
+                f"model.{name}={getattr(spec, name)!r} with model.init_from={spec.init_from!r}: "
+                f"the export holds the weights; give one of them"
+            )
     for name in STRUCTURAL:
         value = getattr(spec, name)
         if value == field_default(name):
@@ -151,9 +163,11 @@ def check_structure(spec: ModelSpec, config: SpeechLMConfig) -> None:
             value = int(value * 50) / 50
         saved = _export_value(config, name)
         if value != saved:
-            raise ValueError(f"model.{name}={getattr(spec, name)!r} contradicts the export "
-                             f"model.init_from={spec.init_from!r}, whose {name} is {saved!r}: with init_from "
-                             f"the structure comes from the export (leave model.{name} out or set it to {saved!r})")
+            raise ValueError(
+                f"model.{name}={getattr(spec, name)!r} contradicts the export "
+                f"model.init_from={spec.init_from!r}, whose {name} is {saved!r}: with init_from "
+                f"the structure comes from the export (leave model.{name} out or set it to {saved!r})"
+            )
 
 
 def check_init_from(spec: ModelSpec) -> None:

@@ -97,8 +97,13 @@ class AudioFrontend:
         if not chunks:
             feats = np.zeros((0, *self.feature_shape), dtype=np.float32)
         else:
-            out = self.extractor(chunks, sampling_rate=SAMPLING_RATE, padding="max_length",
-                                 max_length=self.window_samples, return_tensors="np")
+            out = self.extractor(
+                chunks,
+                sampling_rate=SAMPLING_RATE,
+                padding="max_length",
+                max_length=self.window_samples,
+                return_tensors="np",
+            )
             feats = out.input_features if self.encoder_type == "whisper" else out.input_values[:, None, :]
         feats = np.ascontiguousarray(feats, dtype=np.float32)
         if return_lengths:

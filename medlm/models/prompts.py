@@ -23,8 +23,10 @@ CT_PROMPT = "Here is the radiology report of a chest CT. Which abnormalities doe
 
 def task_messages(prompt: str, content: dict[str, Any] | str) -> list[dict[str, Any]]:
     """A training-shaped prompt: system turn, then the input (an audio part or text) and the task prompt."""
-    parts = [content if isinstance(content, dict) else {"type": "text", "text": content},
-             {"type": "text", "text": prompt}]
+    parts = [
+        content if isinstance(content, dict) else {"type": "text", "text": content},
+        {"type": "text", "text": prompt},
+    ]
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": parts}]
 
 

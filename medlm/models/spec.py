@@ -190,7 +190,9 @@ class ModelSpec(Section):
     # the regularizer sees NER as well as sentiment; 0 = sentiment only
     num_entity_labels: int = Field(default=0, ge=0)
     classifier_weight: float = 0.1
-    lm_weight: float = Field(default=1.0, ge=0.0)  # LM loss on the targets; 0 = KD only (Ultravox's alignment)
+    lm_weight: float = Field(
+        default=1.0, ge=0.0
+    )  # LM loss on the targets; 0 = KD only (Ultravox's alignment)
     kd_weight: float = Field(default=0.0, ge=0.0)  # KL to the same LLM fed the transcript; 0 = off
     kd_temperature: float = Field(default=2.0, gt=0.0)
     # CTC of each audio item's adapter output against its transcript's LLM tokens (logits = scaled cosine

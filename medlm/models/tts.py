@@ -33,7 +33,11 @@ from medlm.config import Section
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan")
 # espeak-ng variants: f1..f5 are female, m1..m7 male.
 VARIANTS = {"female": ("f1", "f2", "f3", "f4", "f5"), "male": ("m1", "m2", "m3", "m4", "m5", "m7")}
-AGES = {"young": (60, 75, 165, 185), "adult": (45, 60, 150, 170), "elderly": (25, 45, 115, 140)}  # pitch, wpm ranges
+AGES = {
+    "young": (60, 75, 165, 185),
+    "adult": (45, 60, 150, 170),
+    "elderly": (25, 45, 115, 140),
+}  # pitch, wpm ranges
 
 
 # Piper prosody ranges drawn per utterance: speed (length_scale > 1 is slower), generator noise, and
@@ -47,7 +51,7 @@ class Voice:
     accent: str
     gender: str
     age: str
-    pitch: int = 50   # espeak-ng 0-99
+    pitch: int = 50  # espeak-ng 0-99
     speed: int = 160  # espeak-ng words per minute
     engine: Literal["espeak", "piper"] = "espeak"
     length_scale: float | None = None  # Piper settings of one utterance (for_utterance)
@@ -76,7 +80,9 @@ def espeak_voices(n: int, seed: int = 0) -> list[Voice]:
         accent = ACCENTS[i % len(ACCENTS)]
         plo, phi, slo, shi = AGES[age]
         variant = rng.choice(VARIANTS[gender])
-        voices.append(Voice(f"{accent}+{variant}", accent, gender, age, rng.randint(plo, phi), rng.randint(slo, shi)))
+        voices.append(
+            Voice(f"{accent}+{variant}", accent, gender, age, rng.randint(plo, phi), rng.randint(slo, shi))
+        )
     return voices
 
 
@@ -86,8 +92,9 @@ PIPER_VOICES = {"piper-joe": Voice("piper:joe", "en-us", "male", "adult", engine
 def voice_bank(n: int, seed: int = 0, backend: str = "espeak", piper_voice: str = "piper-joe") -> list[Voice]:
     """``n`` voices for ``backend``: espeak-ng's bank, the Piper voice (one speaker; its utterances vary
     in speed and prosody), or ``mixed``: Piper and espeak-ng alternating (even indices Piper)."""
-    piper = PIPER_VOICES.get(piper_voice) or Voice(f"piper:{Path(piper_voice).stem}", "en-us", "unknown", "adult",
-                                                   engine="piper")
+    piper = PIPER_VOICES.get(piper_voice) or Voice(
+        f"piper:{Path(piper_voice).stem}", "en-us", "unknown", "adult", engine="piper"
+    )
     if backend == "espeak":
         return espeak_voices(n, seed)
     if backend == "piper":
@@ -115,7 +122,9 @@ class EspeakTTS:
 
     def __init__(self, command: str = "espeak-ng"):
         if shutil.which(command) is None:
-            raise RuntimeError(f"{command!r} not found; install it (apt-get install espeak-ng) or pick another TTS backend")
+            raise RuntimeError(
+                f"{command!r} not found; install it (apt-get install espeak-ng) or pick another TTS backend"
+            )
         self.command = command
 
     def synthesize(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:
@@ -125,9 +134,14 @@ class EspeakTTS:
             raise ValueError("cannot synthesise empty text")
         proc = subprocess.run(
             [self.command, "-v", voice.id, "-p", str(voice.pitch), "-s", str(voice.speed), "--stdout", text],
-            capture_output=True, check=False, timeout=60)
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
         if proc.returncode != 0 or not proc.stdout:
-            raise RuntimeError(f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}")
+            raise RuntimeError(
+                f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}"
+            )
         audio, rate = sf.read(io.BytesIO(proc.stdout), dtype="float32")
         return audio, rate
 
@@ -148,9 +162,13 @@ class PiperTTS:
         self.onnx = piper_onnx(voice)
         self.config = json.loads(Path(f"{self.onnx}.json").read_text())
         if self.config.get("phoneme_type", "espeak") != "espeak":
-            raise ValueError(f"{self.onnx}: phoneme type {self.config['phoneme_type']!r}; only espeak voices are supported")
+            raise ValueError(
+                f"{self.onnx}: phoneme type {self.config['phoneme_type']!r}; only espeak voices are supported"
+            )
         if shutil.which(command) is None:
-            raise RuntimeError(f"{command!r} not found (Piper's phonemes come from it): apt-get install espeak-ng")
+            raise RuntimeError(
+                f"{command!r} not found (Piper's phonemes come from it): apt-get install espeak-ng"
+            )
         self.command, self.id_map = command, self.config["phoneme_id_map"]
         self.sample_rate = int(self.config["audio"]["sample_rate"])
         opts = ort.SessionOptions()
@@ -160,10 +178,16 @@ class PiperTTS:
 
     def phonemes(self, text: str) -> list[list[str]]:
         """Text -> one phoneme list per sentence (espeak-ng IPA code points with clause punctuation)."""
-        proc = subprocess.run([self.command, "-q", "--ipa", "-v", self.config["espeak"]["voice"], "--stdin"],
-                              input=text.encode(), capture_output=True, timeout=60)
+        proc = subprocess.run(
+            [self.command, "-q", "--ipa", "-v", self.config["espeak"]["voice"], "--stdin"],
+            input=text.encode(),
+            capture_output=True,
+            timeout=60,
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}")
+            raise RuntimeError(
+                f"espeak-ng failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[:200]}"
+            )
         clauses = [re.sub(r"\([^)]+\)", "", line).strip() for line in proc.stdout.decode().splitlines()]
         clauses = [c for c in clauses if c]
         marks = re.findall(r"[.,;:!?]+(?=\s|$)", text.strip())
@@ -173,7 +197,9 @@ class PiperTTS:
             clauses, marks = [" ".join(clauses)], [(marks or ["."])[-1]]
         sentences, current = [], []
         for clause, mark in zip(clauses, marks):
-            current += list(unicodedata.normalize("NFD", clause + mark[-1] + (" " if mark[-1] in ",;:" else "")))
+            current += list(
+                unicodedata.normalize("NFD", clause + mark[-1] + (" " if mark[-1] in ",;:" else ""))
+            )
             if mark[-1] in ".!?":
                 sentences.append(current)
                 current = []
@@ -192,14 +218,21 @@ class PiperTTS:
         if not text.strip():
             raise ValueError("cannot synthesise empty text")
         inference = self.config.get("inference", {})
-        scales = np.array([voice.noise_scale or inference.get("noise_scale", 0.667),
-                           voice.length_scale or inference.get("length_scale", 1.0),
-                           voice.noise_w_scale or inference.get("noise_w", 0.8)], dtype=np.float32)
+        scales = np.array(
+            [
+                voice.noise_scale or inference.get("noise_scale", 0.667),
+                voice.length_scale or inference.get("length_scale", 1.0),
+                voice.noise_w_scale or inference.get("noise_w", 0.8),
+            ],
+            dtype=np.float32,
+        )
         pieces = []
         for sentence in self.phonemes(text):
             ids = np.asarray([self.ids(sentence)], dtype=np.int64)
-            audio = self.session.run(None, {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64),
-                                            "scales": scales})[0].reshape(-1)
+            audio = self.session.run(
+                None,
+                {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64), "scales": scales},
+            )[0].reshape(-1)
             peak = float(np.abs(audio).max())
             pieces.append(np.clip(audio / peak, -1, 1) if peak > 1e-8 else np.zeros_like(audio))
         return np.concatenate(pieces).astype(np.float32), self.sample_rate
@@ -228,8 +261,11 @@ class MultiTTS:
 
     def engine(self, name: str) -> TTSBackend:
         if name not in self.engines:
-            self.engines[name] = (EspeakTTS(self.cfg.command) if name == "espeak"
-                                  else PiperTTS(self.cfg.piper_voice, self.cfg.command))
+            self.engines[name] = (
+                EspeakTTS(self.cfg.command)
+                if name == "espeak"
+                else PiperTTS(self.cfg.piper_voice, self.cfg.command)
+            )
         return self.engines[name]
 
     def synthesize(self, text: str, voice: Voice) -> tuple[np.ndarray, int]:

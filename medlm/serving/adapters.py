@@ -26,8 +26,10 @@ def save_adapter(model, directory: str, adapter_name: str = "default") -> None:
         raise ValueError(f"the model's LLM has no LoRA adapter {adapter_name!r} (build it with lora_r > 0)")
     with tempfile.TemporaryDirectory() as tmp:
         llm.peft_config[adapter_name].save_pretrained(tmp)
-        state = {k: v.detach().contiguous().cpu() for k, v in
-                 get_peft_model_state_dict(llm, adapter_name=adapter_name).items()}
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in get_peft_model_state_dict(llm, adapter_name=adapter_name).items()
+        }
         save_file(state, str(Path(tmp) / ADAPTER_WEIGHTS))
         storage.copy_tree(tmp, directory)
 
@@ -50,7 +52,9 @@ def load_adapter(model, directory: str, name: str) -> None:
     inject_adapter_in_model(config, model.llm, adapter_name=name)
     result = set_peft_model_state_dict(model.llm, load_file(str(local / ADAPTER_WEIGHTS)), adapter_name=name)
     if result.unexpected_keys:
-        raise ValueError(f"adapter {name!r} does not fit the served model: unexpected {result.unexpected_keys[:3]}")
+        raise ValueError(
+            f"adapter {name!r} does not fit the served model: unexpected {result.unexpected_keys[:3]}"
+        )
 
 
 def _tuner_layers(model):

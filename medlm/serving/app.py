@@ -85,11 +85,17 @@ PUBLIC_PATHS = {"/healthz"}
 CASCADE = "cascade"  # the model id of the ASR -> LLM baseline
 JSON_TYPES = ("application/json",)
 
-api = FastAPI(title="medlm", description="OpenAI-compatible medical speech LLM API", docs_url=None,
-              redoc_url=None, openapi_url=None)
+api = FastAPI(
+    title="medlm",
+    description="OpenAI-compatible medical speech LLM API",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
 # --- errors -------------------------------------------------------------------------------------------------
+
 
 @api.exception_handler(APIError)
 async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -115,8 +121,10 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 def validation_error(errors: list[dict]) -> APIError:
     first = errors[0]
     loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
-    detail = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or '<body>'}: {e['msg']}"
-                       for e in errors[:5])
+    detail = "; ".join(
+        f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or '<body>'}: {e['msg']}"
+        for e in errors[:5]
+    )
     return APIError(400, f"invalid request: {detail}", param=loc or None, code="invalid_request")
 
 
@@ -140,6 +148,7 @@ def unwrap(exc: BaseException) -> BaseException:
 
 # --- request parsing ---------------------------------------------------------------------------------------
 
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes (by header, then while reading)."""
     length = request.headers.get("content-length")
@@ -157,8 +166,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 def require_content_type(request: Request, accepted: tuple[str, ...]) -> None:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in accepted:
-        raise APIError(415, f"content type {ctype or '(none)'!r} is not supported; send {' or '.join(accepted)}",
-                       code="unsupported_media_type")
+        raise APIError(
+            415,
+            f"content type {ctype or '(none)'!r} is not supported; send {' or '.join(accepted)}",
+            code="unsupported_media_type",
+        )
 
 
 async def parse_json(request: Request, schema: type[M], limit: int) -> M:
@@ -167,8 +179,11 @@ async def parse_json(request: Request, schema: type[M], limit: int) -> M:
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"body is not valid JSON: {e.msg if hasattr(e, 'msg') else 'bad encoding'}",
-                       code="invalid_json") from None
+        raise APIError(
+            400,
+            f"body is not valid JSON: {e.msg if hasattr(e, 'msg') else 'bad encoding'}",
+            code="invalid_json",
+        ) from None
     try:
         return schema.model_validate(data)
     except ValidationError as e:
@@ -177,6 +192,7 @@ async def parse_json(request: Request, schema: type[M], limit: int) -> M:
 
 async def parse_form(request: Request, body: bytes) -> FormData:
     """A multipart form from an already size-checked body."""
+
     async def stream() -> AsyncIterator[bytes]:
         yield body
 
@@ -204,8 +220,15 @@ async def _guard(request: Request, call_next) -> Response:
     return response
 
 
-ROUTES = {"/healthz", "/v1/models", "/v1/chat/completions", "/v1/audio/transcriptions",
-          "/v1/understand", "/v1/ct/search", "/v1/ct/classify"}
+ROUTES = {
+    "/healthz",
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/audio/transcriptions",
+    "/v1/understand",
+    "/v1/ct/search",
+    "/v1/ct/classify",
+}
 
 
 _SENTENCE_END = re.compile(r"(?<=[^\W\d_][.!?])\s+|(?<=[)\"'][.!?])\s+|\n+")
@@ -229,15 +252,25 @@ def encode_reply(wave: np.ndarray, fmt: str) -> str:
 
 # --- the ingress deployment ------------------------------------------------------------------------------
 
+
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, encoder: DeploymentHandle, llm: DeploymentHandle, ct: DeploymentHandle | None,
-                 args: AppArgs, asr: DeploymentHandle | None = None, speaker: DeploymentHandle | None = None):
+    def __init__(
+        self,
+        encoder: DeploymentHandle,
+        llm: DeploymentHandle,
+        ct: DeploymentHandle | None,
+        args: AppArgs,
+        asr: DeploymentHandle | None = None,
+        speaker: DeploymentHandle | None = None,
+    ):
         self.encoder, self.llm, self.ct, self.asr, self.speaker = encoder, llm, ct, asr, speaker
         self.args = args
         self.limits = args.limits
-        self.key_digest = bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
+        self.key_digest = (
+            bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
+        )
         self.metrics = IngressMetrics()
         self._models: tuple[float, list[str]] = (0.0, [])
         self._voices: list[str] | None = None
@@ -297,18 +330,28 @@ class Ingress:
         texts = await asyncio.gather(*(retried(lambda w=w: self.asr.transcribe.remote(w)) for w in waves))
         return [{"type": "text", "text": t} for t in texts]
 
-    async def to_model_messages(self, req: ChatCompletionRequest, cascade: bool = False) -> list[dict[str, Any]]:
+    async def to_model_messages(
+        self, req: ChatCompletionRequest, cascade: bool = False
+    ) -> list[dict[str, Any]]:
         """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts), or
         for the cascade as Whisper transcripts (text parts)."""
         if len(req.messages) > self.limits.max_turns:
-            raise APIError(400, f"{len(req.messages)} messages; the limit is {self.limits.max_turns}",
-                           param="messages", code="too_many_turns")
+            raise APIError(
+                400,
+                f"{len(req.messages)} messages; the limit is {self.limits.max_turns}",
+                param="messages",
+                code="too_many_turns",
+            )
         out, waves, slots, chars = [], [], [], 0
         for i, msg in enumerate(req.messages):
             if msg.role == "assistant" and msg.audio is not None and not msg.content:
-                raise APIError(400, "a previous spoken reply cannot be referenced by its audio id (the server keeps "
-                               "no audio): send the reply's transcript as the assistant message's content",
-                               param=f"messages.{i}.audio", code="unsupported_audio_reference")
+                raise APIError(
+                    400,
+                    "a previous spoken reply cannot be referenced by its audio id (the server keeps "
+                    "no audio): send the reply's transcript as the assistant message's content",
+                    param=f"messages.{i}.audio",
+                    code="unsupported_audio_reference",
+                )
             if isinstance(msg.content, str) or msg.content is None:
                 text = msg.content or ""
                 chars += len(text)
@@ -322,8 +365,12 @@ class Ingress:
                 else:
                     param = f"messages.{i}.content.{j}.input_audio"
                     if len(waves) >= self.limits.max_audio_parts:
-                        raise APIError(400, f"more than {self.limits.max_audio_parts} audio inputs", param=param,
-                                       code="too_many_audio_inputs")
+                        raise APIError(
+                            400,
+                            f"more than {self.limits.max_audio_parts} audio inputs",
+                            param=param,
+                            code="too_many_audio_inputs",
+                        )
                     waves.append(self.decode(part.input_audio.data, part.input_audio.format, param))
                     slots.append((len(out), len(parts)))
                     parts.append(None)
@@ -331,10 +378,17 @@ class Ingress:
                 parts = "".join(p["text"] for p in parts)
             out.append({"role": "system" if msg.role == "developer" else msg.role, "content": parts})
         if chars > self.limits.max_text_chars:
-            raise APIError(400, f"{chars} characters of text; the limit is {self.limits.max_text_chars}",
-                           param="messages", code="too_much_text")
-        parts = await self.transcribe_parts(waves) if cascade else \
-            [{"type": "audio_embeds", "embeds": e} for e in await self.embed(waves)]
+            raise APIError(
+                400,
+                f"{chars} characters of text; the limit is {self.limits.max_text_chars}",
+                param="messages",
+                code="too_much_text",
+            )
+        parts = (
+            await self.transcribe_parts(waves)
+            if cascade
+            else [{"type": "audio_embeds", "embeds": e} for e in await self.embed(waves)]
+        )
         for (m, p), part in zip(slots, parts):
             out[m]["content"][p] = part
         return out
@@ -342,27 +396,35 @@ class Ingress:
     def token_limit(self, requested: int | None) -> int:
         n = requested or self.limits.default_max_tokens
         if n > self.limits.max_tokens:
-            raise APIError(400, f"max_tokens {n} exceeds the limit of {self.limits.max_tokens}",
-                           param="max_tokens", code="too_many_tokens")
+            raise APIError(
+                400,
+                f"max_tokens {n} exceeds the limit of {self.limits.max_tokens}",
+                param="max_tokens",
+                code="too_many_tokens",
+            )
         return n
 
     # --- generation ---
 
-    def generation(self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
-                   top_p: float = 1.0):
+    def generation(
+        self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0
+    ):
         """A streaming call to the LLM deployment (LoRA adapter selected by ``model``)."""
         from medlm.serving.deployments import GenerationRequest
 
-        request = GenerationRequest(messages=messages, max_new_tokens=max_tokens, temperature=temperature,
-                                    top_p=top_p)
+        request = GenerationRequest(
+            messages=messages, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p
+        )
         if self.args.log_payloads:
             log.info("generation request: %s", messages)
         return self.llm.options(stream=True, multiplexed_model_id=model).generate.remote(request)
 
-    async def complete(self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0,
-                       top_p: float = 1.0) -> tuple[str, str, Usage]:
+    async def complete(
+        self, model: str, messages: list[dict], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0
+    ) -> tuple[str, str, Usage]:
         """Run a generation to the end: (text, finish_reason, usage); again from the start if the LLM replica
         dies (nothing has been sent yet)."""
+
         async def run():
             text, finish, usage = [], "stop", None
             async for chunk in self.generation(model, messages, max_tokens, temperature, top_p):
@@ -382,11 +444,19 @@ class Ingress:
             return
         voices = await self.voices()
         if not voices:
-            raise APIError(400, "spoken replies are not enabled on this server", param="modalities",
-                           code="audio_output_disabled")
+            raise APIError(
+                400,
+                "spoken replies are not enabled on this server",
+                param="modalities",
+                code="audio_output_disabled",
+            )
         if req.audio.voice not in voices:
-            raise APIError(400, f"unknown voice {req.audio.voice!r}; this server speaks with {voices}",
-                           param="audio.voice", code="invalid_voice")
+            raise APIError(
+                400,
+                f"unknown voice {req.audio.voice!r}; this server speaks with {voices}",
+                param="audio.voice",
+                code="invalid_voice",
+            )
 
     async def say(self, sentence: str, voice: str) -> np.ndarray:
         """One sentence spoken by the (batching) Speaker deployment."""
@@ -402,10 +472,12 @@ class Ingress:
         gap = np.zeros(int(0.15 * REPLY_RATE), dtype=np.float32)
         return np.concatenate([x for w in waves for x in (w, gap)][:-1]) if waves else np.zeros(0, np.float32)
 
-    async def stream_chat(self, req: ChatCompletionRequest, model: str, served: str, messages: list[dict],
-                          max_tokens: int) -> StreamingResponse:
+    async def stream_chat(
+        self, req: ChatCompletionRequest, model: str, served: str, messages: list[dict], max_tokens: int
+    ) -> StreamingResponse:
         """SSE chunks as the tokens arrive; with spoken replies each finished sentence goes to the Speaker at
         once and its audio follows as a ``delta.audio`` chunk while the text goes on streaming."""
+
         async def start():
             stream = self.generation(served, messages, max_tokens, req.temperature, req.top_p).__aiter__()
             try:
@@ -421,9 +493,15 @@ class Ingress:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def event(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True):
-            return sse(ChatCompletionChunk(id=cid, created=created, model=model, usage=usage,
-                                           choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices
-                                           else []))
+            return sse(
+                ChatCompletionChunk(
+                    id=cid,
+                    created=created,
+                    model=model,
+                    usage=usage,
+                    choices=[ChunkChoice(delta=delta, finish_reason=finish)] if choices else [],
+                )
+            )
 
         spoken = req.audio if req.spoken else None
         reply_id = audio_id()
@@ -436,8 +514,13 @@ class Ingress:
             while pending and (wait or pending[0][1].done()):
                 sentence, task = pending.pop(0)
                 data = encode_reply(await task, spoken.format)
-                yield event(Delta(audio=ReplyAudio(id=reply_id, data=data, transcript=sentence,
-                                                   expires_at=int(time.time()))))
+                yield event(
+                    Delta(
+                        audio=ReplyAudio(
+                            id=reply_id, data=data, transcript=sentence, expires_at=int(time.time())
+                        )
+                    )
+                )
 
         async def events() -> AsyncIterator[bytes]:
             yield event(Delta(role="assistant", content=""))
@@ -461,7 +544,9 @@ class Ingress:
                         yield e
             except Exception as e:  # the stream has started: report in-band, as OpenAI does
                 err = unwrap(e)
-                body = err.body() if isinstance(err, APIError) else APIError(500, "internal server error").body()
+                body = (
+                    err.body() if isinstance(err, APIError) else APIError(500, "internal server error").body()
+                )
                 yield sse(body.model_dump_json())
                 return
             finally:  # the client went away: stop synthesising and free the request's decode slot now
@@ -475,8 +560,9 @@ class Ingress:
             self.metrics.tokens(served, usage.completion_tokens if usage else 0)
             yield sse("[DONE]")
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     # --- routes ---
 
@@ -500,7 +586,9 @@ class Ingress:
     async def chat_completions(self, request: Request) -> ChatCompletion | StreamingResponse:
         req = await parse_json(request, ChatCompletionRequest, self.limits.max_body_bytes)
         model = await self.check_model(req.model)
-        served = self.args.served_model_name if model == CASCADE else model  # the cascade's LLM is the same one
+        served = (
+            self.args.served_model_name if model == CASCADE else model
+        )  # the cascade's LLM is the same one
         max_tokens = self.token_limit(req.max_completion_tokens or req.max_tokens)
         await self.check_voice(req)
         messages = await self.to_model_messages(req, cascade=model == CASCADE)
@@ -510,10 +598,17 @@ class Ingress:
         audio = None
         if req.spoken and text.strip():
             wave = await self.speak(text, req.audio.voice)
-            audio = ReplyAudio(id=audio_id(), data=encode_reply(wave, req.audio.format), transcript=text,
-                               expires_at=int(time.time()))
-        return ChatCompletion(model=model, usage=usage, choices=[
-            Choice(message=ResponseMessage(content=text, audio=audio), finish_reason=finish)])
+            audio = ReplyAudio(
+                id=audio_id(),
+                data=encode_reply(wave, req.audio.format),
+                transcript=text,
+                expires_at=int(time.time()),
+            )
+        return ChatCompletion(
+            model=model,
+            usage=usage,
+            choices=[Choice(message=ResponseMessage(content=text, audio=audio), finish_reason=finish)],
+        )
 
     @api.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(self, request: Request) -> Transcription | PlainTextResponse:
@@ -533,11 +628,19 @@ class Ingress:
             model = await self.check_model(model)
         response_format = str(form.get("response_format") or "json")
         if response_format not in ("json", "text"):
-            raise APIError(400, f"response_format {response_format!r} is not supported (json | text)",
-                           param="response_format", code="invalid_request")
+            raise APIError(
+                400,
+                f"response_format {response_format!r} is not supported (json | text)",
+                param="response_format",
+                code="invalid_request",
+            )
         wave = decode_audio(await upload.read(), self.limits.max_audio_seconds, "file")
         self.metrics.audio(len(wave) / SAMPLING_RATE)
-        text = (await retried(lambda: self.asr.transcribe.remote(wave))) if baseline else await self.transcribe(model, wave)
+        text = (
+            (await retried(lambda: self.asr.transcribe.remote(wave)))
+            if baseline
+            else await self.transcribe(model, wave)
+        )
         return PlainTextResponse(text) if response_format == "text" else Transcription(text=text)
 
     async def transcribe(self, model: str, wave: np.ndarray) -> str:
@@ -559,13 +662,18 @@ class Ingress:
             content = self.check_text(req.text)
         (ner, _, _), (sentiment, _, _) = await asyncio.gather(
             self.complete(model, task_messages(NER_PROMPT, content), self.limits.default_max_tokens),
-            self.complete(model, task_messages(SENTIMENT_PROMPT, content), 8))
+            self.complete(model, task_messages(SENTIMENT_PROMPT, content), 8),
+        )
         return Understanding(model=model, entities=parse_entities(ner), sentiment=parse_sentiment(sentiment))
 
     def check_text(self, text: str) -> str:
         if len(text) > self.limits.max_text_chars:
-            raise APIError(400, f"text longer than {self.limits.max_text_chars} characters", param="text",
-                           code="too_much_text")
+            raise APIError(
+                400,
+                f"text longer than {self.limits.max_text_chars} characters",
+                param="text",
+                code="too_much_text",
+            )
         return text
 
     def ct_handle(self) -> DeploymentHandle:
@@ -604,6 +712,7 @@ class Ingress:
 
 # --- the application -------------------------------------------------------------------------------------------
 
+
 def build_app(args: AppArgs | dict) -> serve.Application:
     """The Serve application (``serve run serve/config.yaml`` calls this with the config's ``args``)."""
     from medlm.serving.deployments import LLM, CTRetriever, Speaker, SpeechEncoder, WhisperTranscriber
@@ -611,13 +720,20 @@ def build_app(args: AppArgs | dict) -> serve.Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     shape = deployment_options(args)  # the one source of the deployments' options (serve/config.yaml's too)
     encoder = SpeechEncoder.options(**shape["SpeechEncoder"]).bind(args.model_dir, args.encoder_batching)
-    llm = LLM.options(**shape["LLM"]).bind(args.model_dir, args.served_model_name, args.adapters_dir,
-                                           args.llm_batching)
+    llm = LLM.options(**shape["LLM"]).bind(
+        args.model_dir, args.served_model_name, args.adapters_dir, args.llm_batching
+    )
     ct = CTRetriever.options(**shape["CTRetriever"]).bind(args.ct_index_dir) if args.ct_index_dir else None
-    asr = WhisperTranscriber.options(**shape["WhisperTranscriber"]).bind(args.asr_model, args.asr_batching) \
-        if args.asr_model else None
-    speaker = Speaker.options(**shape["Speaker"]).bind(args.speech, args.speaker_batching) \
-        if args.speech.enabled else None
+    asr = (
+        WhisperTranscriber.options(**shape["WhisperTranscriber"]).bind(args.asr_model, args.asr_batching)
+        if args.asr_model
+        else None
+    )
+    speaker = (
+        Speaker.options(**shape["Speaker"]).bind(args.speech, args.speaker_batching)
+        if args.speech.enabled
+        else None
+    )
     return Ingress.options(**shape["Ingress"]).bind(encoder, llm, ct, args, asr, speaker)
 
 
@@ -633,9 +749,13 @@ def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) 
         overrides.setdefault("ct_index_dir", default_ct_index_dir())
     from medlm.models.pretrained import is_fetched
 
-    if is_fetched("whisper-tiny.en", verify=False):  # the ASR baseline beside the SpeechLM, from the model store
+    if is_fetched(
+        "whisper-tiny.en", verify=False
+    ):  # the ASR baseline beside the SpeechLM, from the model store
         overrides.setdefault("asr_model", "whisper-tiny.en")
-    args = AppArgs(model_dir=model_dir, api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(), **overrides)
+    args = AppArgs(
+        model_dir=model_dir, api_key_sha256=hashlib.sha256(api_key.encode()).hexdigest(), **overrides
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="medlm", route_prefix="/", blocking=False)
     _wait_healthy(f"http://127.0.0.1:{port}/healthz")

@@ -20,7 +20,9 @@ def decode_base64(data: str, param: str) -> bytes:
         raise APIError(400, "audio data is not valid base64", param=param, code="invalid_audio") from None
 
 
-def decode_audio(raw: bytes, max_seconds: float, param: str, expected_format: str | None = None) -> np.ndarray:
+def decode_audio(
+    raw: bytes, max_seconds: float, param: str, expected_format: str | None = None
+) -> np.ndarray:
     """WAV / FLAC bytes -> float32 mono waveform at 16 kHz (:func:`medlm.audio.decode`); 400 for anything
     else or too long."""
     try:

@@ -18,12 +18,12 @@ class Limits(Section):
     """Request limits enforced by the ingress before any model sees the request."""
 
     max_body_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    max_audio_seconds: float = Field(default=60.0, gt=0)    # per audio input
-    max_audio_parts: int = Field(default=8, ge=1)           # audio inputs per request
-    max_turns: int = Field(default=32, ge=1)                # messages per chat request
-    max_text_chars: int = Field(default=32_000, ge=1)       # all text of a request together
-    max_tokens: int = Field(default=512, ge=1)              # completion tokens a client may ask for
-    default_max_tokens: int = Field(default=128, ge=1)      # when the client does not say
+    max_audio_seconds: float = Field(default=60.0, gt=0)  # per audio input
+    max_audio_parts: int = Field(default=8, ge=1)  # audio inputs per request
+    max_turns: int = Field(default=32, ge=1)  # messages per chat request
+    max_text_chars: int = Field(default=32_000, ge=1)  # all text of a request together
+    max_tokens: int = Field(default=512, ge=1)  # completion tokens a client may ask for
+    default_max_tokens: int = Field(default=128, ge=1)  # when the client does not say
 
 
 class BatchOptions(Section):
@@ -74,10 +74,10 @@ class AppArgs(Section):
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     limits: Limits = Limits()
     # each model deployment's own batching (its concurrency follows from it: ``deployment_options``)
-    encoder_batching: BatchOptions = BatchOptions()   # SpeechEncoder
+    encoder_batching: BatchOptions = BatchOptions()  # SpeechEncoder
     llm_batching: GenerationOptions = GenerationOptions()
-    asr_batching: BatchOptions = BatchOptions()       # WhisperTranscriber (``asr_model``)
-    speaker_batching: BatchOptions = BatchOptions()   # Speaker (spoken replies)
+    asr_batching: BatchOptions = BatchOptions()  # WhisperTranscriber (``asr_model``)
+    speaker_batching: BatchOptions = BatchOptions()  # Speaker (spoken replies)
     speech: SpeechOptions = SpeechOptions()
     log_payloads: bool = False  # never log audio / transcripts unless explicitly turned on
 
@@ -93,29 +93,55 @@ class AppArgs(Section):
 # ``target_ongoing_requests`` = ``max_batch_size`` (one full batch per replica). GPU clusters replace
 # ``ray_actor_options`` per environment (``infra/values/<env>.yaml``, ``serve.deployments``).
 DEPLOYMENTS: dict[str, dict[str, Any]] = {
-    "Ingress": {"max_ongoing_requests": 64, "ray_actor_options": {"num_cpus": 0.1},
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32}},
-    "SpeechEncoder": {"ray_actor_options": {"num_cpus": 0.25},
-                      "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
-    "LLM": {"ray_actor_options": {"num_cpus": 0.25}, "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
-    "WhisperTranscriber": {"ray_actor_options": {"num_cpus": 0.25},
-                           "autoscaling_config": {"min_replicas": 1, "max_replicas": 2}},
-    "Speaker": {"ray_actor_options": {"num_cpus": 0.25},
-                "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
-    "CTRetriever": {"max_ongoing_requests": 8, "ray_actor_options": {"num_cpus": 0.25},
-                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}},
+    "Ingress": {
+        "max_ongoing_requests": 64,
+        "ray_actor_options": {"num_cpus": 0.1},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 32},
+    },
+    "SpeechEncoder": {
+        "ray_actor_options": {"num_cpus": 0.25},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+    },
+    "LLM": {
+        "ray_actor_options": {"num_cpus": 0.25},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+    },
+    "WhisperTranscriber": {
+        "ray_actor_options": {"num_cpus": 0.25},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2},
+    },
+    "Speaker": {
+        "ray_actor_options": {"num_cpus": 0.25},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+    },
+    "CTRetriever": {
+        "max_ongoing_requests": 8,
+        "ray_actor_options": {"num_cpus": 0.25},
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4},
+    },
 }
-BATCHING = {"SpeechEncoder": "encoder_batching", "LLM": "llm_batching", "WhisperTranscriber": "asr_batching",
-            "Speaker": "speaker_batching"}  # deployment -> the AppArgs field of its batching options
-_NOTES = {"SpeechEncoder": "GPU clusters: {num_cpus: 1, num_gpus: 0.25}", "LLM": "GPU clusters: {num_cpus: 1, num_gpus: 1}",
-          "Speaker": "CPU only: Piper on onnxruntime, espeak-ng"}  # comments in the generated config
+BATCHING = {
+    "SpeechEncoder": "encoder_batching",
+    "LLM": "llm_batching",
+    "WhisperTranscriber": "asr_batching",
+    "Speaker": "speaker_batching",
+}  # deployment -> the AppArgs field of its batching options
+_NOTES = {
+    "SpeechEncoder": "GPU clusters: {num_cpus: 1, num_gpus: 0.25}",
+    "LLM": "GPU clusters: {num_cpus: 1, num_gpus: 1}",
+    "Speaker": "CPU only: Piper on onnxruntime, espeak-ng",
+}  # comments in the generated config
 
 
 def deployed(args: AppArgs) -> list[str]:
     """The deployments the app runs with ``args``, in order (the ASR baseline, spoken replies and CT retrieval
     only when ``args`` turn them on)."""
-    return ["Ingress", "SpeechEncoder", "LLM"] + (["WhisperTranscriber"] if args.asr_model else []) + \
-        (["Speaker"] if args.speech.enabled else []) + (["CTRetriever"] if args.ct_index_dir else [])
+    return (
+        ["Ingress", "SpeechEncoder", "LLM"]
+        + (["WhisperTranscriber"] if args.asr_model else [])
+        + (["Speaker"] if args.speech.enabled else [])
+        + (["CTRetriever"] if args.ct_index_dir else [])
+    )
 
 
 def deployment_options(args: AppArgs) -> dict[str, dict[str, Any]]:
@@ -153,8 +179,13 @@ def render_deployments(args: AppArgs, indent: str = "  ") -> str:
     for name, opts in deployment_options(args).items():
         lines.append(f"{indent}- name: {name}")
         for key, value in opts.items():
-            note = f"2 x {BATCHING[name]}.max_batch_size" if key == "max_ongoing_requests" and name in BATCHING \
-                else _NOTES.get(name) if key == "ray_actor_options" else None
+            note = (
+                f"2 x {BATCHING[name]}.max_batch_size"
+                if key == "max_ongoing_requests" and name in BATCHING
+                else _NOTES.get(name)
+                if key == "ray_actor_options"
+                else None
+            )
             line = f"{indent}  {key}: {_flow(value)}"
             lines.append(f"{line:<{len(indent) + 42}} # {note}" if note else line)
     return "\n".join(lines) + "\n"
@@ -168,20 +199,31 @@ def generate_serve_config(text: str) -> str:
 
     from medlm.config import ConfigError
 
-    apps = [a for a in (yaml.safe_load(text) or {}).get("applications") or [] if a.get("import_path") == IMPORT_PATH]
+    apps = [
+        a
+        for a in (yaml.safe_load(text) or {}).get("applications") or []
+        if a.get("import_path") == IMPORT_PATH
+    ]
     if len(apps) != 1:
         raise ConfigError(f"the Serve config has {len(apps)} applications of {IMPORT_PATH}; expected one")
     args = AppArgs.model_validate(apps[0].get("args") or {})
-    block = re.search(rf"^([ \t]*){re.escape(GENERATED_BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(GENERATED_END)}[^\n]*(\n|\Z)",
-                      text, re.MULTILINE | re.DOTALL)
+    block = re.search(
+        rf"^([ \t]*){re.escape(GENERATED_BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(GENERATED_END)}[^\n]*(\n|\Z)",
+        text,
+        re.MULTILINE | re.DOTALL,
+    )
     if block is None:
-        raise ConfigError(f"the Serve config has no generated block (a line starting {GENERATED_BEGIN!r} and one "
-                          f"starting {GENERATED_END!r}, at the indentation of the application's keys)")
+        raise ConfigError(
+            f"the Serve config has no generated block (a line starting {GENERATED_BEGIN!r} and one "
+            f"starting {GENERATED_END!r}, at the indentation of the application's keys)"
+        )
     indent = block.group(1)
-    generated = (f"{indent}{GENERATED_BEGIN} from medlm.serving.config.DEPLOYMENTS and the args above:\n"
-                 f"{indent}# edit those and rerun it, not this list (a test fails when it is stale)\n"
-                 f"{render_deployments(args, indent)}{indent}{GENERATED_END}\n")
-    return text[:block.start()] + generated + text[block.end():]
+    generated = (
+        f"{indent}{GENERATED_BEGIN} from medlm.serving.config.DEPLOYMENTS and the args above:\n"
+        f"{indent}# edit those and rerun it, not this list (a test fails when it is stale)\n"
+        f"{render_deployments(args, indent)}{indent}{GENERATED_END}\n"
+    )
+    return text[: block.start()] + generated + text[block.end() :]
 
 
 def write_serve_config(path: str | Path = "serve/config.yaml", check: bool = False) -> bool:

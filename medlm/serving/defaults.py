@@ -20,8 +20,11 @@ def default_model_dir(root: str | os.PathLike | None = None, preset: str | None 
     from medlm.models.pretrained import is_fetched
 
     if preset is None:
-        preset = "real" if all(is_fetched(n, verify=False) for n in ("whisper-tiny.en", "smollm2-135m-instruct")) \
+        preset = (
+            "real"
+            if all(is_fetched(n, verify=False) for n in ("whisper-tiny.en", "smollm2-135m-instruct"))
             else "tiny"
+        )
     path = Path(root or CACHE) / f"speechlm-{preset}"
     if not (path / "model.safetensors.index.json").exists():  # (an export from before the parts layout too)
         model, processor = build_model(ModelSpec(preset=preset))
@@ -33,8 +36,8 @@ def default_model_dir(root: str | os.PathLike | None = None, preset: str | None 
 def default_ct_index_dir(root: str | os.PathLike | None = None, cases: int = 16) -> str:
     """A saved ``CTIndex`` of synthetic CT volumes, embedded by the (untrained) tiny CT-CLIP teacher."""
     from medlm.ct import CTIndex
-    from medlm.data.synth_ct import generate_ct_cases
     from medlm.ct.build import TINY_SHAPE, CTModelSpec, build_student, build_teacher
+    from medlm.data.synth_ct import generate_ct_cases
 
     base = Path(root or CACHE)
     path = base / "ct-index-tiny"
@@ -45,7 +48,11 @@ def default_ct_index_dir(root: str | os.PathLike | None = None, cases: int = 16)
         tokenizer.save_pretrained(str(base / "ct-clip-tiny" / "teacher"))
         build_student(spec).save_pretrained(str(base / "ct-clip-tiny" / "student"))
         data = generate_ct_cases(cases, shape=TINY_SHAPE)
-        index = CTIndex.build(str(base / "ct-clip-tiny"), [c["volume"] for c in data], [c["id"] for c in data],
-                              [c["spacing"] for c in data])
+        index = CTIndex.build(
+            str(base / "ct-clip-tiny"),
+            [c["volume"] for c in data],
+            [c["id"] for c in data],
+            [c["spacing"] for c in data],
+        )
         index.save(str(path))
     return str(path)

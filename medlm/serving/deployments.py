@@ -54,8 +54,13 @@ class BatchStats:
     def report(self) -> dict[str, Any]:
         batches = sum(self.sizes.values())
         items = sum(k * v for k, v in self.sizes.items())
-        return {"batches": batches, "items": items, "max_batch": max(self.sizes, default=0),
-                "mean_batch": items / batches if batches else 0.0, "sizes": dict(self.sizes)}
+        return {
+            "batches": batches,
+            "items": items,
+            "max_batch": max(self.sizes, default=0),
+            "mean_batch": items / batches if batches else 0.0,
+            "sizes": dict(self.sizes),
+        }
 
 
 class BatchedReplica:
@@ -77,6 +82,7 @@ class BatchedReplica:
 
 
 # --- speech encoder ------------------------------------------------------------------------------------------
+
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class SpeechEncoder(BatchedReplica):
@@ -102,6 +108,7 @@ class SpeechEncoder(BatchedReplica):
 
 
 # --- ASR baseline ----------------------------------------------------------------------------------------------
+
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class WhisperTranscriber(BatchedReplica):
@@ -135,9 +142,15 @@ def reply_voices(options: SpeechOptions) -> dict[str, Any]:
         try:
             onnx = piper_onnx(options.piper_voice)
         except FileNotFoundError:
-            log.warning("Piper voice %s is not available: spoken replies use espeak-ng only", options.piper_voice)
+            log.warning(
+                "Piper voice %s is not available: spoken replies use espeak-ng only", options.piper_voice
+            )
         else:
-            name = options.piper_voice.removeprefix("piper-") if not options.piper_voice.endswith(".onnx") else onnx.stem
+            name = (
+                options.piper_voice.removeprefix("piper-")
+                if not options.piper_voice.endswith(".onnx")
+                else onnx.stem
+            )
             voices[name] = Voice(f"piper:{name}", "en-us", "male", "adult", engine="piper")
     for name, voice_id in options.espeak_voices.items():
         voices.setdefault(name, Voice(voice_id, voice_id, "male", "adult", pitch=50, speed=165))
@@ -189,6 +202,7 @@ class Speaker(BatchedReplica):
 
 # --- LLM -------------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class GenerationRequest:
     """Chat messages whose audio parts are ``{"type": "audio_embeds", "embeds": (n, D) array}``."""
@@ -203,7 +217,7 @@ class GenerationRequest:
 class GenerationChunk:
     text: str
     finish_reason: str | None = None  # set on the last chunk: "stop" | "length"
-    usage: Usage | None = None        # set on the last chunk
+    usage: Usage | None = None  # set on the last chunk
 
 
 def render_prompt(processor, messages: list[dict[str, Any]]) -> tuple[list[int], list[np.ndarray]]:
@@ -220,8 +234,13 @@ class LLM:
     """Streamed generation from spliced audio embeddings under continuous batching
     (:class:`medlm.serving.generation.Engine`); LoRA adapters multiplexed. Loads only the export's LLM part."""
 
-    def __init__(self, model_dir: str, served_model_name: str = "medlm", adapters_dir: str | None = None,
-                 batching: GenerationOptions | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        served_model_name: str = "medlm",
+        adapters_dir: str | None = None,
+        batching: GenerationOptions | None = None,
+    ):
         from medlm.models import SpeechLM, SpeechLMProcessor
         from medlm.serving.generation import Engine
         from medlm.serving.metrics import batch_size_histogram
@@ -236,10 +255,16 @@ class LLM:
         self.adapters_dir = adapters_dir
         self.lock = threading.Lock()  # held by every decode step; adapters load under it
         batching = batching or GenerationOptions()
-        self.engine = Engine(self.model.llm, self.tokenizer.eos_token_id,
-                             lambda name: activate_adapter(self.model, name), self.lock,
-                             batching.max_batch_size, batching.scheduling, batching.batch_wait_timeout_s,
-                             on_step=batch_size_histogram().observe)
+        self.engine = Engine(
+            self.model.llm,
+            self.tokenizer.eos_token_id,
+            lambda name: activate_adapter(self.model, name),
+            self.lock,
+            batching.max_batch_size,
+            batching.scheduling,
+            batching.batch_wait_timeout_s,
+            on_step=batch_size_histogram().observe,
+        )
 
     def ready(self) -> bool:
         return self.engine.thread.is_alive()
@@ -257,7 +282,9 @@ class LLM:
         if model_id == self.served_model_name:
             return _LoadedAdapter(self.model, None, self.lock)
         if model_id not in list_adapters(self.adapters_dir):
-            raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+            raise APIError(
+                404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+            )
         await asyncio.to_thread(self._load_adapter, model_id)
         return _LoadedAdapter(self.model, model_id, self.lock)
 
@@ -276,7 +303,12 @@ class LLM:
         ids_t = torch.tensor([ids])
         text = self.model.get_input_embeddings()(ids_t.masked_fill(ids_t == self.audio_token_id, 0))
         embeds, _, _ = replace_placeholders_and_build_targets(
-            ids_t, torch.ones_like(ids_t), text, [torch.tensor(np.asarray(a)) for a in audio], self.audio_token_id)
+            ids_t,
+            torch.ones_like(ids_t),
+            text,
+            [torch.tensor(np.asarray(a)) for a in audio],
+            self.audio_token_id,
+        )
         return embeds[0]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationChunk]:
@@ -287,14 +319,24 @@ class LLM:
         embeds = self.prompt_embeds(request.messages)
         prompt_len = embeds.shape[0]
         if prompt_len + request.max_new_tokens > self.max_positions:
-            raise APIError(400, f"prompt ({prompt_len} tokens) + max_tokens ({request.max_new_tokens}) exceeds the "
-                           f"model's context of {self.max_positions} tokens", param="messages",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"prompt ({prompt_len} tokens) + max_tokens ({request.max_new_tokens}) exceeds the "
+                f"model's context of {self.max_positions} tokens",
+                param="messages",
+                code="context_length_exceeded",
+            )
         model_id = serve.get_multiplexed_model_id() or self.served_model_name
         adapter = await self.get_adapter(model_id)
         loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        slot = Slot(embeds, request.max_new_tokens, lambda tok, fin: loop.call_soon_threadsafe(queue.put_nowait, (tok, fin)),
-                    request.temperature, request.top_p, adapter.name)
+        slot = Slot(
+            embeds,
+            request.max_new_tokens,
+            lambda tok, fin: loop.call_soon_threadsafe(queue.put_nowait, (tok, fin)),
+            request.temperature,
+            request.top_p,
+            adapter.name,
+        )
         self.engine.submit(slot)
         tokens, sent = [], ""
         try:
@@ -307,13 +349,20 @@ class LLM:
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 if finish is None and text.endswith("\ufffd"):  # hold back a partly decoded character
                     continue
-                delta, sent = text[len(sent):], text
+                delta, sent = text[len(sent) :], text
                 if finish is None:
                     if delta:
                         yield GenerationChunk(delta)
                     continue
-                yield GenerationChunk(delta, finish, Usage(prompt_tokens=prompt_len, completion_tokens=len(tokens),
-                                                           total_tokens=prompt_len + len(tokens)))
+                yield GenerationChunk(
+                    delta,
+                    finish,
+                    Usage(
+                        prompt_tokens=prompt_len,
+                        completion_tokens=len(tokens),
+                        total_tokens=prompt_len + len(tokens),
+                    ),
+                )
                 return
         finally:
             if not slot.done:
@@ -334,6 +383,7 @@ class _LoadedAdapter:
 
 
 # --- CT retriever ---------------------------------------------------------------------------------------------
+
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class CTRetriever:
@@ -356,6 +406,10 @@ class CTRetriever:
     def classify(self, kind: str, query: str | np.ndarray, labels: list[str] | None) -> list[LabelScore]:
         unknown = sorted(set(labels or ()) - set(self.index.classes))
         if unknown:
-            raise APIError(400, f"unknown labels {unknown}; known: {list(self.index.classes)}", param="labels",
-                           code="invalid_labels")
+            raise APIError(
+                400,
+                f"unknown labels {unknown}; known: {list(self.index.classes)}",
+                param="labels",
+                code="invalid_labels",
+            )
         return [LabelScore(label=k, score=v) for k, v in self.index.classify(query, labels).items()]

@@ -6,10 +6,19 @@ from fastapi.responses import JSONResponse
 
 from medlm.serving.schemas import ErrorBody, ErrorResponse
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               405: "invalid_request_error", 408: "timeout_error", 413: "invalid_request_error",
-               415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
-               500: "server_error", 503: "server_error"}
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+}
 
 
 class APIError(Exception):
@@ -26,8 +35,14 @@ class APIError(Exception):
         return APIError, (self.status, self.message, self.param, self.code)
 
     def body(self) -> ErrorResponse:
-        return ErrorResponse(error=ErrorBody(message=self.message, type=ERROR_TYPES.get(self.status, "api_error"),
-                                             param=self.param, code=self.code))
+        return ErrorResponse(
+            error=ErrorBody(
+                message=self.message,
+                type=ERROR_TYPES.get(self.status, "api_error"),
+                param=self.param,
+                code=self.code,
+            )
+        )
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None

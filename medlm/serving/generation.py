@@ -90,13 +90,22 @@ class Batch:
     def merge(self, other: Batch) -> None:
         """Append ``other``'s rows (left-padding whichever cache is shorter)."""
         if not self.slots:
-            self.slots, self.mask, self.cache, self.next_tokens = other.slots, other.mask, other.cache, other.next_tokens
+            self.slots, self.mask, self.cache, self.next_tokens = (
+                other.slots,
+                other.mask,
+                other.cache,
+                other.next_tokens,
+            )
             self.adapter = other.adapter
             return
         length = max(self.mask.shape[1], other.mask.shape[1])
-        layers = [(torch.cat([_pad_left(a.keys, length, 2), _pad_left(b.keys, length, 2)]),
-                   torch.cat([_pad_left(a.values, length, 2), _pad_left(b.values, length, 2)]))
-                  for a, b in zip(self.cache.layers, other.cache.layers)]
+        layers = [
+            (
+                torch.cat([_pad_left(a.keys, length, 2), _pad_left(b.keys, length, 2)]),
+                torch.cat([_pad_left(a.values, length, 2), _pad_left(b.values, length, 2)]),
+            )
+            for a, b in zip(self.cache.layers, other.cache.layers)
+        ]
         self.cache = DynamicCache(ddp_cache_data=layers)
         self.mask = torch.cat([_pad_left(self.mask, length, 1), _pad_left(other.mask, length, 1)])
         self.next_tokens = torch.cat([self.next_tokens, other.next_tokens])
@@ -113,7 +122,9 @@ class Batch:
         index = torch.tensor(rows)
         mask = self.mask[index]
         start = int((mask.sum(0) > 0).nonzero()[0])
-        layers = [(layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers]
+        layers = [
+            (layer.keys[index, :, start:], layer.values[index, :, start:]) for layer in self.cache.layers
+        ]
         self.cache = DynamicCache(ddp_cache_data=layers)
         self.mask, self.next_tokens = mask[:, start:], self.next_tokens[index]
 
@@ -123,9 +134,17 @@ class Engine:
     LoRA adapter; ``lock`` is held for every step (adapter loading takes it too); ``on_step(rows)``, if given, is
     called with the running rows of every decode step (the replica's batch-size metric)."""
 
-    def __init__(self, llm, eos_token_id: int, activate: Callable[[str | None], None], lock: threading.Lock,
-                 max_batch_size: int = 16, scheduling: Literal["continuous", "static"] = "continuous",
-                 batch_wait_timeout_s: float = 0.01, on_step: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        llm,
+        eos_token_id: int,
+        activate: Callable[[str | None], None],
+        lock: threading.Lock,
+        max_batch_size: int = 16,
+        scheduling: Literal["continuous", "static"] = "continuous",
+        batch_wait_timeout_s: float = 0.01,
+        on_step: Callable[[int], None] | None = None,
+    ):
         self.llm, self.eos, self.activate, self.lock = llm, eos_token_id, activate, lock
         self.on_step = on_step
         self.max_batch_size, self.scheduling, self.wait_s = max_batch_size, scheduling, batch_wait_timeout_s
@@ -164,8 +183,15 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         steps = sum(self.sizes.values())
         rows = sum(k * v for k, v in self.sizes.items())
-        return {"scheduling": self.scheduling, "batches": steps, "items": rows, "max_batch": max(self.sizes, default=0),
-                "mean_batch": rows / steps if steps else 0.0, "sizes": dict(self.sizes), **self.events}
+        return {
+            "scheduling": self.scheduling,
+            "batches": steps,
+            "items": rows,
+            "max_batch": max(self.sizes, default=0),
+            "mean_batch": rows / steps if steps else 0.0,
+            "sizes": dict(self.sizes),
+            **self.events,
+        }
 
     # --- the decode thread ---
 
@@ -182,7 +208,9 @@ class Engine:
                 with self.lock, torch.inference_mode():
                     self._step()
             except Exception as e:  # noqa: BLE001 - a failed step ends the requests in it (and those waiting), never the replica
-                log.error("decode step failed: %s", type(e).__name__)  # no message: it could carry request content
+                log.error(
+                    "decode step failed: %s", type(e).__name__
+                )  # no message: it could carry request content
                 for slot in self.batch.slots + self._take_all():
                     if not slot.done:
                         self._finish(slot, "error")
@@ -201,7 +229,9 @@ class Engine:
             for slot in [s for s in self.waiting if s.cancelled]:
                 self.waiting.remove(slot)
                 self._finish(slot, "cancelled")
-            adapter = self.batch.adapter if self.batch else (self.waiting[0].adapter if self.waiting else None)
+            adapter = (
+                self.batch.adapter if self.batch else (self.waiting[0].adapter if self.waiting else None)
+            )
             free = self.max_batch_size - len(self.batch)
             joining = [s for s in self.waiting if s.adapter == adapter][:free]
             for slot in joining:
@@ -227,8 +257,13 @@ class Engine:
         b = self.batch
         tokens = b.next_tokens[:, None]
         b.mask = torch.cat([b.mask, b.mask.new_ones((len(b), 1))], dim=1)
-        out = self.llm(input_ids=tokens, attention_mask=b.mask, position_ids=positions(b.mask)[:, -1:],
-                       cache=b.cache, use_cache=True)
+        out = self.llm(
+            input_ids=tokens,
+            attention_mask=b.mask,
+            position_ids=positions(b.mask)[:, -1:],
+            cache=b.cache,
+            use_cache=True,
+        )
         b.cache = out.cache
         b.next_tokens = self._sample(out.logits[:, -1], b.slots)
         self._retire()
@@ -236,14 +271,24 @@ class Engine:
     def _prefill(self, slots: list[Slot]) -> Batch:
         length = max(s.embeds.shape[0] for s in slots)
         embeds = torch.stack([_pad_left(s.embeds, length, 0) for s in slots])
-        mask = torch.stack([_pad_left(torch.ones(s.embeds.shape[0], dtype=torch.long), length, 0) for s in slots])
-        out = self.llm(inputs_embeds=embeds.to(self.llm.dtype), attention_mask=mask, position_ids=positions(mask),
-                       cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+        mask = torch.stack(
+            [_pad_left(torch.ones(s.embeds.shape[0], dtype=torch.long), length, 0) for s in slots]
+        )
+        out = self.llm(
+            inputs_embeds=embeds.to(self.llm.dtype),
+            attention_mask=mask,
+            position_ids=positions(mask),
+            cache=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return Batch(slots, mask, out.cache, self._sample(out.logits[:, -1], slots), slots[0].adapter)
 
     def _sample(self, logits: torch.Tensor, slots: list[Slot]) -> torch.Tensor:
         """The rows' next tokens, each handed to its request (eos ends the row instead)."""
-        tokens = sample(logits, torch.tensor([s.temperature for s in slots]), torch.tensor([s.top_p for s in slots]))
+        tokens = sample(
+            logits, torch.tensor([s.temperature for s in slots]), torch.tensor([s.top_p for s in slots])
+        )
         for slot, tok in zip(slots, tokens.tolist()):
             if slot.cancelled:
                 continue

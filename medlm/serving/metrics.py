@@ -28,11 +28,17 @@ class IngressMetrics:
     def __init__(self):
         from ray.serve.metrics import Counter
 
-        self.requests = Counter("medlm_requests", description="HTTP requests answered by the medlm ingress",
-                                tag_keys=("route", "status"))
-        self.audio_seconds = Counter("medlm_audio_seconds", description="Seconds of audio decoded from requests")
-        self.completion_tokens = Counter("medlm_completion_tokens", description="Completion tokens generated",
-                                         tag_keys=("model",))
+        self.requests = Counter(
+            "medlm_requests",
+            description="HTTP requests answered by the medlm ingress",
+            tag_keys=("route", "status"),
+        )
+        self.audio_seconds = Counter(
+            "medlm_audio_seconds", description="Seconds of audio decoded from requests"
+        )
+        self.completion_tokens = Counter(
+            "medlm_completion_tokens", description="Completion tokens generated", tag_keys=("model",)
+        )
 
     def request(self, route: str, status: int) -> None:
         self.requests.inc(1, {"route": route, "status": str(status)})
@@ -50,5 +56,8 @@ def batch_size_histogram():
     """Rows per batch of this deployment's replica (``observe(n)``)."""
     from ray.serve.metrics import Histogram
 
-    return Histogram("medlm_batch_size", description="Rows per batch (per decode step for the LLM)",
-                     boundaries=BATCH_SIZE_BUCKETS)
+    return Histogram(
+        "medlm_batch_size",
+        description="Rows per batch (per decode step for the LLM)",
+        boundaries=BATCH_SIZE_BUCKETS,
+    )

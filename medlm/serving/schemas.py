@@ -23,6 +23,7 @@ class Strict(BaseModel):
 
 # --- chat completions ------------------------------------------------------------------------------
 
+
 class TextPart(Strict):
     type: Literal["text"]
     text: str
@@ -60,8 +61,12 @@ class AudioReference(Strict):
 class AssistantMessage(Strict):
     role: Literal["assistant"]
     content: str | list[TextPart] | None = None
-    audio: AudioReference | None = Field(default=None, description=(
-        "a previous spoken reply by id: not supported (the server keeps no audio); send its transcript as content"))
+    audio: AudioReference | None = Field(
+        default=None,
+        description=(
+            "a previous spoken reply by id: not supported (the server keeps no audio); send its transcript as content"
+        ),
+    )
     name: str | None = None
 
 
@@ -105,7 +110,9 @@ class ChatCompletionRequest(Request):
         if self.spoken and self.audio is None:
             raise ValueError("modalities include 'audio': give the 'audio' parameter (voice and format)")
         if self.audio is not None and not self.spoken:
-            raise ValueError("'audio' is given but modalities do not include 'audio' (use [\"text\", \"audio\"])")
+            raise ValueError(
+                "'audio' is given but modalities do not include 'audio' (use [\"text\", \"audio\"])"
+            )
         return self
 
     @property
@@ -184,6 +191,7 @@ class ChatCompletionChunk(BaseModel):
 
 # --- transcription / understanding -----------------------------------------------------------------
 
+
 class Transcription(BaseModel):
     text: str
 
@@ -215,10 +223,12 @@ class Understanding(BaseModel):
     model: str
     entities: list[Entity]
     sentiment: Literal["positive", "neutral", "negative"] | None = Field(
-        description="null when the model's answer named no sentiment")
+        description="null when the model's answer named no sentiment"
+    )
 
 
 # --- CT retrieval ------------------------------------------------------------------------------------
+
 
 class CTSearchRequest(AudioOrText):
     k: int = Field(default=5, ge=1, le=100)
@@ -234,8 +244,12 @@ class CTSearchResponse(BaseModel):
 
 
 class CTClassifyRequest(AudioOrText):
-    labels: list[str] | None = Field(default=None, min_length=1, max_length=64,
-                                     description="candidate findings; the index's default label set when omitted")
+    labels: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="candidate findings; the index's default label set when omitted",
+    )
 
 
 class LabelScore(BaseModel):
@@ -248,6 +262,7 @@ class CTClassifyResponse(BaseModel):
 
 
 # --- models / errors ---------------------------------------------------------------------------------
+
 
 class ModelCard(BaseModel):
     id: str

@@ -7,7 +7,14 @@ from medlm.models import prompts
 from medlm.models.prompts import ASR_PROMPT, NER_PROMPT, SENTIMENT_PROMPT, task_messages
 from medlm.serving.schemas import Entity
 
-__all__ = ["ASR_PROMPT", "NER_PROMPT", "SENTIMENT_PROMPT", "parse_entities", "parse_sentiment", "task_messages"]
+__all__ = [
+    "ASR_PROMPT",
+    "NER_PROMPT",
+    "SENTIMENT_PROMPT",
+    "parse_entities",
+    "parse_sentiment",
+    "task_messages",
+]
 
 
 def parse_entities(text: str) -> list[Entity]:

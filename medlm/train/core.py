@@ -38,6 +38,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L
 
 # --- pure helpers -----------------------------------------------------------------------------
 
+
 def deepspeed_config(o: OptimSpec, micro_batch: int) -> dict[str, Any]:
     """The DeepSpeed config for our optimisation settings (the optimizer itself is passed in)."""
     zero: dict[str, Any] = {"stage": o.zero_stage}
@@ -93,6 +94,7 @@ def history_uri(cfg: TrainJobConfig) -> str:
 
 # --- shared by every training loop (SpeechLM jobs, CT-CLIP phases) -----------------------------
 
+
 def build_engine(model, o: OptimSpec, micro_batch: int):
     """AdamW over the trainable parameters + the warmup/cosine schedule, wrapped by ``deepspeed.initialize``
     (bf16 when ``o.bf16``); returns (engine, scheduler)."""
@@ -104,8 +106,9 @@ def build_engine(model, o: OptimSpec, micro_batch: int):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o))
-    engine, _, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                   config=deepspeed_config(o, micro_batch))
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(o, micro_batch)
+    )
     return engine, scheduler
 
 
@@ -221,7 +224,11 @@ class Recipe:
                 self.state = json.loads((Path(d) / "trainer_state.json").read_text())
             self.state["resumes"] += 1
             if self.rank == 0:
-                log.info("resumed at step %d (data position: %d batches)", self.state["step"], self.state["batches"])
+                log.info(
+                    "resumed at step %d (data position: %d batches)",
+                    self.state["step"],
+                    self.state["batches"],
+                )
 
     def batches(self) -> Iterator[dict]:
         import ray.train
@@ -229,8 +236,10 @@ class Recipe:
         from medlm.data.pipeline import iter_train_batches
 
         shard = ray.train.get_dataset_shard("train")
-        return endless(lambda epoch: iter_train_batches(shard, self.processor, self.cfg.data, epoch=epoch),
-                       skip=self.state["batches"])
+        return endless(
+            lambda epoch: iter_train_batches(shard, self.processor, self.cfg.data, epoch=epoch),
+            skip=self.state["batches"],
+        )
 
     def step(self, batches: Iterator[dict], window: LossWindow) -> None:
         """One optimizer step: ``grad_accum`` micro-batches forward and backward (DeepSpeed steps each)."""
@@ -253,14 +262,22 @@ class Recipe:
         dt = time.perf_counter() - window.t0
         means, tokens = window.reduce(self.device)
         tok_s = tokens / dt
-        metrics = {"step": step, **means, "lr": self.scheduler.get_last_lr()[0], "tokens_per_s": tok_s,
-                   "data_wait_frac": window.wait / dt}
+        metrics = {
+            "step": step,
+            **means,
+            "lr": self.scheduler.get_last_lr()[0],
+            "tokens_per_s": tok_s,
+            "data_wait_frac": window.wait / dt,
+        }
         if self.flops_peak:
             metrics["mfu"] = 6 * self.n_params * tok_s / (self.flops_peak * self.world)
         self.state["history"].append(metrics)
         if self.rank == 0:
-            log.info("step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
-                     step, self.o.steps)
+            log.info(
+                "step %d/%d " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "step"),
+                step,
+                self.o.steps,
+            )
             if self.writer:
                 for k, v in metrics.items():
                     self.writer.add_scalar(f"train/{k}", v, step)
@@ -281,8 +298,9 @@ class Recipe:
             self.engine.save_checkpoint(tmp, tag="ds", exclude_frozen_parameters=True)
             if self.rank == 0:
                 (Path(tmp) / "trainer_state.json").write_text(json.dumps(self.state))
-            ray.train.report({**metrics, "step": self.state["step"]},
-                             checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            ray.train.report(
+                {**metrics, "step": self.state["step"]}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
+            )
 
     def export(self) -> None:
         """The run's record (history, resumes, tokens, workers, nodes) and a consolidated ``from_pretrained``
@@ -291,16 +309,24 @@ class Recipe:
 
         if self.writer:
             self.writer.close()
-            storage.copy_tree(self.tb_dir.name, storage.join(self.cfg.run.storage_path, self.cfg.run.name, "tensorboard"))
+            storage.copy_tree(
+                self.tb_dir.name, storage.join(self.cfg.run.storage_path, self.cfg.run.name, "tensorboard")
+            )
             self.tb_dir.cleanup()
         nodes = int(all_reduce([self.ctx.get_node_rank()], torch.int64, self.device, op="MAX")) + 1
         state_dict = self.engine._zero3_consolidated_16bit_state_dict() if self.o.zero_stage == 3 else None
         if self.rank != 0:
             return
-        record = {**{k: self.state[k] for k in ("history", "resumes", "tokens")}, "workers": self.world, "nodes": nodes}
+        record = {
+            **{k: self.state[k] for k in ("history", "resumes", "tokens")},
+            "workers": self.world,
+            "nodes": nodes,
+        }
         storage.write_text(history_uri(self.cfg), json.dumps(record))
         with tempfile.TemporaryDirectory(prefix="medlm-export-") as tmp:
-            self.engine.module.save_pretrained(tmp, **({"state_dict": state_dict} if state_dict is not None else {}))
+            self.engine.module.save_pretrained(
+                tmp, **({"state_dict": state_dict} if state_dict is not None else {})
+            )
             self.processor.save_pretrained(tmp)
             storage.copy_tree(tmp, export_dir(self.cfg))
         log.info("exported model to %s", export_dir(self.cfg))
@@ -372,6 +398,7 @@ def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig, lockstep: bool
 
 # --- driver side ------------------------------------------------------------------------------
 
+
 def train(cfg: TrainJobConfig) -> dict[str, Any]:
     """Run one training job on the current Ray cluster; returns a summary."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -382,7 +409,9 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
 
     check_init_from(cfg.model)  # a structure that contradicts the export fails here, before any worker starts
     if cfg.run.name is None:
-        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": f"{cfg.job}-{time.strftime('%Y%m%d-%H%M%S')}"})})
+        cfg = cfg.model_copy(
+            update={"run": cfg.run.model_copy(update={"name": f"{cfg.job}-{time.strftime('%Y%m%d-%H%M%S')}"})}
+        )
     datasets = {"train": build_dataset(cfg.data, cfg.model)}
     if cfg.val:
         datasets["val"] = build_dataset(cfg.val, cfg.model)
@@ -392,24 +421,35 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     storage_path, fs = cfg.run.storage_path, None
     if storage.is_s3(storage_path):
         storage.makedirs(storage_path)
-        fs, storage_path = storage.s3_filesystem(), storage_path[len("s3://"):]
+        fs, storage_path = storage.s3_filesystem(), storage_path[len("s3://") :]
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"job": cfg.model_dump(mode="json"),
-                           "fault_at_step": int(os.environ.get(FAULT_ENV, "-1"))},
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.use_gpu,
-                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker},
-                                     placement_strategy=cfg.run.placement_strategy),
-        run_config=RunConfig(name=cfg.run.name, storage_path=storage_path, storage_filesystem=fs,
-                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints)),
+        train_loop_config={
+            "job": cfg.model_dump(mode="json"),
+            "fault_at_step": int(os.environ.get(FAULT_ENV, "-1")),
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker={"CPU": cfg.run.cpus_per_worker},
+            placement_strategy=cfg.run.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
         datasets=datasets,
         # Each dataset keeps the execution options build_dataset chose (preserve_order: the equal split
         # then gives each rank the same rows on every run, so a resumed run continues on the same data);
         # without them Ray Train resets the options from the driver's context.
-        dataset_config=DataConfig(datasets_to_split=["train"],
-                                  execution_options={k: ds.context.execution_options for k, ds in datasets.items()}),
+        dataset_config=DataConfig(
+            datasets_to_split=["train"],
+            execution_options={k: ds.context.execution_options for k, ds in datasets.items()},
+        ),
     )
     t0 = time.time()
     result = trainer.fit()
@@ -417,8 +457,17 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     if checkpoint and fs is not None:
         checkpoint = f"s3://{checkpoint}"
     record = json.loads(storage.read_text(history_uri(cfg)))
-    summary = {"job": cfg.job, "run": cfg.run.name, "export": export_dir(cfg), "checkpoint": checkpoint,
-               "metrics": record["history"][-1] if record["history"] else {}, "history": record["history"],
-               "restarts": record["resumes"], "tokens": record["tokens"], "workers": record["workers"],
-               "nodes": record["nodes"], "wall_s": round(time.time() - t0, 1)}
+    summary = {
+        "job": cfg.job,
+        "run": cfg.run.name,
+        "export": export_dir(cfg),
+        "checkpoint": checkpoint,
+        "metrics": record["history"][-1] if record["history"] else {},
+        "history": record["history"],
+        "restarts": record["resumes"],
+        "tokens": record["tokens"],
+        "workers": record["workers"],
+        "nodes": record["nodes"],
+        "wall_s": round(time.time() - t0, 1),
+    }
     return summary
