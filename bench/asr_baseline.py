@@ -85,10 +85,12 @@ def main() -> None:
 
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__}; load: whisper-tiny.en {load_whisper:.1f} s, SmolLM2-135M-Instruct {load_llm:.1f} s\n"
+        f"{torch.__version__}; load: whisper-tiny.en {load_whisper:.1f} s, "
+        f"SmolLM2-135M-Instruct {load_llm:.1f} s\n"
     )
     print(
-        "| speech | utterances | audio s | whisper-tiny.en WER | ASR real-time factor | TTS real-time factor |"
+        "| speech | utterances | audio s | whisper-tiny.en WER "
+        "| ASR real-time factor | TTS real-time factor |"
     )
     print("|---|---|---|---|---|---|")
     for engine, n, seconds, w, rtf, srtf in rows:

@@ -20,12 +20,11 @@ import random
 import tempfile
 import time
 
-from medlm.audio import SAMPLING_RATE
 from medlm.data.factory import MakeDataConfig, make_shard, plan
 from medlm.data.io import iter_rows
 from medlm.data.pipeline import padding_fraction, plan_batches
 from medlm.data.registry import DataSpec
-from medlm.data.schema import to_messages
+from medlm.data.schema import spoken_seconds, to_messages
 
 
 def main() -> None:
@@ -68,16 +67,7 @@ def main() -> None:
     cpu0, wall0 = time.process_time(), time.time()
     for kind, task, row in speech:
         messages, label = to_messages(row, kind, task, 60.0)
-        audio_s += (
-            sum(
-                len(p["audio"])
-                for m in messages
-                if isinstance(m["content"], list)
-                for p in m["content"]
-                if p["type"] == "audio"
-            )
-            / SAMPLING_RATE
-        )
+        audio_s += spoken_seconds(messages)
         processor.featurize(messages, class_label=label)
     cpu, wall = time.process_time() - cpu0, time.time() - wall0
     for kind, task, row in rows:
@@ -139,8 +129,8 @@ def main() -> None:
         )
 
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; preset {args.preset}; "
-        f"batch_rows {args.batch_rows}, batch_tokens {args.batch_tokens}\n"
+        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"preset {args.preset}; batch_rows {args.batch_rows}, batch_tokens {args.batch_tokens}\n"
     )
     print("| measurement | data | result | |\n|---|---|---|---|")
     for r in table:

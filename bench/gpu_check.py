@@ -1,16 +1,18 @@
 """The Python part of ``bench/gpu_check.sh``: a few stage 1 / stage 2 steps of the ``base`` shape on one GPU.
 
-Each stage runs the training job itself, :func:`medlm.train.core.train` (Ray Train ``TorchTrainer`` + DeepSpeed,
-fed by the Ray Data pipeline), on the prod cluster config (``configs/<stage>_prod.yaml``: preset base, bf16,
-ZeRO-2, its batch sizes and featurizers) with the few overrides that one machine with one GPU needs (:func:`overrides`).
-The numbers are the job's own log windows (``medlm.train.core.Recipe.log``): ``mfu`` = 6 x all parameters x
-tokens/s / the GPU's dense bf16 peak (``core.PEAK_FLOPS``), and ``data_wait_frac`` = the share of the window's
-wall time the training loop spent waiting on the data iterator (``next(batches)`` + the copy to the GPU). The
-first window holds the pipeline's and CUDA's start-up; ``steady`` averages the windows after it.
+Each stage runs the training job itself, :func:`medlm.train.core.train` (Ray Train ``TorchTrainer`` +
+DeepSpeed, fed by the Ray Data pipeline), on the prod cluster config (``configs/<stage>_prod.yaml``: preset
+base, bf16, ZeRO-2, its batch sizes and featurizers) with the few overrides that one machine with one GPU
+needs (:func:`overrides`). The numbers are the job's own log windows (``medlm.train.core.Recipe.log``):
+``mfu`` = 6 x all parameters x tokens/s / the GPU's dense bf16 peak (``core.PEAK_FLOPS``), and
+``data_wait_frac`` = the share of the window's wall time the training loop spent waiting on the data iterator
+(``next(batches)`` + the copy to the GPU). The first window holds the pipeline's and CUDA's start-up;
+``steady`` averages the windows after it.
 
     python bench/gpu_check.py --stage stage1 --data runs/gpu_check/data --out $OUT   # on the GPU machine
     python bench/gpu_check.py --summary --out $OUT                                  # $OUT/gpu_check.md
-    python bench/gpu_check.py --stage stage1 --data DIR --out DIR --smoke            # CPU, tiny preset: the plumbing
+    python bench/gpu_check.py --stage stage1 --data DIR --out DIR --smoke            # CPU, tiny preset:
+                                                                                     #   the plumbing
 
 Written without a GPU (none was lent to the session that wrote it): it imports, and ``--smoke`` runs the same
 path on CPU with the tiny preset; the GPU run itself has not happened yet.
@@ -133,8 +135,8 @@ def fmt(v, spec: str = ".3f") -> str:
 def summarize(out: Path) -> str:
     rows = [
         (
-            "| stage | device | preset | batch (rows / tokens) | steps | MFU (steady) | data-wait share (steady) "
-            "| tokens/s (steady) | MFU / data wait per window | wall s |"
+            "| stage | device | preset | batch (rows / tokens) | steps | MFU (steady) "
+            "| data-wait share (steady) | tokens/s (steady) | MFU / data wait per window | wall s |"
         ),
         "|---" * 10 + "|",
     ]
@@ -150,17 +152,17 @@ def summarize(out: Path) -> str:
         )
         rows.append(
             f"| {stage} | {r['device']} | {r['preset']} | {r['batch_rows']} / {r['batch_tokens']} | "
-            f"{r['steps']} | {fmt(s['mfu'])} | {fmt(s['data_wait_frac'], '.2f')} | {fmt(s['tokens_per_s'], '.0f')} "
-            f"| {windows} | {r['wall_s']} |"
+            f"{r['steps']} | {fmt(s['mfu'])} | {fmt(s['data_wait_frac'], '.2f')} | "
+            f"{fmt(s['tokens_per_s'], '.0f')} | {windows} | {r['wall_s']} |"
         )
     text = (
         "# GPU check: stage 1 / stage 2 under Ray Train + DeepSpeed, one worker\n\n"
         + "\n".join(rows)
         + "\n\n"
-        "MFU = 6 x all parameters x tokens/s / dense bf16 peak (medlm.train.core); it counts the frozen speech "
-        "encoder in stage 1 (never run there) and not the KD teacher pass nor the encoder's forward in stage 2. "
-        "Data-wait share = time in next(batches) + the copy to the GPU / window wall time. Steady = the log "
-        "windows after the first.\n"
+        "MFU = 6 x all parameters x tokens/s / dense bf16 peak (medlm.train.core); it counts the frozen "
+        "speech encoder in stage 1 (never run there) and not the KD teacher pass nor the encoder's forward "
+        "in stage 2. Data-wait share = time in next(batches) + the copy to the GPU / window wall time. "
+        "Steady = the log windows after the first.\n"
     )
     (out / "gpu_check.md").write_text(text)
     return text

@@ -5,8 +5,8 @@
     python bench/serve_load.py throughput   # c=16, answers of 16..256 tokens: static vs continuous batching
     python bench/serve_load.py chaos        # 1,000 requests at c=32 mixing text, audio in and audio out, one
                                             #   replica of each model deployment killed under load
-    python bench/serve_load.py engine       # no Serve: the decode loop vs HF generate on one batch of 16, 1 and 2
-                                            #   torch threads (what the LLM replica itself can do)
+    python bench/serve_load.py engine       # no Serve: the decode loop vs HF generate on one batch of 16,
+                                            #   1 and 2 torch threads (what the LLM replica itself can do)
     python bench/serve_load.py all          # latency, throughput, chaos
 
 Starts a local Ray, exports the real preset once (whisper-tiny.en's encoder + an untrained adapter + SmolLM2:

@@ -2,7 +2,8 @@
 
     python bench/train_throughput.py --preset tiny --steps 8                  # CPU (2 workers)
     python bench/train_throughput.py --preset base --gpu --steps 30 --seq 2048 --batch 4 --workers 1
-    python bench/train_throughput.py --preset real --shapes stage2_adapter --seq 128 --batch 4 --peak   # + --bf16
+    python bench/train_throughput.py --preset real --shapes stage2_adapter --seq 128 --batch 4 --peak
+                                                                              # + --bf16
 
 Shapes: ``stage1`` = text-only chat of ``--seq`` tokens (LLM + LoRA, as stage 1 trains);
 ``stage2`` = ``--audio`` seconds of audio + text (adapter + LoRA, encoder frozen, as stage 2).
@@ -200,8 +201,8 @@ def main() -> None:
     if args.peak and not args.gpu:
         peak = matmul_peak(torch.bfloat16 if args.bf16 else torch.float32)
         print(
-            f"measured matmul peak ({'bf16' if args.bf16 else 'fp32'}, 2048^3, {torch.get_num_threads()} threads): "
-            f"{peak / 1e9:.0f} GFLOP/s"
+            f"measured matmul peak ({'bf16' if args.bf16 else 'fp32'}, 2048^3, "
+            f"{torch.get_num_threads()} threads): {peak / 1e9:.0f} GFLOP/s"
         )
     rows = []
     for shape in args.shapes:
@@ -227,7 +228,8 @@ def main() -> None:
             )
         rows.append(row)
     print(
-        f"\ndevice: {device}; seq {args.seq}, batch {args.batch}/worker, audio {args.audio}s, steps {args.steps}\n"
+        f"\ndevice: {device}; seq {args.seq}, batch {args.batch}/worker, "
+        f"audio {args.audio}s, steps {args.steps}\n"
     )
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))

@@ -14,7 +14,8 @@ plus the same moto S3 server unless ``--no-s3``.
 Every process a multi-node ``up`` starts is recorded by its session id, and ``down`` ends those
 sessions and nothing else (not ``ray stop``, which ends every Ray on the machine); a one-node ``down``
 is ``medlm stack down``. The multi-node cluster is built from ``medlm.stack``'s pieces (moto, sessions,
-state file, client exports); its state is under ``$MEDLM_HOME/cluster`` (``medlm.paths.cluster_dir``). Linux routes all of 127/8 to the loopback device; on macOS add the addresses
+state file, client exports); its state is under ``$MEDLM_HOME/cluster`` (``medlm.paths.cluster_dir``).
+Linux routes all of 127/8 to the loopback device; on macOS add the addresses
 first (``sudo ifconfig lo0 alias 127.0.0.2 up``, and so on).
 
 Ray 2.60 clusters require a token (``~/.ray/auth_token``): the CLI needs ``RAY_AUTH_MODE=token``,

@@ -1,15 +1,17 @@
 """Every default path of medlm, and the environment variables that move them (read here and nowhere else).
 
-=================  ==============================  ===================================================================
+=================  ==============================  ===========================================================
 variable           default                         what lives there
-=================  ==============================  ===================================================================
-``MEDLM_HOME``     ``~/.cache/medlm``              medlm's own state: ``stack/`` (``medlm stack up``), ``cluster/``
-                                                   (``cluster/local.py``), ``tokenizers/`` (the presets' tokenizer),
-                                                   ``serve-defaults/`` (the default export of ``medlm serve``)
+=================  ==============================  ===========================================================
+``MEDLM_HOME``     ``~/.cache/medlm``              medlm's own state: ``stack/`` (``medlm stack up``),
+                                                   ``cluster/`` (``cluster/local.py``), ``tokenizers/`` (the
+                                                   presets' tokenizer), ``serve-defaults/`` (the default
+                                                   export of ``medlm serve``)
 ``MEDLM_MODELS``   ``~/.cache/medlm/models``       the model store (``medlm models fetch``); not under
-                                                   ``MEDLM_HOME``, so a throw-away home keeps the fetched models
+                                                   ``MEDLM_HOME``, so a throw-away home keeps the fetched
+                                                   models
 ``MEDLM_CACHE``    ``<tmp>/medlm-cache``           local copies of ``s3://`` trees (``storage.local_copy``)
-=================  ==============================  ===================================================================
+=================  ==============================  ===========================================================
 
 The variables are read when a function is called (not at import), so setting one in a running process
 takes effect. This module imports nothing from medlm: every layer may use it.

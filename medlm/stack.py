@@ -2,8 +2,8 @@
 
 ``local_stack()`` starts both in one call and stops both on exit; ``medlm stack up/down`` does
 the same across commands (state under ``$MEDLM_HOME/stack``, see :mod:`medlm.paths`) so that ``ray job
-submit`` and ``serve run`` can target it. When ``RAY_ADDRESS`` or ``AWS_ENDPOINT_URL``/real AWS credentials are
-already configured, the existing services are used instead and nothing is started.
+submit`` and ``serve run`` can target it. When ``RAY_ADDRESS`` or ``AWS_ENDPOINT_URL``/real AWS credentials
+are already configured, the existing services are used instead and nothing is started.
 
 The pieces ``stack_up`` is made of (``start_moto``, ``start_in_session``, ``end_sessions``, ``use_s3``,
 ``read_state`` / ``write_state``, ``client_env``) are public: ``cluster/local.py`` builds its multi-node
@@ -255,7 +255,8 @@ def start_moto(port: int, log: Path) -> int:
 
 
 def state_file(state_dir: Path | None = None) -> Path:
-    """The state file of what was started (default: ``medlm stack up``'s, under :func:`medlm.paths.stack_dir`)."""
+    """The state file of what was started (default: ``medlm stack up``'s, under
+    :func:`medlm.paths.stack_dir`)."""
     return (state_dir or paths.stack_dir()) / "state.json"
 
 

@@ -97,8 +97,9 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
 
 
 def delete_files(uri: str, name_prefix: str = "") -> int:
-    """Delete every file under the prefix ``uri`` (recursive) whose base name starts with ``name_prefix``, e.g.
-    a dataset's shards before it is written again; nothing when ``uri`` does not exist. Returns the count."""
+    """Delete every file under the prefix ``uri`` (recursive) whose base name starts with ``name_prefix``,
+    e.g. a dataset's shards before it is written again; nothing when ``uri`` does not exist. Returns the
+    count."""
     if not exists(uri):
         return 0
     fs, _ = resolve(uri)

@@ -1,5 +1,5 @@
-"""The reproductions as a Ray job: `python ray_jobs/reproduce.py [--preset tiny] [--only speechllm ...]`, the same
-flags as `python -m recipes.reproduce run`; also runs unchanged under
+"""The reproductions as a Ray job: `python ray_jobs/reproduce.py [--preset tiny] [--only speechllm ...]`, the
+same flags as `python -m recipes.reproduce run`; also runs unchanged under
 `ray job submit --working-dir . -- python ray_jobs/reproduce.py --preset small`.
 """
 

@@ -119,7 +119,8 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
             summary["stage1"] = {"export": s1["export"], "loss": _loss(s1)}
 
         with progress.step("stage 2: speech alignment from the stage-1 model"):
-            s2 = s1  # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last
+            # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last
+            s2 = s1
             for job, name in (("align", "stage2-align"), ("stage2", "stage2")):
                 if job == "stage2" or job in p.jobs:
                     s2 = train(
@@ -167,7 +168,8 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
                     cascade, t_cascade, _ = _ask(client, part, model="cascade")
                     answers["cascade (whisper-tiny.en -> same LLM)"] = (cascade, t_cascade)
                 print(
-                    f"  spoken question ({len(audio) / rate:.1f}s, voice {voice}, never used in training): {question}"
+                    f"  spoken question ({len(audio) / rate:.1f}s, voice {voice}, never used in training): "
+                    f"{question}"
                 )
                 if heard is not None:
                     print(f"  whisper-tiny.en heard: {heard}")
@@ -217,7 +219,8 @@ def main(
     ),
     workdir: Optional[str] = typer.Option(None, help="where to keep the run's files (dir or s3://)"),
 ) -> None:
-    """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve -> a spoken question over HTTP."""
+    """The whole path on embedded defaults: data -> stage 1 -> stage 2 -> serve ->
+    a spoken question over HTTP."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_demo(preset=preset, workdir=workdir)
     typer.echo(json.dumps(summary, indent=2, default=str))

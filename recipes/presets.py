@@ -85,7 +85,8 @@ def preset_file(kind: str, name: str) -> str:
 
 
 def load_preset(kind: str, name: str, overrides: list[str] | None = None) -> Preset:
-    """The ``kind`` (demo | reproduce) preset ``name`` from ``configs/presets/`` (+ ``key=value`` overrides)."""
+    """The ``kind`` (demo | reproduce) preset ``name`` from ``configs/presets/``
+    (+ ``key=value`` overrides)."""
     if kind not in KINDS:
         raise ValueError(f"unknown experiment {kind!r}; choose from {KINDS}")
     try:

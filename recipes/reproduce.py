@@ -6,7 +6,8 @@ preset runs them (``configs/presets/reproduce-<name>.yaml``, :mod:`recipes.prese
 evaluates itself)::
 
     speechmedassist   stage 1 (text) -> stage 2 (speech for half the conditions) vs one stage on the union of
-                      both stages' data; spoken QA about facts never heard as speech vs the same questions in text
+                      both stages' data; spoken QA about facts never heard as speech vs the same questions
+                      in text
     voicetextblender  from the two-stage model: joint speech+text SFT vs speech-only SFT; text skills kept?
     speechllm         multi-task ASR/NER/sentiment with classifier regularizer + LoRA vs without each
     speechct          CT-CLIP teacher -> speech student without / with distillation (zero-shot F1 gap)
@@ -30,7 +31,7 @@ import typer
 
 from medlm import storage
 from medlm.config import load_config
-from medlm.data.factory import make_shards
+from medlm.data.factory import DATASETS, make_shards
 from recipes.presets import Preset, load_preset
 from recipes.tables import render_markdown, update_readme, write_index
 
@@ -120,7 +121,8 @@ class Runner:
         return [f"model.init_from={res['export']}"]
 
     def pretrained(self) -> str | None:
-        """The export of the pretrained parts with only the adapter aligned (None without an ``align`` job)."""
+        """The export of the pretrained parts with only the adapter aligned
+        (None without an ``align`` job)."""
         return self.cache["align"]["export"] if self.aligned() else None
 
     # evaluation
@@ -128,8 +130,8 @@ class Runner:
         self, name: str, model: str, datasets: list[dict], tasks: list[str], cascade: bool = False
     ) -> dict[str, dict]:
         """``{dataset: metrics}`` of ``model`` on ``datasets`` (DatasetEntry dicts); the consistency views
-        (``"consistency"`` in ``tasks``) under ``"<dataset>/consistency"``, the cascade's metrics (``cascade``:
-        whisper-tiny.en + the base LLM) under ``"<dataset>/cascade"``."""
+        (``"consistency"`` in ``tasks``) under ``"<dataset>/consistency"``, the cascade's metrics
+        (``cascade``: whisper-tiny.en + the base LLM) under ``"<dataset>/cascade"``."""
         from medlm.data.registry import DataSpec
         from medlm.eval.job import CascadeSpec, EvalConfig, evaluate
 
@@ -175,7 +177,8 @@ def distinct_share(preds: list[dict], dataset: str) -> float | None:
 
 
 def agreement(before: list[dict], after: list[dict], dataset: str) -> float | None:
-    """Token F1 of ``after``'s answers against ``before``'s on the same rows of ``dataset`` (1 = unchanged)."""
+    """Token F1 of ``after``'s answers against ``before``'s on the same rows of ``dataset``
+    (1 = unchanged)."""
     from medlm.eval.metrics import short_answer_scores
 
     ref = {p["id"]: p["prediction"] for p in before if p["dataset"] == dataset and not p["error"]}
@@ -303,12 +306,13 @@ def speechmedassist(r: Runner) -> dict:
     spoken_n = _spoken_recordings(r)
     return {
         "title": "SpeechMedAssist: knowledge from text reaches speech after a small speech alignment",
-        "claim": "After stage 1 injects knowledge from text and stage 2 aligns speech on other spoken material, "
-        "spoken questions about the injected facts are answered about as well as the same questions "
-        "in text (>= 0.9 x), and better than by one-stage training on the same data.",
+        "claim": "After stage 1 injects knowledge from text and stage 2 aligns speech on other spoken "
+        "material, spoken questions about the injected facts are answered about as well as the same "
+        "questions in text (>= 0.9 x), and better than by one-stage training on the same data.",
         "rows": rows,
         "check": check,
-        "notes": f"Facts: the {r.data_config().knowledge} knowledge base (medlm/data/kb.py; `invented`: fictional "
+        "notes": f"Facts: the {r.data_config().knowledge} knowledge base "
+        "(medlm/data/kb.py; `invented`: fictional "
         "drugs, tests, doses and advice for conditions named with ordinary words, which a pretrained model "
         "cannot know). Fact accuracy: the answer names the fact's key phrase (kb.fact_key: the drug, the "
         "test, the advice or the first symptom). Evaluated on qa_speech_heldout: spoken questions (Piper "
@@ -331,7 +335,8 @@ def _describe(r: Runner, job: str) -> str:
         f"{k} {getattr(m, k + '_weight')}" for k in ("lm", "kd", "ctc") if getattr(m, k + "_weight")
     )
     return (
-        f"configs/{r.job(job)}.yaml: {' + '.join(f'{e.name} x{e.weight:g}' for e in cfg.data.datasets)}; trains "
+        f"configs/{r.job(job)}.yaml: "
+        f"{' + '.join(f'{e.name} x{e.weight:g}' for e in cfg.data.datasets)}; trains "
         f"{', '.join(m.trainable)}; losses {losses}"
     )
 
@@ -360,7 +365,8 @@ _TEXT_SCORE = "text score"
 
 
 def voicetextblender(r: Runner) -> dict:
-    """From the two-stage model: joint speech+text LoRA SFT vs speech-only LoRA SFT; text skills before/after."""
+    """From the two-stage model: joint speech+text LoRA SFT vs speech-only LoRA SFT;
+    text skills before/after."""
     s1, start = _two_stage(r)
     sft = r.job_config("joint_sft")
     speech_only = [e for e in sft.data.datasets if _is_spoken(e.name)]
@@ -372,7 +378,8 @@ def voicetextblender(r: Runner) -> dict:
         f"data.datasets={_datasets(speech_only)}",
     )
     sets = [_entry("qa_text", r), _entry("general_text", r)]
-    # the general answers to keep: the pretrained LLM's (tiny: the stage-1 model's, no untrained model is kept)
+    # the general answers to keep: the pretrained LLM's
+    # (tiny: the stage-1 model's, no untrained model is kept)
     r.evaluate("vtb-pretrained", r.pretrained() or s1["export"], [_entry("general_text", r)], ["qa"])
     pretrained = r.predictions["vtb-pretrained"]
     rows = []
@@ -411,8 +418,9 @@ def voicetextblender(r: Runner) -> dict:
         "speech-only SFT of the same model loses more.",
         "rows": rows,
         "check": check,
-        "notes": f"Both SFT runs start from the SpeechMedAssist two-stage model and use configs/{r.job('joint_sft')}.yaml "
-        "(LoRA + adapter, LM loss); speech-only SFT keeps only its spoken datasets "
+        "notes": "Both SFT runs start from the SpeechMedAssist two-stage model and use "
+        f"configs/{r.job('joint_sft')}.yaml (LoRA + adapter, LM loss); "
+        "speech-only SFT keeps only its spoken datasets "
         f"({', '.join(e.name for e in speech_only)}). Text score = mean of the text fact accuracy on qa_text "
         "(written questions on the injected facts, both question forms; it is in the joint mix, as stage "
         "1's corpus is in VoiceTextBlender's) and the agreement (token F1) of the answers to general_text "
@@ -479,8 +487,8 @@ def speechllm(r: Runner) -> dict:
         "claim": "The classifier regularizer (and LoRA) raise NER and sentiment F1 from speech.",
         "rows": rows,
         "check": check,
-        "notes": f"configs/{r.job('multitask')}.yaml (ASR + NER + sentiment prompts; the classifier head on the "
-        "pooled adapter output predicts the sentiment (CE) and which entity types the utterance mentions "
+        "notes": f"configs/{r.job('multitask')}.yaml (ASR + NER + sentiment prompts; the classifier head on "
+        "the pooled adapter output predicts the sentiment (CE) and which entity types the utterance mentions "
         "(BCE), weighted auxiliary loss) from the preset's starting point; the no-classifier variant sets "
         "its weight to 0, the no-LoRA variant freezes LoRA (zero-initialised: the LLM stays the pretrained "
         "one). Scored on held-out utterances (another data seed: new sentences and voices). The paper's "
@@ -549,7 +557,8 @@ def speechct(r: Runner) -> dict:
         "rows": rows,
         "check": check,
         "train_s": wall,
-        "notes": f"The ct_clip job (medlm.ct, configs/{p.ct_config}.yaml) with {' '.join(p.ct) or 'its defaults'}; "
+        "notes": f"The ct_clip job (medlm.ct, configs/{p.ct_config}.yaml) with "
+        f"{' '.join(p.ct) or 'its defaults'}; "
         "gap recovered = (F1 with KD - F1 without) / (F1 teacher - F1 without), meaningless when "
         "the gap is not positive; paper: 88%.",
     }
@@ -561,15 +570,8 @@ REPRODUCTIONS: dict[str, Callable[[Runner], dict]] = {
     "speechllm": speechllm,
     "speechct": speechct,
 }
-_SPEECHLM_DATA = {
-    "consult_text",
-    "qa_text",
-    "consult_speech",
-    "qa_speech",
-    "qa_speech_heldout",
-    "utterances",
-    "sentences",
-}  # every SpeechLM run's (the alignment run trains on the spoken ones)
+# every SpeechLM run's: the factory's datasets but the CT set (the alignment run trains on the spoken ones)
+_SPEECHLM_DATA = set(DATASETS) - {"ct"}
 DATA_NEEDS = {
     "speechmedassist": _SPEECHLM_DATA,
     "voicetextblender": _SPEECHLM_DATA | {"general_text"},

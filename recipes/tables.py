@@ -60,10 +60,13 @@ def _tables(out_dir: Path, names: Sequence[str]) -> list[str]:
 
 
 def write_index(out_dir: Path, names: Sequence[str]) -> None:
-    """``<out_dir>/README.md``: the latest table of every reproduction found in ``out_dir``, one after another."""
+    """``<out_dir>/README.md``: the latest table of every reproduction found in ``out_dir``,
+    one after another."""
     head = (
-        "# Reproductions (latest tables)\n\nWritten by `python -m recipes.reproduce run` (recipes/reproduce.py); "
-        "every number comes from a real training + evaluation run on the synthetic data, whatever it says.\n\n"
+        "# Reproductions (latest tables)\n\n"
+        "Written by `python -m recipes.reproduce run` (recipes/reproduce.py); "
+        "every number comes from a real training + evaluation run on the synthetic data, "
+        "whatever it says.\n\n"
     )
     (out_dir / "README.md").write_text(
         head

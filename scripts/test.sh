@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: set up from the lock (idempotent), then run the whole suite: fast unit tests
+# The README's test command: set up from the lock (idempotent), lint (ruff check + format check), then run the
+# whole suite: fast unit tests
 # and the slow integration tests (local Ray, moto S3 server, DeepSpeed on 2 CPU workers, a Serve app,
 # the real checkpoints). Extra args go to pytest.
 #
@@ -34,4 +35,5 @@ PY
 fi
 ./scripts/setup.sh
 . .venv/bin/activate
+ruff check . && ruff format --check . >/dev/null || { echo "ruff: run 'ruff check --fix . && ruff format .'" >&2; exit 1; }
 exec python -m pytest "$@"

@@ -1,4 +1,5 @@
-"""SpeechCT-CLIP units: synthetic volumes, the preprocessing contract, losses, metrics, models (fast, no Ray)."""
+"""SpeechCT-CLIP units: synthetic volumes, the preprocessing contract, losses, metrics, models
+(fast, no Ray)."""
 
 import gzip
 import itertools
@@ -47,7 +48,8 @@ def test_reports_mention_exactly_the_present_findings():
 
 
 def test_planted_findings_change_the_volume():
-    """Same case with and without a class differs where that class is planted (e.g. effusion = fluid in lung)."""
+    """Same case with and without a class differs where that class is planted
+    (e.g. effusion = fluid in lung)."""
     from medlm.data.synth_ct import _render
 
     labels = np.zeros(18, dtype=np.int8)
@@ -157,7 +159,8 @@ def test_kd_loss_zero_iff_distributions_match():
 
 
 def test_distillation_moves_the_student_toward_the_teacher():
-    """Gradient steps on the KD loss make the student's similarities match the teacher's (KL falls, argmax agrees)."""
+    """Gradient steps on the KD loss make the student's similarities match the teacher's
+    (KL falls, argmax agrees)."""
     from medlm.ct.modeling import kd_loss
 
     torch.manual_seed(0)
@@ -325,10 +328,10 @@ def test_ct_index_roundtrip_and_queries(tmp_path):
 
 @pytest.mark.parametrize("adapter_layers, per_sentence", [(0, False), (1, False), (1, True)])
 def test_teacher_text_side_from_smollm2_store_dir(tmp_path, adapter_layers, per_sentence):
-    """model.text_path = the SmolLM2 store entry (a decoder: LlamaModel, no pooler): frozen, mean-pooled, only the
-    projections (and the text adapter, when asked for) train; the export reloads through CTEncoders with the same
-    text embeddings, and training's cached text states give the embeddings the full forward gives. Per sentence,
-    a report's states are its sentences' states each computed alone."""
+    """model.text_path = the SmolLM2 store entry (a decoder: LlamaModel, no pooler): frozen, mean-pooled, only
+    the projections (and the text adapter, when asked for) train; the export reloads through CTEncoders with
+    the same text embeddings, and training's cached text states give the embeddings the full forward gives.
+    Per sentence, a report's states are its sentences' states each computed alone."""
     from medlm.models.pretrained import PARTS, model_home
 
     if not (model_home() / "smollm2-135m-instruct" / "config.json").exists():

@@ -67,18 +67,21 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
     """Shards mixing good and bad rows; returns (good ids per dataset, bad id -> expected reason)."""
     good_audio = encode_flac(tone(), 22050)
     text = "I have had fever for two days."
-    utt = lambda i, **kw: {
-        "id": i,
-        "source": "t",
-        "audio": good_audio,
-        "sample_rate": 22050,
-        "transcript": text,
-        "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"}],
-        "sentiment": "neutral",
-        "speaker": "{}",
-        "meta": "{}",
-        **kw,
-    }
+
+    def utt(i, **kw):
+        return {
+            "id": i,
+            "source": "t",
+            "audio": good_audio,
+            "sample_rate": 22050,
+            "transcript": text,
+            "entities": [{"start": 11, "end": 16, "label": "SYMPTOM"}],
+            "sentiment": "neutral",
+            "speaker": "{}",
+            "meta": "{}",
+            **kw,
+        }
+
     bad_utt = {
         "u-corrupt": utt("u-corrupt", audio=b"\x00garbage" * 50),
         "u-empty": utt("u-empty", audio=encode_flac(np.zeros(22050, np.float32), 22050)),
@@ -102,15 +105,20 @@ def plant(root: str) -> tuple[dict[str, set], dict[str, str]]:
     good_utt = [utt(f"u-good-{i}") for i in range(5)]
     rows = good_utt[:2] + list(bad_utt.values())[:4] + good_utt[2:] + list(bad_utt.values())[4:]
     write_rows(rows, f"{root}/planted_utt", "utterance", rows_per_shard=6)
-    turn = lambda role, **kw: {
-        "role": role,
-        "text": None,
-        "audio": None,
-        "sample_rate": None,
-        "transcript": None,
-        **kw,
-    }
-    dlg = lambda i, turns: {"id": i, "source": "t", "meta": "{}", "turns": turns}
+
+    def turn(role, **kw):
+        return {
+            "role": role,
+            "text": None,
+            "audio": None,
+            "sample_rate": None,
+            "transcript": None,
+            **kw,
+        }
+
+    def dlg(i, turns):
+        return {"id": i, "source": "t", "meta": "{}", "turns": turns}
+
     good_dlg = [
         dlg(
             f"d-good-{i}",

@@ -1,5 +1,5 @@
-"""The demo's code path (`python -m recipes.demo`) end to end on the tiny preset (the real preset is the same code with the real
-checkpoints and more steps; its run is recorded in BENCHMARKS.md)."""
+"""The demo's code path (`python -m recipes.demo`) end to end on the tiny preset (the real preset is the same
+code with the real checkpoints and more steps; its run is recorded in BENCHMARKS.md)."""
 
 import pytest
 

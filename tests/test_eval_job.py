@@ -160,7 +160,8 @@ def _export(uri: str, seed: int) -> None:
 
 
 def test_model_predictor_without_ray(tmp_path):
-    """The Ray Data UDFs called directly: shard plan (with a row limit) -> envelopes -> the actor's predictions."""
+    """The Ray Data UDFs called directly: shard plan (with a row limit) -> envelopes ->
+    the actor's predictions."""
     import pyarrow as pa
 
     from medlm.data.io import write_rows

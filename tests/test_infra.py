@@ -322,8 +322,8 @@ class _Launched(Exception):
 
 
 def _scaling_config(job_cfg, tmp_path, monkeypatch):
-    """The ``ScalingConfig`` that the job's own driver code hands to Ray Train for ``job_cfg`` (training jobs and
-    ct_clip), captured by a fake ``TorchTrainer``; no Ray cluster, S3 or data is touched (storage and data
+    """The ``ScalingConfig`` that the job's own driver code hands to Ray Train for ``job_cfg`` (training jobs
+    and ct_clip), captured by a fake ``TorchTrainer``; no Ray cluster, S3 or data is touched (storage and data
     locations point at ``tmp_path``, datasets are stubbed, no starting export is read)."""
     import ray.data
     import ray.train.torch
@@ -374,8 +374,8 @@ def _scaling_config(job_cfg, tmp_path, monkeypatch):
 
 def _gpu_ask(job_cfg, tmp_path, monkeypatch) -> tuple[int, float, float]:
     """(workers, GPUs per worker, CPUs per worker) that a job's config asks of the cluster, read from what the
-    job's own code hands to Ray: the Ray Train ScalingConfig (training jobs, ct_clip), the evaluation's Ray Data
-    actor pool (``actor_gpus``), make_data's 1-CPU tasks."""
+    job's own code hands to Ray: the Ray Train ScalingConfig (training jobs, ct_clip), the evaluation's Ray
+    Data actor pool (``actor_gpus``), make_data's 1-CPU tasks."""
     from medlm.data.factory import MakeDataConfig
     from medlm.eval.job import EvalConfig, _actors
 
@@ -393,8 +393,8 @@ def _gpu_ask(job_cfg, tmp_path, monkeypatch) -> tuple[int, float, float]:
 def test_gpu_jobs_ask_for_gpus_that_their_cluster_has(tmp_path, monkeypatch):
     """Every RayJob as rendered now: a `gpu: true` job's config (loaded through medlm's job registry) asks for
     GPUs in Ray (Ray Train's ScalingConfig has use_gpu; the evaluation's model actors have actor_gpus) and its
-    cluster has a GPU worker group requesting nvidia.com/gpu, big enough for the workers; a `gpu: false` job asks
-    for no GPU and its cluster has no GPU group."""
+    cluster has a GPU worker group requesting nvidia.com/gpu, big enough for the workers; a `gpu: false` job
+    asks for no GPU and its cluster has no GPU group."""
     from medlm.jobs import JOBS
 
     r = render()
@@ -525,8 +525,9 @@ def test_pyproject_packages_medlm_and_ships_the_configs():
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_installed_wheel_finds_its_configs_outside_the_repository(tmp_path):
-    """A non-editable install: `pip wheel --no-deps --no-build-isolation .`, the wheel installed into a fresh venv
-    that sees the locked packages, then `medlm config show stage1` from a directory outside the repository."""
+    """A non-editable install: `pip wheel --no-deps --no-build-isolation .`, the wheel installed into a fresh
+    venv that sees the locked packages, then `medlm config show stage1` from a directory
+    outside the repository."""
     import shutil
     import sysconfig
     import zipfile
@@ -565,8 +566,8 @@ def test_installed_wheel_finds_its_configs_outside_the_repository(tmp_path):
     py = venv / "bin" / "python"
     purelib = Path(run(py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
     # This interpreter's locked packages (pip included) on the new venv's path, as a plain path line: it gets
-    # no .pth processing, so the checkout's editable medlm stays invisible there. (`venv --system-site-packages`
-    # would expose the base interpreter's packages, not the locked venv's.)
+    # no .pth processing, so the checkout's editable medlm stays invisible there.
+    # (`venv --system-site-packages` would expose the base interpreter's packages, not the locked venv's.)
     (purelib / "_medlm_locked_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     run(py, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel)
 

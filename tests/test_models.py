@@ -599,8 +599,8 @@ def _other(value):
 
 def test_spec_fields_are_declared_once():
     """SpeechLMConfig carries SPEC_FIELDS as ModelSpec declares them: the same defaults (a config without one,
-    e.g. an older export, reads the spec's) and build copies each from the spec. The config's own parameters that
-    ModelSpec also has are the ones build resolves from the preset (None in the spec)."""
+    e.g. an older export, reads the spec's) and build copies each from the spec. The config's own parameters
+    that ModelSpec also has are the ones build resolves from the preset (None in the spec)."""
     import inspect
 
     from medlm.models import SpeechLMConfig
@@ -652,7 +652,8 @@ def test_init_from_refuses_structure_that_contradicts_the_export(kw, field):
 
 def test_init_from_accepts_agreeing_or_default_structure_and_applies_the_job_choices(tmp_path):
     """Fields equal to the export's or left at their default pass (also after the full dump a training worker
-    gets); the preset, loss weights, trainable set and dtype are the job's. build_model refuses before loading."""
+    gets); the preset, loss weights, trainable set and dtype are the job's.
+    build_model refuses before loading."""
     from medlm.models.build import check_structure
 
     model, proc = tiny(lora_r=4, num_classes=3)
@@ -705,7 +706,8 @@ def _job_spec(job: str, *overrides: str) -> ModelSpec:
     return ModelSpec.model_validate(cfg.model.model_dump(mode="json"))
 
 
-# The structure the real preset's alignment run sets for every later run (configs/presets/reproduce-real.yaml).
+# The structure the real preset's alignment run sets for every later run
+# (configs/presets/reproduce-real.yaml).
 _REAL_ALIGN = [
     "model.preset=real",
     "model.lora_r=16",

@@ -160,7 +160,7 @@ def test_saved_smollm2_equals_the_gguf_tensors_and_answers_on_topic(tmp_path):
     assert "asthma" in reply.lower(), reply
 
 
-# --- the real preset ------------------------------------------------------------------------------------------
+# --- the real preset ----------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -202,7 +202,7 @@ def test_real_preset_builds_saves_loads_and_generates(tmp_path, clips):
     assert again.tolist() == out.tolist()
 
 
-# --- Piper ---------------------------------------------------------------------------------------------------
+# --- Piper --------------------------------------------------------------------------------------------------
 
 
 def test_piper_renders_speech_the_factory_accepts_and_varies_prosody():
@@ -226,7 +226,7 @@ def test_piper_renders_speech_the_factory_accepts_and_varies_prosody():
         tts.synthesize("  ", voice)
 
 
-# --- the baselines ---------------------------------------------------------------------------------------------
+# --- the baselines ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""``python -m recipes.reproduce run``: every reproduction end to end at tiny sizes, and the README section it writes."""
+"""``python -m recipes.reproduce run``: every reproduction end to end at tiny sizes, and the README
+section it writes."""
 
 import json
 

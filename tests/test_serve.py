@@ -1,8 +1,10 @@
-"""The Serve app end to end: one app per module on the session stack's Ray, talked to with the `openai` client.
+"""The Serve app end to end: one app per module on the session stack's Ray, talked to with the
+`openai` client.
 
 The model is the real preset (whisper-tiny.en's encoder, an untrained adapter, SmolLM2 with LoRA) exported in
-parts (to disk: 0.6 GB through the in-process moto server would take minutes; loading a part from S3 is tested on
-its own), plus one LoRA adapter export and a CT index on the stack's S3; the unit tests use the tiny preset.
+parts (to disk: 0.6 GB through the in-process moto server would take minutes; loading a part from S3 is tested
+on its own), plus one LoRA adapter export and a CT index on the stack's S3; the unit tests use the tiny
+preset.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def audio_part(seconds: float = 1.0, fmt: str = "wav") -> dict:
     return {"type": "input_audio", "input_audio": {"data": wav_b64(seconds, fmt=fmt.upper()), "format": fmt}}
 
 
-# --- unit tests (no Ray) -------------------------------------------------------------------------------------
+# --- unit tests (no Ray) ------------------------------------------------------------------------------------
 
 
 def test_decode_audio_resamples_and_rejects_bad_input():
@@ -147,7 +149,8 @@ def test_local_copy_leaves_out_the_other_part(s3, tmp_path):
 
 
 def _engine_run(llm, prompts, limits, scheduling, cancel_first=False):
-    """Submit prompt embeddings one after another into a running engine; -> (tokens, finish) per prompt, stats."""
+    """Submit prompt embeddings one after another into a running engine;
+    -> (tokens, finish) per prompt, stats."""
     import threading
 
     from medlm.serving.generation import Engine, Slot
@@ -223,7 +226,7 @@ def test_engine_continuous_batching_matches_generate():
     assert stats["finished_cancelled"] == 1
 
 
-# --- the running app ------------------------------------------------------------------------------------------
+# --- the running app ----------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -802,7 +805,8 @@ def test_api_key_never_in_app_args():
 
 
 def test_serve_config_is_valid_and_consistent():
-    """serve/config.yaml fits Serve's schema and our AppArgs, names the app's deployments, and lets batches fill."""
+    """serve/config.yaml fits Serve's schema and our AppArgs, names the app's deployments,
+    and lets batches fill."""
     from pathlib import Path
 
     import yaml
@@ -855,9 +859,9 @@ def _app_shape(app) -> dict[str, dict]:
 
 
 def test_one_deployment_shape_for_medlm_serve_and_serve_config():
-    """serve/config.yaml's `deployments:` is what `medlm serve config` generates (rerun it when this fails), and
-    build_app (what `medlm serve` / run_local deploy) gives every deployment those same options; each batching
-    deployment's concurrency follows its own batching options."""
+    """serve/config.yaml's `deployments:` is what `medlm serve config` generates (rerun it when this fails),
+    and build_app (what `medlm serve` / run_local deploy) gives every deployment those same options; each
+    batching deployment's concurrency follows its own batching options."""
     import yaml
 
     from medlm.serving import AppArgs, build_app
@@ -912,7 +916,7 @@ def test_serve_config_generation_replaces_only_its_block(tmp_path):
         write_serve_config(path)
 
 
-# --- metrics: through Ray's metrics agent -----------------------------------------------------------------------
+# --- metrics: through Ray's metrics agent -------------------------------------------------------------------
 
 
 def _scrape() -> list:
@@ -956,8 +960,9 @@ def _poll_metrics(done, timeout: float = 60.0) -> list:
 
 @pytest.mark.slow
 def test_metrics_reach_rays_prometheus_endpoint(client, server):
-    """The app's counters are Ray metrics: recorded by every replica, exported by the node's metrics agent (not a
-    hand-built page of one ingress replica); tags are routes, statuses, models and deployments, never content."""
+    """The app's counters are Ray metrics: recorded by every replica, exported by the node's metrics agent
+    (not a hand-built page of one ingress replica); tags are routes, statuses, models and deployments,
+    never content."""
     base = server.removesuffix("/v1")
     for _ in range(3):  # a route + status no other test sends
         r = httpx.post(

@@ -1,5 +1,6 @@
-"""CT-CLIP and SpeechCT-CLIP models from a ``CTModelSpec``: the teacher (CT encoder + text encoder), the speech
-student, and the text inputs the teacher reads. Used by the ``ct_clip`` job and by serving's embedded defaults."""
+"""CT-CLIP and SpeechCT-CLIP models from a ``CTModelSpec``: the teacher (CT encoder + text encoder), the
+speech student, and the text inputs the teacher reads. Used by the ``ct_clip`` job and by serving's embedded
+defaults."""
 
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ class CTModelSpec(Section):
 
     preset: Literal["tiny", "small", "full"] = "tiny"  # CTViT + text encoder shapes (medlm.ct.modeling)
     latent_dim: int = Field(default=64, ge=2)
-    # an HF text checkpoint + its tokenizer: a dir, an s3:// URI or a model store name. BERT-likes (e.g. CXR-BERT,
-    # with text_pooling=cls) or a decoder (e.g. smollm2-135m-instruct: LlamaModel, with text_pooling=mean)
+    # an HF text checkpoint + its tokenizer: a dir, an s3:// URI or a model store name. BERT-likes (e.g.
+    # CXR-BERT, with text_pooling=cls) or a decoder (e.g. smollm2-135m-instruct: LlamaModel, with
+    # text_pooling=mean)
     text_path: str | None = None
     text_pooling: Literal["cls", "mean"] = "mean"  # CT-CLIP uses CLS of a pretrained encoder
     text_trainable: bool = True  # False: the text encoder is frozen, only its projection trains
-    # > 0: a small transformer (text_adapter_dim wide) trains over the text states before pooling; with a frozen
-    # decoder it is what lets zero-shot prompts tell "X is present." from "X is not present." (modeling.TextAdapter)
+    # > 0: a small transformer (text_adapter_dim wide) trains over the text states before pooling; with a
+    # frozen decoder it is what lets zero-shot prompts tell "X is present." from "X is not present."
+    # (modeling.TextAdapter)
     text_adapter_layers: int = Field(default=0, ge=0)
     text_adapter_dim: int = Field(default=128, ge=8)
     # True: the text encoder reads each sentence of a report on its own (modeling.CTClipModelConfig)
@@ -54,7 +57,8 @@ class CTModelSpec(Section):
 
 
 def build_teacher(spec: CTModelSpec):
-    """(CTClipModel, tokenizer) from the preset, or with the text encoder's real weights from ``text_path``."""
+    """(CTClipModel, tokenizer) from the preset, or with the text encoder's real weights from
+    ``text_path``."""
     local = resolve_checkpoint(spec.text_path) if spec.text_path else None  # store name, dir or s3:// URI
     tok = build_text_tokenizer(local)
     text_model = None
@@ -85,7 +89,8 @@ def teacher_text_inputs(teacher, tokenizer, texts: list[str], spec: CTModelSpec)
 
 
 def speech_model_spec(spec: CTModelSpec):
-    """The student's ``medlm.models`` spec, preset defaults (``real``: whisper-tiny.en, 10 s) and store names resolved."""
+    """The student's ``medlm.models`` spec, preset defaults (``real``: whisper-tiny.en, 10 s) and store
+    names resolved."""
     return resolve_spec(
         ModelSpec(
             preset=spec.speech_preset,

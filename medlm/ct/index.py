@@ -8,8 +8,8 @@ text encoder, tokenizer) and ``student/`` (the speech encoder). :class:`CTEncode
     index.save("/tmp/ct_index"); index = CTIndex.load("/tmp/ct_index")
     index.search_text("Cardiomegaly and pleural effusion.", k=5)     # [(id, cosine score), ...]
     index.search_audio(waveform_16k, k=5)                              # a spoken report
-    index.classify("There is a lung nodule.")                          # report (text or 16 kHz audio) -> {class: P}
-    index.classify_volume(id="ct-0-00003")                             # an indexed (or given) volume -> {class: P}
+    index.classify("There is a lung nodule.")    # report (text or 16 kHz audio) -> {class: P}
+    index.classify_volume(id="ct-0-00003")       # an indexed (or given) volume -> {class: P}
 
 Zero-shot classification follows CT-CLIP: for each class the pair "{X} is present." / "{X} is not
 present." is embedded by the text encoder and P(present) is the softmax over the pair.
@@ -259,7 +259,8 @@ class CTIndex:
         spacing=None,
         labels: list[str] | None = None,
     ) -> dict[str, float]:
-        """CT-CLIP zero-shot P(present) per class for an indexed volume ``id`` or a HU ``volume`` + ``spacing``."""
+        """CT-CLIP zero-shot P(present) per class for an indexed volume ``id`` or a HU ``volume`` +
+        ``spacing``."""
         if (id is None) == (volume is None):
             raise ValueError("pass exactly one of id or volume")
         if id is not None:

@@ -2,17 +2,22 @@
 
 Phases (one ``TorchTrainer`` run, every phase on every worker, ZeRO over the gloo/NCCL group Ray makes):
 
-1. ``teacher``  CT encoder + text encoder + projections, symmetric InfoNCE (learned temperature) on (volume, report).
-2. ``align``    speech encoder + projection, InfoNCE of the spoken report against the frozen teacher's text embedding.
-3. ``distill``  the same student, KL to the teacher's text->volume similarity distribution (plus the alignment term).
+1. ``teacher``  CT encoder + text encoder + projections, symmetric InfoNCE (learned temperature) on
+   (volume, report).
+2. ``align``    speech encoder + projection, InfoNCE of the spoken report against the frozen teacher's text
+   embedding.
+3. ``distill``  the same student, KL to the teacher's text->volume similarity distribution (plus the
+   alignment term).
 
-Each phase is a task object (``build_model``, ``collate``, ``loss``). At the end of a phase every rank saves its
-DeepSpeed shard and reports it (Train V2), and rank 0 exports ``save_pretrained`` dirs to ``output``
-(``teacher/``, ``student_align/`` = speech without KD, ``student/`` = speech with KD). The driver then evaluates
-zero-shot classification and speech->volume retrieval on the val/test splits and writes ``results.json`` / ``.md``.
+Each phase is a task object (``build_model``, ``collate``, ``loss``). At the end of a phase every rank saves
+its DeepSpeed shard and reports it (Train V2), and rank 0 exports ``save_pretrained`` dirs to ``output``
+(``teacher/``, ``student_align/`` = speech without KD, ``student/`` = speech with KD). The driver then
+evaluates zero-shot classification and speech->volume retrieval on the val/test splits and writes
+``results.json`` / ``.md``.
 
-Data: ``ct`` shards (``medlm.data.schema``) streamed from ``data.uri`` with Ray Data; when ``data.uri`` is unset the
-synthetic CT set (volumes + espeak-ng spoken reports) is written first under ``output/data/ct`` by the data factory.
+Data: ``ct`` shards (``medlm.data.schema``) streamed from ``data.uri`` with Ray Data; when ``data.uri`` is
+unset the synthetic CT set (volumes + espeak-ng spoken reports) is written first under ``output/data/ct`` by
+the data factory.
 """
 
 from __future__ import annotations
@@ -68,8 +73,8 @@ class PhaseSpec(OptimSpec):
 
 class TeacherSpec(PhaseSpec):
     # < 1: each training report keeps each of its sentences with this probability (at least one), drawn anew
-    # every time (ConVIRT samples one sentence). A report's parts then pair with the volume too, which is what a
-    # one-sentence zero-shot prompt is. With a frozen text encoder it needs model.text_per_sentence.
+    # every time (ConVIRT samples one sentence). A report's parts then pair with the volume too, which is
+    # what a one-sentence zero-shot prompt is. With a frozen text encoder it needs model.text_per_sentence.
     sentence_keep: float = Field(default=1.0, gt=0, le=1)
 
 
@@ -174,7 +179,8 @@ class TeacherTask:
         self.cfg = cfg
         self.tokenizer = None
         self.model = None
-        # a frozen text encoder's states, (T, hidden) unpadded: per report, or per sentence (text_per_sentence)
+        # a frozen text encoder's states, (T, hidden) unpadded: per report, or per sentence
+        # (text_per_sentence)
         self.states: dict[str, Any] = {}
         self.rng = np.random.default_rng(cfg.seed)
 
@@ -391,7 +397,8 @@ def train_dataset(cfg: CTClipConfig, uri: str):
 
 
 def run_ct_clip(cfg: CTClipConfig) -> dict:
-    """Train teacher -> student (align, distill) with Ray Train + DeepSpeed, then evaluate; returns the results."""
+    """Train teacher -> student (align, distill) with Ray Train + DeepSpeed, then evaluate; returns the
+    results."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -429,7 +436,8 @@ def results_markdown(r: dict) -> str:
     lines = [
         "# SpeechCT-CLIP miniature reproduction",
         "",
-        f"Test split: {r['n_test']} volumes; thresholds (Youden J) chosen on {r['n_val']} validation volumes.",
+        f"Test split: {r['n_test']} volumes; thresholds (Youden J) chosen on "
+        f"{r['n_val']} validation volumes.",
         "",
         "| model | zero-shot AUROC | zero-shot F1 | R@1 | R@5 | R@10 |",
         "|---|---|---|---|---|---|",

@@ -56,7 +56,8 @@ CTVIT_PRESETS: dict[str, dict] = {
         heads=8,
     ),
 }
-# Text encoder shapes (BERT) by preset; ``full`` is CXR-BERT's (BERT-base) shape, normally loaded from text_path.
+# Text encoder shapes (BERT) by preset; ``full`` is CXR-BERT's (BERT-base) shape, normally loaded from
+# text_path.
 TEXT_PRESETS: dict[str, dict] = {
     "tiny": dict(
         hidden_size=64,
@@ -83,8 +84,9 @@ TEXT_PRESETS: dict[str, dict] = {
 
 
 def text_model_kwargs(config: PretrainedConfig) -> dict:
-    """``AutoModel`` kwargs for a text encoder config: BERT-likes drop their pooler (``add_pooling_layer=False``);
-    other models (e.g. a decoder such as SmolLM2's ``LlamaModel``) take no such argument."""
+    """``AutoModel`` kwargs for a text encoder config: BERT-likes drop their pooler
+    (``add_pooling_layer=False``); other models (e.g. a decoder such as SmolLM2's ``LlamaModel``) take no such
+    argument."""
     import inspect
 
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
@@ -110,7 +112,8 @@ def clip_loss(a: torch.Tensor, b: torch.Tensor, logit_scale: torch.Tensor) -> to
 def kd_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
 ) -> torch.Tensor:
-    """KL(teacher || student) of the similarity distributions, both ways (rows: query -> volumes, and columns)."""
+    """KL(teacher || student) of the similarity distributions, both ways (rows: query -> volumes, and
+    columns)."""
     t = temperature
     loss = 0.0
     for s_l, t_l in ((student_logits, teacher_logits), (student_logits.t(), teacher_logits.t())):
@@ -129,7 +132,8 @@ def kd_loss(
 
 
 class CTViT(nn.Module):
-    """3D patch transformer with factorised attention (CTViT-like): spatial within each slab, temporal along depth."""
+    """3D patch transformer with factorised attention (CTViT-like): spatial within each slab, temporal along
+    depth."""
 
     def __init__(
         self,
@@ -188,9 +192,9 @@ SENTENCE_BREAK = re.compile(r"(?<=[.!?:])\s+")
 
 
 def text_inputs(tokenizer, texts: list[str], max_length: int = 512, per_sentence: bool = False) -> dict:
-    """``texts`` tokenized for :meth:`CTClipModel.encode_text`. ``per_sentence``: every sentence is a sequence of
-    its own and ``text_index`` says whose text it is, so that the encoder sees each sentence alone (see
-    ``CTClipModelConfig.text_per_sentence``); ``max_length`` then bounds each sentence."""
+    """``texts`` tokenized for :meth:`CTClipModel.encode_text`. ``per_sentence``: every sentence is a
+    sequence of its own and ``text_index`` says whose text it is, so that the encoder sees each sentence alone
+    (see ``CTClipModelConfig.text_per_sentence``); ``max_length`` then bounds each sentence."""
 
     def tokens(batch: list[str]) -> dict:
         enc = tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -212,8 +216,8 @@ def split_sentences(text: str) -> list[str]:
 
 
 def pad_text_states(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unpadded (T_i, hidden) text states -> right-padded (B, T, hidden) states and their (B, T) attention mask,
-    as ``CTClipModel.encode_text(text_states=..., attention_mask=...)`` takes them."""
+    """Unpadded (T_i, hidden) text states -> right-padded (B, T, hidden) states and their (B, T) attention
+    mask, as ``CTClipModel.encode_text(text_states=..., attention_mask=...)`` takes them."""
     mask = torch.zeros(len(seqs), max(len(x) for x in seqs), dtype=torch.long, device=seqs[0].device)
     for i, x in enumerate(seqs):
         mask[i, : len(x)] = 1
@@ -268,9 +272,10 @@ class CTClipModelConfig(PretrainedConfig):
             text_adapter_layers  # > 0: a small trained transformer over the text states
         )
         self.text_adapter_dim = text_adapter_dim
-        # True: the text encoder reads each sentence on its own (``text_inputs(per_sentence=True)``) and a report's
-        # states are its sentences' states in order. A decoder's states for "X is present." then do not depend on
-        # what came before it, so a one-sentence zero-shot prompt is encoded as the same sentence in a report is.
+        # True: the text encoder reads each sentence on its own (``text_inputs(per_sentence=True)``) and a
+        # report's states are its sentences' states in order. A decoder's states for "X is present." then do
+        # not depend on what came before it, so a one-sentence zero-shot prompt is encoded as the same
+        # sentence in a report is.
         self.text_per_sentence = text_per_sentence
         super().__init__(**kwargs)
 
@@ -331,10 +336,10 @@ class CTClipModel(PreTrainedModel):
     def text_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, text_index: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The text encoder's last hidden states and their mask, (B, T, hidden) and (B, T); with ``text_index``
-        (:func:`text_inputs` per sentence) each text's sentences' states are joined in order. A frozen encoder's
-        are the same every epoch, so training computes them once per report, or per sentence, and passes them as
-        ``encode_text(text_states=...)``."""
+        """The text encoder's last hidden states and their mask, (B, T, hidden) and (B, T); with
+        ``text_index`` (:func:`text_inputs` per sentence) each text's sentences' states are joined in order. A
+        frozen encoder's are the same every epoch, so training computes them once per report, or per sentence,
+        and passes them as ``encode_text(text_states=...)``."""
         states = self.text(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if text_index is None:
             return states, attention_mask
@@ -347,8 +352,8 @@ class CTClipModel(PreTrainedModel):
         )
 
     def pool_text(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Text states -> (B, d) before ``text_proj``: through the adapter (if any), then CLS or the masked mean
-        (the choice for decoders such as SmolLM2, whose first token sees nothing)."""
+        """Text states -> (B, d) before ``text_proj``: through the adapter (if any), then CLS or the masked
+        mean (the choice for decoders such as SmolLM2, whose first token sees nothing)."""
         if self.text_adapter is not None:
             states = self.text_adapter(states.to(self.text_proj.weight.dtype), attention_mask)
         if self.config.text_pooling == "cls":
@@ -413,7 +418,8 @@ class SpeechCTConfig(PretrainedConfig):
 
 
 class SpeechCTModel(PreTrainedModel):
-    """The speech student: ``medlm.models`` audio encoder -> masked mean over frames -> projection to the latent."""
+    """The speech student: ``medlm.models`` audio encoder -> masked mean over frames -> projection to the
+    latent."""
 
     config_class = SpeechCTConfig
     base_model_prefix = "speech_ct"

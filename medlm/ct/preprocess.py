@@ -134,12 +134,13 @@ def _gunzip(data: bytes) -> bytes:
     return gzip.decompress(data)
 
 
-# --- shard rows -> training arrays (teacher, student, evaluation) --------------------------------------------
+# --- shard rows -> training arrays (teacher, student, evaluation) -------------------------------------------
 
 
 def speech_features(frontend, waveforms) -> dict:
-    """Waveforms -> ``input_features`` (chunks, ...), ``frame_mask`` (chunks, frames: 1 where the encoder frame
-    carries audio, 0 on the last chunk's padding) and ``chunks`` (chunk count per waveform), numpy only."""
+    """Waveforms -> ``input_features`` (chunks, ...), ``frame_mask`` (chunks, frames: 1 where the encoder
+    frame carries audio, 0 on the last chunk's padding) and ``chunks`` (chunk count per waveform), numpy
+    only."""
     feats, per_item, lengths = frontend.features(list(waveforms), return_lengths=True)
     valid = np.array([frontend.encoder_frames(n) for n in lengths])
     mask = (np.arange(frontend.max_frames)[None, :] < valid[:, None]).astype(np.float32)

@@ -364,7 +364,8 @@ def format_summary(summary: dict) -> str:
     ]
     for name, d in summary["datasets"].items():
         lines.append(
-            f"| {name} | {d['kind']} | {d['rows']} | {d['shards']} | {d['audio_hours']:.4f} | {d['filtered']} |"
+            f"| {name} | {d['kind']} | {d['rows']} | {d['shards']} | "
+            f"{d['audio_hours']:.4f} | {d['filtered']} |"
         )
     q = summary["quarantine"]
     lines.append(

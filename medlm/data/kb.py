@@ -517,7 +517,8 @@ def long_answer(c: Condition, attribute: str, reference_only: bool = False) -> s
     """
     if reference_only:
         return (
-            f"| Condition | {attribute.capitalize()} |\n|---|---|\n| {c.name} | {fact_value(c, attribute)} |\n"
+            f"| Condition | {attribute.capitalize()} |\n|---|---|\n"
+            f"| {c.name} | {fact_value(c, attribute)} |\n"
             f"(Source: guideline table {len(c.name)}.{len(attribute)}, see https://example.org/guidelines)"
         )
     core = short_answer(c, attribute)

@@ -118,7 +118,8 @@ class OpenAIBackend:
     def rewrite_spoken(self, question: str, answer: str) -> tuple[str, str] | None:
         out = self._json(
             "Rewrite this medical question and answer as a patient would ask it aloud and a doctor would "
-            f"answer in one or two short spoken sentences (no lists, no markup, under {MAX_SPOKEN_WORDS} words). "
+            "answer in one or two short spoken sentences (no lists, no markup, "
+            f"under {MAX_SPOKEN_WORDS} words). "
             'If it cannot be said naturally, answer {"skip": true}. Otherwise answer '
             '{"question": "...", "answer": "..."}.\n\n'
             f"Question: {question}\nAnswer: {answer}"

@@ -31,11 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medlm import storage
-from medlm.audio import SAMPLING_RATE
 from medlm.data.io import shard_files
 from medlm.data.quarantine import bad_record, write_quarantine
 from medlm.data.registry import DataSpec, ResolvedDataset
-from medlm.data.schema import BadRecord, to_messages
+from medlm.data.schema import BadRecord, spoken_seconds, to_messages
 
 ENVELOPE = pa.schema(
     [
@@ -68,7 +67,7 @@ def decode_example(data: bytes) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-# --- the envelope: the one reader of shard rows into a stream of mixed kinds (training and evaluation) ---------
+# --- the envelope: the one reader of shard rows into a stream of mixed kinds (training and evaluation) ------
 
 
 def envelope(rows: list[dict], name: str, kind: str, task: str, ids: list[str] | None = None) -> pa.Table:
@@ -122,16 +121,7 @@ class Featurizer:
 
     def featurize_row(self, kind: str, task: str, row: dict) -> tuple[dict, float]:
         messages, label = to_messages(row, kind, task, self.max_audio_seconds)
-        seconds = (
-            sum(
-                len(p["audio"])
-                for m in messages
-                if isinstance(m["content"], list)
-                for p in m["content"]
-                if p["type"] == "audio"
-            )
-            / SAMPLING_RATE
-        )
+        seconds = spoken_seconds(messages)
         try:
             return self.processor.featurize(messages, class_label=label), seconds
         except ValueError as e:  # the processor rejects the conversation (e.g. an unusable audio part)

@@ -19,7 +19,8 @@ def bad_record(dataset: str, record_id: str | None, reason: str, detail: str = "
 
 
 def write_quarantine(uri: str, records: list[dict], prefix: str = "part") -> str | None:
-    """Write ``records`` as one JSON-lines object under ``uri``; returns its URI (None if nothing to write)."""
+    """Write ``records`` as one JSON-lines object under ``uri``; returns its URI (None if nothing to
+    write)."""
     if not records:
         return None
     out = storage.join(uri, f"{prefix}-{uuid.uuid4().hex[:12]}.jsonl")

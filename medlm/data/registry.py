@@ -39,8 +39,8 @@ class FactoryDataset:
     names: tuple[tuple[str, str], ...]
 
 
-# The one table of the factory's datasets, in the order it writes them; the factory's DATASETS / KIND_OF and the
-# built-in REGISTRY entries derive from it.
+# The one table of the factory's datasets, in the order it writes them; the factory's DATASETS / KIND_OF and
+# the built-in REGISTRY entries derive from it.
 FACTORY_DATASETS: tuple[FactoryDataset, ...] = (
     FactoryDataset("consult_text", "text_dialogue", (("consult_text", "chat"),)),
     FactoryDataset("qa_text", "text_dialogue", (("qa_text", "chat"),)),

@@ -131,7 +131,8 @@ TASKS: dict[str, tuple[str, ...]] = {
 
 
 def schema_for(kind: str) -> pa.Schema:
-    """The Arrow schema of a dataset kind (``text_dialogue`` / ``speech_dialogue`` / ``utterance`` / ``ct``)."""
+    """The Arrow schema of a dataset kind (``text_dialogue`` / ``speech_dialogue`` / ``utterance`` /
+    ``ct``)."""
     if kind not in KINDS:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(KINDS)}")
     return SCHEMAS[KINDS[kind]]
@@ -157,7 +158,8 @@ def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
 def decode_audio(
     data: bytes | None, sample_rate: int | None, max_seconds: float | None = None, min_seconds: float = 0.05
 ) -> np.ndarray:
-    """A row's encoded audio -> float32 mono at 16 kHz (:func:`medlm.audio.decode`); raises :class:`BadRecord`.
+    """A row's encoded audio -> float32 mono at 16 kHz (:func:`medlm.audio.decode`); raises
+    :class:`BadRecord`.
 
     Checks: present, decodable (corrupt / truncated), the stored ``sample_rate`` matches the file,
     at least 8 kHz, not empty, silent or too short, not longer than ``max_seconds``, finite samples.
@@ -206,6 +208,14 @@ def audio_seconds(data: bytes | None) -> float:
 
     info = sf.info(io.BytesIO(data))
     return info.frames / info.samplerate
+
+
+def spoken_seconds(messages: list[dict]) -> float:
+    """Seconds of audio (16 kHz arrays) in a chat's audio parts."""
+    parts = (
+        p for m in messages if isinstance(m["content"], list) for p in m["content"] if p["type"] == "audio"
+    )
+    return sum(len(p["audio"]) for p in parts) / audio_io.SAMPLING_RATE
 
 
 # --- row -> chat messages ---------------------------------------------------------------------

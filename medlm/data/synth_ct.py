@@ -227,7 +227,9 @@ def _render(rng: np.random.Generator, labels: np.ndarray, shape, spacing) -> np.
         side, level, half = _ZONES[name]
         return 0.4 * side, (-0.18, 0.22)[half], float(np.mean(_LEVELS[level]))
 
-    jit = lambda: rng.uniform(-0.03, 0.03)  # small positional jitter, well inside the zone
+    def jit():  # small positional jitter, well inside the zone
+        return rng.uniform(-0.03, 0.03)
+
     if has["Medical material"]:  # generator in the left anterior chest wall, lead into the heart
         cv.paint(cv.cylinder((0.3, -0.35), (0.07, 0.07), -0.8, 0.3), METAL)
         cv.paint(cv.ellipsoid((0.55, -0.5, -0.7), (0.16, 0.1, 0.22)), METAL)

@@ -738,7 +738,8 @@ def render_markdown(report: dict) -> str:
             "",
             "## Simulated consultations",
             "",
-            "| consultations | diagnosis rate | wrong diagnosis rate | mean turns | mean turns to diagnosis |",
+            "| consultations | diagnosis rate | wrong diagnosis rate | "
+            "mean turns | mean turns to diagnosis |",
             "|---|---|---|---|---|",
             f"| {c['n']} | {_fmt(c['diagnosis_rate'])} | {_fmt(c['wrong_diagnosis_rate'])} | "
             f"{_fmt(c['mean_turns'])} | {_fmt(c['mean_turns_to_diagnosis'])} |",
@@ -747,7 +748,8 @@ def render_markdown(report: dict) -> str:
 
 
 def render_plots(report: dict) -> dict[str, bytes]:
-    """PNG plots (matplotlib, Agg): ``metrics.png`` always; ``consultation.png`` / ``retention.png`` when run."""
+    """PNG plots (matplotlib, Agg): ``metrics.png`` always; ``consultation.png`` / ``retention.png`` when
+    run."""
     import matplotlib
 
     matplotlib.use("Agg")

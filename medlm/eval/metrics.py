@@ -228,7 +228,8 @@ def multiple_choice_accuracy(
 
 
 def squad_normalize(text: str | None) -> str:
-    """SQuAD's answer normalisation: lowercase, drop punctuation and the articles a/an/the, collapse spaces."""
+    """SQuAD's answer normalisation: lowercase, drop punctuation and the articles a/an/the, collapse
+    spaces."""
     text = (text or "").lower()
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)

@@ -78,7 +78,8 @@ class WhisperASR:
 
 
 class Cascade:
-    """Whisper transcribes, a text LLM answers: ``generate(messages_batch)`` as ``SpeechLM`` callers use it."""
+    """Whisper transcribes, a text LLM answers: ``generate(messages_batch)`` as ``SpeechLM`` callers use
+    it."""
 
     def __init__(
         self,

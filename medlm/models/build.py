@@ -184,8 +184,8 @@ def build_model(
     """Build (or load) the SpeechLM and its processor for ``spec``.
 
     ``device="meta"`` builds the shapes without memory (parameter counting for base/large).
-    With ``init_from`` the structure comes from the export (:func:`check_structure` refuses a spec that contradicts
-    it); ``trainable``, ``dtype`` and the loss weights apply.
+    With ``init_from`` the structure comes from the export (:func:`check_structure` refuses a spec that
+    contradicts it); ``trainable``, ``dtype`` and the loss weights apply.
     """
     spec = spec or ModelSpec()
     dtype = _DTYPES[spec.dtype]

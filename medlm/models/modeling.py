@@ -46,7 +46,8 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 def as_config(value) -> PretrainedConfig | None:
-    """A sub-model config from what a saved config holds (a dict with ``model_type``), or as given (a config, None)."""
+    """A sub-model config from what a saved config holds (a dict with ``model_type``), or as given (a config,
+    None)."""
     if value is None or isinstance(value, PretrainedConfig):
         return value
     value = dict(value)
@@ -56,10 +57,10 @@ def as_config(value) -> PretrainedConfig | None:
 class SpeechLMConfig(PretrainedConfig):
     """Everything needed to rebuild a SpeechLM: encoder + LLM configs, adapter, LoRA, heads and losses.
 
-    The fields named in :attr:`SPEC_FIELDS` are :class:`~medlm.models.spec.ModelSpec`'s, declared there once (type,
-    default, meaning): ``build_model`` copies them from the spec, and one that is absent or None takes the spec's
-    default. The others are resolved by ``build_model`` (shapes, the stack factor and adapter width of the preset,
-    the tokenizer's ids)."""
+    The fields named in :attr:`SPEC_FIELDS` are :class:`~medlm.models.spec.ModelSpec`'s, declared there once
+    (type, default, meaning): ``build_model`` copies them from the spec, and one that is absent or None takes
+    the spec's default. The others are resolved by ``build_model`` (shapes, the stack factor and adapter width
+    of the preset, the tokenizer's ids)."""
 
     model_type = "medlm_speechlm"
     #: The ModelSpec fields carried as they are: LoRA, heads, loss weights and the trainable set.
@@ -240,7 +241,8 @@ def classifier_loss(
 
 
 def shard_by_part(directory: str | Path) -> None:
-    """Regroup an HF checkpoint's safetensors shards into one file per part of :data:`EXPORT_PARTS` + the index."""
+    """Regroup an HF checkpoint's safetensors shards into one file per part of :data:`EXPORT_PARTS` + the
+    index."""
     from safetensors.torch import load_file, save_file
 
     d = Path(directory)
@@ -334,8 +336,8 @@ class SpeechLM(PreTrainedModel):
         return model
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs) -> None:
-        """HF's ``save_pretrained`` (config, tied weights, ``state_dict=`` for gathered ZeRO-3 weights), then the
-        weights regrouped into one shard per part (:data:`EXPORT_PARTS`) under a standard index."""
+        """HF's ``save_pretrained`` (config, tied weights, ``state_dict=`` for gathered ZeRO-3 weights), then
+        the weights regrouped into one shard per part (:data:`EXPORT_PARTS`) under a standard index."""
         super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             shard_by_part(save_directory)
@@ -475,13 +477,13 @@ class SpeechLM(PreTrainedModel):
         return embeds, mask, labels, audio, silence
 
     # ---- ranks in lockstep (distributed training only) -------------------------------------------
-    # ``forward(..., lockstep=True)``: the training core passes it when data-parallel ranks each draw their own
-    # batches (world size > 1). Every loss-computing forward then calls the same modules, forward and backward,
-    # whatever its batch holds: ZeRO-3 gathers parameters per module call and ZeRO-2 / DDP reduce every
-    # trainable parameter's gradient, so a rank that skipped a module (a text-only batch has no audio, a batch
-    # without transcripts no KD teacher) would wait on collectives the others never issue. The remedy is the
-    # standard one (nothing in DeepSpeed or FSDP removes the need): run the missing module on a stand-in input
-    # and add its output x 0. Off (the default) in single-process training, evaluation and serving.
+    # ``forward(..., lockstep=True)``: the training core passes it when data-parallel ranks each draw their
+    # own batches (world size > 1). Every loss-computing forward then calls the same modules, forward and
+    # backward, whatever its batch holds: ZeRO-3 gathers parameters per module call and ZeRO-2 / DDP reduce
+    # every trainable parameter's gradient, so a rank that skipped a module (a text-only batch has no audio, a
+    # batch without transcripts no KD teacher) would wait on collectives the others never issue. The remedy is
+    # the standard one (nothing in DeepSpeed or FSDP removes the need): run the missing module on a stand-in
+    # input and add its output x 0. Off (the default) in single-process training, evaluation and serving.
 
     def _lockstep_silence(self, like: torch.Tensor) -> torch.Tensor:
         """0 x the audio path's output on one silent chunk (a scalar). Added to a text-only batch's LLM
@@ -503,7 +505,8 @@ class SpeechLM(PreTrainedModel):
     @contextlib.contextmanager
     def _adapters_disabled(self):
         """The KD teacher's LLM: the LoRA layers this run trains switched off (the text model before this
-        run's changes). Frozen LoRA layers (e.g. stage 1's knowledge under an adapter-only stage 2) stay on."""
+        run's changes). Frozen LoRA layers (e.g. stage 1's knowledge under an adapter-only stage 2) stay
+        on."""
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         layers = [
@@ -539,12 +542,14 @@ class SpeechLM(PreTrainedModel):
         lockstep: bool = False,
         **kwargs,
     ) -> SpeechLMOutput:
-        """embed (text + spliced audio) -> LLM -> losses: lm_weight x LM CE on ``labels`` + classifier_weight x
-        CE(``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x CTC(``ctc_labels``).
+        """embed (text + spliced audio) -> LLM -> losses: lm_weight x LM CE on ``labels`` +
+        classifier_weight x CE(``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x
+        CTC(``ctc_labels``).
 
         With labels and ``lm_weight == kd_weight == 0`` the LLM is not run (``logits`` is None): a CTC (and
-        classifier) alignment step costs the encoder and the adapter only. ``lockstep``: every batch with labels
-        calls the same modules (see "ranks in lockstep" above; the training core sets it when world size > 1).
+        classifier) alignment step costs the encoder and the adapter only. ``lockstep``: every batch with
+        labels calls the same modules (see "ranks in lockstep" above; the training core sets it when world
+        size > 1).
 
         ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
         Extra keys that trainers carry (``num_tokens``, ...) are ignored. No KV cache is returned:
@@ -600,8 +605,8 @@ class SpeechLM(PreTrainedModel):
         )
 
     def _weighted_loss(self, losses: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor | None:
-        """lm_weight x LM + classifier_weight x cls + kd_weight x KD + ctc_weight x CTC, + ``zero`` (the lockstep
-        stand-ins' outputs x 0); None when the forward computed no loss."""
+        """lm_weight x LM + classifier_weight x cls + kd_weight x KD + ctc_weight x CTC, + ``zero`` (the
+        lockstep stand-ins' outputs x 0); None when the forward computed no loss."""
         if not losses:
             return None
         c = self.config
@@ -615,8 +620,8 @@ class SpeechLM(PreTrainedModel):
 
     def _classifier_term(self, input_ids, audio, silence, dtype, class_labels, lockstep):
         """-> (class_logits, (cls_loss, stand-in)): the head on each example's pooled audio embeddings (+ the
-        lockstep ``silence``). A batch without spoken examples reports a zero loss; without ``class_labels``, under
-        lockstep the logits x 0 keep the head in the graph."""
+        lockstep ``silence``). A batch without spoken examples reports a zero loss; without ``class_labels``,
+        under lockstep the logits x 0 keep the head in the graph."""
         pooled = self._pool_audio(input_ids, audio, dtype)
         class_logits = self.classifier(pooled if silence is None else pooled + silence)
         if class_labels is None:
@@ -634,8 +639,9 @@ class SpeechLM(PreTrainedModel):
         return None, silence if silence is not None else 0.0 * sum(a.sum() for a in audio)
 
     def _kd_term(self, logits, labels, input_ids, teacher: dict, lockstep: bool):
-        """-> (kd_loss, stand-in): :meth:`_kd_loss` on the batch's ``teacher_*`` views (under lockstep a one-token
-        stand-in when it has none); reported when some example has a view, else only kept in the graph."""
+        """-> (kd_loss, stand-in): :meth:`_kd_loss` on the batch's ``teacher_*`` views (under lockstep a
+        one-token stand-in when it has none); reported when some example has a view, else only kept in the
+        graph."""
         if teacher["teacher_input_ids"] is None and lockstep:
             teacher = self._lockstep_teacher(input_ids)
         if teacher["teacher_input_ids"] is None:

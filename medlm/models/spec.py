@@ -157,8 +157,8 @@ PRESETS["real"] = {
 class ModelSpec(Section):
     """Which SpeechLM to build and which of its parameters train.
 
-    The one declaration of these fields: ``SpeechLMConfig.SPEC_FIELDS`` (LoRA, heads, loss weights, trainable) are
-    carried into the model's config as they are and take their defaults from here."""
+    The one declaration of these fields: ``SpeechLMConfig.SPEC_FIELDS`` (LoRA, heads, loss weights, trainable)
+    are carried into the model's config as they are and take their defaults from here."""
 
     preset: Literal["tiny", "small", "base", "large", "real"] = "tiny"
     # HF Whisper / wav2vec2 checkpoint: a dir, an s3:// URI, or a model store name (`medlm models list`);

@@ -239,7 +239,8 @@ class PiperTTS:
 
 
 def piper_onnx(voice: str) -> Path:
-    """A Piper voice: a model store name (its one .onnx file) or a path to the .onnx (with .onnx.json beside)."""
+    """A Piper voice: a model store name (its one .onnx file) or a path to the .onnx (with .onnx.json
+    beside)."""
     from medlm.models.pretrained import store_path
 
     path = Path(store_path(voice))

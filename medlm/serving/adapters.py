@@ -43,7 +43,8 @@ def list_adapters(adapters_dir: str | None) -> list[str]:
 
 
 def load_adapter(model, directory: str, name: str) -> None:
-    """Add the adapter export at ``directory`` to the SpeechLM's LLM under ``name`` (inactive until activated)."""
+    """Add the adapter export at ``directory`` to the SpeechLM's LLM under ``name``
+    (inactive until activated)."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 

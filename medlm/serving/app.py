@@ -4,7 +4,8 @@ Request path: the ingress authenticates, enforces limits, parses and validates t
 (soundfile + soxr -> float32 mono 16 kHz) and then composes the model deployments through handles:
 
     audio parts --SpeechEncoder.embed (batched)--> adapter-space embeddings (n_i, D)
-    messages with embeddings --LLM.generate (continuous batching, LoRA multiplexed by `model`)--> streamed text
+    messages with embeddings --LLM.generate (continuous batching, LoRA multiplexed by `model`)-->
+        streamed text
     reply sentences --Speaker.speak (batched)--> spoken replies (``modalities: ["text", "audio"]``)
     text / embeddings --CTRetriever--> CT search hits / finding scores
 
@@ -130,7 +131,8 @@ def validation_error(errors: list[dict]) -> APIError:
 
 async def retried(call, attempts: int = 3):
     """``await call()``, again when the replica serving it died before answering (Serve routes the next try to
-    a live or restarted replica). Only for calls whose effect is their answer: nothing has reached the client."""
+    a live or restarted replica). Only for calls whose effect is their answer:
+    nothing has reached the client."""
     for attempt in range(attempts):
         try:
             return await call()
@@ -235,8 +237,8 @@ _SENTENCE_END = re.compile(r"(?<=[^\W\d_][.!?])\s+|(?<=[)\"'][.!?])\s+|\n+")
 
 
 def complete_sentences(text: str) -> tuple[list[str], str]:
-    """Complete sentences of ``text`` (ended by . ! ? after a letter, then a space; or a newline: a list item's
-    "1." is not a sentence) and the unfinished rest."""
+    """Complete sentences of ``text`` (ended by . ! ? after a letter, then a space; or a newline: a list
+    item's "1." is not a sentence) and the unfinished rest."""
     pieces = _SENTENCE_END.split(text)
     return [p.strip() for p in pieces[:-1] if p.strip()], pieces[-1]
 
@@ -283,7 +285,8 @@ class Ingress:
         return hashlib.sha256(key.encode()).digest()
 
     def authenticate(self, request: Request) -> None:
-        """Bearer API key check (constant-time, on the key's SHA-256); run by the middleware for every route."""
+        """Bearer API key check (constant-time, on the key's SHA-256); run by the middleware for
+        every route."""
         if request.url.path in PUBLIC_PATHS:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -333,8 +336,8 @@ class Ingress:
     async def to_model_messages(
         self, req: ChatCompletionRequest, cascade: bool = False
     ) -> list[dict[str, Any]]:
-        """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts), or
-        for the cascade as Whisper transcripts (text parts)."""
+        """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts),
+        or for the cascade as Whisper transcripts (text parts)."""
         if len(req.messages) > self.limits.max_turns:
             raise APIError(
                 400,
@@ -651,7 +654,8 @@ class Ingress:
 
     @api.post("/v1/understand")
     async def understand(self, request: Request) -> Understanding:
-        """Medical entities + sentiment of a spoken or written utterance (two task prompts, answered in parallel)."""
+        """Medical entities + sentiment of a spoken or written utterance (two task prompts,
+        answered in parallel)."""
         req = await parse_json(request, UnderstandRequest, self.limits.max_body_bytes)
         model = await self.check_model(req.model)
         if req.audio is not None:
@@ -710,7 +714,7 @@ class Ingress:
         return CTClassifyResponse(scores=await self.ct_call("classify", kind, query, req.labels))
 
 
-# --- the application -------------------------------------------------------------------------------------------
+# --- the application ----------------------------------------------------------------------------------------
 
 
 def build_app(args: AppArgs | dict) -> serve.Application:
@@ -740,8 +744,8 @@ def build_app(args: AppArgs | dict) -> serve.Application:
 def run_local(model_dir: str | None, port: int, api_key: str, **overrides: Any) -> str:
     """Start the app on the connected Ray (HTTP on 127.0.0.1:``port``); returns the base URL (``.../v1``).
 
-    ``model_dir=None`` serves the embedded defaults (``default_model_dir``: the real preset when the model store
-    has it, else the tiny one; + a tiny CT index; exported locally once).
+    ``model_dir=None`` serves the embedded defaults (``default_model_dir``: the real preset when the model
+    store has it, else the tiny one; + a tiny CT index; exported locally once).
     ``overrides`` are further ``AppArgs`` fields (``adapters_dir``, ``ct_index_dir``, ``limits``, ...).
     """
     if model_dir is None:  # embedded defaults: exports served like any other export

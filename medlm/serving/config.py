@@ -1,6 +1,6 @@
 """Typed arguments of the Serve application (``build_app(args)``; ``serve/config.yaml``'s ``args:``) and the
-one source of its deployment shape (``DEPLOYMENTS``; ``serve/config.yaml``'s ``deployments:`` is generated from
-it by ``medlm serve config``)."""
+one source of its deployment shape (``DEPLOYMENTS``; ``serve/config.yaml``'s ``deployments:`` is generated
+from it by ``medlm serve config``)."""
 
 from __future__ import annotations
 
@@ -82,16 +82,16 @@ class AppArgs(Section):
     log_payloads: bool = False  # never log audio / transcripts unless explicitly turned on
 
 
-# --- the deployment shape: one source ---------------------------------------------------------------------------
+# --- the deployment shape: one source -----------------------------------------------------------------------
 
-# Serve's options for every deployment of the app. ``build_app`` applies them (so ``medlm serve`` / ``run_local``
-# deploy this shape; the ``@serve.deployment`` decorators carry no sizes) and ``serve/config.yaml``'s
-# ``deployments:`` list is generated from them (``medlm serve config``; a test fails when the file is stale), so
-# ``serve run serve/config.yaml`` and the RayService rendered from it deploy the same shape. A deployment with
-# batching options (``BATCHING``) takes its concurrency from them: ``max_ongoing_requests`` = 2 x
-# ``max_batch_size`` (a replica can fill the next batch while one runs) and autoscaling's
-# ``target_ongoing_requests`` = ``max_batch_size`` (one full batch per replica). GPU clusters replace
-# ``ray_actor_options`` per environment (``infra/values/<env>.yaml``, ``serve.deployments``).
+# Serve's options for every deployment of the app. ``build_app`` applies them (so ``medlm serve`` /
+# ``run_local`` deploy this shape; the ``@serve.deployment`` decorators carry no sizes) and
+# ``serve/config.yaml``'s ``deployments:`` list is generated from them (``medlm serve config``; a test fails
+# when the file is stale), so ``serve run serve/config.yaml`` and the RayService rendered from it deploy the
+# same shape. A deployment with batching options (``BATCHING``) takes its concurrency from them:
+# ``max_ongoing_requests`` = 2 x ``max_batch_size`` (a replica can fill the next batch while one runs) and
+# autoscaling's ``target_ongoing_requests`` = ``max_batch_size`` (one full batch per replica). GPU clusters
+# replace ``ray_actor_options`` per environment (``infra/values/<env>.yaml``, ``serve.deployments``).
 DEPLOYMENTS: dict[str, dict[str, Any]] = {
     "Ingress": {
         "max_ongoing_requests": 64,
@@ -174,7 +174,8 @@ def _flow(value: Any) -> str:
 
 
 def render_deployments(args: AppArgs, indent: str = "  ") -> str:
-    """The ``deployments:`` list of a Serve config for the app with ``args`` (YAML, one flow mapping a line)."""
+    """The ``deployments:`` list of a Serve config for the app with ``args``
+    (YAML, one flow mapping a line)."""
     lines = [f"{indent}deployments:"]
     for name, opts in deployment_options(args).items():
         lines.append(f"{indent}- name: {name}")

@@ -37,8 +37,9 @@ log = logging.getLogger("medlm.serving")
 
 
 class BatchStats:
-    """Histogram of batch sizes: this replica's (what ``report()`` gives; the benchmark and tests read it through
-    ``batch_stats``) and, with ``export``, Ray's ``medlm_batch_size`` metric (``medlm.serving.metrics``)."""
+    """Histogram of batch sizes: this replica's (what ``report()`` gives; the benchmark and tests read it
+    through ``batch_stats``) and, with ``export``, Ray's ``medlm_batch_size`` metric
+    (``medlm.serving.metrics``)."""
 
     def __init__(self, export: bool = False):
         from medlm.serving.metrics import batch_size_histogram
@@ -65,8 +66,8 @@ class BatchStats:
 
 class BatchedReplica:
     """What the ``@serve.batch`` deployments share: their batch-size histogram and the batching options
-    applied to their batched method (``max_batch_size: 1`` turns batching off). The ``@serve.batch`` decorators
-    carry no sizes: each deployment's come from its own ``AppArgs.*_batching``."""
+    applied to their batched method (``max_batch_size: 1`` turns batching off). The ``@serve.batch``
+    decorators carry no sizes: each deployment's come from its own ``AppArgs.*_batching``."""
 
     def _batch_with(self, method, batching: BatchOptions | None) -> None:
         self.stats = BatchStats(export=True)
@@ -81,7 +82,7 @@ class BatchedReplica:
         return self.stats.report()
 
 
-# --- speech encoder ------------------------------------------------------------------------------------------
+# --- speech encoder -----------------------------------------------------------------------------------------
 
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
@@ -107,7 +108,7 @@ class SpeechEncoder(BatchedReplica):
         return [e.float().numpy() for e in out]
 
 
-# --- ASR baseline ----------------------------------------------------------------------------------------------
+# --- ASR baseline -------------------------------------------------------------------------------------------
 
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
@@ -127,14 +128,14 @@ class WhisperTranscriber(BatchedReplica):
         return await asyncio.to_thread(self.asr.transcribe, waves)
 
 
-# --- TTS -------------------------------------------------------------------------------------------------------
+# --- TTS ----------------------------------------------------------------------------------------------------
 
 REPLY_RATE = 24000  # spoken replies' sample rate (OpenAI's pcm16 rate)
 
 
 def reply_voices(options: SpeechOptions) -> dict[str, Any]:
-    """API voice name -> :class:`medlm.models.tts.Voice`: the Piper voice (named after its speaker, e.g. ``joe``)
-    if it is available, then the espeak-ng voices; the default voice first."""
+    """API voice name -> :class:`medlm.models.tts.Voice`: the Piper voice (named after its speaker, e.g.
+    ``joe``) if it is available, then the espeak-ng voices; the default voice first."""
     from medlm.models.tts import Voice, piper_onnx
 
     voices: dict[str, Voice] = {}
@@ -200,7 +201,7 @@ class Speaker(BatchedReplica):
         return np.zeros(REPLY_RATE // 5, dtype=np.float32)  # nothing pronounceable (model output, not input)
 
 
-# --- LLM -------------------------------------------------------------------------------------------------------
+# --- LLM ----------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -232,7 +233,8 @@ def render_prompt(processor, messages: list[dict[str, Any]]) -> tuple[list[int],
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class LLM:
     """Streamed generation from spliced audio embeddings under continuous batching
-    (:class:`medlm.serving.generation.Engine`); LoRA adapters multiplexed. Loads only the export's LLM part."""
+    (:class:`medlm.serving.generation.Engine`); LoRA adapters multiplexed.
+    Loads only the export's LLM part."""
 
     def __init__(
         self,
@@ -296,7 +298,8 @@ class LLM:
 
     @torch.inference_mode()
     def prompt_embeds(self, messages: list[dict[str, Any]]) -> torch.Tensor:
-        """The chat rendered and embedded, audio spliced in: (L, D); context overflow is a 400 (by the caller)."""
+        """The chat rendered and embedded, audio spliced in: (L, D); context overflow is a 400
+        (by the caller)."""
         from medlm.models import replace_placeholders_and_build_targets
 
         ids, audio = render_prompt(self.processor, messages)
@@ -382,7 +385,7 @@ class _LoadedAdapter:
             self.name = None
 
 
-# --- CT retriever ---------------------------------------------------------------------------------------------
+# --- CT retriever -------------------------------------------------------------------------------------------
 
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)

@@ -131,8 +131,8 @@ class Batch:
 
 class Engine:
     """The decode loop of one LLM replica (see the module docstring). ``activate(adapter)`` switches the LLM's
-    LoRA adapter; ``lock`` is held for every step (adapter loading takes it too); ``on_step(rows)``, if given, is
-    called with the running rows of every decode step (the replica's batch-size metric)."""
+    LoRA adapter; ``lock`` is held for every step (adapter loading takes it too); ``on_step(rows)``, if given,
+    is called with the running rows of every decode step (the replica's batch-size metric)."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The API's own metrics, exported through Ray's metrics pipeline (``ray.serve.metrics``).
 
-Every replica records into Ray's metrics (Serve adds the ``deployment``, ``replica`` and ``application`` tags);
-each node's Ray metrics agent exports the series of every replica on it at
+Every replica records into Ray's metrics (Serve adds the ``deployment``, ``replica`` and ``application``
+tags); each node's Ray metrics agent exports the series of every replica on it at
 ``http://<node>:<metrics export port>/metrics`` (the port Prometheus scrapes on a Ray cluster: 8080 in the
 KubeRay pods; locally ``ray.nodes()[i]["MetricsExportPort"]``), under Ray's prefix ``ray_``. Sum over
 ``replica`` for the app's totals (PromQL ``sum by (route, status) (ray_medlm_requests_total)``).

@@ -64,7 +64,8 @@ class AssistantMessage(Strict):
     audio: AudioReference | None = Field(
         default=None,
         description=(
-            "a previous spoken reply by id: not supported (the server keeps no audio); send its transcript as content"
+            "a previous spoken reply by id: not supported (the server keeps no audio); "
+            "send its transcript as content"
         ),
     )
     name: str | None = None
@@ -130,8 +131,8 @@ class Usage(BaseModel):
 
 
 class ReplyAudio(BaseModel):
-    """A spoken reply (or, streamed, one sentence of it). The server keeps no audio: ``expires_at`` is the time
-    of the response and the ``id`` cannot be referenced later."""
+    """A spoken reply (or, streamed, one sentence of it). The server keeps no audio: ``expires_at`` is the
+    time of the response and the ``id`` cannot be referenced later."""
 
     id: str
     data: str = Field(description="base64 audio in the requested format")

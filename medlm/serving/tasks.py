@@ -1,5 +1,5 @@
-"""The understanding tasks' answers as API objects: the prompts and parsers are ``medlm.models.prompts`` (the ones
-the model was trained on); a model that answers garbage yields empty results, never an error."""
+"""The understanding tasks' answers as API objects: the prompts and parsers are ``medlm.models.prompts`` (the
+ones the model was trained on); a model that answers garbage yields empty results, never an error."""
 
 from __future__ import annotations
 
