@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from medlm import paths
 from medlm.config import Section, dump_config, load_config
 
 log = logging.getLogger("medlm")
@@ -97,7 +98,7 @@ JOBS: dict[str, Job] = {
 
 def embedded_s3_needed() -> bool:
     """True when no S3 endpoint or AWS credentials are configured: use the embedded moto server."""
-    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MEDLM_STACK") == "external":
+    if os.environ.get("AWS_ENDPOINT_URL") or paths.external_stack():
         return False
     import boto3
 
@@ -112,7 +113,7 @@ def run_job(name: str, config: str | None = None, overrides: list[str] | None = 
     cfg = job.load(config, overrides)
     log.info("job %s with config:\n%s", name, dump_config(cfg))
     with local_stack(s3=embedded_s3_needed()) as st:
-        if st.s3_endpoint and os.environ.get("MEDLM_STACK") != "external":
+        if st.s3_endpoint and not paths.external_stack():
             log.warning(
                 "using the embedded S3 server at %s: its contents vanish when this job ends "
                 "(run `medlm stack up` to keep data between commands)",

@@ -1,4 +1,4 @@
-"""Every default path of medlm, and the environment variables that move them (read here and nowhere else).
+"""Every default path of medlm and every ``MEDLM_*`` environment variable (read here and nowhere else).
 
 =================  ==============================  ===========================================================
 variable           default                         what lives there
@@ -11,6 +11,9 @@ variable           default                         what lives there
                                                    ``MEDLM_HOME``, so a throw-away home keeps the fetched
                                                    models
 ``MEDLM_CACHE``    ``<tmp>/medlm-cache``           local copies of ``s3://`` trees (``storage.local_copy``)
+``MEDLM_STACK``    unset                           ``external``: jobs never start the embedded local stack
+``MEDLM_FAULT_``   unset                           ``<step>``: the last training rank fails once at that step
+``AT_STEP``                                        (fault injection for the recovery tests)
 =================  ==============================  ===========================================================
 
 The variables are read when a function is called (not at import), so setting one in a running process
@@ -24,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 HOME_ENV, MODELS_ENV, CACHE_ENV = "MEDLM_HOME", "MEDLM_MODELS", "MEDLM_CACHE"
+STACK_ENV, FAULT_ENV = "MEDLM_STACK", "MEDLM_FAULT_AT_STEP"
 
 
 def _default_home() -> Path:
@@ -63,3 +67,13 @@ def model_store() -> Path:
 def download_cache() -> Path:
     """Local copies of ``s3://`` trees: ``$MEDLM_CACHE``, default ``<tmp>/medlm-cache``."""
     return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "medlm-cache")
+
+
+def external_stack() -> bool:
+    """``MEDLM_STACK=external``: S3 and the Ray cluster come from outside; never start the local stack."""
+    return os.environ.get(STACK_ENV) == "external"
+
+
+def fault_at_step() -> int:
+    """``MEDLM_FAULT_AT_STEP``: the step at which the last training rank fails once (-1: never)."""
+    return int(os.environ.get(FAULT_ENV) or -1)

@@ -300,7 +300,7 @@ def stack_up(
     moto_pid = start_moto(s3_port, state_dir / "moto.log")
     endpoint = f"http://127.0.0.1:{s3_port}"
     # The job agent's HTTP port is free-picked: the default (52365) is taken by any other Ray on this machine
-    # (a test session, `medlm demo`), and an agent that cannot bind leaves `ray job submit` with "No available
+    # (a test session, the demo), and an agent that cannot bind leaves `ray job submit` with "No available
     # agent to submit job".
     cmd = [
         RAY_CLI,

@@ -46,7 +46,7 @@ DOCS = PROJECT / "docs" / "reproductions"  # the project's own tables (README.md
 
 
 class Runner:
-    """Holds the data and the run directory of one ``medlm reproduce``. Runs and evaluations are cached by
+    """Holds the data and the run directory of one reproduction command. Runs and evaluations are cached by
     name, in memory and under the root (``result.json`` next to each run's export, ``eval/<name>/``), so a
     rerun on the same ``workdir`` reuses what already finished."""
 

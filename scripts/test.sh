@@ -35,5 +35,5 @@ PY
 fi
 ./scripts/setup.sh
 . .venv/bin/activate
-ruff check . && ruff format --check . >/dev/null || { echo "ruff: run 'ruff check --fix . && ruff format .'" >&2; exit 1; }
+ruff check . && ruff format --check . || { echo "ruff: run 'ruff check --fix . && ruff format .'" >&2; exit 1; }
 exec python -m pytest "$@"

@@ -349,7 +349,8 @@ def test_paths_and_their_variables_are_read_in_one_module(monkeypatch, tmp_path)
     readers = [
         str(p.relative_to(ROOT))
         for p in [*(ROOT / "medlm").rglob("*.py"), ROOT / "cluster" / "local.py"]
-        if p.name != "paths.py" and re.search(r"MEDLM_(HOME|MODELS|CACHE)[\"']", p.read_text())
+        if p.name != "paths.py"
+        and re.search(r"MEDLM_(HOME|MODELS|CACHE|STACK|FAULT_AT_STEP)[\"']", p.read_text())
     ]
     assert readers == []
 

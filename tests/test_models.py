@@ -751,3 +751,10 @@ def test_init_from_accepts_the_shipped_job_chains(export, runs):
     preset = next(o for o in export if o.startswith("model.preset="))
     for job, *overrides in runs:
         check_structure(_job_spec(job, preset, *overrides), config)
+
+
+def test_forward_stays_short():
+    """SpeechLM.forward reads as the list of its steps: the loss terms are methods of their own."""
+    import inspect
+
+    assert len(inspect.getsource(SpeechLM.forward).splitlines()) <= 60

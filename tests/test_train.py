@@ -9,9 +9,10 @@ import pytest
 
 from medlm import storage
 from medlm.config import load_config
+from medlm.paths import FAULT_ENV
 from medlm.train import TrainJobConfig, train
 from medlm.train.config import OptimSpec
-from medlm.train.core import FAULT_ENV, deepspeed_config, lr_lambda
+from medlm.train.core import deepspeed_config, lr_lambda
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -334,12 +333,11 @@ def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
 
 def train_loop(config: dict) -> None:
     """Runs on every Ray Train worker: teacher, align, distill; report + export after each phase."""
-    import torch
-
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import ray.train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from medlm.train.core import worker_setup
+
+    worker_setup()
     cfg = CTClipConfig.model_validate(config)
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()

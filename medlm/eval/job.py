@@ -223,12 +223,8 @@ class ModelPredictor:
         from medlm.data.pipeline import envelope_row
         from medlm.data.schema import BadRecord, to_messages
 
-        out, prompts, tasks, slots = (
-            [],
-            [],
-            [],
-            [],
-        )  # rows in input order; prompts fill the slots after generation
+        # rows in input order; prompts fill the slots after generation
+        out, prompts, tasks, slots = [], [], [], []
         spoken: list[tuple[int, list[dict], dict]] = []  # (row slot, prompt, row) for the consistency task
         for env in table.to_pylist():
             rec = {k: env[k] for k in ("dataset", "kind", "task", "id")}

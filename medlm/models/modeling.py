@@ -542,41 +542,25 @@ class SpeechLM(PreTrainedModel):
         lockstep: bool = False,
         **kwargs,
     ) -> SpeechLMOutput:
-        """embed (text + spliced audio) -> LLM -> losses: lm_weight x LM CE on ``labels`` +
-        classifier_weight x CE(``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x
-        CTC(``ctc_labels``).
-
-        With labels and ``lm_weight == kd_weight == 0`` the LLM is not run (``logits`` is None): a CTC (and
-        classifier) alignment step costs the encoder and the adapter only. ``lockstep``: every batch with
-        labels calls the same modules (see "ranks in lockstep" above; the training core sets it when world
-        size > 1).
-
-        ``audio_chunks``: chunk count of each audio item in reading order; ``input_features``: the chunks.
-        Extra keys that trainers carry (``num_tokens``, ...) are ignored. No KV cache is returned:
-        generation goes through :meth:`generate` (the LLM's own).
-        """
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+        """embed (text + spliced audio) -> LLM -> lm_weight x LM CE on ``labels`` + classifier_weight x CE
+        (``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x CTC(``ctc_labels``). With
+        labels and ``lm_weight == kd_weight == 0`` the LLM is not run (``logits`` None). ``lockstep``: every
+        batch with labels calls the same modules (see "ranks in lockstep"; set by the training core when world
+        size > 1). Extra keys trainers carry (``num_tokens``) are ignored; generation: :meth:`generate`."""
         lockstep = lockstep and labels is not None
+        audio_in = (input_features, audio_chunks, audio_chunk_lengths)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         embeds, mask, labels, audio, silence = self._inputs_embeds(
-            input_ids,
-            attention_mask,
-            labels,
-            input_features,
-            audio_chunks,
-            audio_chunk_lengths,
-            lockstep=lockstep,
+            input_ids, mask, labels, *audio_in, lockstep=lockstep
         )
-        run_llm = labels is None or self.config.lm_weight > 0 or self.config.kd_weight > 0
-        logits = (
-            self.llm(
+        logits = None
+        if labels is None or self.config.lm_weight > 0 or self.config.kd_weight > 0:
+            out = self.llm(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
-            ).logits
-            if run_llm
-            else None
-        )
+            )
+            logits = out.logits
         terms = {}  # loss name -> (loss to report or None, lockstep stand-in output x 0 or None)
-        if labels is not None and run_llm:
+        if labels is not None and logits is not None:
             terms["lm_loss"] = lm_loss(logits, labels), None
         class_logits = None
         if self.classifier is not None:
@@ -586,22 +570,14 @@ class SpeechLM(PreTrainedModel):
         if labels is not None and self.config.ctc_weight > 0:
             terms["ctc_loss"] = self._ctc_term(audio, silence, ctc_labels, ctc_label_lengths)
         if labels is not None and self.config.kd_weight > 0:
-            teacher = {
-                "teacher_input_ids": teacher_input_ids,
-                "teacher_attention_mask": teacher_attention_mask,
-                "teacher_labels": teacher_labels,
-                "kd_mask": kd_mask,
-            }
+            teacher = dict(teacher_input_ids=teacher_input_ids, teacher_attention_mask=teacher_attention_mask)
+            teacher.update(teacher_labels=teacher_labels, kd_mask=kd_mask)
             terms["kd_loss"] = self._kd_term(logits, labels, input_ids, teacher, lockstep)
         losses = {name: loss for name, (loss, _) in terms.items() if loss is not None}
         zero = sum((s for _, s in terms.values() if s is not None), embeds.new_zeros(()))  # stand-ins x 0
+        loss = self._weighted_loss(losses, zero)
         return SpeechLMOutput(
-            loss=self._weighted_loss(losses, zero),
-            logits=logits,
-            class_logits=class_logits,
-            labels=labels,
-            attention_mask=mask,
-            **losses,
+            loss=loss, logits=logits, class_logits=class_logits, labels=labels, attention_mask=mask, **losses
         )
 
     def _weighted_loss(self, losses: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor | None:

@@ -186,13 +186,11 @@ class ModelSpec(Section):
     encoder_lora_r: int = Field(default=0, ge=0)
     encoder_lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
     num_classes: int = Field(default=0, ge=0)  # classifier head on pooled adapter output; 0 = none
-    # + one output per entity label (schema.ENTITY_LABELS: which entity types the utterance mentions, BCE):
+    # + one output per entity label (prompts.ENTITY_LABELS: which entity types the utterance mentions, BCE):
     # the regularizer sees NER as well as sentiment; 0 = sentiment only
     num_entity_labels: int = Field(default=0, ge=0)
     classifier_weight: float = 0.1
-    lm_weight: float = Field(
-        default=1.0, ge=0.0
-    )  # LM loss on the targets; 0 = KD only (Ultravox's alignment)
+    lm_weight: float = Field(default=1.0, ge=0.0)  # LM loss on the targets; 0 = KD only (Ultravox-style)
     kd_weight: float = Field(default=0.0, ge=0.0)  # KL to the same LLM fed the transcript; 0 = off
     kd_temperature: float = Field(default=2.0, gt=0.0)
     # CTC of each audio item's adapter output against its transcript's LLM tokens (logits = scaled cosine

@@ -1,7 +1,8 @@
-"""Ray Serve deployments (SpeechEncoder, LLM, CTRetriever) behind an OpenAI-compatible FastAPI ingress.
+"""Ray Serve deployments (SpeechEncoder, LLM, CTRetriever) behind an OpenAI-compatible FastAPI ingress::
 
 from medlm.serving import run_local
-url = run_local(model_dir=None, port=8000, api_key=key)   # on the connected (local) Ray
+
+url = run_local(model_dir=None, port=8000, api_key=key)  # on the connected (local) Ray
 openai.OpenAI(base_url=url, api_key=key).chat.completions.create(model="medlm", messages=[...])
 """
 

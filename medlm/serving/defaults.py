@@ -10,8 +10,6 @@ from pathlib import Path
 
 from medlm import paths
 
-CACHE = paths.serve_defaults_dir()
-
 
 def default_model_dir(root: str | os.PathLike | None = None, preset: str | None = None) -> str:
     """An export (``SpeechLM.save_pretrained`` + processor) of the SpeechLM of ``preset`` with an untrained
@@ -25,7 +23,7 @@ def default_model_dir(root: str | os.PathLike | None = None, preset: str | None 
             if all(is_fetched(n, verify=False) for n in ("whisper-tiny.en", "smollm2-135m-instruct"))
             else "tiny"
         )
-    path = Path(root or CACHE) / f"speechlm-{preset}"
+    path = Path(root or paths.serve_defaults_dir()) / f"speechlm-{preset}"
     if not (path / "model.safetensors.index.json").exists():  # (an export from before the parts layout too)
         model, processor = build_model(ModelSpec(preset=preset))
         model.save_pretrained(str(path))
@@ -39,7 +37,7 @@ def default_ct_index_dir(root: str | os.PathLike | None = None, cases: int = 16)
     from medlm.ct.build import TINY_SHAPE, CTModelSpec, build_student, build_teacher
     from medlm.data.synth_ct import generate_ct_cases
 
-    base = Path(root or CACHE)
+    base = Path(root or paths.serve_defaults_dir())
     path = base / "ct-index-tiny"
     if not (path / "index.json").exists():
         spec = CTModelSpec(preset="tiny")

@@ -44,9 +44,8 @@ class RunSpec(Section):
     num_workers: int = Field(default=2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = (
-        "PACK"  # workers over nodes
-    )
+    # how workers spread over nodes
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     max_failures: int = Field(default=2, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
     tensorboard: bool = True

@@ -27,12 +27,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from medlm import storage
+from medlm import paths, storage
 from medlm.train.config import OptimSpec, TrainJobConfig
 
 log = logging.getLogger("medlm.train")
 
-FAULT_ENV = "MEDLM_FAULT_AT_STEP"  # fault injection for recovery tests: "<step>" kills the last rank once
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12}  # dense bf16
 
 
@@ -355,12 +354,18 @@ class Recipe:
         self.export()
 
 
-def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker."""
+def worker_setup() -> None:
+    """What every training loop runs first on its Ray Train worker: DeepSpeed's accelerator for this node, and
+    INFO logging (workers start at WARNING)."""
     import torch
 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")  # workers start with WARNING
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    worker_setup()
     Recipe(config).run()
 
 
@@ -427,7 +432,7 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
         train_loop,
         train_loop_config={
             "job": cfg.model_dump(mode="json"),
-            "fault_at_step": int(os.environ.get(FAULT_ENV, "-1")),
+            "fault_at_step": paths.fault_at_step(),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.run.num_workers,

@@ -1,0 +1,1 @@
+"""The experiments' presets (recipes.presets): ``<demo|reproduce>-<name>.yaml``, shipped as package data."""
