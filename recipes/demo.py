@@ -121,17 +121,17 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
         with progress.step("stage 2: speech alignment from the stage-1 model"):
             # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last
             s2 = s1
-            for job, name in (("align", "stage2-align"), ("stage2", "stage2")):
-                if job == "stage2" or job in p.jobs:
-                    s2 = train(
-                        p.train_config(
-                            job,
-                            f"run.name={name}",
-                            f"model.init_from={s2['export']}",
-                            data_root=data_root,
-                            storage_path=runs,
-                        )
+            for job in (["align"] if "align" in p.jobs else []) + ["stage2"]:
+                name = "stage2" if job == "stage2" else "stage2-align"
+                s2 = train(
+                    p.train_config(
+                        job,
+                        f"run.name={name}",
+                        f"model.init_from={s2['export']}",
+                        data_root=data_root,
+                        storage_path=runs,
                     )
+                )
             summary["stage2"] = {"export": s2["export"], "loss": _loss(s2)}
 
         with progress.step("serve the stage-2 model (Ray Serve, OpenAI-compatible API)"):

@@ -319,8 +319,7 @@ def test_experiments_live_outside_the_library():
     assert (
         not (ROOT / "medlm" / "demo.py").exists() and not (ROOT / "medlm" / "eval" / "reproduce.py").exists()
     )
-    assert not [m for m, targets in import_graph().items() if any(t.startswith("recipes") for t in targets)]
-    for path in (ROOT / "medlm").rglob("*.py"):
+    for path in (ROOT / "medlm").rglob("*.py"):  # (import_graph() holds medlm modules only: read the imports)
         assert "recipes" not in {
             n.split(".")[0] for n in re.findall(r"^\s*(?:from|import) ([\w.]+)", path.read_text(), re.M)
         }, path
