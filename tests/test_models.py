@@ -116,13 +116,9 @@ def test_mixed_batch_shapes_and_expansion():
     for b, f in enumerate(feats):
         assert out.labels[b][out.labels[b] != -100].tolist() == f["labels"][f["labels"] != -100].tolist()
     # audio slots hold exactly the adapter output of each audio item, in reading order
+    audio_in = {k: batch[k] for k in ("input_features", "audio_chunks", "audio_chunk_lengths")}
     embeds, _mask, _, audio, _ = model._inputs_embeds(
-        batch["input_ids"],
-        batch["attention_mask"],
-        None,
-        batch["input_features"],
-        batch["audio_chunks"],
-        batch["audio_chunk_lengths"],
+        batch["input_ids"], batch["attention_mask"], None, audio_in
     )
     assert [a.shape[0] for a in audio] == [num_audio_tokens(math_frames(s), 4) for s in (1.3, 3.7, 0.4)]
     ids = feats[1]["input_ids"].tolist()
@@ -593,7 +589,9 @@ def test_classifier_regularizer_learns_sentiment_and_entity_types():
 
 
 def _other(value):
-    """A value of the same kind as ``value`` and unequal to it."""
+    """A value of the same kind as ``value`` and unequal to it (a string: the other audio compression)."""
+    if isinstance(value, str):
+        return {"none": "ctc", "ctc": "none"}[value]
     return [*value, "other"] if isinstance(value, list) else value + 1
 
 
@@ -758,3 +756,157 @@ def test_forward_stays_short():
     import inspect
 
     assert len(inspect.getsource(SpeechLM.forward).splitlines()) <= 60
+
+
+# --- frozen work done once: cached encoder frames ----------------------------------------------------------
+
+
+def _cached_twin(model, proc, convs):
+    """The conversations with each audio part replaced by its encoder frames, through the cache's own
+    packing (float16), as the pipeline featurizes them."""
+    from medlm.data.encoder_cache import pack, unpack
+
+    out = []
+    for conv in convs:
+        new = []
+        for m in conv:
+            if isinstance(m["content"], str):
+                new.append(m)
+                continue
+            parts = []
+            for p in m["content"]:
+                if p["type"] != "audio":
+                    parts.append(p)
+                    continue
+                feats, _, lengths = proc.frontend.features([p["audio"]], return_lengths=True)
+                with torch.no_grad():
+                    chunks = [
+                        f.numpy()
+                        for f in model.encoder_frames(torch.from_numpy(feats), torch.tensor(lengths))
+                    ]
+                (cached,) = unpack(pack([(chunks, len(p["audio"]) / SR)]))
+                parts.append({"type": "audio_frames", **cached, "transcript": p.get("transcript")})
+            new.append({**m, "content": parts})
+        out.append(new)
+    return out
+
+
+def test_a_step_on_cached_frames_equals_a_step_on_live_audio():
+    """The loss and the adapter's gradients of one step (LM + CTC + classifier) are the same whether the
+    encoder runs on the audio or its frames come from the cache: exactly with float32 frames, to float16
+    rounding through the cache's storage. Long audio (two encoder windows) included."""
+    model, proc = tiny(ctc_weight=0.5, num_classes=3)
+    convs = [
+        [
+            {"role": "user", "content": [audio_part(noise(13.0, 1), "chest pain since monday")]},
+            {"role": "assistant", "content": "How bad is it?"},
+        ],
+        [
+            {"role": "user", "content": [audio_part(noise(2.2, 2), "a dry cough")]},
+            {"role": "assistant", "content": "Any fever?"},
+        ],
+        [{"role": "user", "content": "typed only"}, {"role": "assistant", "content": "Fine."}],
+    ]
+
+    def step(batch):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    live = proc.collate([proc.featurize(c, class_label=1) for c in convs])
+    cached_examples = [
+        proc.featurize(c, class_label=1, cached_audio=True) for c in _cached_twin(model, proc, convs)
+    ]
+    cached = proc.collate(cached_examples)
+    assert "input_features" not in cached and cached["audio_frames"].dtype == torch.float16
+    assert cached["audio_frame_counts"].tolist() == [500, 150, 110] and cached["audio_chunks"].tolist() == [
+        2,
+        1,
+    ]
+    assert [int(e["num_tokens"]) for e in cached_examples] == live["num_tokens"].tolist()
+    out_live, g_live = step(live)
+    out_cached, g_cached = step(cached)
+    assert g_live.keys() == g_cached.keys() and any(n.startswith("adapter.") for n in g_live)
+    for name in ("loss", "lm_loss", "ctc_loss", "cls_loss"):
+        torch.testing.assert_close(getattr(out_cached, name), getattr(out_live, name), rtol=2e-3, atol=2e-4)
+    for n in g_live:
+        torch.testing.assert_close(g_cached[n], g_live[n], rtol=5e-2, atol=5e-4)
+    # float32 frames (no storage rounding): the same step to float32 precision
+    exact = {
+        **cached,
+        "audio_frames": torch.cat(
+            [
+                model.encoder_frames(live["input_features"], live["audio_chunk_lengths"])[c].detach()
+                for c in range(3)
+            ]
+        ),
+    }
+    out_exact, g_exact = step(exact)
+    torch.testing.assert_close(out_exact.loss, out_live.loss, rtol=1e-5, atol=1e-6)
+    for n in g_live:
+        torch.testing.assert_close(g_exact[n], g_live[n], rtol=1e-4, atol=1e-6)
+
+
+def test_cached_frames_and_audio_do_not_mix():
+    model, proc = tiny()
+    conv = [
+        {"role": "user", "content": [audio_part(noise(1.0))]},
+        {"role": "assistant", "content": "ok"},
+    ]
+    (cached_conv,) = _cached_twin(model, proc, [conv])
+    with pytest.raises(ValueError, match="cached_audio=True"):
+        proc.featurize(cached_conv)
+    with pytest.raises(ValueError, match="every audio part"):
+        proc.featurize(conv, cached_audio=True)
+    with pytest.raises(ValueError, match="mixes"):
+        proc.collate([proc.featurize(conv), proc.featurize(cached_conv, cached_audio=True)])
+
+
+def test_encoder_fingerprint_changes_with_the_weights_and_refuses_a_changed_encoder():
+    from medlm.data.encoder_cache import check_frozen, check_key
+    from medlm.models.encoder import encoder_fingerprint
+
+    model, _ = tiny()
+    key = encoder_fingerprint(model.encoder, model.frontend)
+    assert key == encoder_fingerprint(model.encoder, model.frontend) and len(key) == 16
+    with torch.no_grad():
+        next(model.encoder.parameters())[0, 0] += 1e-3  # fine-tuned by one step, say
+    changed = encoder_fingerprint(model.encoder, model.frontend)
+    assert changed != key
+    check_key(None, changed)
+    with pytest.raises(ValueError, match=f"computed by encoder {key}.*this run's encoder is {changed}"):
+        check_key(key, changed)
+    check_frozen(ModelSpec(), model.encoder)
+    with pytest.raises(ValueError, match="frozen encoder.*model.trainable"):
+        check_frozen(ModelSpec(trainable=["^encoder\\."]), model.encoder)
+    with pytest.raises(ValueError, match="encoder_lora_r"):
+        check_frozen(ModelSpec(encoder_lora_r=4), model.encoder)
+
+
+def test_ctc_compression_gives_the_llm_mixtures_of_its_own_embeddings():
+    """audio_compression=ctc: blank frames dropped, runs merged, each kept run a convex mixture of the LLM's
+    input embeddings; the CTC loss still reads the uncompressed frames; training flows through it."""
+    model, proc = tiny(audio_compression="ctc", ctc_weight=1.0)
+    conv = [
+        {"role": "user", "content": [audio_part(noise(3.0, 3), "chest pain")]},
+        {"role": "assistant", "content": "Since when?"},
+    ]
+    batch = proc.collate([proc.featurize(conv)])
+    raw = model.audio_tokens(batch["input_features"], batch["audio_chunks"], batch["audio_chunk_lengths"])
+    (compressed,) = model.embed_audio(
+        batch["input_features"], batch["audio_chunks"], batch["audio_chunk_lengths"]
+    )
+    best = model.ctc_logits(raw[0]).argmax(-1)
+    runs = [int(b) for i, b in enumerate(best) if i == 0 or b != best[i - 1]]
+    kept = [b for b in runs if b != model.config.ctc_blank_id]
+    assert compressed.shape[0] == max(1, len(kept)) <= raw[0].shape[0]
+    table = model.llm.get_input_embeddings().weight
+    # a mixture of table rows lies in their convex hull: within the table's coordinate-wise range
+    assert (compressed >= table.min(0).values - 1e-5).all() and (
+        compressed <= table.max(0).values + 1e-5
+    ).all()
+    out = model(**batch)
+    out.loss.backward()
+    assert out.ctc_loss is not None and out.lm_loss is not None
+    assert model.adapter.up.weight.grad is not None and model.adapter.up.weight.grad.abs().sum() > 0

@@ -107,10 +107,16 @@ def write_rows(rows: Iterable[dict], uri: str, kind: str, **kwargs: Any) -> list
 
 
 def shard_files(uri: str) -> list[str]:
-    """The Parquet shards of a dataset (a prefix, or a single file)."""
+    """The Parquet shards of a dataset (a prefix, or a single file). Files under a folder whose name starts
+    with ``_`` or ``.`` are not shards (e.g. ``_encoder/``, the encoder frames cached beside them)."""
     if uri.endswith(".parquet"):
         return [uri]
-    files = storage.list_files(uri, suffix=".parquet")
+    prefix = len(uri.rstrip("/"))
+    files = [
+        f
+        for f in storage.list_files(uri, suffix=".parquet")
+        if not any(part.startswith(("_", ".")) for part in f[prefix:].split("/")[:-1])
+    ]
     if not files:
         raise FileNotFoundError(f"no .parquet shards under {uri}")
     return files

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medlm import storage
+from medlm.data.encoder_cache import read_frames, unpack
 from medlm.data.io import shard_files
 from medlm.data.quarantine import bad_record, write_quarantine
 from medlm.data.registry import DataSpec, ResolvedDataset
@@ -43,6 +44,7 @@ ENVELOPE = pa.schema(
         ("task", pa.string()),
         ("id", pa.string()),
         ("row", pa.binary()),
+        ("frames", pa.binary()),  # the row's cached encoder frames (medlm.data.encoder_cache), or null
     ]
 )
 FEATURIZED = pa.schema(
@@ -70,9 +72,17 @@ def decode_example(data: bytes) -> dict[str, np.ndarray]:
 # --- the envelope: the one reader of shard rows into a stream of mixed kinds (training and evaluation) ------
 
 
-def envelope(rows: list[dict], name: str, kind: str, task: str, ids: list[str] | None = None) -> pa.Table:
-    """Rows of any schema -> the common envelope ``{dataset, kind, task, id, row}`` (each row pickled, so
-    datasets of all kinds share one stream); ``ids`` default to the rows' ``id``."""
+def envelope(
+    rows: list[dict],
+    name: str,
+    kind: str,
+    task: str,
+    ids: list[str] | None = None,
+    frames: list[bytes | None] | None = None,
+) -> pa.Table:
+    """Rows of any schema -> the common envelope ``{dataset, kind, task, id, row, frames}`` (each row pickled,
+    so datasets of all kinds share one stream); ``ids`` default to the rows' ``id``; ``frames`` (the rows'
+    cached encoder frames) to null."""
     n = len(rows)
     return pa.table(
         {
@@ -81,6 +91,7 @@ def envelope(rows: list[dict], name: str, kind: str, task: str, ids: list[str] |
             "task": [task] * n,
             "id": ids if ids is not None else [str(r.get("id") or "") for r in rows],
             "row": [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in rows],
+            "frames": frames if frames is not None else [None] * n,
         },
         schema=ENVELOPE,
     )
@@ -92,19 +103,35 @@ def envelope_row(env: dict) -> dict:
 
 
 def iter_envelopes(
-    uri: str, name: str, kind: str, task: str, rows: int = 64, limit: int | None = None
+    uri: str,
+    name: str,
+    kind: str,
+    task: str,
+    rows: int = 64,
+    limit: int | None = None,
+    encoder_key: str | None = None,
 ) -> Iterator[pa.Table]:
     """One shard file -> envelope tables of up to ``rows`` rows, streamed one slice of a row group at a time;
-    with ``limit``, its first ``limit`` rows only."""
+    with ``limit``, its first ``limit`` rows only; with ``encoder_key``, each row with its cached encoder
+    frames (:func:`medlm.data.encoder_cache.read_frames`, read side by side)."""
     fs, path = storage.resolve(uri)
     left = limit
+    cached = read_frames(uri, encoder_key, rows) if encoder_key else None
     with fs.open_input_file(path) as f:
         for rb in pq.ParquetFile(f).iter_batches(batch_size=rows):
             batch = rb.to_pylist()
             if left is not None:
                 batch = batch[:left]
                 left -= len(batch)
-            yield envelope(batch, name, kind, task)
+            frames = None
+            if cached is not None:
+                pairs = [next(cached, (None, None)) for _ in batch]
+                if [i for i, _ in pairs] != [str(r.get("id") or "") for r in batch]:
+                    raise ValueError(
+                        f"the encoder frames of {uri} do not follow its rows: compute them again"
+                    )
+                frames = [b for _, b in pairs]
+            yield envelope(batch, name, kind, task, frames=frames)
             if left is not None and left <= 0:
                 break
 
@@ -112,18 +139,25 @@ def iter_envelopes(
 class Featurizer:
     """Ray Data actor: envelope rows -> featurized rows; bad rows go to the quarantine report."""
 
-    def __init__(self, model_spec: dict, max_audio_seconds: float, quarantine_uri: str):
+    def __init__(self, model_spec: dict, max_audio_seconds: float, quarantine_uri: str, cached: bool = False):
         from medlm.models import ModelSpec, build_processor
 
         self.processor = build_processor(ModelSpec(**model_spec))
         self.max_audio_seconds = max_audio_seconds
         self.quarantine_uri = quarantine_uri
+        self.cached = cached  # the rows carry cached encoder frames: no audio is decoded
 
-    def featurize_row(self, kind: str, task: str, row: dict) -> tuple[dict, float]:
-        messages, label = to_messages(row, kind, task, self.max_audio_seconds)
+    def featurize_row(
+        self, kind: str, task: str, row: dict, frames: bytes | None = None
+    ) -> tuple[dict, float]:
+        """One shard row -> (the processor's example, seconds of audio). With ``cached``, the audio parts are
+        the row's ``frames``; a row without frames (its audio was unusable) is read live, so it is rejected as
+        it would be without the cache."""
+        recordings = unpack(frames) if frames is not None else None
+        messages, label = to_messages(row, kind, task, self.max_audio_seconds, recordings)
         seconds = spoken_seconds(messages)
         try:
-            return self.processor.featurize(messages, class_label=label), seconds
+            return self.processor.featurize(messages, class_label=label, cached_audio=self.cached), seconds
         except ValueError as e:  # the processor rejects the conversation (e.g. an unusable audio part)
             raise BadRecord("featurize_error", str(e)[:200]) from None
 
@@ -132,7 +166,9 @@ class Featurizer:
         bad = []
         for env in table.to_pylist():
             try:
-                example, seconds = self.featurize_row(env["kind"], env["task"], envelope_row(env))
+                example, seconds = self.featurize_row(
+                    env["kind"], env["task"], envelope_row(env), env["frames"]
+                )
             except BadRecord as e:
                 bad.append(bad_record(env["dataset"], env["id"], e.reason, e.detail))
                 continue
@@ -146,22 +182,28 @@ class Featurizer:
 
 
 def _read_envelopes(
-    batch: dict[str, np.ndarray], name: str, kind: str, task: str, rows: int = 64
+    batch: dict[str, np.ndarray],
+    name: str,
+    kind: str,
+    task: str,
+    rows: int = 64,
+    encoder_key: str | None = None,
 ) -> Iterator[pa.Table]:
     """Shard URIs -> envelope tables, streamed one slice of a row group at a time."""
     for uri in batch["uri"]:
-        yield from iter_envelopes(str(uri), name, kind, task, rows)
+        yield from iter_envelopes(str(uri), name, kind, task, rows, encoder_key=encoder_key)
 
 
-def read_envelopes(d: ResolvedDataset, seed: int, num_cpus: float = 0.25):
-    """One dataset as envelope rows, its shards in a seeded order (one light read task per shard)."""
+def read_envelopes(d: ResolvedDataset, seed: int, num_cpus: float = 0.25, encoder_key: str | None = None):
+    """One dataset as envelope rows, its shards in a seeded order (one light read task per shard), with their
+    cached encoder frames when ``encoder_key`` is given."""
     import ray.data
 
     files = shard_files(d.uri)
     random.Random(f"{seed}/{d.name}").shuffle(files)
     return ray.data.from_items([{"uri": f} for f in files]).map_batches(
         _read_envelopes,
-        fn_kwargs={"name": d.name, "kind": d.kind, "task": d.task},
+        fn_kwargs={"name": d.name, "kind": d.kind, "task": d.task, "encoder_key": encoder_key},
         batch_size=1,
         batch_format="numpy",
         num_cpus=num_cpus,
@@ -173,7 +215,7 @@ def mixed_envelopes(spec: DataSpec):
     from ray.data import MixStoppingCondition
 
     resolved = spec.resolved()
-    parts = [read_envelopes(d, spec.seed, spec.read_cpus) for d in resolved]
+    parts = [read_envelopes(d, spec.seed, spec.read_cpus, spec.encoder_key) for d in resolved]
     ds = (
         parts[0]
         if len(parts) == 1
@@ -194,7 +236,12 @@ def build_dataset(data_spec: DataSpec, model_spec: Any):
     spec_dict = model_spec.model_dump(mode="json") if hasattr(model_spec, "model_dump") else dict(model_spec)
     ds = mixed_envelopes(data_spec).map_batches(
         Featurizer,
-        fn_constructor_args=(spec_dict, data_spec.max_audio_seconds, data_spec.quarantine()),
+        fn_constructor_args=(
+            spec_dict,
+            data_spec.max_audio_seconds,
+            data_spec.quarantine(),
+            data_spec.encoder_key is not None,
+        ),
         batch_format="pyarrow",
         batch_size=data_spec.featurize_batch,
         compute=ray.data.ActorPoolStrategy(size=data_spec.featurizers),

@@ -116,6 +116,12 @@ class DataSpec(Section):
     featurizer_cpus: float = Field(default=1.0, gt=0)
     read_cpus: float = Field(default=0.25, gt=0)  # per shard-reading task (I/O bound)
     quarantine_uri: str | None = None  # None = <root>/_quarantine
+    # frozen encoder: its frames of every recording computed once (a Ray Data step before training) and stored
+    # beside the shards (<dataset>/_encoder/<key>/); steps read them instead of running the encoder
+    encoder_cache: bool = False
+    # the encoder key the rows' frames come from (set by the run from its encoder; one given here must be the
+    # run's encoder's, else the run is refused)
+    encoder_key: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DataSpec:

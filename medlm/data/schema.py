@@ -211,11 +211,11 @@ def audio_seconds(data: bytes | None) -> float:
 
 
 def spoken_seconds(messages: list[dict]) -> float:
-    """Seconds of audio (16 kHz arrays) in a chat's audio parts."""
-    parts = (
-        p for m in messages if isinstance(m["content"], list) for p in m["content"] if p["type"] == "audio"
+    """Seconds of audio in a chat's audio parts (16 kHz arrays, or cached frames with their ``seconds``)."""
+    parts = [p for m in messages if isinstance(m["content"], list) for p in m["content"]]
+    return sum(len(p["audio"]) / audio_io.SAMPLING_RATE for p in parts if p["type"] == "audio") + sum(
+        p["seconds"] for p in parts if p["type"] == "audio_frames"
     )
-    return sum(len(p["audio"]) for p in parts) / audio_io.SAMPLING_RATE
 
 
 # --- row -> chat messages ---------------------------------------------------------------------
@@ -227,18 +227,30 @@ def _require(row: dict, *names: str) -> None:
             raise BadRecord("missing_field", n)
 
 
-def _audio_part(data: bytes, rate: int, max_seconds: float | None, transcript: str | None) -> dict:
-    part = {
-        "type": "audio",
-        "audio": decode_audio(data, rate, max_seconds),
-        "sampling_rate": audio_io.SAMPLING_RATE,
-    }
+def _audio_part(
+    data: bytes, rate: int, max_seconds: float | None, transcript: str | None, frames: Any = None
+) -> dict:
+    """A recording -> an ``audio`` part (decoded and checked), or, where ``frames`` (an iterator over the
+    row's cached recordings, each ``{"frames": [per-chunk arrays], "seconds": s}``) is given, an
+    ``audio_frames`` part (the audio is not decoded: the cache holds only recordings that passed
+    these checks)."""
+    if frames is not None:
+        cached = next(frames, None)
+        if cached is None:
+            raise BadRecord("encoder_cache", "the row has more recordings than its cached encoder frames")
+        part = {"type": "audio_frames", **cached}
+    else:
+        part = {
+            "type": "audio",
+            "audio": decode_audio(data, rate, max_seconds),
+            "sampling_rate": audio_io.SAMPLING_RATE,
+        }
     if transcript:
         part["transcript"] = transcript
     return part
 
 
-def dialogue_to_messages(row: dict, max_audio_seconds: float | None = None) -> list[dict]:
+def dialogue_to_messages(row: dict, max_audio_seconds: float | None = None, frames: Any = None) -> list[dict]:
     """A ``dialogue`` row -> chat messages (audio decoded; a system prompt is added if absent)."""
     _require(row, "id", "turns")
     turns = list(row["turns"])
@@ -257,7 +269,7 @@ def dialogue_to_messages(row: dict, max_audio_seconds: float | None = None) -> l
         if role != "user" or not audio:
             messages.append({"role": role, "content": text})
             continue
-        parts = [_audio_part(audio, t.get("sample_rate"), max_audio_seconds, t.get("transcript"))]
+        parts = [_audio_part(audio, t.get("sample_rate"), max_audio_seconds, t.get("transcript"), frames)]
         if text:
             parts.append({"type": "text", "text": text})
         messages.append({"role": "user", "content": parts})
@@ -299,7 +311,9 @@ def utterance_class_label(row: dict) -> list[int]:
     return [SENTIMENTS.index(sentiment), *(int(label in present) for label in ENTITY_LABELS)]
 
 
-def utterance_to_messages(row: dict, task: str = "asr", max_audio_seconds: float | None = None) -> list[dict]:
+def utterance_to_messages(
+    row: dict, task: str = "asr", max_audio_seconds: float | None = None, frames: Any = None
+) -> list[dict]:
     """An ``utterance`` row -> a prompt with the audio and the answer as the assistant turn."""
     _require(row, "id", "audio", "sample_rate", "transcript")
     if task == "asr" or task == "multitask":
@@ -312,7 +326,7 @@ def utterance_to_messages(row: dict, task: str = "asr", max_audio_seconds: float
         prompt, answer = SENTIMENT_PROMPT, row["sentiment"]
     else:
         raise ValueError(f"unknown utterance task {task!r}; expected one of {TASKS['utterance']}")
-    audio = _audio_part(row["audio"], row["sample_rate"], max_audio_seconds, row["transcript"])
+    audio = _audio_part(row["audio"], row["sample_rate"], max_audio_seconds, row["transcript"], frames)
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": [audio, {"type": "text", "text": prompt}]},
@@ -335,7 +349,9 @@ def check_ct_labels(row: dict) -> np.ndarray:
     return labels.astype(np.int8)
 
 
-def ct_to_messages(row: dict, task: str = "report", max_audio_seconds: float | None = None) -> list[dict]:
+def ct_to_messages(
+    row: dict, task: str = "report", max_audio_seconds: float | None = None, frames: Any = None
+) -> list[dict]:
     """A ``ct`` row -> messages asking for the findings of its (written or spoken) report."""
     _require(row, "id", "report")
     labels = check_ct_labels(row)
@@ -344,7 +360,9 @@ def ct_to_messages(row: dict, task: str = "report", max_audio_seconds: float | N
     elif task == "spoken_report":
         _require(row, "report_audio")
         user = [
-            _audio_part(row["report_audio"], row.get("sample_rate"), max_audio_seconds, row["report"]),
+            _audio_part(
+                row["report_audio"], row.get("sample_rate"), max_audio_seconds, row["report"], frames
+            ),
             {"type": "text", "text": CT_PROMPT},
         ]
     else:
@@ -357,9 +375,17 @@ def ct_to_messages(row: dict, task: str = "report", max_audio_seconds: float | N
 
 
 def to_messages(
-    row: dict, kind: str, task: str | None = None, max_audio_seconds: float | None = None
+    row: dict,
+    kind: str,
+    task: str | None = None,
+    max_audio_seconds: float | None = None,
+    frames: list[list[np.ndarray]] | None = None,
 ) -> tuple[list[dict], Any]:
-    """Any shard row -> (chat messages, class label or None). Raises :class:`BadRecord` for bad rows."""
+    """Any shard row -> (chat messages, class label or None). Raises :class:`BadRecord` for bad rows.
+
+    ``frames``: the row's cached encoder frames (``medlm.data.encoder_cache``), one list of per-chunk arrays
+    per recording in reading order: the audio parts become ``audio_frames`` parts (nothing is decoded)."""
+    frames = iter(frames) if frames is not None else None
     base = KINDS.get(kind)
     if base is None:
         raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(KINDS)}")
@@ -367,12 +393,12 @@ def to_messages(
     if task not in TASKS[base]:
         raise ValueError(f"task {task!r} does not apply to kind {kind!r}; expected one of {TASKS[base]}")
     if base == "dialogue":
-        return dialogue_to_messages(row, max_audio_seconds), None
+        return dialogue_to_messages(row, max_audio_seconds, frames), None
     if base == "utterance":
-        messages = utterance_to_messages(row, task, max_audio_seconds)
+        messages = utterance_to_messages(row, task, max_audio_seconds, frames)
         # every task of a labelled utterance feeds the classifier regularizer (not only "multitask")
         return messages, utterance_class_label(row) if task == "multitask" or row.get("sentiment") else None
-    return ct_to_messages(row, task, max_audio_seconds), None
+    return ct_to_messages(row, task, max_audio_seconds, frames), None
 
 
 def dumps_meta(meta: dict | None) -> str:

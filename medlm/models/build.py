@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from medlm import storage
-from medlm.models.encoder import build_audio_encoder
+from medlm.models.encoder import AudioEncoder, AudioFrontend, build_audio_encoder
 from medlm.models.modeling import SpeechLM, SpeechLMConfig
 from medlm.models.pretrained import store_path
 from medlm.models.processor import SpeechLMProcessor
@@ -120,7 +120,15 @@ def speechlm_config(
 
 
 #: What a job chooses even when the structure comes from an export (``init_from``): the loss weights.
-JOB_CHOICES = ("classifier_weight", "lm_weight", "kd_weight", "kd_temperature", "ctc_weight", "ctc_scale")
+JOB_CHOICES = (
+    "classifier_weight",
+    "lm_weight",
+    "kd_weight",
+    "kd_temperature",
+    "ctc_weight",
+    "ctc_scale",
+    "audio_compression",
+)
 #: The spec fields an export fixes (``trainable`` and ``dtype`` are the job's too; ``preset`` only supplies
 #: defaults): with ``init_from`` a value the spec gives must be the export's.
 STRUCTURAL = (
@@ -220,6 +228,21 @@ def build_model(
     model.to(dtype)
     _stop_at_end_of_turn(model, tok)
     return model, processor
+
+
+def build_encoder(spec: ModelSpec) -> tuple[AudioEncoder, AudioFrontend]:
+    """Only the audio encoder (and its front end) the SpeechLM of ``spec`` would have: from ``init_from``'s
+    audio part (the LLM's shard is never read) or from ``encoder_path``; float32, eval mode. A preset
+    without an encoder checkpoint has a randomly initialised encoder, which no other build reproduces."""
+    if spec.init_from:
+        model = SpeechLM.from_pretrained_part(local_copy(spec.init_from), "audio")
+        encoder, frontend = model.encoder, model.frontend
+    else:
+        spec = resolve_spec(spec)
+        config = encoder_config(spec)
+        encoder = build_audio_encoder(config, spec.encoder_path)
+        frontend = AudioFrontend(config, spec.audio_window_seconds)
+    return encoder.float().eval(), frontend
 
 
 def _stop_at_end_of_turn(model: SpeechLM, tokenizer) -> None:

@@ -133,6 +133,19 @@ class AudioEncoder(nn.Module):
         return self.model(input_values=features[:, 0]).last_hidden_state
 
 
+def encoder_fingerprint(encoder: AudioEncoder, frontend: AudioFrontend) -> str:
+    """A key for what ``encoder`` computes from a recording: its weights (as float32, by name) and the front
+    end's window and features. Two encoders share it only if their frames for any audio are the same; the
+    encoder cache (``medlm.data.encoder_cache``) is keyed by it."""
+    import hashlib
+
+    h = hashlib.sha256(f"{frontend.encoder_type}/{frontend.window_samples}/{frontend.feature_shape}".encode())
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def build_audio_encoder(encoder_config: PretrainedConfig, path: str | None = None) -> AudioEncoder:
     """The encoder for ``encoder_config`` (random init), or real weights from an HF checkpoint / s3:// URI."""
     from transformers import AutoModel, WhisperModel

@@ -43,6 +43,8 @@ EXPORT_PARTS = {
     "llm": ("model-llm.safetensors", ("llm.",)),
 }
 INDEX_FILE = "model.safetensors.index.json"
+#: The audio arguments of ``forward`` / ``generate`` (``SpeechLM.audio_tokens``'): features or cached frames.
+AUDIO_KEYS = ("input_features", "audio_chunks", "audio_chunk_lengths", "audio_frames", "audio_frame_counts")
 
 
 def as_config(value) -> PretrainedConfig | None:
@@ -80,6 +82,7 @@ class SpeechLMConfig(PretrainedConfig):
         "kd_temperature",
         "ctc_weight",
         "ctc_scale",
+        "audio_compression",
         "trainable",
     )
 
@@ -415,64 +418,128 @@ class SpeechLM(PreTrainedModel):
         self.llm.set_input_embeddings(value)
 
     # ---- audio -----------------------------------------------------------------------------------
-    def embed_audio(
-        self,
-        input_features: torch.Tensor,
-        audio_chunks: torch.Tensor,
-        audio_chunk_lengths: torch.Tensor | None = None,
+    def encoder_frames(
+        self, input_features: torch.Tensor, audio_chunk_lengths: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
-        """Features (chunks, ...) -> one (n_i, D) tensor per audio item (valid frames of its chunks)."""
-        audio_chunks = (
-            [int(c) for c in audio_chunks.tolist()] if torch.is_tensor(audio_chunks) else list(audio_chunks)
-        )
-        if sum(audio_chunks) != input_features.shape[0]:
-            raise ValueError(
-                f"audio_chunks sum to {sum(audio_chunks)} but input_features has "
-                f"{input_features.shape[0]} chunks"
-            )
-        if input_features.shape[0] == 0:
-            return [input_features.new_zeros((0, self.config.text_config.hidden_size))] * len(audio_chunks)
-        tokens = self.adapter(self.encoder(input_features))  # (chunks, T_tok, D)
+        """Features (chunks, ...) -> each chunk's encoder frames that carry audio, (f_c, d) per chunk (all
+        frames when ``audio_chunk_lengths`` is None). What the encoder cache stores."""
+        out = self.encoder(input_features)  # (chunks, T, d)
         if audio_chunk_lengths is None:
-            keep = [tokens.shape[1]] * tokens.shape[0]
-        else:
-            keep = [
-                num_audio_tokens(self.frontend.encoder_frames(int(n)), self.config.stack_factor)
-                for n in audio_chunk_lengths.tolist()
-            ]
-        per_chunk = [tokens[c, :k] for c, k in enumerate(keep)]
+            return list(out)
+        return [
+            out[c, : self.frontend.encoder_frames(int(n))] for c, n in enumerate(audio_chunk_lengths.tolist())
+        ]
+
+    def adapt(self, frames: list[torch.Tensor], audio_chunks) -> list[torch.Tensor]:
+        """Each chunk's encoder frames (f_c, d) -> one (n_i, D) tensor per audio item: every chunk stacked
+        (zero-padded to a multiple of the stack factor) and adapted on its own, then an item's chunks
+        concatenated. ``audio_chunks``: chunks per item."""
+        counts = [int(c) for c in (audio_chunks.tolist() if torch.is_tensor(audio_chunks) else audio_chunks)]
+        if sum(counts) != len(frames):
+            raise ValueError(
+                f"audio_chunks sum to {sum(counts)} but there are {len(frames)} chunks of frames"
+            )
+        if not frames:
+            return [self.adapter.down.weight.new_zeros((0, self.config.text_config.hidden_size))] * len(
+                counts
+            )
+        padded = nn.utils.rnn.pad_sequence(list(frames), batch_first=True).to(self.adapter.down.weight.dtype)
+        tokens = self.adapter(padded)  # (chunks, T_tok, D)
+        k = self.config.stack_factor
+        per_chunk = [tokens[c, : num_audio_tokens(len(f), k)] for c, f in enumerate(frames)]
         out, start = [], 0
-        for count in audio_chunks:
+        for count in counts:
             out.append(torch.cat(per_chunk[start : start + count]))
             start += count
         return out
 
-    def _inputs_embeds(
+    def audio_tokens(
         self,
-        input_ids,
-        attention_mask,
-        labels,
-        input_features,
-        audio_chunks,
-        audio_chunk_lengths,
-        padding_side=None,
-        lockstep=False,
+        input_features: torch.Tensor | None = None,
+        audio_chunks: torch.Tensor | None = None,
+        audio_chunk_lengths: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
+        audio_frame_counts: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        """The adapter's output per audio item, (n_i, D), from features through the encoder (live), or from
+        ``audio_frames`` (sum f_c, d), the encoder's frames of every chunk concatenated, and
+        ``audio_frame_counts`` (chunks,) (cached: the encoder does not run)."""
+        if audio_frames is not None:
+            frames = list(torch.split(audio_frames, [int(n) for n in audio_frame_counts.tolist()]))
+        elif input_features is not None and input_features.shape[0]:
+            frames = self.encoder_frames(input_features, audio_chunk_lengths)
+        else:
+            frames = []
+        return self.adapt(frames, audio_chunks)
+
+    def embed_audio(self, *args, **kwargs) -> list[torch.Tensor]:
+        """What the LLM reads for each audio item: :meth:`audio_tokens` (same arguments), CTC-compressed when
+        ``config.audio_compression == "ctc"`` (:meth:`compress`)."""
+        return self.compress(self.audio_tokens(*args, **kwargs))
+
+    def compress(self, audio: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``audio_compression == "ctc"`` (Soundwave, Speech-LLaMA): each item's frames scored by the CTC
+        head (:meth:`ctc_logits`); frames whose best token is the blank dropped, runs of the same best token
+        merged, each run becoming the mixture of the LLM's input embeddings weighted by its mean posterior, so
+        the LLM reads a text-length sequence of points in its own embedding space. An item whose every frame
+        is blank keeps one mixture over all its frames. ``"none"``: unchanged."""
+        if getattr(self.config, "audio_compression", "none") != "ctc":
+            return audio
+        if not audio:
+            return audio
+        table = self.llm.get_input_embeddings().weight
+        posts = self.ctc_logits(torch.cat(audio)).softmax(-1).split([len(a) for a in audio])  # (n_i, V) each
+        out = []
+        for item, post in zip(audio, posts):
+            if item.shape[0] == 0:
+                out.append(item)
+                continue
+            best = post.argmax(-1)
+            start = torch.ones_like(best, dtype=torch.bool)
+            start[1:] = best[1:] != best[:-1]
+            run = start.long().cumsum(0) - 1  # run index of each frame
+            keep = best[start] != self.config.ctc_blank_id  # (runs,)
+            mean = torch.zeros((int(run[-1]) + 1, post.shape[-1]), dtype=post.dtype, device=post.device)
+            mean = mean.index_add(0, run, post) / torch.bincount(run)[:, None].to(post.dtype)
+            mean = mean[keep] if bool(keep.any()) else post.mean(0, keepdim=True)
+            out.append((mean @ table.float()).to(item.dtype))
+        return out
+
+    def ctc_logits(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., D) adapter frames -> (..., V) CTC logits in fp32: ``ctc_scale`` x cosine with every row of
+        the LLM's input embedding table (the table is not trained through them)."""
+        table = self.llm.get_input_embeddings().weight
+        if table.dim() != 2 or table.shape[0] == 0:
+            raise ValueError("CTC needs the LLM's input embeddings whole (ZeRO stage <= 2)")
+        table = F.normalize(table.detach().float(), dim=-1)
+        return self.config.ctc_scale * F.normalize(frames.float(), dim=-1) @ table.T
+
+    def _inputs_embeds(
+        self, input_ids, attention_mask, labels, audio_in: dict, padding_side=None, lockstep=False
     ):
         """-> (embeds, mask, labels, audio, silence): text embeddings with each audio item spliced in.
 
-        ``silence`` is :meth:`_lockstep_silence` (added to the text embeddings) for a batch without audio
-        when ``lockstep`` is on, else None."""
+        ``audio_in``: :meth:`audio_tokens`' arguments. ``audio`` is the adapter's output per item (what the
+        CTC loss and the classifier read); the LLM reads it through :meth:`compress`. ``silence`` is
+        :meth:`_lockstep_silence` (added to the text embeddings) for a batch without audio when ``lockstep``
+        is on, else None."""
         text_embeds = self.get_input_embeddings()(
             input_ids.masked_fill(input_ids == self.config.audio_token_id, 0)
         )
-        audio = []
-        if input_features is not None and audio_chunks is not None and len(audio_chunks):
-            audio = self.embed_audio(input_features, audio_chunks, audio_chunk_lengths)
-        silence = self._lockstep_silence(text_embeds) if lockstep and not audio else None
-        if silence is not None:
+        chunks = audio_in.get("audio_chunks")
+        audio = self.audio_tokens(**audio_in) if chunks is not None and len(chunks) else []
+        silence = None
+        if lockstep and not audio:
+            silence = self._lockstep_silence(text_embeds, cached=audio_in.get("audio_frames") is not None)
             text_embeds = text_embeds + silence
         embeds, mask, labels = replace_placeholders_and_build_targets(
-            input_ids, attention_mask, text_embeds, audio, self.config.audio_token_id, labels, padding_side
+            input_ids,
+            attention_mask,
+            text_embeds,
+            self.compress(audio),
+            self.config.audio_token_id,
+            labels,
+            padding_side,
         )
         return embeds, mask, labels, audio, silence
 
@@ -485,12 +552,16 @@ class SpeechLM(PreTrainedModel):
     # the standard one (nothing in DeepSpeed or FSDP removes the need): run the missing module on a stand-in
     # input and add its output x 0. Off (the default) in single-process training, evaluation and serving.
 
-    def _lockstep_silence(self, like: torch.Tensor) -> torch.Tensor:
+    def _lockstep_silence(self, like: torch.Tensor, cached: bool = False) -> torch.Tensor:
         """0 x the audio path's output on one silent chunk (a scalar). Added to a text-only batch's LLM
         input (and classifier input), so backward also runs through the first LLM layer and the adapter
-        as it does with audio, even when the LLM itself is frozen."""
-        silent = like.new_zeros((1, *self.frontend.feature_shape))
-        return 0.0 * self.adapter(self.encoder(silent)).sum()
+        as it does with audio, even when the LLM itself is frozen. ``cached``: the batches read cached encoder
+        frames, so no rank runs the encoder and neither does the stand-in."""
+        if cached:
+            frames = like.new_zeros((1, self.config.stack_factor, self.encoder.hidden_size))
+        else:
+            frames = self.encoder(like.new_zeros((1, *self.frontend.feature_shape)))
+        return 0.0 * self.adapter(frames.to(self.adapter.down.weight.dtype)).sum()
 
     def _lockstep_teacher(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """A one-token KD teacher input, masked out, for a batch where no example has a text view."""
@@ -539,6 +610,8 @@ class SpeechLM(PreTrainedModel):
         kd_mask: torch.Tensor | None = None,
         ctc_labels: torch.Tensor | None = None,
         ctc_label_lengths: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
+        audio_frame_counts: torch.Tensor | None = None,
         lockstep: bool = False,
         **kwargs,
     ) -> SpeechLMOutput:
@@ -546,12 +619,14 @@ class SpeechLM(PreTrainedModel):
         (``class_labels``) + kd_weight x KL(text teacher || student) + ctc_weight x CTC(``ctc_labels``). With
         labels and ``lm_weight == kd_weight == 0`` the LLM is not run (``logits`` None). ``lockstep``: every
         batch with labels calls the same modules (see "ranks in lockstep"; set by the training core when world
-        size > 1). Extra keys trainers carry (``num_tokens``) are ignored; generation: :meth:`generate`."""
+        size > 1). Audio comes as features (``input_features``, ``audio_chunk_lengths``) or as cached encoder
+        frames (``audio_frames``, ``audio_frame_counts``), see :meth:`audio_tokens`. Extra keys trainers carry
+        (``num_tokens``) are ignored; generation: :meth:`generate`."""
         lockstep = lockstep and labels is not None
-        audio_in = (input_features, audio_chunks, audio_chunk_lengths)
+        audio_in = {k: v for k, v in locals().items() if k in AUDIO_KEYS}
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         embeds, mask, labels, audio, silence = self._inputs_embeds(
-            input_ids, mask, labels, *audio_in, lockstep=lockstep
+            input_ids, mask, labels, audio_in, lockstep=lockstep
         )
         logits = None
         if labels is None or self.config.lm_weight > 0 or self.config.kd_weight > 0:
@@ -638,9 +713,6 @@ class SpeechLM(PreTrainedModel):
             raise ValueError(
                 "ctc_weight > 0 needs config.ctc_blank_id (build the model with medlm.models.build)"
             )
-        table = self.llm.get_input_embeddings().weight
-        if table.dim() != 2 or table.shape[0] == 0:
-            raise ValueError("the CTC loss needs the LLM's input embeddings whole (ZeRO stage <= 2)")
         lengths = ctc_label_lengths.tolist()
         if len(lengths) != len(audio):
             raise ValueError(
@@ -650,8 +722,7 @@ class SpeechLM(PreTrainedModel):
         if not keep:
             return None
         frames = nn.utils.rnn.pad_sequence([audio[i] for i in keep])  # (T, N, D)
-        table = F.normalize(table.detach().float(), dim=-1)
-        log_probs = (self.config.ctc_scale * F.normalize(frames.float(), dim=-1) @ table.T).log_softmax(-1)
+        log_probs = self.ctc_logits(frames).log_softmax(-1)
         return F.ctc_loss(
             log_probs,
             ctc_labels.long(),
@@ -722,6 +793,8 @@ class SpeechLM(PreTrainedModel):
         input_features: torch.Tensor | None = None,
         audio_chunks: torch.Tensor | None = None,
         audio_chunk_lengths: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
+        audio_frame_counts: torch.Tensor | None = None,
         **generate_kwargs,
     ) -> torch.Tensor:
         """The LLM's ``generate`` (KV cache) on the spliced embeddings; returns only the new tokens.
@@ -732,14 +805,9 @@ class SpeechLM(PreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if bool((attention_mask[:, -1] == 0).any()):
             raise ValueError("generate needs left padding (use processor.prepare_generation)")
+        audio_in = {k: v for k, v in locals().items() if k in AUDIO_KEYS}
         embeds, mask, _, _, _ = self._inputs_embeds(
-            input_ids,
-            attention_mask,
-            None,
-            input_features,
-            audio_chunks,
-            audio_chunk_lengths,
-            padding_side="left",
+            input_ids, attention_mask, None, audio_in, padding_side="left"
         )
         for key in (
             "labels",

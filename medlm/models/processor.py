@@ -52,32 +52,56 @@ class SpeechLMProcessor:
         messages: list[dict],
         class_label: int | list[int] | None = None,
         add_generation_prompt: bool = False,
+        cached_audio: bool = False,
     ) -> dict[str, np.ndarray]:
         """One conversation -> numpy arrays for the model.
 
-        Keys: ``input_ids``, ``attention_mask``, ``labels``, ``input_features``, ``audio_chunks``,
-        ``audio_chunk_lengths``, ``num_tokens``, ``class_label``; plus ``teacher_input_ids``,
-        ``teacher_attention_mask``, ``teacher_labels`` when every audio part has a ``"transcript"``, and then
-        also ``ctc_labels`` (every transcript's tokens, :attr:`ctc_blank_id` removed, concatenated) and
-        ``ctc_label_lengths`` (one per audio item).
+        Keys: ``input_ids``, ``attention_mask``, ``labels``, the audio (below), ``audio_chunks`` (chunks per
+        audio item), ``num_tokens``, ``class_label``; plus ``teacher_input_ids``, ``teacher_attention_mask``,
+        ``teacher_labels`` when every audio part has a ``"transcript"``, and then also ``ctc_labels`` (every
+        transcript's tokens, :attr:`ctc_blank_id` removed, concatenated) and ``ctc_label_lengths`` (one per
+        audio item).
+
+        The audio: ``input_features`` + ``audio_chunk_lengths`` (the front end's features of ``audio`` parts),
+        or, with ``cached_audio`` (every audio part an ``audio_frames`` part: the encoder's frames, cached),
+        ``audio_frames`` (float16, all chunks' frames concatenated) + ``audio_frame_counts`` (per chunk).
         """
-        chat, waves, transcripts = self._flatten(messages)
+        chat, items, transcripts = self._flatten(messages)
         ids, labels = self._tokenize(chat, add_generation_prompt)
-        feats, chunks, lengths = self.frontend.features(waves, return_lengths=True)
-        audio_slots = sum(
-            num_audio_tokens(self.frontend.encoder_frames(n), self.stack_factor) for n in lengths
-        )
+        if any(isinstance(x, list) for x in items) and not cached_audio:
+            raise ValueError(
+                "audio_frames parts (cached encoder frames) need featurize(..., cached_audio=True)"
+            )
+        if cached_audio:
+            if not all(isinstance(x, list) for x in items):
+                raise ValueError("with cached_audio every audio part must be an audio_frames part")
+            frames = [np.asarray(f, np.float16).reshape(-1, self.frame_dim) for item in items for f in item]
+            counts = [len(f) for f in frames]
+            audio = {
+                "audio_frames": np.concatenate(frames)
+                if frames
+                else np.zeros((0, self.frame_dim), np.float16),
+                "audio_frame_counts": np.asarray(counts, dtype=np.int64),
+                "audio_chunks": np.asarray([len(x) for x in items], dtype=np.int64),
+            }
+        else:
+            feats, chunks, lengths = self.frontend.features(items, return_lengths=True)
+            counts = [self.frontend.encoder_frames(n) for n in lengths]
+            audio = {
+                "input_features": feats,
+                "audio_chunks": np.asarray(chunks, dtype=np.int64),
+                "audio_chunk_lengths": np.asarray(lengths, dtype=np.int64),
+            }
+        audio_slots = sum(num_audio_tokens(n, self.stack_factor) for n in counts)
         out = {
             "input_ids": ids,
             "attention_mask": np.ones_like(ids),
             "labels": labels,
-            "input_features": feats,
-            "audio_chunks": np.asarray(chunks, dtype=np.int64),
-            "audio_chunk_lengths": np.asarray(lengths, dtype=np.int64),
-            "num_tokens": np.asarray(len(ids) - len(waves) + audio_slots, dtype=np.int64),
+            **audio,
+            "num_tokens": np.asarray(len(ids) - len(items) + audio_slots, dtype=np.int64),
             "class_label": np.asarray(IGNORE_INDEX if class_label is None else class_label, dtype=np.int64),
         }
-        if waves and all(t is not None for t in transcripts):
+        if items and all(t is not None for t in transcripts):
             t_chat, _, _ = self._flatten(messages, transcripts_for_audio=True)
             t_ids, t_labels = self._tokenize(t_chat, add_generation_prompt)
             out.update(
@@ -89,6 +113,12 @@ class SpeechLMProcessor:
                 ctc_label_lengths=np.asarray([len(t) for t in targets], dtype=np.int64),
             )
         return out
+
+    @property
+    def frame_dim(self) -> int:
+        """Width of the encoder's frames (what ``audio_frames`` parts hold)."""
+        c = self.encoder_config
+        return c.d_model if c.model_type == "whisper" else c.hidden_size
 
     @functools.cached_property
     def ctc_blank_id(self) -> int:
@@ -140,6 +170,17 @@ class SpeechLMProcessor:
                     waves.append(np.asarray(part["embeds"], dtype=np.float32))
                     transcripts.append(None)
                     texts.append(AUDIO_TOKEN)
+                elif kind == "audio_frames":  # the encoder's frames of an audio part, cached (training)
+                    if role != "user":
+                        raise ValueError(f"message {i}: audio is only allowed in user turns, not {role!r}")
+                    frames = part.get("frames")
+                    if not isinstance(frames, list) or not frames:
+                        raise ValueError(
+                            f"message {i}: audio_frames part without a list of per-chunk 'frames'"
+                        )
+                    waves.append(list(frames))
+                    transcripts.append(part.get("transcript"))
+                    texts.append(part["transcript"] if transcripts_for_audio else AUDIO_TOKEN)
                 elif kind == "audio":
                     if role != "user":
                         raise ValueError(f"message {i}: audio is only allowed in user turns, not {role!r}")
@@ -155,7 +196,8 @@ class SpeechLMProcessor:
                     texts.append(part["transcript"] if transcripts_for_audio else AUDIO_TOKEN)
                 else:
                     raise ValueError(
-                        f"message {i}: part type must be 'text', 'audio' or 'audio_embeds', got {kind!r}"
+                        f"message {i}: part type must be 'text', 'audio', 'audio_frames' or 'audio_embeds', "
+                        f"got {kind!r}"
                     )
             chat.append({"role": role, "content": "\n".join(texts)})
         return chat, waves, transcripts
@@ -197,21 +239,21 @@ class SpeechLMProcessor:
         batch = {
             "input_ids": _pad([e["input_ids"] for e in examples], pad, padding_side),
             "attention_mask": _pad([e["attention_mask"] for e in examples], 0, padding_side),
-            "input_features": torch.from_numpy(
-                np.concatenate(
-                    [
-                        np.asarray(e["input_features"], np.float32).reshape(-1, *self.frontend.feature_shape)
-                        for e in examples
-                    ]
-                )
-            ),
-            "audio_chunks": torch.from_numpy(
-                np.concatenate([np.asarray(e["audio_chunks"], np.int64).reshape(-1) for e in examples])
-            ),
-            "audio_chunk_lengths": torch.from_numpy(
-                np.concatenate([np.asarray(e["audio_chunk_lengths"], np.int64).reshape(-1) for e in examples])
-            ),
+            "audio_chunks": _cat(examples, "audio_chunks", np.int64),
         }
+        cached = ["audio_frames" in e for e in examples]
+        if any(cached) and not all(cached):
+            raise ValueError(
+                "a batch mixes examples with cached encoder frames and examples with audio features"
+            )
+        if all(cached):
+            batch["audio_frames"] = _cat(examples, "audio_frames", np.float16, (-1, self.frame_dim))
+            batch["audio_frame_counts"] = _cat(examples, "audio_frame_counts", np.int64)
+        else:
+            batch["input_features"] = _cat(
+                examples, "input_features", np.float32, (-1, *self.frontend.feature_shape)
+            )
+            batch["audio_chunk_lengths"] = _cat(examples, "audio_chunk_lengths", np.int64)
         if all("labels" in e for e in examples):
             batch["labels"] = _pad([e["labels"] for e in examples], IGNORE_INDEX, padding_side)
         if all("class_label" in e for e in examples):  # (B,) or, with entity-type targets, (B, 1 + K)
@@ -299,6 +341,11 @@ class SpeechLMProcessor:
             meta["stack_factor"],
             meta["audio_window_seconds"],
         )
+
+
+def _cat(examples: list[dict], key: str, dtype, shape: tuple = (-1,)) -> torch.Tensor:
+    """The examples' ``key`` arrays, each reshaped to ``shape``, concatenated along the first axis."""
+    return torch.from_numpy(np.concatenate([np.asarray(e[key], dtype).reshape(shape) for e in examples]))
 
 
 def _pad(rows: list[np.ndarray], value: int, side: str) -> torch.Tensor:

@@ -198,6 +198,10 @@ class ModelSpec(Section):
     # words as the LLM's own embeddings, without an LLM forward (lm_weight = kd_weight = 0 skips it); 0 = off
     ctc_weight: float = Field(default=0.0, ge=0.0)
     ctc_scale: float = Field(default=20.0, gt=0.0)
+    # what the LLM reads of each audio item: "none" = the adapter's frames; "ctc" = the frames compressed by
+    # the CTC head (blank frames dropped, repeats merged, each run the posterior-weighted mixture of the LLM's
+    # input embeddings; SpeechLM.compress). A job's choice: a run may switch it on for an export without it
+    audio_compression: Literal["none", "ctc"] = "none"
     # Regexes (re.search) over parameter names; matching parameters train, all others are frozen.
     # Names start with encoder. / adapter. / llm. / classifier.; LoRA weights contain "lora_".
     trainable: list[str] = Field(default_factory=lambda: [r"^adapter\.", r"lora_", r"^classifier\."])

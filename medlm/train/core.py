@@ -200,6 +200,11 @@ class Recipe:
 
         seed_everything(self.o.seed)
         model, self.processor = build_model(self.cfg.model)
+        if self.cfg.data.encoder_key:  # the rows carry cached frames: they must be this encoder's
+            from medlm.data.encoder_cache import check_key
+            from medlm.models.encoder import encoder_fingerprint
+
+            check_key(self.cfg.data.encoder_key, encoder_fingerprint(model.encoder, model.frontend))
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.o, self.cfg.data.batch_rows)
         self.device = self.engine.device
@@ -404,6 +409,23 @@ def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig, lockstep: bool
 # --- driver side ------------------------------------------------------------------------------
 
 
+def with_encoder_cache(cfg: TrainJobConfig) -> TrainJobConfig:
+    """``data.encoder_cache``: the frozen encoder's frames of the train (and val) shards computed where
+    they are missing (a Ray Data step, one encoder actor per CPU of the cluster), and the run's data reading
+    them."""
+    import ray
+
+    from medlm.data.encoder_cache import prepare
+
+    actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    t0 = time.perf_counter()
+    update = {"data": prepare(cfg.data, cfg.model, actors)}
+    if cfg.val:
+        update["val"] = prepare(cfg.val.model_copy(update={"encoder_cache": True}), cfg.model, actors)
+    log.info("encoder frames ready (key %s) in %.1f s", update["data"].encoder_key, time.perf_counter() - t0)
+    return cfg.model_copy(update=update)
+
+
 def train(cfg: TrainJobConfig) -> dict[str, Any]:
     """Run one training job on the current Ray cluster; returns a summary."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -413,6 +435,8 @@ def train(cfg: TrainJobConfig) -> dict[str, Any]:
     from medlm.models.build import check_init_from
 
     check_init_from(cfg.model)  # a structure that contradicts the export fails here, before any worker starts
+    if cfg.data.encoder_cache:
+        cfg = with_encoder_cache(cfg)
     if cfg.run.name is None:
         cfg = cfg.model_copy(
             update={"run": cfg.run.model_copy(update={"name": f"{cfg.job}-{time.strftime('%Y%m%d-%H%M%S')}"})}
