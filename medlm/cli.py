@@ -78,6 +78,24 @@ _register(train_app, "ct_clip", "ct-clip")
 _register(app, "evaluate", "eval")
 
 
+@data_app.command("self-answers")
+def self_answers_cmd(
+    model: str = typer.Argument(..., help="the frozen model whose answers become targets (a stage-1 export)"),
+    src: str = typer.Argument(..., help="a spoken dataset (dir or s3:// prefix), e.g. <root>/qa_speech"),
+    dst: str = typer.Argument(..., help="where to write the dialogues with the model's own answers"),
+    kind: str = typer.Option("speech_dialogue", help="the source's kind: speech_dialogue | utterance"),
+    batch_size: int = typer.Option(16),
+    max_new_tokens: int = typer.Option(64),
+    limit: Optional[int] = typer.Option(None, help="only the first N rows"),
+) -> None:
+    """Targets from the model's own text answers: spoken questions (dialogues, or sentences as one-turn
+    consultations) answered by the model from their transcripts (medlm.data.targets)."""
+    from medlm.data.targets import write_self_answers
+
+    _setup_logging()
+    typer.echo(json.dumps(write_self_answers(model, src, dst, kind, batch_size, max_new_tokens, limit)))
+
+
 serve_app = typer.Typer(invoke_without_command=True)
 app.add_typer(serve_app, name="serve")
 

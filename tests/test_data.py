@@ -21,7 +21,7 @@ from medlm.data.schema import (
     pack_volume,
     to_messages,
 )
-from medlm.models.prompts import ENTITY_LABELS, SENTIMENTS
+from medlm.models.prompts import ENTITY_LABELS, SENTIMENTS, SYSTEM_PROMPT
 from medlm.models.tts import EspeakTTS, voice_bank
 
 
@@ -423,3 +423,40 @@ def test_make_shards_fans_out_the_named_datasets(tmp_path, monkeypatch):
     assert [(d, i) for _, d, i in calls] == [(n, i) for n, i, _ in plan(cfg) if n in ("ct", "consult_text")]
     assert all(opts == {"num_cpus": 1} for opts, _, _ in calls)
     assert read_table(str(tmp_path / "data" / "consult_text")).num_rows == 3
+
+
+def test_self_answers_are_the_models_own_answers_to_the_transcripts(tmp_path):
+    """Targets from the model's own text answers: spoken sentences become one-turn consultations answered by
+    the export's greedy answer to the transcript (what it says when the question is typed); rows without a
+    transcript are skipped."""
+    import json
+
+    import torch
+
+    from medlm.data.targets import write_self_answers
+    from medlm.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    model, proc = build_model(ModelSpec())
+    model.save_pretrained(tmp_path / "export")
+    proc.save_pretrained(tmp_path / "export")
+    rows = [utt_row(0), utt_row(1, transcript="Is ibuprofen safe for me?"), utt_row(2, transcript=None)]
+    write_rows(rows, str(tmp_path / "utts"), "utterance")
+    out = write_self_answers(
+        str(tmp_path / "export"),
+        str(tmp_path / "utts"),
+        str(tmp_path / "self"),
+        "utterance",
+        max_new_tokens=6,
+    )
+    assert out == {"rows": 2, "skipped": 1}
+    written = {r["id"]: r for r in iter_rows(str(tmp_path / "self"))}
+    model.eval()
+    for r in rows[:2]:
+        typed = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": r["transcript"]}]
+        with torch.no_grad():
+            ids = model.generate(**proc.prepare_generation([typed]), max_new_tokens=6, do_sample=False)
+        turns = written[r["id"]]["turns"]
+        assert [t["role"] for t in turns] == ["user", "assistant"] and turns[0]["audio"] == r["audio"]
+        assert turns[1]["text"] == proc.decode(ids)[0].strip()
+        assert json.loads(written[r["id"]]["meta"])["target"] == "self"

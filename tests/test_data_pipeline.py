@@ -223,3 +223,88 @@ def test_training_streams_mix_and_quarantines_bad_records(stack, made, tmp_path)
     report = {r["id"]: r for r in read_quarantine(spec.quarantine())}
     assert {k: v["reason"] for k, v in report.items()} == reasons
     assert all("fever" not in json.dumps(r) for r in report.values())  # no transcripts in the report
+
+
+def test_encoder_frames_are_computed_once_and_read_in_place_of_audio(stack, made):
+    """``data.encoder_cache``: one Ray Data step writes the frozen encoder's frames of every shard beside it
+    (not listed as shards), a second computes nothing, the pipeline then yields the same examples with
+    ``audio_frames`` instead of features (bad records quarantined as without the cache); a rewritten shard's
+    frames are stale and refused until computed again; frames of another encoder are refused."""
+    from medlm.data.encoder_cache import cache_uri, is_fresh, prepare
+    from medlm.data.io import shard_files
+    from medlm.data.pipeline import build_dataset, iter_examples
+    from medlm.models import ModelSpec
+    from medlm.models.encoder import AudioFrontend
+    from medlm.models.pretrained import PARTS, is_fetched
+
+    if not all(is_fetched(n) for n in PARTS):
+        pytest.skip("model store not fetched (run `medlm models fetch`)")
+    cfg, _ = made
+    root = f"{cfg.output}/cache-{uuid.uuid4().hex[:6]}"
+    good, reasons = plant(root)
+
+    def spec_for(run: str, **kw) -> DataSpec:
+        return DataSpec(
+            root=root,
+            max_audio_seconds=3.0,
+            quarantine_uri=f"{root}/_quarantine/{run}",
+            datasets=[
+                {"name": "u", "uri": f"{root}/planted_utt", "kind": "utterance", "task": "multitask"},
+                {"name": "d", "uri": f"{root}/planted_dlg", "kind": "speech_dialogue"},
+            ],
+            **kw,
+        )
+
+    model = ModelSpec(preset="real")
+    spec = spec_for("live")
+    shards = [s for d in spec.resolved() for s in shard_files(d.uri)]
+    cached = prepare(spec, model, actors=2)
+    key = cached.encoder_key
+    assert all(is_fresh(s, key) for s in shards)
+    assert [s for d in spec.resolved() for s in shard_files(d.uri)] == shards  # the frames are not shards
+
+    def mtimes():
+        out = {}
+        for s in shards:
+            fs, path = storage.resolve(cache_uri(s, key))
+            out[s] = fs.get_file_info(path).mtime_ns
+        return out
+
+    before = mtimes()
+    assert prepare(spec, model).encoder_key == key and mtimes() == before  # nothing computed twice
+
+    live = {e["id"]: e for e in iter_examples(build_dataset(spec, model))}
+    from_cache_spec = cached.model_copy(update={"quarantine_uri": f"{root}/_quarantine/cached"})
+    from_cache = {e["id"]: e for e in iter_examples(build_dataset(from_cache_spec, model))}
+    assert live.keys() == from_cache.keys() == set().union(*good.values())
+    frontend = AudioFrontend(model_encoder_config(model))
+    for rid, e in live.items():
+        c = from_cache[rid]
+        assert "audio_frames" in c and "input_features" not in c
+        assert c["input_ids"].tolist() == e["input_ids"].tolist() and int(c["num_tokens"]) == int(
+            e["num_tokens"]
+        )
+        assert c["audio_frame_counts"].tolist() == [
+            frontend.encoder_frames(n) for n in e["audio_chunk_lengths"]
+        ]
+    for q in (spec.quarantine(), from_cache_spec.quarantine()):
+        assert {r["id"]: r["reason"] for r in read_quarantine(q)} == reasons
+
+    # a shard rewritten with other rows: its frames are stale, reading them is refused, prepare computes them
+    utt = read_table(f"{root}/planted_utt").to_pylist()
+    storage.delete_files(f"{root}/planted_utt", "part-")
+    write_rows(utt[:4], f"{root}/planted_utt", "utterance", rows_per_shard=6)
+    (rewritten,) = shard_files(f"{root}/planted_utt")
+    assert not is_fresh(rewritten, key)
+    with pytest.raises(Exception, match="no current encoder frames"):
+        list(iter_examples(build_dataset(from_cache_spec, model)))
+    assert prepare(spec, model).encoder_key == key and is_fresh(rewritten, key)
+    # frames of another encoder are refused
+    with pytest.raises(ValueError, match="computed by encoder 0000000000000000"):
+        prepare(spec.model_copy(update={"encoder_key": "0" * 16}), model)
+
+
+def model_encoder_config(model_spec):
+    from medlm.models.build import encoder_config, resolve_spec
+
+    return encoder_config(resolve_spec(model_spec))

@@ -108,9 +108,15 @@ def test_mixed_batch_shapes_and_expansion():
     batch = proc.collate(feats)
     assert batch["input_features"].shape == (3, 80, 1000) and batch["audio_chunks"].tolist() == [1, 1, 1]
     out = model(**batch)
+    full = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     lengths = [int(f["num_tokens"]) for f in feats]
-    assert out.logits.shape == (3, max(lengths), len(proc.tokenizer))
+    assert full.shape == (3, max(lengths), len(proc.tokenizer))
     assert out.attention_mask.sum(-1).tolist() == lengths
+    # with labels the LM head runs on the target positions only: the same logits there, and the same loss
+    targets = out.labels[:, 1:] != -100
+    torch.testing.assert_close(out.logits, full[:, :-1][targets], atol=1e-5, rtol=1e-4)
+    flat = torch.nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), out.labels[:, 1:].flatten())
+    torch.testing.assert_close(out.lm_loss, flat, atol=1e-5, rtol=1e-4)
     assert lengths[0] == len(feats[0]["input_ids"]) - 1 + num_audio_tokens(math_frames(1.3), 4)
     # the expanded labels keep every assistant token, in order
     for b, f in enumerate(feats):
@@ -127,8 +133,8 @@ def test_mixed_batch_shapes_and_expansion():
     second = ids.index(proc.audio_token_id, first + 1) + audio[1].shape[0] - 1
     torch.testing.assert_close(embeds[1, second : second + audio[2].shape[0]], audio[2])
     # a text-only example gives the same logits alone as inside the padded mixed batch
-    alone = model(**proc.collate([feats[2]])).logits[0]
-    torch.testing.assert_close(out.logits[2, : alone.shape[0]], alone, atol=1e-5, rtol=1e-4)
+    alone = model(**{k: v for k, v in proc.collate([feats[2]]).items() if k != "labels"}).logits[0]
+    torch.testing.assert_close(full[2, : alone.shape[0]], alone, atol=1e-5, rtol=1e-4)
 
 
 def math_frames(seconds: float) -> int:
@@ -420,7 +426,7 @@ def test_wav2vec2_encoder_chunks_and_runs():
         16000,
     ]
     out = model(**proc.collate([f]))
-    assert out.logits.shape[1] == int(f["num_tokens"]) and out.loss.isfinite()
+    assert out.labels.shape[1] == int(f["num_tokens"]) and out.loss.isfinite()
 
 
 @pytest.mark.parametrize(

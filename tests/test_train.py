@@ -129,15 +129,22 @@ def test_deepspeed_config_and_schedule():
 
 
 @pytest.mark.parametrize(
-    "config, falls, absent",
+    "config, extra, falls, absent",
     [
-        ("stage2_real.yaml", "kd_loss", ()),  # KD from text (+ CTC kept)
-        ("stage2_ctc_real.yaml", "ctc_loss", ("lm_loss", "kd_loss")),  # CTC alignment, no LLM forward
+        ("stage2_real.yaml", [], "kd_loss", ()),  # KD from text (+ CTC kept)
+        ("stage2_ctc_real.yaml", [], "ctc_loss", ("lm_loss", "kd_loss")),  # CTC alignment, no LLM forward
+        (
+            "stage2_real.yaml",
+            ["model.audio_compression=ctc"],
+            "kd_loss",
+            (),
+        ),  # the LLM reads CTC-compressed audio
     ],
 )
-def test_stage2_on_the_real_preset_aligns(tiny_data, stack, config, falls, absent):
-    """Stage 2's real recipes (whisper-tiny.en + SmolLM2 frozen, adapter only) for a few steps under Ray
-    Train + DeepSpeed with 2 CPU workers: the aligning loss falls; the CTC stage computes no LM / KD loss."""
+def test_stage2_on_the_real_preset_aligns(tiny_data, stack, config, extra, falls, absent):
+    """Stage 2's real recipes (whisper-tiny.en + SmolLM2 frozen, adapter only; the encoder's frames cached)
+    for a few steps under Ray Train + DeepSpeed with 2 CPU workers: the aligning loss falls; the CTC stage
+    computes no LM / KD loss."""
     from medlm.models.pretrained import PARTS, is_fetched
 
     if not all(is_fetched(n) for n in PARTS):
@@ -149,13 +156,14 @@ def test_stage2_on_the_real_preset_aligns(tiny_data, stack, config, falls, absen
             [
                 f"data.root={tiny_data}",
                 f"run.storage_path={stack.root}/runs",
-                f"run.name=t-{config.removesuffix('.yaml')}",
+                f"run.name=t-{config.removesuffix('.yaml')}-{len(extra)}",
                 "optim.steps=8",
                 "optim.warmup_steps=1",
                 "optim.log_every=2",
                 "optim.checkpoint_every=8",
                 "optim.lr=5e-3",
                 "data.batch_rows=2",
+                *extra,
             ],
         )
     )

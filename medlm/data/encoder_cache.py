@@ -10,11 +10,11 @@ frames are missing or stale -- actors that each hold the encoder, batched -- and
 
 ``key`` is :func:`medlm.models.encoder.encoder_fingerprint` of the encoder's weights and front end: a
 different or fine-tuned encoder has another key and never reads these frames, and a run whose encoder is
-not the one the frames were computed with is refused (:func:`check_key`). A cache file records the size
-and modification time of the shard it was computed from; a rewritten shard is computed again. The frames
-are each chunk's valid encoder frames, what :meth:`SpeechLM.encoder_frames` gives the adapter on a live
-step (the equivalence is a test). A row whose audio cannot be used gets no frames (null); the featurizer
-then reads it live and quarantines it as it always does.
+not the one the frames were computed with is refused (:func:`check_key`). A cache file records the size,
+modification time and Parquet footer of the shard it was computed from; a rewritten shard is computed
+again. The frames are each chunk's valid encoder frames, what :meth:`SpeechLM.encoder_frames` gives the
+adapter on a live step (the equivalence is a test). A row whose audio cannot be used gets no frames
+(null); the featurizer then reads it live and quarantines it as it always does.
 
 The pipeline (:mod:`medlm.data.pipeline`) reads a shard and its frames side by side (:func:`read_frames`).
 """
@@ -49,9 +49,16 @@ def cache_uri(shard: str, key: str) -> str:
 
 
 def _source(shard: str) -> str:
+    """What identifies a shard's contents cheaply: its size, modification time and Parquet footer (row groups,
+    column sizes and statistics), read without its data."""
+    import hashlib
+
     fs, path = storage.resolve(shard)
     info = fs.get_file_info(path)
-    return json.dumps({"size": info.size, "mtime_ns": info.mtime_ns})
+    with fs.open_input_file(path) as f:
+        footer = json.dumps(pq.ParquetFile(f).metadata.to_dict(), sort_keys=True, default=str)
+    digest = hashlib.sha256(footer.encode()).hexdigest()[:16]
+    return json.dumps({"size": info.size, "mtime_ns": info.mtime_ns, "footer": digest})
 
 
 def is_fresh(shard: str, key: str) -> bool:
@@ -87,12 +94,38 @@ def unpack(data: bytes) -> list[dict[str, Any]]:
     return out
 
 
+def recordings(row: dict, kind: str, task: str, max_audio_seconds: float) -> list[np.ndarray] | None:
+    """A shard row's recordings (16 kHz) in reading order, or None for a row the featurizer will reject."""
+    try:
+        messages, _ = to_messages(row, kind, task, max_audio_seconds)
+    except BadRecord:
+        return None
+    parts = (p for m in messages if isinstance(m["content"], list) for p in m["content"])
+    return [p["audio"] for p in parts if p["type"] == "audio"]
+
+
+def encode(encoder, frontend, waves: list[np.ndarray], chunk_batch: int = 16) -> list[list[np.ndarray]]:
+    """Recordings -> each one's per-chunk valid encoder frames (float32), ``chunk_batch`` chunks at a time."""
+    import torch
+
+    feats, per_item, lengths = frontend.features(waves, return_lengths=True)
+    frames = []
+    with torch.inference_mode():
+        for i in range(0, len(feats), chunk_batch):
+            out = encoder(torch.from_numpy(feats[i : i + chunk_batch]))
+            for c, n in enumerate(lengths[i : i + chunk_batch]):
+                frames.append(out[c, : frontend.encoder_frames(n)].float().numpy())
+    grouped, start = [], 0
+    for count in per_item:
+        grouped.append(frames[start : start + count])
+        start += count
+    return grouped
+
+
 class FrameWriter:
     """Ray Data actor: shard tasks -> each shard's frames file. Holds the encoder (float32, eval)."""
 
-    def __init__(self, model_spec: dict, key: str, max_audio_seconds: float, chunk_batch: int = 16):
-        import torch
-
+    def __init__(self, model_spec: dict, key: str, max_audio_seconds: float):
         from medlm.models import ModelSpec
         from medlm.models.build import build_encoder
         from medlm.models.encoder import encoder_fingerprint
@@ -101,32 +134,7 @@ class FrameWriter:
         found = encoder_fingerprint(self.encoder, self.frontend)
         if found != key:  # e.g. a randomly initialised preset encoder: no build reproduces it
             raise ValueError(f"the encoder built for the cache has key {found}, the run's has {key}")
-        self.key, self.max_audio_seconds, self.chunk_batch = key, max_audio_seconds, chunk_batch
-        self.torch = torch
-
-    def recordings(self, row: dict, kind: str, task: str) -> list[np.ndarray] | None:
-        """The row's recordings (16 kHz) in reading order, or None for a row the featurizer will reject."""
-        try:
-            messages, _ = to_messages(row, kind, task, self.max_audio_seconds)
-        except BadRecord:
-            return None
-        parts = (p for m in messages if isinstance(m["content"], list) for p in m["content"])
-        return [p["audio"] for p in parts if p["type"] == "audio"]
-
-    def encode(self, waves: list[np.ndarray]) -> list[list[np.ndarray]]:
-        """Recordings -> each one's per-chunk valid encoder frames (float32), chunks run in batches."""
-        feats, per_item, lengths = self.frontend.features(waves, return_lengths=True)
-        frames = []
-        with self.torch.inference_mode():
-            for i in range(0, len(feats), self.chunk_batch):
-                out = self.encoder(self.torch.from_numpy(feats[i : i + self.chunk_batch]))
-                for c, n in enumerate(lengths[i : i + self.chunk_batch]):
-                    frames.append(out[c, : self.frontend.encoder_frames(n)].numpy())
-        grouped, start = [], 0
-        for count in per_item:
-            grouped.append(frames[start : start + count])
-            start += count
-        return grouped
+        self.key, self.max_audio_seconds = key, max_audio_seconds
 
     def write(self, shard: str, kind: str, task: str) -> int:
         from medlm.data.pipeline import envelope_row, iter_envelopes
@@ -134,9 +142,9 @@ class FrameWriter:
         ids, blobs = [], []
         for table in iter_envelopes(shard, "", kind, task, rows=32):
             envs = table.to_pylist()
-            rows = [self.recordings(envelope_row(e), kind, task) for e in envs]
+            rows = [recordings(envelope_row(e), kind, task, self.max_audio_seconds) for e in envs]
             waves = [w for r in rows if r for w in r]
-            encoded = iter(self.encode(waves)) if waves else iter(())
+            encoded = iter(encode(self.encoder, self.frontend, waves)) if waves else iter(())
             for e, r in zip(envs, rows):
                 ids.append(e["id"])
                 if r is None:

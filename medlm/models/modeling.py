@@ -197,7 +197,7 @@ def replace_placeholders_and_build_targets(
 @dataclass
 class SpeechLMOutput(ModelOutput):
     loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # (B, L', V); with labels only at the target positions, (N, V)
     lm_loss: torch.Tensor | None = None
     cls_loss: torch.Tensor | None = None
     kd_loss: torch.Tensor | None = None
@@ -212,11 +212,15 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def next_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: the positions whose next token is a target (``labels[:, 1:] != -100``), the last False."""
+    return F.pad(labels[:, 1:] != IGNORE_INDEX, (0, 1), value=False)
+
+
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Next-token CE on the target positions (``labels`` != -100), fp32."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-    )
+    """Next-token CE, fp32: ``logits`` (N, V) at the :func:`next_targets` positions of ``labels``, in
+    order."""
+    return F.cross_entropy(logits.float(), labels[:, 1:][labels[:, 1:] != IGNORE_INDEX])
 
 
 def classifier_loss(
@@ -511,8 +515,11 @@ class SpeechLM(PreTrainedModel):
         table = self.llm.get_input_embeddings().weight
         if table.dim() != 2 or table.shape[0] == 0:
             raise ValueError("CTC needs the LLM's input embeddings whole (ZeRO stage <= 2)")
-        table = F.normalize(table.detach().float(), dim=-1)
-        return self.config.ctc_scale * F.normalize(frames.float(), dim=-1) @ table.T
+        # the vocabulary-wide matmul in the frames' dtype (bf16 in bf16 training: twice as fast on CPUs with
+        # avx512_bf16, and cosines to ~3 digits are plenty for a softmax at scale 20); the result in fp32
+        table = F.normalize(table.detach().float(), dim=-1).to(frames.dtype)
+        cos = F.normalize(frames, dim=-1) @ table.T
+        return self.config.ctc_scale * cos.float()
 
     def _inputs_embeds(
         self, input_ids, attention_mask, labels, audio_in: dict, padding_side=None, lockstep=False
@@ -630,10 +637,9 @@ class SpeechLM(PreTrainedModel):
         )
         logits = None
         if labels is None or self.config.lm_weight > 0 or self.config.kd_weight > 0:
-            out = self.llm(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=positions(mask), use_cache=False
+            logits = self.llm_logits(
+                mask, None if labels is None else next_targets(labels), inputs_embeds=embeds
             )
-            logits = out.logits
         terms = {}  # loss name -> (loss to report or None, lockstep stand-in output x 0 or None)
         if labels is not None and logits is not None:
             terms["lm_loss"] = lm_loss(logits, labels), None
@@ -654,6 +660,19 @@ class SpeechLM(PreTrainedModel):
         return SpeechLMOutput(
             loss=loss, logits=logits, class_logits=class_logits, labels=labels, attention_mask=mask, **losses
         )
+
+    def llm_logits(self, mask: torch.Tensor, targets: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+        """The LLM's next-token logits on ``inputs`` (``input_ids`` or ``inputs_embeds``): (B, L, V) at every
+        position, or, with ``targets`` (B, L) bool (:func:`next_targets`), only where the next token is a
+        target, (N, V) in row-major order: the LM head (a vocabulary-wide matmul) runs on those alone."""
+        if targets is None:
+            return self.llm(
+                **inputs, attention_mask=mask, position_ids=positions(mask), use_cache=False
+            ).logits
+        hidden = self.llm.get_decoder()(
+            **inputs, attention_mask=mask, position_ids=positions(mask), use_cache=False
+        ).last_hidden_state
+        return self.llm.get_output_embeddings()(hidden[targets])
 
     def _weighted_loss(self, losses: dict[str, torch.Tensor], zero: torch.Tensor) -> torch.Tensor | None:
         """lm_weight x LM + classifier_weight x cls + kd_weight x KD + ctc_weight x CTC, + ``zero`` (the
@@ -750,7 +769,8 @@ class SpeechLM(PreTrainedModel):
     ) -> torch.Tensor:
         """KL(teacher || student) on assistant tokens at temperature T (x T^2); teacher = LLM fed the text.
 
-        ``kd_mask`` (B,) selects the examples that have a teacher view (default: all)."""
+        ``logits``: the student's at its target positions (N, V); ``kd_mask`` (B,) selects the examples that
+        have a teacher view (default: all)."""
         if teacher_labels is None:
             raise ValueError("teacher_input_ids given without teacher_labels")
         if teacher_attention_mask is None:
@@ -758,17 +778,13 @@ class SpeechLM(PreTrainedModel):
         if (teacher_input_ids == self.config.audio_token_id).any():
             raise ValueError("teacher_input_ids must be text only (transcripts in place of audio)")
         with torch.no_grad(), self._adapters_disabled():
-            t_logits = self.llm(
-                input_ids=teacher_input_ids,
-                attention_mask=teacher_attention_mask,
-                position_ids=positions(teacher_attention_mask),
-                use_cache=False,
-            ).logits
-        student_targets = labels[:, 1:] != IGNORE_INDEX
-        if kd_mask is not None:
-            student_targets = student_targets & kd_mask.to(student_targets.device)[:, None]
-        s = logits[:, :-1][student_targets]
-        t = t_logits[:, :-1][teacher_labels[:, 1:] != IGNORE_INDEX]
+            t = self.llm_logits(
+                teacher_attention_mask, next_targets(teacher_labels), input_ids=teacher_input_ids
+            )
+        s = logits  # (N, V) at the student's target positions, row-major
+        if kd_mask is not None:  # the targets of the examples that have a teacher view
+            targets = next_targets(labels)
+            s = s[kd_mask.to(targets.device)[:, None].expand_as(targets)[targets]]
         if s.shape[0] != t.shape[0]:
             raise ValueError(f"student has {s.shape[0]} target tokens but teacher has {t.shape[0]}")
         if s.shape[0] == 0:
