@@ -56,7 +56,7 @@ def _wav_base64(audio, rate: int) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _spoken_question(data_cfg) -> tuple[str, str, Any, int, str]:
+def _spoken_question(data_cfg) -> tuple[str, str, str, Any, int, str]:
     """A question about a fact that stage 2 never heard as speech, spoken by a synthetic patient whose voice
     the training data never used (an en-us espeak-ng voice of the bank beyond the ones make_data drew)."""
     from medlm.audio import SAMPLING_RATE
@@ -71,7 +71,9 @@ def _spoken_question(data_cfg) -> tuple[str, str, Any, int, str]:
     voice = next(
         v for v in espeak_voices(2 * n + 1, data_cfg.seed + 1) if v.id not in used and v.accent == "en-us"
     )
-    return pair["question"], pair["answer"], speak([pair["question"]], voice)[0], SAMPLING_RATE, voice.id
+    topic = next(c.name for c in kb.ALL_CONDITIONS if c.id == pair["condition"])
+    audio = speak([pair["question"]], voice)[0]
+    return pair["question"], pair["answer"], topic, audio, SAMPLING_RATE, voice.id
 
 
 def _ask(client, content, model: str = "medlm", max_tokens: int = 48, **kw) -> tuple[str, float, Any]:
@@ -94,6 +96,7 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
 
     from medlm import storage
     from medlm.data.factory import format_summary, make_data
+    from medlm.eval.metrics import names_topic
     from medlm.jobs import embedded_s3_needed
     from medlm.serving import run_local
     from medlm.stack import free_port, local_stack
@@ -143,7 +146,7 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
             with progress.step(
                 "ask a spoken question over HTTP: end to end, as text, and through the cascade"
             ):
-                question, expected, audio, rate, voice = _spoken_question(data_cfg)
+                question, expected, topic, audio, rate, voice = _spoken_question(data_cfg)
                 client = OpenAI(base_url=url, api_key=key)
                 wav = _wav_base64(audio, rate)
                 part = [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}]
@@ -176,6 +179,13 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
                 print(f"  knowledge-base answer: {expected}")
                 for name, (a, dt) in answers.items():
                     print(f"  {name:40s} [{dt:4.1f}s] {a}")
+                on_topic = {name: names_topic(a, topic) for name, (a, _) in answers.items()}
+                print(
+                    f"  names the condition ({topic}): "
+                    + ", ".join(
+                        f"{name.split(' (')[0]} {'yes' if ok else 'no'}" for name, ok in on_topic.items()
+                    )
+                )
                 if reply_audio is not None:
                     import soundfile as sf
 
@@ -192,6 +202,8 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
                     "text": question,
                     "voice": voice,
                     "expected": expected,
+                    "topic": topic,
+                    "on_topic": on_topic,
                     "heard": heard,
                     "answers": {k: {"answer": a, "seconds": round(dt, 2)} for k, (a, dt) in answers.items()},
                 }

@@ -82,7 +82,7 @@ def _as_dialogue(utt: dict) -> dict:
     """A spoken sentence as a one-turn consultation (its answer to be written)."""
     user = {"role": "user", "text": None, "audio": utt.get("audio"), "sample_rate": utt.get("sample_rate")}
     user["transcript"] = utt.get("transcript")
-    assistant = {"role": "assistant", "text": "", "audio": None, "sample_rate": None, "transcript": None}
+    assistant = {"role": "assistant", "text": "?", "audio": None, "sample_rate": None, "transcript": None}
     return {
         "id": utt.get("id"),
         "source": utt.get("source"),
