@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from medlm import storage  # noqa: E402
 from medlm.audio import SAMPLING_RATE  # noqa: E402
 from medlm.config import load_config  # noqa: E402
-from medlm.data.encoder_cache import encode, pack, recordings  # noqa: E402
+from medlm.data.encoder_cache import encode, recordings  # noqa: E402
+from medlm.data.frames import pack  # noqa: E402
 from medlm.data.io import iter_rows  # noqa: E402
 from medlm.data.pipeline import Featurizer  # noqa: E402
 from medlm.models import build_model  # noqa: E402

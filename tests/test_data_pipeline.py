@@ -230,7 +230,8 @@ def test_encoder_frames_are_computed_once_and_read_in_place_of_audio(stack, made
     (not listed as shards), a second computes nothing, the pipeline then yields the same examples with
     ``audio_frames`` instead of features (bad records quarantined as without the cache); a rewritten shard's
     frames are stale and refused until computed again; frames of another encoder are refused."""
-    from medlm.data.encoder_cache import cache_uri, is_fresh, prepare
+    from medlm.data.encoder_cache import prepare
+    from medlm.data.frames import cache_uri, is_fresh
     from medlm.data.io import shard_files
     from medlm.data.pipeline import build_dataset, iter_examples
     from medlm.models import ModelSpec

@@ -770,7 +770,7 @@ def test_forward_stays_short():
 def _cached_twin(model, proc, convs):
     """The conversations with each audio part replaced by its encoder frames, through the cache's own
     packing (float16), as the pipeline featurizes them."""
-    from medlm.data.encoder_cache import pack, unpack
+    from medlm.data.frames import pack, unpack
 
     out = []
     for conv in convs:
@@ -870,7 +870,8 @@ def test_cached_frames_and_audio_do_not_mix():
 
 
 def test_encoder_fingerprint_changes_with_the_weights_and_refuses_a_changed_encoder():
-    from medlm.data.encoder_cache import check_frozen, check_key
+    from medlm.data.encoder_cache import check_frozen
+    from medlm.data.frames import check_key
     from medlm.models.encoder import encoder_fingerprint
 
     model, _ = tiny()

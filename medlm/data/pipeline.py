@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medlm import storage
-from medlm.data.encoder_cache import read_frames, unpack
+from medlm.data.frames import read_frames, unpack
 from medlm.data.io import shard_files
 from medlm.data.quarantine import bad_record, write_quarantine
 from medlm.data.registry import DataSpec, ResolvedDataset
@@ -113,7 +113,7 @@ def iter_envelopes(
 ) -> Iterator[pa.Table]:
     """One shard file -> envelope tables of up to ``rows`` rows, streamed one slice of a row group at a time;
     with ``limit``, its first ``limit`` rows only; with ``encoder_key``, each row with its cached encoder
-    frames (:func:`medlm.data.encoder_cache.read_frames`, read side by side)."""
+    frames (:func:`medlm.data.frames.read_frames`, read side by side)."""
     fs, path = storage.resolve(uri)
     left = limit
     cached = read_frames(uri, encoder_key, rows) if encoder_key else None

@@ -22,7 +22,7 @@ from transformers import (
 
 from medlm import storage
 from medlm.models.encoder import AudioEncoder, AudioFrontend, build_audio_encoder
-from medlm.models.modeling import SpeechLM, SpeechLMConfig
+from medlm.models.modeling import JOB_CHOICES, SpeechLM, SpeechLMConfig
 from medlm.models.pretrained import store_path
 from medlm.models.processor import SpeechLMProcessor
 from medlm.models.spec import PRESETS, ModelSpec, field_default
@@ -119,16 +119,6 @@ def speechlm_config(
     )
 
 
-#: What a job chooses even when the structure comes from an export (``init_from``): the loss weights.
-JOB_CHOICES = (
-    "classifier_weight",
-    "lm_weight",
-    "kd_weight",
-    "kd_temperature",
-    "ctc_weight",
-    "ctc_scale",
-    "audio_compression",
-)
 #: The spec fields an export fixes (``trainable`` and ``dtype`` are the job's too; ``preset`` only supplies
 #: defaults): with ``init_from`` a value the spec gives must be the export's.
 STRUCTURAL = (

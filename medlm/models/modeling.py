@@ -56,6 +56,19 @@ def as_config(value) -> PretrainedConfig | None:
     return AutoConfig.for_model(value.pop("model_type"), **value)
 
 
+#: The spec fields a job chooses even when the structure comes from an export (``init_from``): the loss
+#: weights and how the LLM reads audio.
+JOB_CHOICES = (
+    "classifier_weight",
+    "lm_weight",
+    "kd_weight",
+    "kd_temperature",
+    "ctc_weight",
+    "ctc_scale",
+    "audio_compression",
+)
+
+
 class SpeechLMConfig(PretrainedConfig):
     """Everything needed to rebuild a SpeechLM: encoder + LLM configs, adapter, LoRA, heads and losses.
 
@@ -76,13 +89,7 @@ class SpeechLMConfig(PretrainedConfig):
         "encoder_lora_targets",
         "num_classes",
         "num_entity_labels",
-        "classifier_weight",
-        "lm_weight",
-        "kd_weight",
-        "kd_temperature",
-        "ctc_weight",
-        "ctc_scale",
-        "audio_compression",
+        *JOB_CHOICES,
         "trainable",
     )
 

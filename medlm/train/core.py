@@ -201,7 +201,7 @@ class Recipe:
         seed_everything(self.o.seed)
         model, self.processor = build_model(self.cfg.model)
         if self.cfg.data.encoder_key:  # the rows carry cached frames: they must be this encoder's
-            from medlm.data.encoder_cache import check_key
+            from medlm.data.frames import check_key
             from medlm.models.encoder import encoder_fingerprint
 
             check_key(self.cfg.data.encoder_key, encoder_fingerprint(model.encoder, model.frontend))
@@ -422,7 +422,10 @@ def with_encoder_cache(cfg: TrainJobConfig) -> TrainJobConfig:
     update = {"data": prepare(cfg.data, cfg.model, actors)}
     if cfg.val:
         update["val"] = prepare(cfg.val.model_copy(update={"encoder_cache": True}), cfg.model, actors)
-    log.info("encoder frames ready (key %s) in %.1f s", update["data"].encoder_key, time.perf_counter() - t0)
+    if update["data"].encoder_key:
+        log.info(
+            "encoder frames ready (key %s) in %.1f s", update["data"].encoder_key, time.perf_counter() - t0
+        )
     return cfg.model_copy(update=update)
 
 
