@@ -85,7 +85,7 @@ def main() -> None:
         t0 = time.perf_counter()
         frames = []
         for k, task, row in data:
-            waves = recordings(row, k, task, cfg.data.max_audio_seconds)
+            waves = recordings(row, k, [task])
             frames.append(
                 pack([(f, len(w) / SAMPLING_RATE) for f, w in zip(encode(encoder, frontend, waves), waves)])
             )

@@ -2,6 +2,7 @@
 
 import io
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -596,8 +597,8 @@ def test_classifier_regularizer_learns_sentiment_and_entity_types():
 
 def _other(value):
     """A value of the same kind as ``value`` and unequal to it (a string: the other audio compression)."""
-    if isinstance(value, str):
-        return {"none": "ctc", "ctc": "none"}[value]
+    if isinstance(value, str) or value is None:  # audio_compression (None: not chosen, i.e. "none")
+        return {"none": "ctc", "ctc": "none", None: "ctc"}[value]
     return [*value, "other"] if isinstance(value, list) else value + 1
 
 
@@ -867,6 +868,47 @@ def test_cached_frames_and_audio_do_not_mix():
         proc.featurize(conv, cached_audio=True)
     with pytest.raises(ValueError, match="mixes"):
         proc.collate([proc.featurize(conv), proc.featurize(cached_conv, cached_audio=True)])
+
+
+def test_cached_frames_are_checked_as_audio_is():
+    """The cache holds every length: the run's limit applies on reading; a row whose recordings outnumber its
+    frames, a corrupt entry and frames of the wrong width are the row's errors, named."""
+    from medlm.data.frames import pack, unpack
+    from medlm.data.pipeline import Featurizer
+    from medlm.data.schema import BadRecord, encode_flac, to_messages
+
+    model, proc = tiny()
+    row = {"id": "u1", "audio": encode_flac(noise(3.0), SR), "sample_rate": SR, "transcript": "chest pain"}
+    frames = [np.zeros((150, proc.frame_dim), np.float32)]
+    cached = unpack(pack([(frames, 3.0)]))
+    messages, _ = to_messages(row, "utterance", "asr", 5.0, cached)
+    parts = [p for m in messages if isinstance(m["content"], list) for p in m["content"]]
+    assert [p["type"] for p in parts if p["type"] != "text"] == ["audio_frames"]
+    with pytest.raises(BadRecord, match="audio_too_long"):
+        to_messages(row, "utterance", "asr", 2.0, cached)
+    with pytest.raises(BadRecord, match="more recordings"):
+        to_messages(row, "utterance", "asr", 5.0, [])
+    bad = [{"frames": [np.zeros((150, proc.frame_dim + 1), np.float32)], "seconds": 3.0}]
+    with pytest.raises(ValueError, match=f"must be \\(n, {proc.frame_dim}\\)"):
+        proc.featurize(to_messages(row, "utterance", "asr", 5.0, bad)[0], cached_audio=True)
+    featurizer = Featurizer.__new__(Featurizer)  # its row step alone, without building a processor
+    featurizer.processor, featurizer.max_audio_seconds, featurizer.cached = proc, 5.0, True
+    with pytest.raises(BadRecord, match="unreadable cached frames"):
+        featurizer.featurize_row("utterance", "asr", row, b"not an npz")
+    example, seconds = featurizer.featurize_row("utterance", "asr", row, pack([(frames, 3.0)]))
+    assert seconds == pytest.approx(3.0) and example["audio_frame_counts"].tolist() == [150]
+
+
+def test_an_exports_audio_compression_is_kept_unless_the_job_chooses():
+    model, proc = tiny(audio_compression="ctc")
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        proc.save_pretrained(d)
+        assert build_model(ModelSpec(init_from=d))[0].config.audio_compression == "ctc"
+        assert (
+            build_model(ModelSpec(init_from=d, audio_compression="none"))[0].config.audio_compression
+            == "none"
+        )
 
 
 def test_encoder_fingerprint_changes_with_the_weights_and_refuses_a_changed_encoder():

@@ -35,14 +35,20 @@ from medlm.data.schema import BadRecord, to_messages
 log = logging.getLogger(__name__)
 
 
-def recordings(row: dict, kind: str, task: str, max_audio_seconds: float) -> list[np.ndarray] | None:
-    """A shard row's recordings (16 kHz) in reading order, or None for a row the featurizer will reject."""
-    try:
-        messages, _ = to_messages(row, kind, task, max_audio_seconds)
-    except BadRecord:
-        return None
-    parts = (p for m in messages if isinstance(m["content"], list) for p in m["content"])
-    return [p["audio"] for p in parts if p["type"] == "audio"]
+def recordings(row: dict, kind: str, tasks: list[str]) -> list[np.ndarray] | None:
+    """A shard row's recordings (16 kHz) in reading order, as the one of ``tasks`` that reads the most audio
+    sees them (a CT shard is read by ``report``, no audio, and ``spoken_report``), or None for a row the
+    featurizer will reject. Every length: the reader checks the run's ``max_audio_seconds``."""
+    found = None
+    for task in tasks:
+        try:
+            messages, _ = to_messages(row, kind, task)
+        except BadRecord:
+            continue
+        parts = (p for m in messages if isinstance(m["content"], list) for p in m["content"])
+        audio = [p["audio"] for p in parts if p["type"] == "audio"]
+        found = audio if found is None or len(audio) > len(found) else found
+    return found
 
 
 def encode(encoder, frontend, waves: list[np.ndarray], chunk_batch: int = 16) -> list[list[np.ndarray]]:
@@ -66,7 +72,7 @@ def encode(encoder, frontend, waves: list[np.ndarray], chunk_batch: int = 16) ->
 class FrameWriter:
     """Ray Data actor: shard tasks -> each shard's frames file. Holds the encoder (float32, eval)."""
 
-    def __init__(self, model_spec: dict, key: str, max_audio_seconds: float):
+    def __init__(self, model_spec: dict, key: str):
         from medlm.models import ModelSpec
         from medlm.models.build import build_encoder
         from medlm.models.encoder import encoder_fingerprint
@@ -75,13 +81,14 @@ class FrameWriter:
         found = encoder_fingerprint(self.encoder, self.frontend)
         if found != key:  # e.g. a randomly initialised preset encoder: no build reproduces it
             raise ValueError(f"the encoder built for the cache has key {found}, the run's has {key}")
-        self.key, self.max_audio_seconds = key, max_audio_seconds
+        self.key = key
 
-    def write(self, shard: str, kind: str, task: str) -> int:
+    def write(self, shard: str, kind: str, tasks: list[str]) -> int:
         ids, blobs = [], []
-        for table in iter_envelopes(shard, "", kind, task, rows=32):
+        read_from = source(shard)  # before reading: a shard rewritten meanwhile is computed again next time
+        for table in iter_envelopes(shard, "", kind, tasks[0], rows=32):
             envs = table.to_pylist()
-            rows = [recordings(envelope_row(e), kind, task, self.max_audio_seconds) for e in envs]
+            rows = [recordings(envelope_row(e), kind, tasks) for e in envs]
             waves = [w for r in rows if r for w in r]
             encoded = iter(encode(self.encoder, self.frontend, waves)) if waves else iter(())
             for e, r in zip(envs, rows):
@@ -90,7 +97,7 @@ class FrameWriter:
                     blobs.append(None)
                     continue
                 blobs.append(pack([(next(encoded), len(w) / SAMPLING_RATE) for w in r]))
-        table = pa.table({"id": ids, "frames": blobs}, schema=FRAMES.with_metadata({SOURCE: source(shard)}))
+        table = pa.table({"id": ids, "frames": blobs}, schema=FRAMES.with_metadata({SOURCE: read_from}))
         fs, path = storage.resolve(cache_uri(shard, self.key))
         if not storage.is_s3(shard):
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -99,8 +106,8 @@ class FrameWriter:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = [
-            self.write(str(s), str(k), str(t))
-            for s, k, t in zip(batch["shard"], batch["kind"], batch["task"])
+            self.write(str(s), str(k), str(t).split(","))
+            for s, k, t in zip(batch["shard"], batch["kind"], batch["tasks"])
         ]
         return {"shard": batch["shard"], "rows": np.asarray(rows, np.int64)}
 
@@ -138,16 +145,16 @@ def prepare(spec: DataSpec, model_spec, actors: int = 1, cpus: float = 1.0) -> D
     check_frozen(model_spec, encoder)
     key = encoder_fingerprint(encoder, frontend)
     check_key(spec.encoder_key, key)
-    tasks = [
-        {"shard": shard, "kind": d.kind, "task": d.task}
-        for d in spec.resolved()
-        for shard in shard_files(d.uri)
-        if not is_fresh(shard, key)
-    ]
+    by_shard: dict[str, dict] = {}  # one task per shard, with every task that reads it
+    for d in spec.resolved():
+        for shard in shard_files(d.uri):
+            item = by_shard.setdefault(shard, {"shard": shard, "kind": d.kind, "tasks": []})
+            item["tasks"].append(d.task)
+    tasks = [{**t, "tasks": ",".join(t["tasks"])} for t in by_shard.values() if not is_fresh(t["shard"], key)]
     if tasks:
         ds = ray.data.from_items(tasks).map_batches(
             FrameWriter,
-            fn_constructor_args=(model_spec.model_dump(mode="json"), key, spec.max_audio_seconds),
+            fn_constructor_args=(model_spec.model_dump(mode="json"), key),
             batch_size=1,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(actors, len(tasks))),

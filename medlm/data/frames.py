@@ -53,8 +53,11 @@ def is_fresh(shard: str, key: str) -> bool:
     if not storage.exists(uri):
         return False
     fs, path = storage.resolve(uri)
-    with fs.open_input_file(path) as f:
-        meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    try:
+        with fs.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).schema_arrow.metadata or {}
+    except (OSError, pa.ArrowInvalid):  # a partly written file (a killed writer): computed again
+        return False
     return meta.get(SOURCE) == source(shard).encode()
 
 

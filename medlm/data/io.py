@@ -111,7 +111,8 @@ def shard_files(uri: str) -> list[str]:
     with ``_`` or ``.`` are not shards (e.g. ``_encoder/``, the encoder frames cached beside them)."""
     if uri.endswith(".parquet"):
         return [uri]
-    prefix = len(uri.rstrip("/"))
+    base = storage.resolve(uri)[1].rstrip("/")  # list_files returns resolved paths (or s3://bucket/key)
+    prefix = len(base) + (len("s3://") if storage.is_s3(uri) else 0)
     files = [
         f
         for f in storage.list_files(uri, suffix=".parquet")

@@ -153,7 +153,10 @@ class Featurizer:
         """One shard row -> (the processor's example, seconds of audio). With ``cached``, the audio parts are
         the row's ``frames``; a row without frames (its audio was unusable) is read live, so it is rejected as
         it would be without the cache."""
-        recordings = unpack(frames) if frames is not None else None
+        try:
+            recordings = unpack(frames) if frames is not None else None
+        except (OSError, ValueError, KeyError) as e:  # a corrupt cache entry: the row, not the run
+            raise BadRecord("encoder_cache", f"unreadable cached frames: {e}"[:200]) from None
         messages, label = to_messages(row, kind, task, self.max_audio_seconds, recordings)
         seconds = spoken_seconds(messages)
         try:

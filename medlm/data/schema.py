@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -238,6 +239,10 @@ def _audio_part(
         cached = next(frames, None)
         if cached is None:
             raise BadRecord("encoder_cache", "the row has more recordings than its cached encoder frames")
+        if max_seconds is not None and cached["seconds"] > max_seconds:  # the cache holds every length
+            raise BadRecord(
+                "audio_too_long", f"audio is {cached['seconds']:.1f} s long; the limit is {max_seconds:g} s"
+            )
         part = {"type": "audio_frames", **cached}
     else:
         part = {
@@ -379,12 +384,13 @@ def to_messages(
     kind: str,
     task: str | None = None,
     max_audio_seconds: float | None = None,
-    frames: list[list[np.ndarray]] | None = None,
+    frames: Iterable[dict] | None = None,
 ) -> tuple[list[dict], Any]:
     """Any shard row -> (chat messages, class label or None). Raises :class:`BadRecord` for bad rows.
 
-    ``frames``: the row's cached encoder frames (``medlm.data.encoder_cache``), one list of per-chunk arrays
-    per recording in reading order: the audio parts become ``audio_frames`` parts (nothing is decoded)."""
+    ``frames``: the row's cached encoder frames (``medlm.data.frames.unpack``), one
+    ``{"frames": [per-chunk arrays], "seconds": s}`` per recording in reading order: the audio parts become
+    ``audio_frames`` parts (nothing is decoded; a task that reads no audio, e.g. CT ``report``, uses none)."""
     frames = iter(frames) if frames is not None else None
     base = KINDS.get(kind)
     if base is None:

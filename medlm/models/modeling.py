@@ -210,7 +210,7 @@ class SpeechLMOutput(ModelOutput):
     kd_loss: torch.Tensor | None = None
     ctc_loss: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
-    labels: torch.Tensor | None = None  # targets after placeholder expansion (aligned with logits)
+    labels: torch.Tensor | None = None  # (B, L') targets after placeholder expansion (see next_targets)
     attention_mask: torch.Tensor | None = None  # mask after placeholder expansion
 
 
@@ -494,11 +494,11 @@ class SpeechLM(PreTrainedModel):
         merged, each run becoming the mixture of the LLM's input embeddings weighted by its mean posterior, so
         the LLM reads a text-length sequence of points in its own embedding space. An item whose every frame
         is blank keeps one mixture over all its frames. ``"none"``: unchanged."""
-        if getattr(self.config, "audio_compression", "none") != "ctc":
+        if self.config.audio_compression != "ctc" or not audio:
             return audio
-        if not audio:
-            return audio
-        table = self.llm.get_input_embeddings().weight
+        if self.config.ctc_blank_id is None:
+            raise ValueError("audio_compression='ctc' needs the CTC blank token (config.ctc_blank_id)")
+        table = self.llm.get_input_embeddings().weight.detach().float()  # not trained through the mixture
         posts = self.ctc_logits(torch.cat(audio)).softmax(-1).split([len(a) for a in audio])  # (n_i, V) each
         out = []
         for item, post in zip(audio, posts):
@@ -513,7 +513,7 @@ class SpeechLM(PreTrainedModel):
             mean = torch.zeros((int(run[-1]) + 1, post.shape[-1]), dtype=post.dtype, device=post.device)
             mean = mean.index_add(0, run, post) / torch.bincount(run)[:, None].to(post.dtype)
             mean = mean[keep] if bool(keep.any()) else post.mean(0, keepdim=True)
-            out.append((mean @ table.float()).to(item.dtype))
+            out.append((mean @ table).to(item.dtype))
         return out
 
     def ctc_logits(self, frames: torch.Tensor) -> torch.Tensor:

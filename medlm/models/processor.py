@@ -75,7 +75,10 @@ class SpeechLMProcessor:
         if cached_audio:
             if not all(isinstance(x, list) for x in items):
                 raise ValueError("with cached_audio every audio part must be an audio_frames part")
-            frames = [np.asarray(f, np.float16).reshape(-1, self.frame_dim) for item in items for f in item]
+            frames = [np.asarray(f, np.float16) for item in items for f in item]
+            if any(f.ndim != 2 or f.shape[1] != self.frame_dim for f in frames):
+                shapes = sorted({f.shape for f in frames})
+                raise ValueError(f"cached encoder frames must be (n, {self.frame_dim}); got {shapes[:3]}")
             counts = [len(f) for f in frames]
             audio = {
                 "audio_frames": np.concatenate(frames)

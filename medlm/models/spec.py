@@ -200,8 +200,9 @@ class ModelSpec(Section):
     ctc_scale: float = Field(default=20.0, gt=0.0)
     # what the LLM reads of each audio item: "none" = the adapter's frames; "ctc" = the frames compressed by
     # the CTC head (blank frames dropped, repeats merged, each run the posterior-weighted mixture of the LLM's
-    # input embeddings; SpeechLM.compress). A job's choice: a run may switch it on for an export without it
-    audio_compression: Literal["none", "ctc"] = "none"
+    # input embeddings; SpeechLM.compress). A job's choice: a run may switch it on for an export without it;
+    # None = an init_from export's own setting (a fresh model: "none")
+    audio_compression: Literal["none", "ctc"] | None = None
     # Regexes (re.search) over parameter names; matching parameters train, all others are frozen.
     # Names start with encoder. / adapter. / llm. / classifier.; LoRA weights contain "lora_".
     trainable: list[str] = Field(default_factory=lambda: [r"^adapter\.", r"lora_", r"^classifier\."])

@@ -201,9 +201,11 @@ class Recipe:
         seed_everything(self.o.seed)
         model, self.processor = build_model(self.cfg.model)
         if self.cfg.data.encoder_key:  # the rows carry cached frames: they must be this encoder's
+            from medlm.data.encoder_cache import check_frozen
             from medlm.data.frames import check_key
             from medlm.models.encoder import encoder_fingerprint
 
+            check_frozen(self.cfg.model, model.encoder)
             check_key(self.cfg.data.encoder_key, encoder_fingerprint(model.encoder, model.frontend))
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.o, self.cfg.data.batch_rows)
