@@ -132,6 +132,31 @@ def test_export_in_parts_loads_each_part_alone(tmp_path):
     )
 
 
+@pytest.mark.parametrize("compression", ["none", "ctc"])
+def test_the_two_replicas_give_the_llm_what_the_whole_model_does(tmp_path, compression):
+    """The encoder replica's part (audio tokens) and the LLM replica's (compression, which needs the LLM's
+    embedding table) give the LLM the audio the whole model reads."""
+    import numpy as np
+    import torch
+
+    from medlm.models import ModelSpec, SpeechLM, build_model
+
+    torch.manual_seed(0)
+    model, processor = build_model(ModelSpec(preset="tiny", audio_compression=compression))
+    model.save_pretrained(str(tmp_path))
+    processor.save_pretrained(str(tmp_path))
+    wave = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    feats, chunks, lengths = processor.frontend.features([wave], return_lengths=True)
+    args = torch.from_numpy(feats), torch.tensor(chunks), torch.tensor(lengths)
+    with torch.no_grad():
+        whole = SpeechLM.from_pretrained(str(tmp_path)).eval().embed_audio(*args)
+        tokens = SpeechLM.from_pretrained_part(str(tmp_path), "audio").eval().audio_tokens(*args)
+        served = SpeechLM.from_pretrained_part(str(tmp_path), "llm").eval().compress(tokens)
+    assert len(served) == len(whole) == 1 and torch.allclose(served[0], whole[0], atol=1e-5)
+    if compression == "none":
+        assert torch.equal(served[0], tokens[0])
+
+
 def test_local_copy_leaves_out_the_other_part(s3, tmp_path):
     from medlm import storage
 

@@ -358,7 +358,7 @@ class SpeechLM(PreTrainedModel):
 
     @classmethod
     def from_pretrained_part(cls, directory: str, part: str) -> SpeechLM:
-        """Only ``part`` of an export: ``"audio"`` (for :meth:`embed_audio`; ``llm`` is None) or ``"llm"``
+        """Only ``part`` of an export: ``"audio"`` (for :meth:`audio_tokens`; ``llm`` is None) or ``"llm"``
         (``encoder`` / ``adapter`` / ``classifier`` are None). The other part is built on the meta device and
         its shard is never opened; the weights keep their saved dtype, as ``from_pretrained`` does."""
         from accelerate import init_empty_weights

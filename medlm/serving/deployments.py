@@ -87,7 +87,9 @@ class BatchedReplica:
 
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class SpeechEncoder(BatchedReplica):
-    """Waveforms -> adapter-space audio embeddings, dynamically batched across requests."""
+    """Waveforms -> the adapter's audio tokens (``SpeechLM.audio_tokens``), dynamically batched across
+    requests; the LLM replica compresses them where the model does (``audio_compression``: it needs the
+    LLM's embedding table)."""
 
     def __init__(self, model_dir: str, batching: BatchOptions | None = None):
         from medlm.models import SpeechLM
@@ -104,7 +106,7 @@ class SpeechEncoder(BatchedReplica):
     @torch.inference_mode()
     def _embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         feats, chunks, lengths = self.model.frontend.features(waves, return_lengths=True)
-        out = self.model.embed_audio(torch.from_numpy(feats), torch.tensor(chunks), torch.tensor(lengths))
+        out = self.model.audio_tokens(torch.from_numpy(feats), torch.tensor(chunks), torch.tensor(lengths))
         return [e.float().numpy() for e in out]
 
 
@@ -309,7 +311,7 @@ class LLM:
             ids_t,
             torch.ones_like(ids_t),
             text,
-            [torch.tensor(np.asarray(a)) for a in audio],
+            self.model.compress([torch.tensor(np.asarray(a)) for a in audio]),
             self.audio_token_id,
         )
         return embeds[0]
