@@ -919,6 +919,13 @@ def test_encoder_fingerprint_changes_with_the_weights_and_refuses_a_changed_enco
     model, _ = tiny()
     key = encoder_fingerprint(model.encoder, model.frontend)
     assert key == encoder_fingerprint(model.encoder, model.frontend) and len(key) == 16
+    import copy
+
+    bf16 = copy.deepcopy(model.encoder).to(torch.bfloat16)  # a bfloat16 run's encoder: the cache's, cast
+    assert encoder_fingerprint(bf16, model.frontend, "bfloat16") == encoder_fingerprint(
+        model.encoder, model.frontend, "bfloat16"
+    )
+    assert encoder_fingerprint(bf16, model.frontend) != key
     with torch.no_grad():
         next(model.encoder.parameters())[0, 0] += 1e-3  # fine-tuned by one step, say
     changed = encoder_fingerprint(model.encoder, model.frontend)

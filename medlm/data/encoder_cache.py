@@ -78,7 +78,7 @@ class FrameWriter:
         from medlm.models.encoder import encoder_fingerprint
 
         self.encoder, self.frontend = build_encoder(ModelSpec(**model_spec))
-        found = encoder_fingerprint(self.encoder, self.frontend)
+        found = encoder_fingerprint(self.encoder, self.frontend, model_spec["dtype"])
         if found != key:  # e.g. a randomly initialised preset encoder: no build reproduces it
             raise ValueError(f"the encoder built for the cache has key {found}, the run's has {key}")
         self.key = key
@@ -143,7 +143,7 @@ def prepare(spec: DataSpec, model_spec, actors: int = 1, cpus: float = 1.0) -> D
         return spec
     encoder, frontend = build_encoder(model_spec)
     check_frozen(model_spec, encoder)
-    key = encoder_fingerprint(encoder, frontend)
+    key = encoder_fingerprint(encoder, frontend, model_spec.dtype)
     check_key(spec.encoder_key, key)
     by_shard: dict[str, dict] = {}  # one task per shard, with every task that reads it
     for d in spec.resolved():

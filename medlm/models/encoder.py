@@ -133,16 +133,18 @@ class AudioEncoder(nn.Module):
         return self.model(input_values=features[:, 0]).last_hidden_state
 
 
-def encoder_fingerprint(encoder: AudioEncoder, frontend: AudioFrontend) -> str:
-    """A key for what ``encoder`` computes from a recording: its weights (as float32, by name) and the front
-    end's window and features. Two encoders share it only if their frames for any audio are the same; the
-    encoder cache (``medlm.data.encoder_cache``) is keyed by it."""
+def encoder_fingerprint(encoder: AudioEncoder, frontend: AudioFrontend, dtype: str = "float32") -> str:
+    """A key for what ``encoder`` computes from a recording: its weights (by name, as a model of ``dtype``
+    holds them: a bfloat16 run and the float32 encoder the cache ran share a key) and the front end's window
+    and features. Two encoders share it only if those are the same; the encoder cache
+    (``medlm.data.encoder_cache``) is keyed by it."""
     import hashlib
 
+    cast = getattr(torch, dtype)
     h = hashlib.sha256(f"{frontend.encoder_type}/{frontend.window_samples}/{frontend.feature_shape}".encode())
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().to(cast).float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

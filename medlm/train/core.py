@@ -206,7 +206,10 @@ class Recipe:
             from medlm.models.encoder import encoder_fingerprint
 
             check_frozen(self.cfg.model, model.encoder)
-            check_key(self.cfg.data.encoder_key, encoder_fingerprint(model.encoder, model.frontend))
+            check_key(
+                self.cfg.data.encoder_key,
+                encoder_fingerprint(model.encoder, model.frontend, self.cfg.model.dtype),
+            )
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.o, self.cfg.data.batch_rows)
         self.device = self.engine.device
