@@ -739,7 +739,10 @@ _REAL_ALIGN = [
             ],
         ),
         # demo, preset real: stage 1 (LoRA), then the CTC alignment and stage 2, each from the last export
-        (("stage1_real", "model.preset=real"), [("stage2_ctc_real",), ("stage2_real",)]),
+        (
+            ("stage1_real", "model.preset=real"),
+            [("stage2_ctc_real",), ("stage2_real",), ("stage2_self_real",)],
+        ),
         # tiny: stage 2 from stage 1
         (("stage1", "model.preset=tiny"), [("stage2",)]),
     ],

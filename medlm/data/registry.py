@@ -68,6 +68,11 @@ FACTORY_DATASETS: tuple[FactoryDataset, ...] = (
 REGISTRY: dict[str, RegisteredDataset] = {
     name: RegisteredDataset(d.path, d.kind, task) for d in FACTORY_DATASETS for name, task in d.names
 }
+# Written beside the factory's datasets by `medlm data self-answers <stage-1 export> <root>/<source>
+# <root>/<name>` (medlm.data.targets): spoken questions / sentences with the stage-1 model's own answers
+REGISTRY |= {
+    name: RegisteredDataset(name, "speech_dialogue", "chat") for name in ("qa_speech_self", "sentences_self")
+}
 
 
 def register_dataset(name: str, path: str, kind: str, task: str | None = None) -> None:
