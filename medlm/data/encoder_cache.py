@@ -39,14 +39,15 @@ def recordings(row: dict, kind: str, tasks: list[str]) -> list[np.ndarray] | Non
     """A shard row's recordings (16 kHz) in reading order, as the one of ``tasks`` that reads the most audio
     sees them (a CT shard is read by ``report``, no audio, and ``spoken_report``), or None for a row the
     featurizer will reject. Every length: the reader checks the run's ``max_audio_seconds``."""
+    from medlm.models.baselines import audio_parts
+
     found = None
     for task in tasks:
         try:
             messages, _ = to_messages(row, kind, task)
         except BadRecord:
             continue
-        parts = (p for m in messages if isinstance(m["content"], list) for p in m["content"])
-        audio = [p["audio"] for p in parts if p["type"] == "audio"]
+        audio = [p["audio"] for p in audio_parts(messages)]
         found = audio if found is None or len(audio) > len(found) else found
     return found
 

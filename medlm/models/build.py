@@ -192,9 +192,8 @@ def build_model(
         check_structure(spec, SpeechLMConfig.from_pretrained(local))
         model = SpeechLM.from_pretrained(local, dtype=dtype)
         processor = SpeechLMProcessor.from_pretrained(local)
-        for name in (
-            JOB_CHOICES
-        ):  # choices of the job at hand, not structure: taken from the spec (None: the export's)
+        # choices of the job at hand, not structure: taken from the spec (None: the export's)
+        for name in JOB_CHOICES:
             if getattr(spec, name) is not None:
                 setattr(model.config, name, getattr(spec, name))
         model.config.ctc_blank_id = processor.ctc_blank_id  # exports from before the CTC loss lack it
