@@ -31,12 +31,11 @@ def main() -> None:
     from medlm.data import DatasetEntry, DataSpec, iter_rows, write_rows
     from medlm.data.schema import encode_flac
     from medlm.eval.job import EvalConfig, evaluate
-    from medlm.models.tts import TTSConfig, build_tts, espeak_voices, voice_bank
+    from medlm.models.tts import TTSConfig, build_tts, held_out_voice, voice_bank
     from medlm.stack import local_stack
 
     rows = list(iter_rows(storage.join(args.data, "qa_speech_heldout")))[: args.limit]
-    used = {v.id for v in voice_bank(12, 0, "mixed")}
-    held_out = next(v for v in espeak_voices(25, 1) if v.id not in used and v.accent == "en-us")
+    held_out = held_out_voice()
     piper = voice_bank(1, backend="piper")[0]
     tts, rng = build_tts(TTSConfig()), random.Random(7)
     data = storage.join(args.out, "data")

@@ -76,6 +76,24 @@ for _job in ("stage1", "stage2", "joint_sft", "multitask"):
     _register(train_app, _job, _job.replace("_", "-"))
 _register(train_app, "ct_clip", "ct-clip")
 _register(app, "evaluate", "eval")
+safety_app = typer.Typer(help="the safety screen: train it, evaluate it")
+app.add_typer(safety_app, name="safety")
+_register(safety_app, "triage", "train")
+
+
+@safety_app.command("eval")
+def safety_eval_cmd(
+    overrides: Optional[list[str]] = OverridesArg,
+) -> None:
+    """The screen on held-out emergencies, benign controls and MedSafetyBench test requests, typed and spoken
+    (``triage=<export>`` required; ``output=<file>`` writes the JSON report)."""
+    from medlm.config import load_config
+    from medlm.eval.safety import SafetyEvalConfig, evaluate_screen, format_table
+
+    _setup_logging()
+    report = evaluate_screen(load_config(SafetyEvalConfig, None, overrides))
+    typer.echo(json.dumps(report, indent=2))
+    typer.echo(format_table(report))
 
 
 @data_app.command("self-answers")

@@ -86,6 +86,13 @@ JOBS: dict[str, Job] = {
             "CT-CLIP teacher, then the SpeechCT-CLIP student (contrastive + distillation)",
         ),
         Job(
+            "triage",
+            "medlm.train.triage:TriageJobConfig",
+            "medlm.train.triage:train_triage",
+            "triage.yaml",
+            "the safety screen: emergencies and harmful requests, typed and spoken",
+        ),
+        Job(
             "evaluate",
             "medlm.eval.job:EvalConfig",
             "medlm.eval.job:evaluate",

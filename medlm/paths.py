@@ -14,6 +14,8 @@ variable           default                         what lives there
 ``MEDLM_STACK``    unset                           ``external``: jobs never start the embedded local stack
 ``MEDLM_FAULT_``   unset                           ``<step>``: the last training rank fails once at that step
 ``AT_STEP``                                        (fault injection for the recovery tests)
+``MEDLM_MEDSAFE``  ``<repo>/third_party/``         MedSafetyBench (the safety screen's harmful requests)
+``TYBENCH``        ``medsafetybench``
 =================  ==============================  ===========================================================
 
 The variables are read when a function is called (not at import), so setting one in a running process
@@ -28,6 +30,7 @@ from pathlib import Path
 
 HOME_ENV, MODELS_ENV, CACHE_ENV = "MEDLM_HOME", "MEDLM_MODELS", "MEDLM_CACHE"
 STACK_ENV, FAULT_ENV = "MEDLM_STACK", "MEDLM_FAULT_AT_STEP"
+MEDSAFETYBENCH_ENV = "MEDLM_MEDSAFETYBENCH"
 
 
 def _default_home() -> Path:
@@ -77,3 +80,9 @@ def external_stack() -> bool:
 def fault_at_step() -> int:
     """``MEDLM_FAULT_AT_STEP``: the step at which the last training rank fails once (-1: never)."""
     return int(os.environ.get(FAULT_ENV) or -1)
+
+
+def medsafetybench_dir() -> Path:
+    """MedSafetyBench: ``$MEDLM_MEDSAFETYBENCH``, default the source tree's ``third_party/medsafetybench``."""
+    default = Path(__file__).resolve().parents[1] / "third_party" / "medsafetybench"
+    return Path(os.environ.get(MEDSAFETYBENCH_ENV) or default)

@@ -70,3 +70,29 @@ def tiny_data(stack):
         progress=False,
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def triage_export(tmp_path_factory):
+    """A safety screen trained small on the real preset (whisper-tiny.en frames, SmolLM2 embeddings), in this
+    process (the job's Ray task is covered by test_safety): its local export directory."""
+    from medlm.models.pretrained import is_fetched
+    from medlm.train.triage import TriageJobConfig, fit
+
+    if not (
+        is_fetched("whisper-tiny.en", verify=False) and is_fetched("smollm2-135m-instruct", verify=False)
+    ):
+        pytest.skip("model store not fetched (run `medlm models fetch`): the screen reads the real preset")
+    out = str(tmp_path_factory.mktemp("triage"))
+    fit(
+        TriageJobConfig(
+            output=out,
+            emergencies=1200,
+            benign=1200,
+            harmful=600,
+            spoken=60,
+            steps=300,
+            num_cpus=2,
+        )
+    )
+    return out

@@ -378,12 +378,15 @@ def _gpu_ask(job_cfg, tmp_path, monkeypatch) -> tuple[int, float, float]:
     Data actor pool (``actor_gpus``), make_data's 1-CPU tasks."""
     from medlm.data.factory import MakeDataConfig
     from medlm.eval.job import EvalConfig, _actors
+    from medlm.train.triage import TriageJobConfig
 
     if isinstance(job_cfg, EvalConfig):
         actors = _actors(job_cfg)
         return job_cfg.num_actors, float(actors["num_gpus"] or 0), float(actors["num_cpus"])
     if isinstance(job_cfg, MakeDataConfig):
         return 1, 0.0, 1.0  # one Ray task (num_cpus=1) per shard; nothing of it asks for a GPU
+    if isinstance(job_cfg, TriageJobConfig):
+        return 1, 0.0, job_cfg.num_cpus  # one Ray task trains the screen's small heads
     scaling = _scaling_config(job_cfg, tmp_path, monkeypatch)
     per_worker = scaling._resources_per_worker_not_none
     assert bool(per_worker.get("GPU")) == scaling.use_gpu

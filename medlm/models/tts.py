@@ -105,6 +105,13 @@ def voice_bank(n: int, seed: int = 0, backend: str = "espeak", piper_voice: str 
     raise ValueError(f"unknown TTS backend {backend!r} (espeak | piper | mixed)")
 
 
+def held_out_voice(bank_size: int = 12, seed: int = 0) -> Voice:
+    """An en-us espeak-ng voice that the training bank (``voice_bank(bank_size, seed, "mixed")``) never
+    uses: the held-out voice of the benchmarks and evaluations."""
+    used = {v.id for v in voice_bank(bank_size, seed, "mixed")}
+    return next(v for v in espeak_voices(25, seed + 1) if v.id not in used and v.accent == "en-us")
+
+
 class TTSConfig(Section):
     backend: Literal["espeak", "piper", "mixed"] = "mixed"
     num_voices: int = 12

@@ -26,7 +26,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -78,12 +78,17 @@ from medlm.serving.tasks import (
     task_messages,
 )
 
+if TYPE_CHECKING:
+    from medlm.serving.deployments import EncodedAudio
+
 log = logging.getLogger("medlm.serving")
 
 M = TypeVar("M", bound=BaseModel)
 
 PUBLIC_PATHS = {"/healthz"}
 CASCADE = "cascade"  # the model id of the ASR -> LLM baseline
+# the safety screen's label of the turn: emergency | harmful | none | unscreened
+SCREEN_HEADER = "X-Medlm-Screen"
 JSON_TYPES = ("application/json",)
 
 api = FastAPI(
@@ -274,6 +279,10 @@ class Ingress:
             bytes.fromhex(args.api_key_sha256) if args.api_key_sha256 else self._key_from_env(args)
         )
         self.metrics = IngressMetrics()
+        if args.safety.triage_dir is None:
+            log.warning(
+                "no safety screen (safety.triage_dir): patient turns are not screened for emergencies"
+            )
         self._models: tuple[float, list[str]] = (0.0, [])
         self._voices: list[str] | None = None
 
@@ -324,8 +333,9 @@ class Ingress:
         self.metrics.audio(len(wave) / SAMPLING_RATE)
         return wave
 
-    async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
-        """Adapter-space embeddings of each waveform, computed by the (batching) SpeechEncoder deployment."""
+    async def embed(self, waves: list[np.ndarray]) -> list["EncodedAudio"]:
+        """Adapter-space embeddings of each waveform (and its screen label), computed by the (batching)
+        SpeechEncoder deployment."""
         return list(await asyncio.gather(*(retried(lambda w=w: self.encoder.embed.remote(w)) for w in waves)))
 
     async def transcribe_parts(self, waves: list[np.ndarray]) -> list[dict[str, str]]:
@@ -335,9 +345,10 @@ class Ingress:
 
     async def to_model_messages(
         self, req: ChatCompletionRequest, cascade: bool = False
-    ) -> list[dict[str, Any]]:
+    ) -> tuple[list[dict[str, Any]], str]:
         """API messages -> the model's messages with audio as precomputed embeddings (``audio_embeds`` parts),
-        or for the cascade as Whisper transcripts (text parts)."""
+        or for the cascade as Whisper transcripts (text parts); and the safety screen's label of the last
+        user turn (:meth:`screen`)."""
         if len(req.messages) > self.limits.max_turns:
             raise APIError(
                 400,
@@ -346,6 +357,8 @@ class Ingress:
                 code="too_many_turns",
             )
         out, waves, slots, chars = [], [], [], 0
+        last_user = max((i for i, m in enumerate(req.messages) if m.role == "user"), default=-1)
+        turn_text, turn_waves = [], []  # the last user turn's text and audio (what the screen reads)
         for i, msg in enumerate(req.messages):
             if msg.role == "assistant" and msg.audio is not None and not msg.content:
                 raise APIError(
@@ -358,6 +371,7 @@ class Ingress:
             if isinstance(msg.content, str) or msg.content is None:
                 text = msg.content or ""
                 chars += len(text)
+                turn_text += [text] if i == last_user else []
                 out.append({"role": "system" if msg.role == "developer" else msg.role, "content": text})
                 continue
             parts = []
@@ -365,6 +379,7 @@ class Ingress:
                 if part.type == "text":
                     chars += len(part.text)
                     parts.append({"type": "text", "text": part.text})
+                    turn_text += [part.text] if i == last_user else []
                 else:
                     param = f"messages.{i}.content.{j}.input_audio"
                     if len(waves) >= self.limits.max_audio_parts:
@@ -375,6 +390,7 @@ class Ingress:
                             code="too_many_audio_inputs",
                         )
                     waves.append(self.decode(part.input_audio.data, part.input_audio.format, param))
+                    turn_waves += [len(waves) - 1] if i == last_user else []
                     slots.append((len(out), len(parts)))
                     parts.append(None)
             if msg.role != "user":  # system / assistant turns are text
@@ -387,14 +403,49 @@ class Ingress:
                 param="messages",
                 code="too_much_text",
             )
-        parts = (
-            await self.transcribe_parts(waves)
-            if cascade
-            else [{"type": "audio_embeds", "embeds": e} for e in await self.embed(waves)]
-        )
+        if cascade:  # the screen still reads the audio itself, not Whisper's transcript
+            parts, encoded = await asyncio.gather(
+                self.transcribe_parts(waves),
+                self.embed([waves[i] for i in turn_waves] if self.screening else []),
+            )
+        else:
+            encoded = await self.embed(waves)
+            parts = [{"type": "audio_embeds", "embeds": e.tokens} for e in encoded]
+            encoded = [encoded[i] for i in turn_waves]
         for (m, p), part in zip(slots, parts):
             out[m]["content"][p] = part
-        return out
+        return out, await self.screen(" ".join(turn_text), encoded)
+
+    @property
+    def screening(self) -> bool:
+        return self.args.safety.triage_dir is not None
+
+    async def screen(self, text: str, audio: list["EncodedAudio"]) -> str:
+        """The safety screen's label of a patient turn: ``emergency`` if any of its parts (the typed text,
+        each audio item) is one, else ``harmful`` likewise, else ``none``; ``unscreened`` when the app has no
+        screen or the screen failed (it fails open: logged and counted, never a 5xx). Counted by result and
+        modality; nothing of the turn is logged."""
+        if not self.screening:
+            return "unscreened"
+        labels = [a.screen for a in audio]
+        try:
+            if text.strip():
+                labels.append(await retried(lambda: self.encoder.screen_text.remote(text)))
+        except Exception as e:
+            log.warning("safety screen failed (%s): the turn goes on unscreened", type(unwrap(e)).__name__)
+            self.metrics.screen_failure()
+            return "unscreened"
+        result = next((k for k in ("emergency", "harmful") if k in labels), "none")
+        modality = "mixed" if audio and text.strip() else "audio" if audio else "text"
+        self.metrics.screened(result, modality)
+        return result
+
+    def lead(self, screen: str) -> str:
+        """What a reply must say first for the screen's label ('' when nothing)."""
+        from medlm.models.triage import EMERGENCY_NOTICE, REFUSAL
+
+        number = self.args.safety.emergency_number
+        return {"emergency": EMERGENCY_NOTICE, "harmful": REFUSAL}.get(screen, "").format(number=number)
 
     def token_limit(self, requested: int | None) -> int:
         n = requested or self.limits.default_max_tokens
@@ -476,12 +527,23 @@ class Ingress:
         return np.concatenate([x for w in waves for x in (w, gap)][:-1]) if waves else np.zeros(0, np.float32)
 
     async def stream_chat(
-        self, req: ChatCompletionRequest, model: str, served: str, messages: list[dict], max_tokens: int
+        self,
+        req: ChatCompletionRequest,
+        model: str,
+        served: str,
+        messages: list[dict],
+        max_tokens: int,
+        screen: str = "unscreened",
     ) -> StreamingResponse:
         """SSE chunks as the tokens arrive; with spoken replies each finished sentence goes to the Speaker at
-        once and its audio follows as a ``delta.audio`` chunk while the text goes on streaming."""
+        once and its audio follows as a ``delta.audio`` chunk while the text goes on streaming. What the
+        screen's label makes the reply say (:meth:`lead`) is the first content chunk and the first audio;
+        a ``harmful`` turn gets only that."""
+        lead = self.lead(screen)
 
         async def start():
+            if screen == "harmful":
+                return aiter(()), None
             stream = self.generation(served, messages, max_tokens, req.temperature, req.top_p).__aiter__()
             try:
                 return stream, await stream.__anext__()
@@ -528,6 +590,11 @@ class Ingress:
         async def events() -> AsyncIterator[bytes]:
             yield event(Delta(role="assistant", content=""))
             chunk, usage, finish, unsaid = first, None, "stop", ""
+            if lead:
+                yield event(Delta(content=lead + ("\n\n" if chunk is not None else "")))
+                if spoken:
+                    for sentence in complete_sentences(lead)[0]:
+                        say(sentence)
             try:
                 while chunk is not None:
                     if chunk.text:
@@ -564,7 +631,9 @@ class Ingress:
             yield sse("[DONE]")
 
         return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", SCREEN_HEADER: screen},
         )
 
     # --- routes ---
@@ -586,7 +655,9 @@ class Ingress:
         return ModelList(data=[ModelCard(id=m, voices=voices) for m in await self.model_ids()] + asr)
 
     @api.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(self, request: Request) -> ChatCompletion | StreamingResponse:
+    async def chat_completions(
+        self, request: Request, response: Response
+    ) -> ChatCompletion | StreamingResponse:
         req = await parse_json(request, ChatCompletionRequest, self.limits.max_body_bytes)
         model = await self.check_model(req.model)
         served = (
@@ -594,10 +665,21 @@ class Ingress:
         )  # the cascade's LLM is the same one
         max_tokens = self.token_limit(req.max_completion_tokens or req.max_tokens)
         await self.check_voice(req)
-        messages = await self.to_model_messages(req, cascade=model == CASCADE)
+        messages, screen = await self.to_model_messages(req, cascade=model == CASCADE)
         if req.stream:
-            return await self.stream_chat(req, model, served, messages, max_tokens)
-        text, finish, usage = await self.complete(served, messages, max_tokens, req.temperature, req.top_p)
+            return await self.stream_chat(req, model, served, messages, max_tokens, screen)
+        response.headers[SCREEN_HEADER] = screen
+        if screen == "harmful":  # refused: the LLM never sees the request
+            text, finish, usage = (
+                self.lead(screen),
+                "stop",
+                Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0),
+            )
+        else:
+            text, finish, usage = await self.complete(
+                served, messages, max_tokens, req.temperature, req.top_p
+            )
+            text = "\n\n".join(t for t in (self.lead(screen), text) if t)
         audio = None
         if req.spoken and text.strip():
             wave = await self.speak(text, req.audio.voice)
@@ -648,7 +730,7 @@ class Ingress:
 
     async def transcribe(self, model: str, wave: np.ndarray) -> str:
         (emb,) = await self.embed([wave])
-        messages = task_messages(ASR_PROMPT, {"type": "audio_embeds", "embeds": emb})
+        messages = task_messages(ASR_PROMPT, {"type": "audio_embeds", "embeds": emb.tokens})
         text, _, _ = await self.complete(model, messages, self.limits.default_max_tokens)
         return text.strip()
 
@@ -661,7 +743,7 @@ class Ingress:
         if req.audio is not None:
             wave = self.decode(req.audio.data, req.audio.format, "audio.data")
             (emb,) = await self.embed([wave])
-            content: dict | str = {"type": "audio_embeds", "embeds": emb}
+            content: dict | str = {"type": "audio_embeds", "embeds": emb.tokens}
         else:
             content = self.check_text(req.text)
         (ner, _, _), (sentiment, _, _) = await asyncio.gather(
@@ -723,7 +805,9 @@ def build_app(args: AppArgs | dict) -> serve.Application:
 
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     shape = deployment_options(args)  # the one source of the deployments' options (serve/config.yaml's too)
-    encoder = SpeechEncoder.options(**shape["SpeechEncoder"]).bind(args.model_dir, args.encoder_batching)
+    encoder = SpeechEncoder.options(**shape["SpeechEncoder"]).bind(
+        args.model_dir, args.encoder_batching, args.safety.triage_dir
+    )
     llm = LLM.options(**shape["LLM"]).bind(
         args.model_dir, args.served_model_name, args.adapters_dir, args.llm_batching
     )

@@ -54,6 +54,18 @@ class SpeechOptions(Section):
     default_voice: str | None = None  # None: the Piper voice if there is one, else the first espeak-ng voice
 
 
+class SafetyOptions(Section):
+    """The safety screen (``medlm.models.triage``): every patient turn, typed or spoken, is screened by the
+    SpeechEncoder replica before the LLM sees it. ``emergency`` makes the reply lead with the emergency
+    instruction (spoken first when the reply is spoken); ``harmful`` gets a refusal instead of a generation.
+    ``triage_dir``: a ``medlm train triage`` export (None: turns are not screened, logged at start-up).
+    A screen that fails (its replica unreachable) fails open: the reply goes out unscreened, with a logged
+    warning and ``ray_medlm_screen_failures_total``; a consultation is never blocked by the screen."""
+
+    triage_dir: str | None = None
+    emergency_number: str = Field(default="911", pattern=r"^[0-9]{2,6}$")  # 911 / 112 / 999 / ...
+
+
 class AppArgs(Section):
     """Where the models come from and how the API behaves.
 
@@ -79,6 +91,7 @@ class AppArgs(Section):
     asr_batching: BatchOptions = BatchOptions()  # WhisperTranscriber (``asr_model``)
     speaker_batching: BatchOptions = BatchOptions()  # Speaker (spoken replies)
     speech: SpeechOptions = SpeechOptions()
+    safety: SafetyOptions = SafetyOptions()
     log_payloads: bool = False  # never log audio / transcripts unless explicitly turned on
 
 

@@ -85,29 +85,72 @@ class BatchedReplica:
 # --- speech encoder -----------------------------------------------------------------------------------------
 
 
+@dataclass
+class EncodedAudio:
+    """One waveform as the SpeechEncoder replica returns it: the adapter's audio tokens and, when the app
+    screens turns (``SafetyOptions.triage_dir``), the safety screen's label of the audio."""
+
+    tokens: np.ndarray
+    screen: str | None = None
+
+
 @serve.deployment  # options: medlm.serving.config.DEPLOYMENTS (applied by build_app)
 class SpeechEncoder(BatchedReplica):
     """Waveforms -> the adapter's audio tokens (``SpeechLM.audio_tokens``), dynamically batched across
     requests; the LLM replica compresses them where the model does (``audio_compression``: it needs the
-    LLM's embedding table)."""
+    LLM's embedding table). With a triage export it also screens each waveform from the same encoder frames
+    (the head alone: no second encoder pass) and screens typed turns (``screen_text``)."""
 
-    def __init__(self, model_dir: str, batching: BatchOptions | None = None):
+    def __init__(self, model_dir: str, batching: BatchOptions | None = None, triage_dir: str | None = None):
         from medlm.models import SpeechLM
 
         local = storage.local_copy(model_dir, exclude=(EXPORT_PARTS["llm"][0],))
         self.model = SpeechLM.from_pretrained_part(local, "audio")  # never reads the LLM's weights
+        self.screen = load_screen(triage_dir, self.model) if triage_dir else None
         self._batch_with(self.embed, batching)
 
     @serve.batch  # sizes: set in __init__ (_batch_with)
-    async def embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+    async def embed(self, waves: list[np.ndarray]) -> list[EncodedAudio]:
         self.stats.add(len(waves))
         return await asyncio.to_thread(self._embed, waves)
 
     @torch.inference_mode()
-    def _embed(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+    def _embed(self, waves: list[np.ndarray]) -> list[EncodedAudio]:
+        from medlm.models.triage import frames_by_item
+
         feats, chunks, lengths = self.model.frontend.features(waves, return_lengths=True)
-        out = self.model.audio_tokens(torch.from_numpy(feats), torch.tensor(chunks), torch.tensor(lengths))
-        return [e.float().numpy() for e in out]
+        frames = (
+            self.model.encoder_frames(torch.from_numpy(feats), torch.tensor(lengths)) if len(feats) else []
+        )
+        tokens = [t.float().numpy() for t in self.model.adapt(frames, chunks)]
+        if self.screen is None:
+            return [EncodedAudio(t) for t in tokens]
+        per_item = frames_by_item(frames, chunks, self.model.config.encoder_config.hidden_size)
+        probs = self.screen.audio_probs(per_item)
+        return [EncodedAudio(t, self.screen.model.decide(p, "audio")) for t, p in zip(tokens, probs)]
+
+    def screen_text(self, text: str) -> str | None:
+        """The safety screen's label of a typed turn (None: this app does not screen)."""
+        if self.screen is None:
+            return None
+        return self.screen.model.decide(self.screen.text_probs([text])[0], "text")
+
+
+def load_screen(triage_dir: str, model):
+    """The triage export at ``triage_dir`` for this replica's encoder; refused if the screen's audio branch
+    was trained on another encoder's frames."""
+    from medlm.models.encoder import encoder_fingerprint
+    from medlm.models.triage import Screen
+
+    screen = Screen(triage_dir)
+    key = encoder_fingerprint(model.encoder, model.frontend)
+    if screen.model.config.encoder_key != key:
+        raise ValueError(
+            f"the triage export {triage_dir} was trained on encoder {screen.model.config.encoder_key!r} but "
+            f"this model's encoder is {key!r}: train the screen for this encoder (`medlm train triage "
+            "model.init_from=<export>`)"
+        )
+    return screen
 
 
 # --- ASR baseline -------------------------------------------------------------------------------------------

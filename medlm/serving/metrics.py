@@ -10,6 +10,9 @@ KubeRay pods; locally ``ray.nodes()[i]["MetricsExportPort"]``), under Ray's pref
                                                unknown paths)
     ray_medlm_audio_seconds_total              seconds of audio decoded from requests
     ray_medlm_completion_tokens_total{model}   tokens generated, by the model id of the request
+    ray_medlm_screened_turns_total{result, modality}  patient turns screened (result emergency | harmful |
+                                               none; modality text | audio | mixed)
+    ray_medlm_screen_failures_total            turns that went on unscreened because the screen failed
     ray_medlm_batch_size{deployment}           rows per batch: per ``@serve.batch`` call (SpeechEncoder,
                                                WhisperTranscriber, Speaker), per decode step (LLM)
 
@@ -39,6 +42,21 @@ class IngressMetrics:
         self.completion_tokens = Counter(
             "medlm_completion_tokens", description="Completion tokens generated", tag_keys=("model",)
         )
+
+        self.screened_turns = Counter(
+            "medlm_screened_turns",
+            description="Patient turns screened by the safety screen",
+            tag_keys=("result", "modality"),
+        )
+        self.screen_failures = Counter(
+            "medlm_screen_failures", description="Turns that went on unscreened because the screen failed"
+        )
+
+    def screened(self, result: str, modality: str) -> None:
+        self.screened_turns.inc(1, {"result": result, "modality": modality})
+
+    def screen_failure(self) -> None:
+        self.screen_failures.inc(1)
 
     def request(self, route: str, status: int) -> None:
         self.requests.inc(1, {"route": route, "status": str(status)})
