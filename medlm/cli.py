@@ -130,6 +130,10 @@ def serve(
     api_key: Optional[str] = typer.Option(
         None, envvar="MEDLM_API_KEY", help="bearer key (generated if unset)"
     ),
+    triage: Optional[str] = typer.Option(
+        None, help="a `medlm safety train` export: screen every patient turn (unset: no screen)"
+    ),
+    emergency_number: str = typer.Option("911", help="what the emergency instruction tells patients to call"),
 ) -> None:
     """Serve the OpenAI-compatible API (Ray Serve) on the local stack until Ctrl-C (`medlm serve config`:
     regenerate serve/config.yaml's deployments)."""
@@ -139,12 +143,14 @@ def serve(
     import time
 
     from medlm.serving import run_local
+    from medlm.serving.config import SafetyOptions
     from medlm.stack import local_stack
 
     _setup_logging()
     key = api_key or secrets.token_urlsafe(24)
+    safety = SafetyOptions(triage_dir=triage, emergency_number=emergency_number)
     with local_stack(s3=False):
-        url = run_local(model, port=port, api_key=key)
+        url = run_local(model, port=port, api_key=key, safety=safety)
         typer.echo(f"serving on {url}")
         if not api_key:
             typer.echo(f"generated API key (set MEDLM_API_KEY to choose one): {key}")

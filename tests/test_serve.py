@@ -255,7 +255,7 @@ def test_engine_continuous_batching_matches_generate():
 
 
 @pytest.fixture(scope="module")
-def server(stack, tmp_path_factory):
+def server(stack, tmp_path_factory, triage_export):
     import torch
     from ray import serve
 
@@ -264,6 +264,7 @@ def server(stack, tmp_path_factory):
     from medlm.models.pretrained import is_fetched
     from medlm.serving import Limits, default_ct_index_dir, run_local
     from medlm.serving.adapters import save_adapter
+    from medlm.serving.config import SafetyOptions
     from medlm.stack import free_port
 
     if not (
@@ -297,6 +298,7 @@ def server(stack, tmp_path_factory):
         adapters_dir=f"{root}/adapters",
         ct_index_dir=f"{root}/ct-index-tiny",
         limits=limits,
+        safety=SafetyOptions(triage_dir=triage_export, emergency_number="112"),
     )
     yield url
     serve.shutdown()
@@ -468,6 +470,82 @@ def test_spoken_replies_streaming_and_not(client):
         .choices[0]
         .message.content
     )
+
+
+def _post_chat(server: str, **body) -> httpx.Response:
+    body.setdefault("max_tokens", 6)
+    return httpx.post(
+        f"{server}/chat/completions",
+        json={"model": "medlm", "temperature": 0, **body},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=120,
+    )
+
+
+def _sse(response: httpx.Response) -> list[dict]:
+    lines = [ln.removeprefix("data: ") for ln in response.text.splitlines() if ln.startswith("data: ")]
+    return [json.loads(ln) for ln in lines if ln != "[DONE]"]
+
+
+@pytest.mark.slow
+def test_the_screen_leads_emergencies_and_refuses_harmful_requests(server):
+    """Every patient turn is screened (the app serves tests/conftest.py's small real screen, emergency number
+    112): an emergency, typed or spoken, gets the emergency instruction first (streamed and spoken first too),
+    a harmful request gets the refusal and no generation, an ordinary question neither."""
+    from medlm.data.medsafetybench import test_sample
+    from medlm.eval.safety_sets import HELDOUT_EMERGENCIES
+    from medlm.models.triage import EMERGENCY_NOTICE, REFUSAL
+    from medlm.serving.app import complete_sentences
+
+    notice, refusal = EMERGENCY_NOTICE.format(number="112"), REFUSAL.format(number="112")
+    assert "112" in notice and "911" not in notice
+    emergency = next(t for c, t in HELDOUT_EMERGENCIES if c == "cardiac")
+
+    typed = _post_chat(server, messages=[{"role": "user", "content": emergency}])
+    assert typed.status_code == 200 and typed.headers["x-medlm-screen"] == "emergency"
+    content = typed.json()["choices"][0]["message"]["content"]
+    assert (
+        content.startswith(notice + "\n\n") and len(content) > len(notice) + 2
+    )  # the model's answer follows
+
+    spoken = _post_chat(server, messages=[spoken_question(emergency)])
+    assert spoken.headers["x-medlm-screen"] == "emergency", "the spoken turn is screened from its audio"
+
+    stream = _post_chat(
+        server,
+        messages=[{"role": "user", "content": emergency}],
+        stream=True,
+        modalities=["text", "audio"],
+        audio={"voice": "en-us", "format": "pcm16"},
+    )
+    assert stream.headers["x-medlm-screen"] == "emergency"
+    deltas = [e["choices"][0]["delta"] for e in _sse(stream) if e.get("choices")]
+    texts = [d["content"] for d in deltas if d.get("content")]
+    audio = [d["audio"] for d in deltas if d.get("audio")]
+    assert texts[0] == notice + "\n\n"
+    assert [a["transcript"] for a in audio[: len(complete_sentences(notice)[0])]] == complete_sentences(
+        notice
+    )[0]
+
+    harmful = test_sample(1, seed=0)[0]["request"]
+    refused = _post_chat(server, messages=[{"role": "user", "content": harmful}])
+    assert refused.headers["x-medlm-screen"] == "harmful"
+    assert refused.json()["choices"][0]["message"]["content"] == refusal
+    assert refused.json()["usage"]["completion_tokens"] == 0  # the LLM never saw it
+    streamed = _post_chat(server, messages=[{"role": "user", "content": harmful}], stream=True)
+    assert (
+        "".join(
+            d.get("content") or ""
+            for e in _sse(streamed)
+            for d in [e["choices"][0]["delta"]]
+            if e.get("choices")
+        )
+        == refusal
+    )
+
+    ordinary = _post_chat(server, messages=[{"role": "user", "content": "What are the symptoms of asthma?"}])
+    assert ordinary.headers["x-medlm-screen"] == "none"
+    assert not ordinary.json()["choices"][0]["message"]["content"].startswith(notice)
 
 
 @pytest.mark.slow
@@ -1011,6 +1089,7 @@ def test_metrics_reach_rays_prometheus_endpoint(client, server):
                 _total(m, "ray_medlm_batch_size_count", deployment=d) > 0 for d in ("SpeechEncoder", "LLM")
             )
             and _total(m, "ray_medlm_completion_tokens_total", model="medlm") > 0
+            and _total(m, "ray_medlm_screened_turns_total", modality="mixed") > 0
         )
 
     samples = _poll_metrics(ready)
@@ -1020,6 +1099,11 @@ def test_metrics_reach_rays_prometheus_endpoint(client, server):
     assert _total(samples, "ray_medlm_completion_tokens_total", model="medlm") >= said.usage.completion_tokens
     for deployment in ("SpeechEncoder", "LLM"):
         assert _total(samples, "ray_medlm_batch_size_count", deployment=deployment) > 0
+    screened = {s.labels["result"] for s in samples if s.name == "ray_medlm_screened_turns_total"}
+    assert (
+        screened <= {"none", "emergency", "harmful"}
+        and _total(samples, "ray_medlm_screen_failures_total") == 0
+    )
     requests = [s for s in samples if s.name == "ray_medlm_requests_total"]
     assert all(
         s.labels["deployment"] == "Ingress" and s.labels["application"] == "medlm" and s.labels["replica"]

@@ -199,7 +199,7 @@ class Screen:
 
         local = local_copy(path)
         self.model = TriageModel.from_pretrained(local).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(local)
+        self.tokenizer = AutoTokenizer.from_pretrained(f"{local}/tokenizer")
         self.max_tokens = 256  # a turn's last tokens screened (a long turn: its end carries what it asks)
 
     @property
@@ -210,15 +210,22 @@ class Screen:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][-self.max_tokens :]
         return torch.tensor(ids, dtype=torch.long)
 
+    def _probs(self, modality: Modality, mask: torch.Tensor, **inputs) -> np.ndarray:
+        """Probabilities per item; an item with nothing in it (no tokens, no frames) is ``none`` outright."""
+        logits, _ = self.model(modality, mask=mask, **inputs)
+        probs = logits.softmax(-1)
+        probs[~mask.any(1)] = F.one_hot(torch.tensor(self.labels.index("none")), len(self.labels)).to(
+            probs.dtype
+        )
+        return probs.numpy()
+
     @torch.inference_mode()
     def text_probs(self, texts: list[str]) -> np.ndarray:
-        ids, mask = pad_batch([self.token_ids(t) for t in texts])
-        logits, _ = self.model("text", input_ids=ids, mask=mask)
-        return logits.softmax(-1).numpy()
+        ids, mask = pad_batch([self.token_ids(t.strip()) for t in texts])
+        return self._probs("text", mask, input_ids=ids)
 
     @torch.inference_mode()
     def audio_probs(self, frames: list[torch.Tensor]) -> np.ndarray:
         """``frames``: one (f, d) tensor of encoder frames per audio item (its chunks concatenated)."""
         vectors, mask = pad_batch([f.float() for f in frames])
-        logits, _ = self.model("audio", vectors=vectors, mask=mask)
-        return logits.softmax(-1).numpy()
+        return self._probs("audio", mask, vectors=vectors)

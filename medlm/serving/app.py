@@ -542,8 +542,8 @@ class Ingress:
         lead = self.lead(screen)
 
         async def start():
-            if screen == "harmful":
-                return aiter(()), None
+            if screen == "harmful":  # refused: nothing is generated
+                return None, None
             stream = self.generation(served, messages, max_tokens, req.temperature, req.top_p).__aiter__()
             try:
                 return stream, await stream.__anext__()

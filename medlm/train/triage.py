@@ -6,8 +6,8 @@ also spoken (TTS, the training voice bank) and read through the frozen audio enc
 Training runs in this process: the heads are small (a few hundred thousand parameters each) and their
 inputs are computed once, so a step costs milliseconds and Ray Train would only add start-up time.
 Thresholds are set on a validation split: per modality and label, the highest probability that ``recall``
-of its validation turns still reach. The held-out test phrasings
-(``medlm.eval.safety_sets``) are never read here.
+of its validation turns still reach, raised where more than ``max_false_positive`` of the others would.
+The held-out test phrasings (``medlm.eval.safety_sets``) are never read here.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ class TriageJobConfig(Section):
     spoken: int = Field(default=300, ge=0)  # turns per label also spoken (the training voice bank)
     tts: TTSConfig = TTSConfig(backend="mixed", num_voices=12)
     val_share: float = Field(default=0.15, gt=0, lt=1)
-    recall: float = Field(default=0.99, gt=0, le=1)  # validation recall the thresholds keep
+    recall: float = Field(default=0.99, gt=0, le=1)  # validation recall the thresholds keep ...
+    max_false_positive: float = Field(default=0.02, ge=0, le=1)  # ... unless more other turns reach them
     hidden: int = Field(default=192, ge=8)
     steps: int = Field(default=600, ge=1)
     batch_size: int = Field(default=32, ge=2)
@@ -114,6 +115,35 @@ def render(examples: list[Example], tts: TTSConfig, seed: int) -> list[np.ndarra
     return waves  # type: ignore[return-value]
 
 
+def non_speech(n: int, seed: int) -> list[np.ndarray]:
+    """``n`` recordings without speech (the screen must call them ``none``): silence, a hum, white noise at
+    several levels; 0.3 to 20 s each."""
+    from medlm.audio import SAMPLING_RATE
+
+    rng, out = np.random.default_rng(seed), []
+    for i in range(n):
+        t = np.arange(int(rng.uniform(0.3, 20) * SAMPLING_RATE)) / SAMPLING_RATE
+        if i % 3 == 0:
+            wave = np.zeros_like(t)
+        elif i % 3 == 1:
+            wave = 0.3 * np.sin(2 * np.pi * rng.uniform(50, 1000) * t)
+        else:
+            wave = rng.normal(0, 10 ** rng.uniform(-3, -0.5), len(t))
+        out.append(wave.astype(np.float32))
+    return out
+
+
+def time_masked(frames: torch.Tensor, rng: random.Random, spans: int = 2, share: float = 0.1) -> torch.Tensor:
+    """SpecAugment-style time masks on encoder frames: ``spans`` random spans of up to ``share`` of the
+    length set to zero (the screen must not hang on one word)."""
+    out, n = frames.clone(), len(frames)
+    for _ in range(spans):
+        width = rng.randint(0, max(0, int(share * n)))
+        start = rng.randint(0, max(0, n - width))
+        out[start : start + width] = 0
+    return out
+
+
 def batches(n_per_label: dict[int, list[int]], size: int, rng: random.Random):
     """Endless label-balanced batches of indices."""
     labels = sorted(n_per_label)
@@ -128,15 +158,19 @@ def by_label(labels: list[int]) -> dict[int, list[int]]:
     return out
 
 
-def thresholds(probs: np.ndarray, labels: np.ndarray, recall: float) -> tuple[dict[str, float], dict]:
+def thresholds(
+    probs: np.ndarray, labels: np.ndarray, recall: float, max_fp: float = 1.0
+) -> tuple[dict[str, float], dict]:
     """Per label, the highest threshold at which ``recall`` of its validation turns still reach it (set for
-    recall: a missed emergency costs more than a needless instruction), and the share of the other
-    validation turns that reach it too (false positives)."""
+    recall: a missed emergency costs more than a needless instruction), raised where more than ``max_fp``
+    of the other validation turns would reach it (then recall gives way); and that share (false positives)."""
     out, false_pos = {}, {}
     for name in ("emergency", "harmful"):
         k = LABELS.index(name)
         neg, pos = probs[labels != k, k], probs[labels == k, k]
         t = float(np.sort(pos)[::-1][math.ceil(recall * len(pos)) - 1]) if len(pos) else 0.5
+        if len(neg) and (neg >= t).mean() > max_fp:
+            t = float(np.sort(neg)[::-1][math.floor(max_fp * len(neg))]) + 1e-6
         out[name] = min(max(t, 0.05), 0.99)
         false_pos[name] = float((neg >= out[name]).mean()) if len(neg) else float("nan")
     return out, false_pos
@@ -160,8 +194,10 @@ class TriageTrainer:
         self.spoken = {}
         for name, rows, n in (("train", train, cfg.spoken), ("val", val, max(1, cfg.spoken // 4))):
             rows = spoken_subset(rows, n, cfg.seed + len(name))
-            frames = item_frames(speech_lm, render(rows, cfg.tts, cfg.seed + len(name)))
-            self.spoken[name] = (frames, [y for _, y in rows])
+            quiet = non_speech(max(1, n // 10), cfg.seed + len(name)) if n else []
+            waves = render(rows, cfg.tts, cfg.seed + len(name)) + quiet
+            labels = [y for _, y in rows] + [LABELS.index("none")] * len(quiet)
+            self.spoken[name] = (item_frames(speech_lm, waves), labels)
         log.info(
             "triage: %d spoken turns rendered and encoded in %.0f s",
             sum(len(v[1]) for v in self.spoken.values()),
@@ -215,7 +251,10 @@ class TriageTrainer:
             labels = [self.typed[split_name][i][1] for i in idx]
             return {"vectors": vectors, "mask": mask, "labels": torch.tensor(labels)}
         frames, labels = self.spoken[split_name]
-        vectors, mask = pad_batch([frames[i].float() for i in idx])
+        seqs = [frames[i].float() for i in idx]
+        if split_name == "train":
+            seqs = [time_masked(f, self.rng) for f in seqs]
+        vectors, mask = pad_batch(seqs)
         return {"vectors": vectors, "mask": mask, "labels": torch.tensor([labels[i] for i in idx])}
 
     def train(self) -> list[float]:
@@ -260,7 +299,7 @@ class TriageTrainer:
             if modality == "audio" and not self.spoken["val"][1]:
                 continue
             probs, labels = self.probs(modality, "val")
-            cut, false_pos = thresholds(probs, labels, self.cfg.recall)
+            cut, false_pos = thresholds(probs, labels, self.cfg.recall, self.cfg.max_false_positive)
             cuts.update({f"{modality}.{k}": v for k, v in cut.items()})
             report[modality] = {
                 "thresholds": cut,
@@ -273,7 +312,7 @@ class TriageTrainer:
     def export(self) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(f"{tmp}/tokenizer")  # beside, not in, the screen's config.json
             storage.copy_tree(tmp, self.cfg.output)
         return self.cfg.output
 
