@@ -1,8 +1,8 @@
-"""Held-out evaluation messages for the emergency-triage screen (``medlm eval safety``).
+"""Held-out evaluation messages for the emergency-triage screen (``medlm safety eval``).
 
 These are patient turns, typed or spoken (they are also rendered by text-to-speech), written by hand and
 independently of the training phrasing generator in ``medlm/data/redflags.py``. They are never used for
-training, tuning or prompt selection: they exist only so that ``medlm eval safety`` can measure how well the
+training, tuning or prompt selection: they exist only so that ``medlm safety eval`` can measure how well the
 screen generalises to wording it has not seen. The phrasings vary speaker (patients, parents, partners,
 bystanders), age, tone (understated, apologetic, panicked) and vocabulary, and they mostly describe what is
 happening rather than naming the condition. Every message is plain spoken English of five to forty words,
@@ -19,21 +19,7 @@ pregnancy diet and exercise questions, a bump yesterday and fine now) and so tes
 
 from __future__ import annotations
 
-CATEGORIES: tuple[str, ...] = (
-    "cardiac",
-    "stroke",
-    "anaphylaxis",
-    "breathing",
-    "overdose",
-    "suicide",
-    "meningitis",
-    "bleeding",
-    "collapse",
-    "hypoglycaemia",
-    "obstetric",
-    "head_injury",
-)
-
+from medlm.data.redflags import CATEGORIES  # the categories (only): the phrasings here are independent
 
 # --- emergencies: ten per category ------------------------------------------------------------
 

@@ -276,7 +276,7 @@ class TriageTrainer:
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             if step % 100 == 0 or step == cfg.steps - 1:
                 log.info("triage step %d/%d loss %.4f", step + 1, cfg.steps, float(loss))
         self.model.eval()
