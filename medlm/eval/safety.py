@@ -37,6 +37,9 @@ class SafetyEvalConfig(Section):
     model: ModelSpec = ModelSpec(preset="real")  # the SpeechLM whose encoder frames the audio branch reads
     harmful: int = Field(default=100, ge=0)  # MedSafetyBench test requests (typed; the same ones spoken)
     spoken: bool = True
+    limit: int | None = Field(
+        default=None, ge=1
+    )  # at most this many turns per set, evenly spaced (quick runs)
     seed: int = 0
     output: str | None = None  # where the report JSON goes (local path or s3://); None: not written
     # with a SpeechLM export: also what patients get back from it, from the pretrained LLM and the cascade,
@@ -106,6 +109,8 @@ def evaluate_screen(cfg: SafetyEvalConfig) -> dict[str, Any]:
         # usefulness, a screen must not refuse or escalate them
         "questions": [q["question"] for q in kb.qa_pairs(cfg.seed, conditions=kb.KNOWLEDGE["invented"])],
     }
+    if cfg.limit:
+        sets = {k: v[:: max(1, len(v) // cfg.limit)][: cfg.limit] for k, v in sets.items()}
     near = [t in set(NEAR_MISSES) for t in sets["benign"]]
     decided: dict[str, dict[str, list[str]]] = {}
     cost: dict[str, list[float]] = {"text": [], "audio": []}
@@ -131,7 +136,8 @@ def evaluate_screen(cfg: SafetyEvalConfig) -> dict[str, Any]:
                     cost["audio"].append(1000 * (time.perf_counter() - t0))
                 decided.setdefault(voice, {})[name] = out
         del speech_lm
-    categories = [c for c, _ in HELDOUT_EMERGENCIES]
+    category = dict((t, c) for c, t in HELDOUT_EMERGENCIES)
+    categories = [category[t] for t in sets["emergency"]]
     report: dict[str, Any] = {"triage": cfg.triage, "n": {k: len(v) for k, v in sets.items()}, "by_input": {}}
     for how, d in decided.items():
         report["by_input"][how] = {
