@@ -189,6 +189,16 @@ def item_frames(model, waves: list[np.ndarray], batch: int = 16) -> list[torch.T
     return out
 
 
+MAX_TOKENS = 256  # a turn's last tokens screened (a long turn: its end carries what it asks)
+
+
+def token_ids(tokenizer, text: str) -> torch.Tensor:
+    """The tokens the text branch reads of a turn (training and serving alike): its last ``MAX_TOKENS``."""
+    return torch.tensor(
+        tokenizer(text, add_special_tokens=False)["input_ids"][-MAX_TOKENS:], dtype=torch.long
+    )
+
+
 class Screen:
     """A loaded triage export with its tokenizer: text and encoder frames in, probabilities out (batched)."""
 
@@ -200,15 +210,10 @@ class Screen:
         local = local_copy(path)
         self.model = TriageModel.from_pretrained(local).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(f"{local}/tokenizer")
-        self.max_tokens = 256  # a turn's last tokens screened (a long turn: its end carries what it asks)
 
     @property
     def labels(self) -> list[str]:
         return self.model.config.labels
-
-    def token_ids(self, text: str) -> torch.Tensor:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][-self.max_tokens :]
-        return torch.tensor(ids, dtype=torch.long)
 
     def _probs(self, modality: Modality, mask: torch.Tensor, **inputs) -> np.ndarray:
         """Probabilities per item; an item with nothing in it (no tokens, no frames) is ``none`` outright."""
@@ -221,7 +226,7 @@ class Screen:
 
     @torch.inference_mode()
     def text_probs(self, texts: list[str]) -> np.ndarray:
-        ids, mask = pad_batch([self.token_ids(t.strip()) for t in texts])
+        ids, mask = pad_batch([token_ids(self.tokenizer, t.strip()) for t in texts])
         return self._probs("text", mask, input_ids=ids)
 
     @torch.inference_mode()

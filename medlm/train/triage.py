@@ -29,7 +29,7 @@ from medlm import storage
 from medlm.config import Section
 from medlm.models import ModelSpec, build_model
 from medlm.models.encoder import encoder_fingerprint
-from medlm.models.triage import LABELS, TriageConfig, TriageModel, item_frames, pad_batch
+from medlm.models.triage import LABELS, TriageConfig, TriageModel, item_frames, pad_batch, token_ids
 from medlm.models.tts import TTSConfig, speak, voice_bank
 
 log = logging.getLogger("medlm")
@@ -235,15 +235,10 @@ class TriageTrainer:
         """The frozen text encoder's states of each turn, computed once (fp16)."""
         out = []
         for start in range(0, len(texts), batch):
-            ids, mask = pad_batch([self.token_ids(t) for t in texts[start : start + batch]])
+            ids, mask = pad_batch([token_ids(self.tokenizer, t) for t in texts[start : start + batch]])
             states = self.model.text_states(ids, mask)
             out += [s[: int(m.sum())].half() for s, m in zip(states, mask)]
         return out
-
-    def token_ids(self, text: str) -> torch.Tensor:
-        return torch.tensor(
-            self.tokenizer(text, add_special_tokens=False)["input_ids"][-256:], dtype=torch.long
-        )
 
     def inputs(self, modality: str, split_name: str, idx: list[int]) -> dict[str, Any]:
         if modality == "text":
