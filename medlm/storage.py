@@ -120,6 +120,27 @@ def copy_tree(src: str, dst: str) -> None:
     pafs.copy_files(spath, dpath, source_filesystem=sfs, destination_filesystem=dfs)
 
 
+def file_listing(uri: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, int, str]]:
+    """(path, size, mtime) of every file under ``uri`` but those whose base name matches an ``exclude``
+    pattern, sorted; FileNotFoundError when nothing is stored there."""
+    fs, path = resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    if not infos:
+        raise FileNotFoundError(f"nothing stored under {uri}")
+    return sorted(
+        (i.path, i.size, str(i.mtime))
+        for i in infos
+        if i.type == pafs.FileType.File and not any(fnmatch.fnmatch(i.base_name, p) for p in exclude)
+    )
+
+
+def version(uri: str, exclude: tuple[str, ...] = ()) -> str:
+    """A short hash of ``uri`` and its :func:`file_listing`: changes when anything under it is rewritten."""
+    import hashlib
+
+    return hashlib.sha1(repr((uri, file_listing(uri, exclude))).encode()).hexdigest()[:16]
+
+
 def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tuple[str, ...] = ()) -> str:
     """A local directory holding ``uri``'s tree: the path itself when local, else a downloaded copy.
 
@@ -127,19 +148,10 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tu
     part a replica does not run."""
     if not is_s3(uri):
         return str(Path(uri).expanduser().resolve())
-    import hashlib
-
     fs, path = resolve(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    if not infos:
-        raise FileNotFoundError(f"nothing stored under {uri}")
+    listing = file_listing(uri, exclude)
     # The cache key covers the content's listing (names, sizes, mtimes): a rewritten URI is fetched again.
-    listing = sorted(
-        (i.path, i.size, str(i.mtime))
-        for i in infos
-        if i.type == pafs.FileType.File and not any(fnmatch.fnmatch(i.base_name, p) for p in exclude)
-    )
-    key = hashlib.sha1(repr((uri, listing)).encode()).hexdigest()[:16]
+    key = version(uri, exclude)
     root = Path(cache_dir or paths.download_cache())
     dest = root / key
     if not (dest / ".complete").exists():

@@ -1,7 +1,8 @@
 """The demo (``python -m recipes.demo``, ``./scripts/demo.sh``): the whole path on embedded defaults, one step
 after another.
 
-make data -> stage 1 (text knowledge) -> stage 2 (speech alignment) -> serve (Ray Serve) -> a
+make data -> stage 1 (text knowledge) -> stage 2 (speech alignment, on the stage-1 model's own answers to the
+spoken questions' transcripts) -> serve (Ray Serve) -> a
 spoken question in a voice the training never used, answered over the OpenAI-compatible HTTP API end to
 end, as text and through the cascade (whisper-tiny.en transcribes, the same LLM answers). Everything runs
 for real: local Ray, the moto S3 server, DeepSpeed on 2 CPU workers, Piper and espeak-ng speech, the real
@@ -122,15 +123,18 @@ def run_demo(preset: str = "real", workdir: str | None = None) -> dict[str, Any]
             summary["stage1"] = {"export": s1["export"], "loss": _loss(s1)}
 
         with progress.step("stage 2: speech alignment from the stage-1 model"):
-            # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last
+            # the adapter's CTC alignment first where the preset has one, then stage 2, each from the last;
+            # stage 2's targets are the stage-1 model's own answers to the transcripts (where its config says)
             s2 = s1
             for job in (["align"] if "align" in p.jobs else []) + ["stage2"]:
                 name = "stage2" if job == "stage2" else "stage2-align"
+                targets = p.self_answers(job, s1["export"], data_root, storage.join(runs, "stage1-answers"))
                 s2 = train(
                     p.train_config(
                         job,
                         f"run.name={name}",
                         f"model.init_from={s2['export']}",
+                        *targets,
                         data_root=data_root,
                         storage_path=runs,
                     )

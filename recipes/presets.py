@@ -12,6 +12,8 @@ way an experiment configures a training run::
 
 from __future__ import annotations
 
+import json
+
 from pydantic import Field
 
 from medlm.config import ConfigError, Section, load_config, resolve_config_path
@@ -38,6 +40,8 @@ class Preset(Section):
     eval_limit: int | None = Field(default=None, ge=1)  # rows per eval dataset (None = all)
     ct_config: str = "ct_clip"  # configs/<ct_config>.yaml
     ct: list[str] = Field(default_factory=list)  # ct_clip overrides
+    # rows of each self-answer set a job trains on (medlm.data.targets.SELF_ANSWER_SETS; unlisted: all rows)
+    self_answer_rows: dict[str, int] = Field(default_factory=dict)
 
     def job(self, job: str) -> str:
         """The config stem ``job`` runs."""
@@ -78,6 +82,21 @@ class Preset(Section):
                 *overrides,
             ],
         )
+
+    def self_answers(self, job: str, model_dir: str, data_root: str, out_root: str) -> list[str]:
+        """Where ``job``'s config trains on a model's own answers (its datasets include self-answer sets), the
+        ``data.datasets=`` override that points them at ``model_dir``'s answers, written under ``out_root``
+        first (kept if already there); ``[]`` for a job without such sets."""
+        from medlm.data.targets import SELF_ANSWER_SETS, write_self_answer_sets
+
+        entries = self.train_config(job).data.datasets
+        names = [e.name for e in entries if e.name in SELF_ANSWER_SETS]
+        if not names:
+            return []
+        limits = {n: self.self_answer_rows.get(n) for n in names}
+        uris = write_self_answer_sets(model_dir, data_root, out_root, limits)
+        pointed = [e.model_copy(update={"uri": uris[e.name]}) if e.name in uris else e for e in entries]
+        return [f"data.datasets={json.dumps([e.model_dump(exclude_none=True) for e in pointed])}"]
 
 
 def preset_file(kind: str, name: str) -> str:

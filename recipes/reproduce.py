@@ -225,6 +225,23 @@ def _entry(name: str, runner: Runner) -> dict:
     return {"name": name}
 
 
+def _with_references(entries) -> list:
+    """Self-answer sets (stage 2 on the stage-1 model's own answers) replaced by the same recordings with
+    their reference targets, for a run that has no stage-1 model (one weight per dataset)."""
+    from medlm.data.targets import SELF_ANSWER_SETS
+
+    out: dict[str, dict] = {}
+    for e in entries:
+        d = e.model_dump(exclude_none=True)
+        if e.name in SELF_ANSWER_SETS:
+            d = {"name": SELF_ANSWER_SETS[e.name].reference, "weight": e.weight}
+        if d["name"] in out:
+            out[d["name"]]["weight"] += d["weight"]
+        else:
+            out[d["name"]] = d
+    return list(out.values())
+
+
 def _datasets(entries) -> str:
     """A ``data.datasets=`` override value (JSON is YAML) from DatasetEntry objects or dicts."""
     return json.dumps([e if isinstance(e, dict) else e.model_dump(exclude_none=True) for e in entries])
@@ -240,7 +257,9 @@ def _two_stage(r: Runner) -> tuple[dict, dict]:
     """SpeechMedAssist's recipe, shared with VoiceTextBlender: stage 1 injects the knowledge from text,
     stage 2 aligns speech on the spoken material (never the held-out facts)."""
     s1 = r.train("sma-stage1", "stage1", *r.aligned())
-    return s1, r.train("sma-stage2", "stage2", f"model.init_from={s1['export']}")
+    answers = storage.join(r.root, "runs", "sma-answers")
+    targets = r.p.self_answers("stage2", s1["export"], r.data_root, answers)
+    return s1, r.train("sma-stage2", "stage2", f"model.init_from={s1['export']}", *targets)
 
 
 def speechmedassist(r: Runner) -> dict:
@@ -252,7 +271,7 @@ def speechmedassist(r: Runner) -> dict:
         "sma-one-stage",
         "stage2",
         *r.aligned(),
-        f"data.datasets={_datasets([*stage1.data.datasets, *stage2.data.datasets])}",
+        f"data.datasets={_datasets([*stage1.data.datasets, *_with_references(stage2.data.datasets)])}",
         f"model.trainable={json.dumps([*stage1.model.trainable, *stage2.model.trainable])}",
         "model.lm_weight=1.0",
         f"optim.lr={stage1.optim.lr}",
@@ -318,9 +337,12 @@ def speechmedassist(r: Runner) -> dict:
         "test, the advice or the first symptom). Evaluated on qa_speech_heldout: spoken questions (Piper "
         "and espeak-ng voices) about the facts of the half of the conditions whose facts are never spoken "
         "in training; the text column is the same model answering the transcript of the same question. "
-        f"Stage 1: {_describe(r, 'stage1')}. Stage 2: {_describe(r, 'stage2')}. Every run starts from "
+        f"Stage 1: {_describe(r, 'stage1')}. Stage 2: {_describe(r, 'stage2')} (`*_self`: the spoken rows "
+        "with the stage-1 model's own answers to their transcripts as targets). Every run starts from "
         f"{'the CTC-aligned adapter (' + _describe(r, 'align') + ')' if r.aligned() else 'random init'}. "
-        "One-stage: a single run of stage 2's losses on the union of both stages' data and trainables, "
+        "One-stage: a single run of stage 2's losses on the union of both stages' data and trainables (the "
+        "stage-1 model's own answers, which a single stage cannot have, replaced by the same recordings' "
+        "reference targets), "
         f"lm_weight 1, stage 1's learning rate, {one['steps']} steps (two-stage: {s1['steps']} + "
         f"{two['steps']}). The cascade row: whisper-tiny.en's transcript answered by the two-stage "
         f"model's own LLM (stage 1's). {spoken_n}",

@@ -460,3 +460,60 @@ def test_self_answers_are_the_models_own_answers_to_the_transcripts(tmp_path):
         assert [t["role"] for t in turns] == ["user", "assistant"] and turns[0]["audio"] == r["audio"]
         assert turns[1]["text"] == proc.decode(ids)[0].strip()
         assert json.loads(written[r["id"]]["meta"])["target"] == "self"
+
+
+def test_self_answer_sets_are_written_once_per_model_and_point_the_job_at_them(tmp_path):
+    """The recipes' step between stage 1 and stage 2: a preset's stage-2 job that trains on self-answer sets
+    gets them written from its data root by the given model (the first N rows where the preset says so),
+    kept on a second call with the same model, rewritten for another (also one retrained at the same path) or
+    another row count; an unknown set is refused."""
+    import json
+
+    import torch
+
+    from medlm.data.targets import DONE, write_self_answer_sets
+    from medlm.models import ModelSpec, build_model
+    from recipes.presets import load_preset
+
+    torch.manual_seed(0)
+    model, proc = build_model(ModelSpec())
+    for name in ("a", "b"):
+        model.save_pretrained(tmp_path / name)
+        proc.save_pretrained(tmp_path / name)
+    data = tmp_path / "data"
+    write_rows(
+        [utt_row(i, transcript=f"Is dose {i} safe?") for i in range(3)], str(data / "sentences"), "utterance"
+    )
+
+    p = load_preset("reproduce", "real", ["self_answer_rows={sentences_self: 2}"])
+    stage2 = p.train_config("stage2")
+    assert any(e.name == "sentences_self" for e in stage2.data.datasets)
+    with pytest.raises(FileNotFoundError):  # qa_speech_self's source is not there
+        p.self_answers("stage2", str(tmp_path / "a"), str(data), str(tmp_path / "out"))
+    question = {"role": "user", "audio": encode_flac(tone(), 22050), "sample_rate": 22050, "text": None}
+    turns = [{**question, "transcript": "Is this serious?"}, {"role": "assistant", "text": "No."}]
+    write_rows(
+        [{"id": "q0", "source": "t", "meta": "{}", "turns": turns}],
+        str(data / "qa_speech"),
+        "speech_dialogue",
+    )
+    overrides = p.self_answers("stage2", str(tmp_path / "a"), str(data), str(tmp_path / "out"))
+    entries = p.train_config("stage2", *overrides).data.datasets
+    uris = {e.name: e.uri for e in entries if e.uri}
+    assert uris == {n: str(tmp_path / "out" / n) for n in ("qa_speech_self", "sentences_self")}
+    assert [e.name for e in entries] == [e.name for e in stage2.data.datasets]  # same mix, same weights
+    assert [e.weight for e in entries] == [e.weight for e in stage2.data.datasets]
+    assert sorted(r["id"] for r in iter_rows(uris["sentences_self"])) == ["u0", "u1"]  # the first 2 rows
+    assert json.loads((tmp_path / "out" / "sentences_self" / DONE).read_text())["rows"] == 2
+
+    shard = next((tmp_path / "out" / "sentences_self").glob("part-*.parquet"))
+    before = shard.stat().st_mtime_ns
+    write_self_answer_sets(str(tmp_path / "a"), str(data), str(tmp_path / "out"), {"sentences_self": 2})
+    assert next((tmp_path / "out" / "sentences_self").glob("part-*.parquet")).stat().st_mtime_ns == before
+    model.save_pretrained(tmp_path / "a")  # retrained in place: the same path is another model
+    write_self_answer_sets(str(tmp_path / "a"), str(data), str(tmp_path / "out"), {"sentences_self": 2})
+    assert next((tmp_path / "out" / "sentences_self").glob("part-*.parquet")).stat().st_mtime_ns > before
+    write_self_answer_sets(str(tmp_path / "b"), str(data), str(tmp_path / "out"), {"sentences_self": 3})
+    assert sorted(r["id"] for r in iter_rows(uris["sentences_self"])) == ["u0", "u1", "u2"]
+    with pytest.raises(ValueError, match="not a self-answer set"):
+        write_self_answer_sets(str(tmp_path / "a"), str(data), str(tmp_path / "out"), {"qa_text": None})

@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from medlm import storage
 from medlm.config import Section
 from medlm.data.schema import KINDS, TASKS
+from medlm.data.targets import SELF_ANSWER_SETS
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,9 @@ FACTORY_DATASETS: tuple[FactoryDataset, ...] = (
 REGISTRY: dict[str, RegisteredDataset] = {
     name: RegisteredDataset(d.path, d.kind, task) for d in FACTORY_DATASETS for name, task in d.names
 }
-# Written beside the factory's datasets by `medlm data self-answers <stage-1 export> <root>/<source>
-# <root>/<name>` (medlm.data.targets): spoken questions / sentences with the stage-1 model's own answers
-REGISTRY |= {
-    name: RegisteredDataset(name, "speech_dialogue", "chat") for name in ("qa_speech_self", "sentences_self")
-}
+# Spoken questions / sentences with the stage-1 model's own answers (medlm.data.targets), written by `medlm
+# data self-answers <stage-1 export> <root>/<source> <root>/<name>` or, by the recipes, beside the stage-1 run
+REGISTRY |= {name: RegisteredDataset(name, "speech_dialogue", "chat") for name in SELF_ANSWER_SETS}
 
 
 def register_dataset(name: str, path: str, kind: str, task: str | None = None) -> None:

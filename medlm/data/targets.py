@@ -15,10 +15,50 @@ speech_dialogue}]``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from medlm import storage
 from medlm.data.io import iter_rows, write_rows
 from medlm.data.schema import BadRecord, to_messages
+
+
+@dataclass(frozen=True)
+class SelfAnswerSet:
+    """A registered self-answer dataset: the factory dataset it answers (and its kind), and the dataset that
+    trains on the same recordings with reference targets instead (for a run without a stage-1 model)."""
+
+    source: str
+    kind: str
+    reference: str
+
+
+SELF_ANSWER_SETS = {
+    "qa_speech_self": SelfAnswerSet("qa_speech", "speech_dialogue", reference="qa_speech"),
+    "sentences_self": SelfAnswerSet("sentences", "utterance", reference="sentences_asr"),
+}
+DONE = "_self_answers.json"  # written last, beside the shards: the set is complete (and by which model)
+
+
+def write_self_answer_sets(
+    model_dir: str, data_root: str, out_root: str, limits: dict[str, int | None]
+) -> dict[str, str]:
+    """The self-answer sets named in ``limits`` (:data:`SELF_ANSWER_SETS`; each its first N source rows, or
+    all), answered by ``model_dir`` from the spoken data under ``data_root``, written to ``out_root/<name>``
+    -> ``{name: uri}``. A set already complete there from the same model (the same files: an export retrained
+    at the same path is another model) and limit is kept (frozen work done once); else it is rewritten."""
+    uris = {}
+    for name, limit in limits.items():
+        if name not in SELF_ANSWER_SETS:
+            raise ValueError(f"{name!r} is not a self-answer set; choose from {sorted(SELF_ANSWER_SETS)}")
+        spec, uri = SELF_ANSWER_SETS[name], storage.join(out_root, name)
+        done = storage.join(uri, DONE)
+        key = {"model": model_dir, "version": storage.version(model_dir), "limit": limit}
+        if not storage.exists(done) or json.loads(storage.read_text(done)).get("key") != key:
+            src = storage.join(data_root, spec.source)
+            counts = write_self_answers(model_dir, src, uri, spec.kind, limit=limit)
+            storage.write_text(done, json.dumps({"key": key, **counts}))
+        uris[name] = uri
+    return uris
 
 
 def write_self_answers(
