@@ -606,18 +606,62 @@ DATA_NEEDS = {
 # --- entry point -------------------------------------------------------------------------------------
 
 
+def combine_seeds(results: list[dict]) -> dict:
+    """One reproduction's results on several seeds as one: each number of a row is the mean over the seeds
+    (``spread`` keeps every seed's value, the table shows them), a check holds only where it holds on every
+    seed (unknown where any seed's is), wall times add up; ``per_seed`` keeps the results as they were."""
+    first = results[0]
+    variants = list(dict.fromkeys(row["variant"] for res in results for row in res["rows"]))
+    by_seed = [{row["variant"]: row for row in res["rows"]} for res in results]
+    rows, spread = [], []
+    for v in variants:
+        cols = list(dict.fromkeys(k for rows_of in by_seed if v in rows_of for k in rows_of[v]))
+        values = {k: [rows_of.get(v, {}).get(k) for rows_of in by_seed] for k in cols if k != "variant"}
+        rows.append({"variant": v, **{k: _mean(vals) for k, vals in values.items()}})
+        spread.append({"variant": v, **values})
+    checks = {}
+    for k in first["check"]:
+        holds = [res["check"].get(k) for res in results]
+        checks[k] = None if any(h is None for h in holds) else all(holds)
+    seeds = ", ".join(str(res["seed"]) for res in results)
+    return {
+        **first,
+        "rows": rows,
+        "spread": spread,
+        "check": checks,
+        "seed": seeds,
+        "wall_s": round(sum(res["wall_s"] for res in results), 1),
+        "reused": [f"seed {res['seed']}: {x}" for res in results for x in res["reused"]],
+        "notes": f"{first['notes']} Seeds {seeds} (data and training): each number is the mean, every seed's "
+        "own value in brackets; a check holds only when it holds on every seed.",
+        "per_seed": results,
+    }
+
+
+def _mean(values: list) -> Any:
+    """The value all seeds agree on; else the mean where every seed has a number; else None."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return sum(values) / len(values)
+    return None
+
+
 def run_reproductions(
     preset: str = "tiny",
     only: list[str] | None = None,
     output: str | None = None,
     overrides: list[str] | None = None,
     workdir: str | None = None,
+    seeds: int = 1,
 ) -> dict:
     """Run the chosen reproductions (all by default) on ``preset``; write the tables and JSON under
     ``output`` (default ``docs/reproductions``); returns the results. ``overrides`` tweak the preset
     (``steps=3``). ``workdir`` (a local dir or s3:// URI) keeps the data, runs and evaluations, and a rerun
     on the same ``workdir`` reuses every run and evaluation that finished (default: a new directory in the
-    stack's bucket)."""
+    stack's bucket). ``seeds`` > 1 runs everything again with the preset's seed + 1, + 2, ... (data and
+    training; under ``<workdir>/seed-<n>``, the preset's own seed in the workdir itself) and writes the
+    mean, every seed's value and the checks that hold on every seed (:func:`combine_seeds`)."""
     from medlm.jobs import embedded_s3_needed
     from medlm.stack import local_stack
 
@@ -625,6 +669,8 @@ def run_reproductions(
     bad = [n for n in names if n not in REPRODUCTIONS]
     if bad:
         raise ValueError(f"unknown reproductions {bad}; choose from {list(NAMES)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     p = load_preset("reproduce", preset, overrides)
     out_dir = Path(output or DOCS)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -632,6 +678,7 @@ def run_reproductions(
         f"python -m recipes.reproduce run --preset {preset}"
         + "".join(f" --only {n}" for n in (only or []))
         + (f" --workdir {workdir}" if workdir else "")
+        + (f" --seeds {seeds}" if seeds > 1 else "")
     )
     command += "".join(f" --set '{o}'" for o in overrides or []) + (f" --output {output}" if output else "")
     t_all = time.time()
@@ -645,27 +692,34 @@ def run_reproductions(
         root = workdir or storage.join(st.root, f"reproduce-{preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         if storage.is_s3(root):
             storage.makedirs(root)
-        runner = Runner(preset, p, root)
-        t0 = time.time()
-        runner.make_data(set().union(*(DATA_NEEDS[n] for n in names)))
-        results["data_s"] = round(time.time() - t0, 1)
-        for n in names:
+        per_seed: dict[str, list[dict]] = {n: [] for n in names}
+        results["data_s"] = 0.0
+        for seed in range(p.seed, p.seed + seeds):
+            ps = p.model_copy(update={"seed": seed})
+            runner = Runner(preset, ps, root if seed == p.seed else storage.join(root, f"seed-{seed}"))
             t0 = time.time()
-            runner.samples, runner.reused = {}, []
-            res = REPRODUCTIONS[n](runner)
-            res["reused"] = list(runner.reused)
-            res["samples"] = runner.samples
-            res.update(
-                preset=preset,
-                preset_config=_short(p),
-                seed=p.seed,
-                command=command,
-                wall_s=round(time.time() - t0, 1),
-                finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            )
+            runner.make_data(set().union(*(DATA_NEEDS[n] for n in names)))
+            results["data_s"] = round(results["data_s"] + time.time() - t0, 1)
+            for n in names:
+                t0 = time.time()
+                runner.samples, runner.reused = {}, []
+                res = REPRODUCTIONS[n](runner)
+                res["reused"] = list(runner.reused)
+                res["samples"] = runner.samples
+                res.update(
+                    preset=preset,
+                    preset_config=_short(ps),
+                    seed=seed,
+                    command=command,
+                    wall_s=round(time.time() - t0, 1),
+                    finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                )
+                per_seed[n].append(res)
+                log.info("reproduce: %s (seed %d) done in %.0f s", n, seed, res["wall_s"])
+        for n in names:
+            res = per_seed[n][0] if seeds == 1 else combine_seeds(per_seed[n])
             (out_dir / f"{n}.md").write_text(render_markdown(n, res))
             results["reproductions"][n] = res
-            log.info("reproduce: %s done in %.0f s -> %s", n, res["wall_s"], out_dir / f"{n}.md")
         results["root"] = root
     results["wall_s"] = round(time.time() - t_all, 1)
     combined = out_dir / f"reproductions-{preset}.json"  # the latest result of every reproduction
@@ -714,12 +768,15 @@ def run(
     ),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="preset override, e.g. seed=1"),
     output: Optional[str] = typer.Option(None, help="tables dir (default docs/reproductions)"),
+    seeds: int = typer.Option(1, min=1, help="run each claim on this many seeds (the preset's, +1, ...)"),
 ) -> None:
     """Reproduce the papers' claims and write their tables (then `docs` puts them in README.md)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(
         json.dumps(
-            run_reproductions(preset=preset, only=only, output=output, overrides=set_, workdir=workdir),
+            run_reproductions(
+                preset=preset, only=only, output=output, overrides=set_, workdir=workdir, seeds=seeds
+            ),
             indent=2,
             default=str,
         )

@@ -30,7 +30,15 @@ def render_markdown(name: str, result: dict) -> str:
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
     ]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for row in rows]
+    spread = {s["variant"]: s for s in result.get("spread", [])}  # several seeds: every seed's value too
+
+    def cell(row: dict, col: str) -> str:
+        values = spread.get(row["variant"], {}).get(col)
+        if col == "variant" or values is None:
+            return fmt(row.get(col))
+        return f"{fmt(row.get(col))} ({' / '.join(fmt(v) for v in values)})"
+
+    lines += ["| " + " | ".join(cell(row, c) for c in cols) + " |" for row in rows]
     lines += ["", "| check (from the numbers above) | holds |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in result["check"].items()]
     lines += [
@@ -38,7 +46,8 @@ def render_markdown(name: str, result: dict) -> str:
         result["notes"],
         "",
         (
-            f"Preset `{result['preset']}` ({result['preset_config']}), seed {result['seed']}; "
+            f"Preset `{result['preset']}` ({result['preset_config']}), "
+            f"seed{'s' if result.get('spread') else ''} {result['seed']}; "
             f"{result['wall_s']:.0f} s wall for this reproduction (a run shared with an earlier one, such as "
             f"stage 1, counts where first trained"
             + (

@@ -87,6 +87,19 @@ def test_every_reproduction_writes_its_table_from_the_measured_numbers(stack, tm
         and again["wall_s"] < results["speechmedassist"]["wall_s"]
     )
 
+    # two seeds (the cheapest claim): the preset's seed on the workdir, seed 1 beside it; mean and both values
+    run_reproductions(
+        "real", only=["speechct"], output=str(out), overrides=TINY_REAL, workdir=str(workdir), seeds=2
+    )
+    ct2 = json.loads((out / "reproductions-real.json").read_text())["reproductions"]["speechct"]
+    seed1 = json.loads((workdir / "seed-1" / "ct_clip" / "results.json").read_text())
+    f1s = [res["rows"][2]["zero-shot F1"] for res in ct2["per_seed"]]
+    assert [res["seed"] for res in ct2["per_seed"]] == [0, 1] and f1s[1] == seed1["zero_shot"]["speech_kd"][
+        "f1"
+    ]
+    assert ct2["rows"][2]["zero-shot F1"] == (f1s[0] if f1s[0] == f1s[1] else sum(f1s) / 2)
+    assert f"({fmt(f1s[0])} / {fmt(f1s[1])})" in (out / "speechct.md").read_text()
+
 
 def test_update_readme_replaces_only_the_marked_section(tmp_path):
     from recipes.tables import README_END, README_START, update_readme
@@ -142,3 +155,40 @@ def test_speechllm_table_without_the_cascade_has_no_anchor_row():
     ]
     wer_check = [v for k, v in res["check"].items() if k.startswith("full: WER")]
     assert wer_check == [None] and all(v is True for k, v in res["check"].items() if k.startswith("full >"))
+
+
+def test_several_seeds_give_the_mean_every_seeds_value_and_checks_that_hold_on_all():
+    """`--seeds N`: a row's numbers are the mean over the seeds with every seed's value in the table; a
+    check holds only where it holds on every seed; a variant one seed lacks has no mean."""
+    from recipes.reproduce import combine_seeds
+    from recipes.tables import render_markdown
+
+    def result(seed, f1, holds, extra=True):
+        rows = [{"variant": "teacher", "F1": f1, "n": 38}, {"variant": "student", "F1": f1 / 2, "n": 38}]
+        return {
+            "title": "T",
+            "claim": "C",
+            "rows": rows + ([{"variant": "cascade", "F1": 0.5, "n": 38}] if extra else []),
+            "check": {"KD helps": holds, "teacher ok": True, "unknown": None if seed else True},
+            "notes": "N.",
+            "preset": "real",
+            "preset_config": "model real",
+            "seed": seed,
+            "wall_s": 10.0,
+            "reused": ["align"] if seed == 0 else [],
+            "finished": "now",
+            "command": "python -m recipes.reproduce run --seeds 2",
+        }
+
+    both = combine_seeds([result(0, 0.6, True), result(1, 0.8, False, extra=False)])
+    rows = {r["variant"]: r for r in both["rows"]}
+    assert abs(rows["teacher"]["F1"] - 0.7) < 1e-9 and rows["teacher"]["n"] == 38
+    assert rows["cascade"]["F1"] is None  # seed 1 has no such row
+    assert both["check"] == {"KD helps": False, "teacher ok": True, "unknown": None}
+    assert both["seed"] == "0, 1" and both["wall_s"] == 20.0 and both["reused"] == ["seed 0: align"]
+    assert len(both["per_seed"]) == 2
+    table = render_markdown("x", both)
+    assert "| teacher | 0.700 (0.600 / 0.800) | 38 (38 / 38) |" in table
+    assert "| KD helps | no |" in table and "seeds 0, 1;" in table and "Seeds 0, 1" in table
+    one = render_markdown("x", result(0, 0.6, True))
+    assert "| teacher | 0.600 | 38 |" in one and "seed 0;" in one
