@@ -44,6 +44,12 @@ def test_ct_clip_job_end_to_end_and_index(stack, tmp_path, scratch):
     for r in results["retrieval"].values():
         assert 0 <= r["R@1"] <= r["R@5"] <= r["R@10"] <= 1
     assert summary["exports"]["student"] == storage.join(output, "student")
+    # a fair comparison: both students trained the same steps from the same weights; only the loss differs
+    no_kd, kd = summary["training"]["speech_no_kd"], summary["training"]["speech_kd"]
+    assert no_kd["steps"] == kd["steps"] == 2 and no_kd["start"] == kd["start"]
+    assert (
+        (no_kd["phase"], kd["phase"]) == ("no_kd", "distill") and "kd_loss" in kd and "kd_loss" not in no_kd
+    )
     assert "| speech, with KD |" in storage.read_text(storage.join(output, "results.md"))
 
     # the retriever index built from the job's output

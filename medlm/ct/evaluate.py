@@ -7,6 +7,7 @@ and retrieval of the test volume from its (written / spoken) report, Recall@1/5/
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -18,6 +19,9 @@ from medlm.ct.preprocess import featurize_rows
 from medlm.data.schema import CT_RATE_CLASSES
 from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
 from medlm.models.tts import speak, voice_bank
+
+STUDENTS = {"speech_no_kd": "student_align", "speech_kd": "student"}  # the compared students' exports
+TRAINING_RECORD = "training.json"  # in a student's export: its phase, steps and starting weights' digest
 
 RECALL_KS = (1, 5, 10)
 
@@ -70,8 +74,8 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
 
     teacher = CTEncoders(storage.join(output, "teacher"))
     students = {
-        "speech_no_kd": CTEncoders(storage.join(output, "teacher"), storage.join(output, "student_align")),
-        "speech_kd": CTEncoders(storage.join(output, "teacher"), storage.join(output, "student")),
+        k: CTEncoders(storage.join(output, "teacher"), storage.join(output, export))
+        for k, export in STUDENTS.items()
     }
     rows = {s: [r for r in iter_rows(data_uri) if r["split"] == s] for s in ("val", "test")}
     for s, rs in rows.items():
@@ -104,6 +108,10 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
         for m in ("f1", "auroc")
     }
     results["exports"] = {k: storage.join(output, k) for k in ("teacher", "student_align", "student")}
+    records = {k: storage.join(output, export, TRAINING_RECORD) for k, export in STUDENTS.items()}
+    results["training"] = {
+        k: json.loads(storage.read_text(u)) for k, u in records.items() if storage.exists(u)
+    }
     return results
 
 

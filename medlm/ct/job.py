@@ -5,13 +5,16 @@ Phases (one ``TorchTrainer`` run, every phase on every worker, ZeRO over the glo
 1. ``teacher``  CT encoder + text encoder + projections, symmetric InfoNCE (learned temperature) on
    (volume, report).
 2. ``align``    speech encoder + projection, InfoNCE of the spoken report against the frozen teacher's text
-   embedding.
-3. ``distill``  the same student, KL to the teacher's text->volume similarity distribution (plus the
-   alignment term).
+   embedding: the students' common start.
+3. ``no_kd``    from that start, ``distill.steps`` more steps of alignment alone: the student without KD.
+4. ``distill``  from the same start, the same steps, data order and optimizer settings: KL to the teacher's
+   text->volume similarity distribution (plus the alignment term), the student with KD. The comparison is
+   fair: neither student has trained longer.
 
 Each phase is a task object (``build_model``, ``collate``, ``loss``). At the end of a phase every rank saves
 its DeepSpeed shard and reports it (Train V2), and rank 0 exports ``save_pretrained`` dirs to ``output``
-(``teacher/``, ``student_align/`` = speech without KD, ``student/`` = speech with KD). The driver then
+(``teacher/``, ``student_align/`` = speech without KD, ``student/`` = speech with KD; each student's
+``training.json`` records its steps and a digest of its starting weights). The driver then
 evaluates zero-shot classification and speech->volume retrieval on the val/test splits and writes
 ``results.json`` / ``.md``.
 
@@ -42,15 +45,14 @@ from medlm.ct.build import (
     speech_model_spec,
     teacher_text_inputs,
 )
-from medlm.ct.evaluate import evaluate_exports
+from medlm.ct.evaluate import TRAINING_RECORD, evaluate_exports
 from medlm.ct.preprocess import VolumeSpec, featurize_rows
 from medlm.data.synth_ct import base_spacing
 from medlm.train.config import OptimSpec
 
 log = logging.getLogger("medlm.ct")
 
-PHASES = ("teacher", "align", "distill")
-EXPORTS = {"teacher": "teacher", "align": "student_align", "distill": "student"}
+EXPORTS = {"teacher": "teacher", "no_kd": "student_align", "distill": "student"}
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -235,9 +237,16 @@ class StudentTask:
     or ``distill`` (KL to the teacher's report->volume similarities, plus ``align_weight`` x alignment)."""
 
     def __init__(
-        self, cfg: CTClipConfig, teacher, tokenizer, phase: Literal["align", "distill"], init_from=None
+        self,
+        cfg: CTClipConfig,
+        teacher,
+        tokenizer,
+        phase: Literal["align", "distill"],
+        init_from=None,
+        name: str | None = None,
     ):
-        self.cfg, self.teacher, self.tokenizer, self.name = cfg, teacher.eval(), tokenizer, phase
+        self.cfg, self.teacher, self.tokenizer, self.phase = cfg, teacher.eval(), tokenizer, phase
+        self.name = name or phase
         self.init_from = init_from
         self.text_emb: dict[str, Any] = {}  # report -> the frozen teacher's embedding (computed once)
         for p in self.teacher.parameters():
@@ -252,7 +261,7 @@ class StudentTask:
     def collate(self, batch: dict[str, np.ndarray]) -> dict:
         import torch
 
-        out = _tensor_batch(batch, with_volume=self.name == "distill", with_speech=True)
+        out = _tensor_batch(batch, with_volume=self.phase == "distill", with_speech=True)
         reports = out.pop("report")
         new = sorted({r for r in reports if r not in self.text_emb})
         with torch.no_grad():
@@ -260,7 +269,7 @@ class StudentTask:
                 enc = teacher_text_inputs(self.teacher, self.tokenizer, new, self.cfg.model)
                 self.text_emb.update(zip(new, self.teacher.encode_text(**_on(self.teacher, enc))))
             out["text_emb"] = torch.stack([self.text_emb[r] for r in reports])
-            if self.name == "distill":
+            if self.phase == "distill":
                 out["image_emb"] = self.teacher.encode_volume(_on(self.teacher, out.pop("volume")))
         return out
 
@@ -273,7 +282,7 @@ class StudentTask:
         align = clip_loss(speech, text, model.logit_scale)
         acc = (speech @ text.t()).argmax(1).eq(_arange(text)).float().mean()
         metrics = {"align_loss": align.item(), "s2t_acc": acc.item()}
-        if self.name == "align":
+        if self.phase == "align":
             return align, {"loss": align.item(), **metrics}
         img = batch["image_emb"].to(speech.dtype)
         t_scale = self.teacher.logit_scale.exp()
@@ -307,11 +316,12 @@ def _on(model, inputs):
 
 def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
     """Train ``task.build_model()`` for ``phase.steps`` DeepSpeed steps with the shared training core;
-    returns (engine, last metrics)."""
+    returns (engine, last metrics + ``steps`` taken and ``start``, a digest of the starting weights)."""
     from medlm.train.core import build_engine, endless, seed_everything, to_device
 
     seed_everything(seed)
     engine, _ = build_engine(task.build_model(), phase, phase.batch_size)
+    start = weights_digest(engine.module)
     batches = endless(
         lambda epoch: shard.iter_batches(
             batch_size=phase.batch_size,
@@ -328,7 +338,18 @@ def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
         engine.step()
         if log_fn and (step % phase.log_every == 0 or step == phase.steps - 1):
             log_fn(task.name, step, metrics)
-    return engine, metrics
+    return engine, {**metrics, "steps": engine.global_steps, "start": start}
+
+
+def weights_digest(model) -> str:
+    """A short hash of every parameter and buffer of ``model``, by name."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def train_loop(config: dict) -> None:
@@ -355,6 +376,8 @@ def train_loop(config: dict) -> None:
                 engine.module.save_pretrained(str(export))
                 if tokenizer is not None:
                     tokenizer.save_pretrained(str(export))
+                else:  # a student: what it trained, from where
+                    (export / TRAINING_RECORD).write_text(json.dumps({"phase": name, **(metrics or {})}))
                 storage.copy_tree(str(export), storage.join(cfg.output, EXPORTS[name]))
             ray.train.report(
                 {"phase": name, **(metrics or {})}, checkpoint=ray.train.Checkpoint.from_directory(ckpt_dir)
@@ -365,13 +388,15 @@ def train_loop(config: dict) -> None:
     finish("teacher", engine, teacher_task.tokenizer, m)
     teacher = engine.module
 
-    align = StudentTask(cfg, teacher, teacher_task.tokenizer, "align")
-    engine, m = run_phase(align, cfg.align, shard, cfg.seed + 1, log_fn)
-    finish("align", engine, metrics=m)
-
-    distill = StudentTask(cfg, teacher, teacher_task.tokenizer, "distill", init_from=engine.module)
-    engine, m = run_phase(distill, cfg.distill, shard, cfg.seed + 2, log_fn)
-    finish("distill", engine, metrics=m)
+    start, _ = run_phase(
+        StudentTask(cfg, teacher, teacher_task.tokenizer, "align"), cfg.align, shard, cfg.seed + 1, log_fn
+    )
+    # both students from that start, the same steps, seed (data order) and optimizer settings: only the loss
+    # differs (the paper's comparison; a KD student that trained longer would be favoured)
+    for name, loss in (("no_kd", "align"), ("distill", "distill")):
+        task = StudentTask(cfg, teacher, teacher_task.tokenizer, loss, init_from=start.module, name=name)
+        engine, m = run_phase(task, cfg.distill, shard, cfg.seed + 2, log_fn)
+        finish(name, engine, metrics=m)
 
 
 # --- driver side ------------------------------------------------------------------------------
@@ -426,7 +451,7 @@ def run_ct_clip(cfg: CTClipConfig) -> dict:
     results["command_config"] = config_to_dict(cfg)
     storage.write_text(storage.join(cfg.output, "results.json"), json.dumps(results, indent=2))
     storage.write_text(storage.join(cfg.output, "results.md"), results_markdown(results))
-    return {k: results[k] for k in ("zero_shot", "retrieval", "gap_recovered", "exports")}
+    return {k: results[k] for k in ("zero_shot", "retrieval", "gap_recovered", "exports", "training")}
 
 
 def results_markdown(r: dict) -> str:
