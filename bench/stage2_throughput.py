@@ -7,6 +7,9 @@ two stage-2 steps of the real recipe, the model in bf16 as DeepSpeed trains it, 
 
 * **CTC step** (``configs/stage2_ctc_real.yaml``: 16 rows, ``ctc_weight`` 1, no LLM forward)
 * **KD step** (``configs/stage2_real.yaml``: 8 rows, KD from the text-fed LLM + LM 0.2 + CTC 0.5)
+* **self step** (``configs/stage2_self_real.yaml``, the real recipe's answer step since 2026-12-07: 8 rows of
+  ``sentences_self`` + ``qa_speech_self``, written first by ``medlm data self-answers``; CE on the stage-1
+  model's own answers + CTC 0.5, no teacher pass)
 
 each **live** (the featurizer decodes the audio and computes log-mel features, the frozen encoder runs in the
 step) and **cached** (the featurizer reads the encoder frames ``medlm.data.encoder_cache`` stored; the step
@@ -40,21 +43,31 @@ from medlm.models.build import build_encoder  # noqa: E402
 from medlm.models.encoder import encoder_fingerprint  # noqa: E402
 from medlm.train.config import TrainJobConfig  # noqa: E402
 
-STEPS = {"ctc": ("stage2_ctc_real.yaml", 16), "kd": ("stage2_real.yaml", 8)}
+# step -> (config, rows per batch, the two datasets its rows alternate between: (name, kind, task))
+STEPS = {
+    "ctc": (
+        "stage2_ctc_real.yaml",
+        16,
+        (("sentences", "utterance", "asr"), ("qa_speech", "speech_dialogue", "chat")),
+    ),
+    "kd": (
+        "stage2_real.yaml",
+        8,
+        (("sentences", "utterance", "asr"), ("qa_speech", "speech_dialogue", "chat")),
+    ),
+    "self": (
+        "stage2_self_real.yaml",
+        8,
+        (("sentences_self", "speech_dialogue", "chat"), ("qa_speech_self", "speech_dialogue", "chat")),
+    ),
+}
 
 
-def rows(data: str, n: int) -> list[tuple[str, str, dict]]:
-    """``n`` spoken rows: alternately a transcription sentence and a spoken question."""
-    sentences = iter_rows(storage.join(data, "sentences"))
-    questions = iter_rows(storage.join(data, "qa_speech"))
-    out = []
-    for i in range(n):
-        out.append(
-            ("utterance", "asr", next(sentences))
-            if i % 2 == 0
-            else ("speech_dialogue", "chat", next(questions))
-        )
-    return out
+def rows(data: str, n: int, sets) -> list[tuple[str, str, dict]]:
+    """``n`` spoken rows: alternately one of the first dataset (a transcription sentence, or its self-answer
+    consultation) and of the second (a spoken question)."""
+    readers = [iter_rows(storage.join(data, name)) for name, _, _ in sets]
+    return [(sets[i % 2][1], sets[i % 2][2], next(readers[i % 2])) for i in range(n)]
 
 
 def timed(fn, *args, **kwargs):
@@ -68,11 +81,13 @@ def main() -> None:
     ap.add_argument("--data", required=True)
     ap.add_argument("--init-from", default=None, help="a stage-1 export (default: the pretrained parts)")
     ap.add_argument("--batches", type=int, default=4, help="timed batches per step kind and mode")
+    ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS), help="step kinds to time")
     args = ap.parse_args()
     torch.manual_seed(0)
 
     results = []
-    for kind, (config, batch_rows) in STEPS.items():
+    for kind in args.steps:
+        config, batch_rows, sets = STEPS[kind]
         overrides = [f"model.init_from={args.init_from}"] if args.init_from else []
         cfg = load_config(TrainJobConfig, config, overrides)
         model, processor = build_model(cfg.model)
@@ -81,7 +96,7 @@ def main() -> None:
         spec = cfg.model.model_dump(mode="json")
         encoder, frontend = build_encoder(cfg.model)  # the cache's own encoding, in this process
         key = encoder_fingerprint(encoder, frontend)
-        data = rows(args.data, batch_rows * args.batches)
+        data = rows(args.data, batch_rows * args.batches, sets)
         t0 = time.perf_counter()
         frames = []
         for k, task, row in data:
@@ -135,9 +150,11 @@ def main() -> None:
             f"| {kind} | {mode} | {n} | {p['featurize']:.2f} | {p['encoder']:.2f} "
             f"| {p['forward+backward']:.2f} | {p['optimizer']:.3f} | {eps:.2f} |"
         )
-    for kind in STEPS:
-        live, cached = (r[5] for r in results if r[0] == kind)
-        print(f"{kind}: cached / live = {cached / live:.2f}x")
+    eps = {(r[0], r[1]): r[5] for r in results}
+    for kind in args.steps:
+        print(f"{kind}: cached / live = {eps[kind, 'cached'] / eps[kind, 'live']:.2f}x")
+    if {"kd", "self"} <= set(args.steps):  # the real recipe's answer step now vs the KD step it replaced
+        print(f"self cached / KD live = {eps['self', 'cached'] / eps['kd', 'live']:.2f}x")
 
 
 if __name__ == "__main__":
