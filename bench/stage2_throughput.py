@@ -2,8 +2,9 @@
 
     python bench/stage2_throughput.py --data <make_data output> [--init-from <stage-1 export>] [--batches 4]
 
-The same spoken examples (``sentences_asr`` + ``qa_speech`` rows of a ``make_data`` output) go through the
-two stage-2 steps of the real recipe, the model in bf16 as DeepSpeed trains it, adapter only:
+The same spoken examples (``sentences`` + ``qa_speech`` rows of a ``make_data`` output, or their
+self-answer sets) go through the stage-2 steps of the real recipes, the model in bf16 as DeepSpeed trains it,
+adapter only:
 
 * **CTC step** (``configs/stage2_ctc_real.yaml``: 16 rows, ``ctc_weight`` 1, no LLM forward)
 * **KD step** (``configs/stage2_real.yaml``: 8 rows, KD from the text-fed LLM + LM 0.2 + CTC 0.5)

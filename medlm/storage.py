@@ -134,11 +134,20 @@ def file_listing(uri: str, exclude: tuple[str, ...] = ()) -> list[tuple[str, int
     )
 
 
-def version(uri: str, exclude: tuple[str, ...] = ()) -> str:
-    """A short hash of ``uri`` and its :func:`file_listing`: changes when anything under it is rewritten."""
+def version(uri: str, exclude: tuple[str, ...] = (), files: list[str] | None = None) -> str:
+    """A short hash of ``uri`` and its :func:`file_listing` (only ``files``, URIs under it, where given):
+    changes when anything under it is rewritten."""
+    listing = file_listing(uri, exclude)
+    if files is not None:
+        keep = {resolve(f)[1] for f in files}
+        listing = [x for x in listing if x[0] in keep]
+    return _digest(uri, listing)
+
+
+def _digest(uri: str, listing: list) -> str:
     import hashlib
 
-    return hashlib.sha1(repr((uri, file_listing(uri, exclude))).encode()).hexdigest()[:16]
+    return hashlib.sha1(repr((uri, listing)).encode()).hexdigest()[:16]
 
 
 def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tuple[str, ...] = ()) -> str:
@@ -151,7 +160,7 @@ def local_copy(uri: str, cache_dir: str | os.PathLike | None = None, exclude: tu
     fs, path = resolve(uri)
     listing = file_listing(uri, exclude)
     # The cache key covers the content's listing (names, sizes, mtimes): a rewritten URI is fetched again.
-    key = version(uri, exclude)
+    key = _digest(uri, listing)
     root = Path(cache_dir or paths.download_cache())
     dest = root / key
     if not (dest / ".complete").exists():

@@ -1,8 +1,8 @@
 """The demo (``python -m recipes.demo``, ``./scripts/demo.sh``): the whole path on embedded defaults, one step
 after another.
 
-make data -> stage 1 (text knowledge) -> stage 2 (speech alignment, on the stage-1 model's own answers to the
-spoken questions' transcripts) -> serve (Ray Serve) -> a
+make data -> stage 1 (text knowledge) -> stage 2 (speech alignment; on the real preset, on the stage-1 model's
+own answers to the spoken rows' transcripts) -> serve (Ray Serve) -> a
 spoken question in a voice the training never used, answered over the OpenAI-compatible HTTP API end to
 end, as text and through the cascade (whisper-tiny.en transcribes, the same LLM answers). Everything runs
 for real: local Ray, the moto S3 server, DeepSpeed on 2 CPU workers, Piper and espeak-ng speech, the real

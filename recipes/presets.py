@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medlm.config import ConfigError, Section, load_config, resolve_config_path
 from medlm.data.factory import MakeDataConfig
+from medlm.data.targets import SELF_ANSWER_SETS, write_self_answer_sets
 from medlm.train import TrainJobConfig
 
 KINDS = ("demo", "reproduce")
@@ -42,6 +43,16 @@ class Preset(Section):
     ct: list[str] = Field(default_factory=list)  # ct_clip overrides
     # rows of each self-answer set a job trains on (medlm.data.targets.SELF_ANSWER_SETS; unlisted: all rows)
     self_answer_rows: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("self_answer_rows")
+    @classmethod
+    def _known_sets(cls, rows: dict[str, int]) -> dict[str, int]:
+        for name, n in rows.items():
+            if name not in SELF_ANSWER_SETS:
+                raise ValueError(f"{name!r} is not a self-answer set; choose from {sorted(SELF_ANSWER_SETS)}")
+            if n < 1:
+                raise ValueError(f"self_answer_rows.{name} must be >= 1, got {n}")
+        return rows
 
     def job(self, job: str) -> str:
         """The config stem ``job`` runs."""
@@ -87,8 +98,6 @@ class Preset(Section):
         """Where ``job``'s config trains on a model's own answers (its datasets include self-answer sets), the
         ``data.datasets=`` override that points them at ``model_dir``'s answers, written under ``out_root``
         first (kept if already there); ``[]`` for a job without such sets."""
-        from medlm.data.targets import SELF_ANSWER_SETS, write_self_answer_sets
-
         entries = self.train_config(job).data.datasets
         names = [e.name for e in entries if e.name in SELF_ANSWER_SETS]
         if not names:

@@ -87,12 +87,18 @@ class Runner:
 
         if name in self.cache:
             return self.cache[name]
-        done = storage.join(self.root, "runs", name, "result.json")
+        done = self._result(name)
         if storage.exists(done):
+            res = json.loads(storage.read_text(done))
+            if res.get("config", self.job(job)) != self.job(job):
+                raise ValueError(
+                    f"{done}: the run {name!r} on this workdir was trained with configs/{res['config']}"
+                    f".yaml, this preset runs configs/{self.job(job)}.yaml; use another --workdir"
+                )
             log.info("reproduce: reusing %s (%s)", name, done)
             self.reused.append(name)
-            self.cache[name] = json.loads(storage.read_text(done))
-            return self.cache[name]
+            self.cache[name] = res
+            return res
         cfg = self.p.train_config(
             job,
             f"run.name={name}",
@@ -103,10 +109,17 @@ class Runner:
         )
         log.info("reproduce: training %s (%s, %d steps)", name, self.job(job), cfg.optim.steps)
         res = train(cfg)
-        res["steps"] = cfg.optim.steps
+        res.update(steps=cfg.optim.steps, config=self.job(job))
         storage.write_text(done, json.dumps(res, default=str))
         self.cache[name] = res
         return res
+
+    def _result(self, name: str) -> str:
+        return storage.join(self.root, "runs", name, "result.json")
+
+    def finished(self, name: str) -> bool:
+        """Whether the run ``name`` has finished (in this command or an earlier one on the workdir)."""
+        return name in self.cache or storage.exists(self._result(name))
 
     def job_config(self, job: str):
         """The job's config as the preset runs it."""
@@ -257,8 +270,11 @@ def _two_stage(r: Runner) -> tuple[dict, dict]:
     """SpeechMedAssist's recipe, shared with VoiceTextBlender: stage 1 injects the knowledge from text,
     stage 2 aligns speech on the spoken material (never the held-out facts)."""
     s1 = r.train("sma-stage1", "stage1", *r.aligned())
-    answers = storage.join(r.root, "runs", "sma-answers")
-    targets = r.p.self_answers("stage2", s1["export"], r.data_root, answers)
+    # stage 2's targets (where its config trains on the stage-1 model's own answers), unless it has finished
+    targets = []
+    if not r.finished("sma-stage2"):
+        answers = storage.join(r.root, "runs", "sma-answers")
+        targets = r.p.self_answers("stage2", s1["export"], r.data_root, answers)
     return s1, r.train("sma-stage2", "stage2", f"model.init_from={s1['export']}", *targets)
 
 
@@ -537,7 +553,13 @@ def speechct(r: Runner) -> dict:
         ],
     )
     t0 = time.time()
-    res = run_ct_clip(cfg)
+    done = storage.join(cfg.output, "results.json")
+    if storage.exists(done) and "training" in (earlier := json.loads(storage.read_text(done))):
+        log.info("reproduce: reusing the ct_clip run (%s)", done)
+        r.reused.append("ct_clip")
+        res = earlier
+    else:
+        res = run_ct_clip(cfg)
     wall = round(time.time() - t0, 1)
     z, ret = res["zero_shot"], res["retrieval"]
     rows = [
@@ -633,6 +655,7 @@ def combine_seeds(results: list[dict]) -> dict:
         "check": checks,
         "seed": seeds,
         "wall_s": round(sum(res["wall_s"] for res in results), 1),
+        "finished": results[-1]["finished"],
         "reused": [f"seed {res['seed']}: {x}" for res in results for x in res["reused"]],
         "notes": f"{first['notes']} Seeds {seeds} (data and training): each number is the mean, every seed's "
         "own value in brackets; a check holds only when it holds on every seed.",

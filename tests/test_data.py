@@ -515,5 +515,15 @@ def test_self_answer_sets_are_written_once_per_model_and_point_the_job_at_them(t
     assert next((tmp_path / "out" / "sentences_self").glob("part-*.parquet")).stat().st_mtime_ns > before
     write_self_answer_sets(str(tmp_path / "b"), str(data), str(tmp_path / "out"), {"sentences_self": 3})
     assert sorted(r["id"] for r in iter_rows(uris["sentences_self"])) == ["u0", "u1", "u2"]
+    (data / "sentences" / "_encoder").mkdir()  # a cache beside the source's shards changes nothing ...
+    (data / "sentences" / "_encoder" / "part-00000.parquet").write_bytes(b"frames")
+    before = next((tmp_path / "out" / "sentences_self").glob("part-*.parquet")).stat().st_mtime_ns
+    write_self_answer_sets(str(tmp_path / "b"), str(data), str(tmp_path / "out"), {"sentences_self": 3})
+    assert next((tmp_path / "out" / "sentences_self").glob("part-*.parquet")).stat().st_mtime_ns == before
+    write_rows(
+        [utt_row(i, id=f"v{i}") for i in range(3)], str(data / "sentences"), "utterance"
+    )  # ... new rows do
+    write_self_answer_sets(str(tmp_path / "b"), str(data), str(tmp_path / "out"), {"sentences_self": 3})
+    assert sorted(r["id"] for r in iter_rows(uris["sentences_self"])) == ["v0", "v1", "v2"]
     with pytest.raises(ValueError, match="not a self-answer set"):
         write_self_answer_sets(str(tmp_path / "a"), str(data), str(tmp_path / "out"), {"qa_text": None})

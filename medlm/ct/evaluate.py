@@ -20,7 +20,7 @@ from medlm.data.schema import CT_RATE_CLASSES
 from medlm.eval.metrics import recall_at_k, zero_shot_auroc_f1
 from medlm.models.tts import speak, voice_bank
 
-STUDENTS = {"speech_no_kd": "student_align", "speech_kd": "student"}  # the compared students' exports
+STUDENTS = {"speech_no_kd": "student_align", "speech_kd": "student"}  # the compared students' export dirs
 TRAINING_RECORD = "training.json"  # in a student's export: its phase, steps and starting weights' digest
 
 RECALL_KS = (1, 5, 10)
@@ -107,7 +107,7 @@ def evaluate_exports(output: str, data_uri: str, data_spec, batch_size: int = 16
         m: gap_recovered(z["teacher_text"][m], z["speech_no_kd"][m], z["speech_kd"][m])
         for m in ("f1", "auroc")
     }
-    results["exports"] = {k: storage.join(output, k) for k in ("teacher", "student_align", "student")}
+    results["exports"] = {k: storage.join(output, k) for k in ("teacher", *STUDENTS.values())}
     records = {k: storage.join(output, export, TRAINING_RECORD) for k, export in STUDENTS.items()}
     results["training"] = {
         k: json.loads(storage.read_text(u)) for k, u in records.items() if storage.exists(u)

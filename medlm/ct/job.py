@@ -7,14 +7,15 @@ Phases (one ``TorchTrainer`` run, every phase on every worker, ZeRO over the glo
 2. ``align``    speech encoder + projection, InfoNCE of the spoken report against the frozen teacher's text
    embedding: the students' common start.
 3. ``no_kd``    from that start, ``distill.steps`` more steps of alignment alone: the student without KD.
-4. ``distill``  from the same start, the same steps, data order and optimizer settings: KL to the teacher's
+4. ``distill``  from the same start, the same steps, seed and optimizer settings: KL to the teacher's
    text->volume similarity distribution (plus the alignment term), the student with KD. The comparison is
    fair: neither student has trained longer.
 
-Each phase is a task object (``build_model``, ``collate``, ``loss``). At the end of a phase every rank saves
-its DeepSpeed shard and reports it (Train V2), and rank 0 exports ``save_pretrained`` dirs to ``output``
-(``teacher/``, ``student_align/`` = speech without KD, ``student/`` = speech with KD; each student's
-``training.json`` records its steps and a digest of its starting weights). The driver then
+Each phase is a task object (``build_model``, ``collate``, ``loss``). At the end of every phase but
+``align`` every rank saves its DeepSpeed shard and reports it (Train V2), and rank 0 exports
+``save_pretrained`` dirs to ``output`` (``teacher/``, ``student_align/`` = speech without KD, ``student/`` =
+speech with KD; each student's ``training.json`` records its steps and a digest of its starting weights).
+The driver then
 evaluates zero-shot classification and speech->volume retrieval on the val/test splits and writes
 ``results.json`` / ``.md``.
 
@@ -45,14 +46,14 @@ from medlm.ct.build import (
     speech_model_spec,
     teacher_text_inputs,
 )
-from medlm.ct.evaluate import TRAINING_RECORD, evaluate_exports
+from medlm.ct.evaluate import STUDENTS, TRAINING_RECORD, evaluate_exports
 from medlm.ct.preprocess import VolumeSpec, featurize_rows
 from medlm.data.synth_ct import base_spacing
 from medlm.train.config import OptimSpec
 
 log = logging.getLogger("medlm.ct")
 
-EXPORTS = {"teacher": "teacher", "no_kd": "student_align", "distill": "student"}
+EXPORTS = {"teacher": "teacher", "no_kd": STUDENTS["speech_no_kd"], "distill": STUDENTS["speech_kd"]}
 
 
 # --- config -----------------------------------------------------------------------------------
@@ -314,14 +315,16 @@ def _on(model, inputs):
 # --- worker side ------------------------------------------------------------------------------
 
 
-def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
+def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None, record_start: bool = False):
     """Train ``task.build_model()`` for ``phase.steps`` DeepSpeed steps with the shared training core;
-    returns (engine, last metrics + ``steps`` taken and ``start``, a digest of the starting weights)."""
+    returns (engine, last metrics + the optimizer ``steps`` taken, and with ``record_start`` ``start``: a
+    digest of the starting weights)."""
+    from medlm.models.encoder import weights_digest
     from medlm.train.core import build_engine, endless, seed_everything, to_device
 
     seed_everything(seed)
     engine, _ = build_engine(task.build_model(), phase, phase.batch_size)
-    start = weights_digest(engine.module)
+    start = {"start": weights_digest(engine.module)} if record_start else {}
     batches = endless(
         lambda epoch: shard.iter_batches(
             batch_size=phase.batch_size,
@@ -338,22 +341,13 @@ def run_phase(task, phase: PhaseSpec, shard, seed: int, log_fn=None):
         engine.step()
         if log_fn and (step % phase.log_every == 0 or step == phase.steps - 1):
             log_fn(task.name, step, metrics)
-    return engine, {**metrics, "steps": engine.global_steps, "start": start}
-
-
-def weights_digest(model) -> str:
-    """A short hash of every parameter and buffer of ``model``, by name."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    # bf16 or fp32: DeepSpeed skips no step (fp16's loss scaling would), so global_steps counts updates
+    return engine, {**metrics, "steps": engine.global_steps, **start}
 
 
 def train_loop(config: dict) -> None:
-    """Runs on every Ray Train worker: teacher, align, distill; report + export after each phase."""
+    """Runs on every Ray Train worker: teacher, align, then the no-KD and KD students from the aligned
+    start; report + export after each phase but align."""
     import ray.train
 
     from medlm.train.core import worker_setup
@@ -391,11 +385,11 @@ def train_loop(config: dict) -> None:
     start, _ = run_phase(
         StudentTask(cfg, teacher, teacher_task.tokenizer, "align"), cfg.align, shard, cfg.seed + 1, log_fn
     )
-    # both students from that start, the same steps, seed (data order) and optimizer settings: only the loss
-    # differs (the paper's comparison; a KD student that trained longer would be favoured)
+    # both students from that start, with the same steps, seed and optimizer settings: only the loss differs
+    # (the paper's comparison; a KD student that trained longer would be favoured)
     for name, loss in (("no_kd", "align"), ("distill", "distill")):
         task = StudentTask(cfg, teacher, teacher_task.tokenizer, loss, init_from=start.module, name=name)
-        engine, m = run_phase(task, cfg.distill, shard, cfg.seed + 2, log_fn)
+        engine, m = run_phase(task, cfg.distill, shard, cfg.seed + 2, log_fn, record_start=True)
         finish(name, engine, metrics=m)
 
 
@@ -420,8 +414,8 @@ def train_dataset(cfg: CTClipConfig, uri: str):
 
 
 def run_ct_clip(cfg: CTClipConfig) -> dict:
-    """Train teacher -> student (align, distill) with Ray Train + DeepSpeed, then evaluate; returns the
-    results."""
+    """Train teacher -> students (align, then no-KD and KD) with Ray Train + DeepSpeed, then evaluate;
+    returns the results."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

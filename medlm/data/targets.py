@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 
 from medlm import storage
-from medlm.data.io import iter_rows, write_rows
+from medlm.data.io import iter_rows, shard_files, write_rows
 from medlm.data.schema import BadRecord, to_messages
 
 
@@ -45,16 +45,22 @@ def write_self_answer_sets(
     """The self-answer sets named in ``limits`` (:data:`SELF_ANSWER_SETS`; each its first N source rows, or
     all), answered by ``model_dir`` from the spoken data under ``data_root``, written to ``out_root/<name>``
     -> ``{name: uri}``. A set already complete there from the same model (the same files: an export retrained
-    at the same path is another model) and limit is kept (frozen work done once); else it is rewritten."""
+    at the same path is another model), source shards and limit is kept (frozen work done once); else it is
+    rewritten."""
     uris = {}
     for name, limit in limits.items():
         if name not in SELF_ANSWER_SETS:
             raise ValueError(f"{name!r} is not a self-answer set; choose from {sorted(SELF_ANSWER_SETS)}")
         spec, uri = SELF_ANSWER_SETS[name], storage.join(out_root, name)
-        done = storage.join(uri, DONE)
-        key = {"model": model_dir, "version": storage.version(model_dir), "limit": limit}
+        src, done = storage.join(data_root, spec.source), storage.join(uri, DONE)
+        key = {
+            "model": model_dir,
+            "version": storage.version(model_dir),
+            "source": storage.version(src, files=shard_files(src)),  # its shards, not the caches beside them
+            "limit": limit,
+        }
         if not storage.exists(done) or json.loads(storage.read_text(done)).get("key") != key:
-            src = storage.join(data_root, spec.source)
+            storage.delete_files(uri, DONE)  # incomplete until written again
             counts = write_self_answers(model_dir, src, uri, spec.kind, limit=limit)
             storage.write_text(done, json.dumps({"key": key, **counts}))
         uris[name] = uri

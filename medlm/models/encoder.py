@@ -138,11 +138,18 @@ def encoder_fingerprint(encoder: AudioEncoder, frontend: AudioFrontend, dtype: s
     holds them: a bfloat16 run and the float32 encoder the cache ran share a key) and the front end's window
     and features. Two encoders share it only if those are the same; the encoder cache
     (``medlm.data.encoder_cache``) is keyed by it."""
+    salt = f"{frontend.encoder_type}/{frontend.window_samples}/{frontend.feature_shape}"
+    return weights_digest(encoder, dtype, salt)
+
+
+def weights_digest(module: torch.nn.Module, dtype: str = "float32", salt: str = "") -> str:
+    """A short hash of ``salt`` and every parameter and buffer of ``module`` by name, as a model of ``dtype``
+    holds them."""
     import hashlib
 
     cast = getattr(torch, dtype)
-    h = hashlib.sha256(f"{frontend.encoder_type}/{frontend.window_samples}/{frontend.feature_shape}".encode())
-    for name, t in sorted(encoder.state_dict().items()):
+    h = hashlib.sha256(salt.encode())
+    for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().to(cast).float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
