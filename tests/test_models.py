@@ -929,6 +929,14 @@ def test_encoder_fingerprint_changes_with_the_weights_and_refuses_a_changed_enco
         model.encoder, model.frontend, "bfloat16"
     )
     assert encoder_fingerprint(bf16, model.frontend) != key
+    # a bf16 run keys by bf16 weights: the export of a bf16 run (its encoder rounded to bf16) keeps the key of
+    # the encoder it started from, so the frames computed for the first run serve the next
+    from medlm.config import load_config
+    from medlm.train import TrainJobConfig
+    from medlm.train.core import key_spec
+
+    assert key_spec(load_config(TrainJobConfig, "stage2_self_real.yaml")).dtype == "bfloat16"
+    assert key_spec(load_config(TrainJobConfig, "stage2.yaml")).dtype == "float32"
     with torch.no_grad():
         next(model.encoder.parameters())[0, 0] += 1e-3  # fine-tuned by one step, say
     changed = encoder_fingerprint(model.encoder, model.frontend)

@@ -208,7 +208,7 @@ class Recipe:
             check_frozen(self.cfg.model, model.encoder)
             check_key(
                 self.cfg.data.encoder_key,
-                encoder_fingerprint(model.encoder, model.frontend, self.cfg.model.dtype),
+                encoder_fingerprint(model.encoder, model.frontend, key_spec(self.cfg).dtype),
             )
         self.n_params = sum(p.numel() for p in model.parameters())
         self.engine, self.scheduler = build_engine(model, self.o, self.cfg.data.batch_rows)
@@ -414,6 +414,12 @@ def evaluate_loss(engine, val_ds, processor, cfg: TrainJobConfig, lockstep: bool
 # --- driver side ------------------------------------------------------------------------------
 
 
+def key_spec(cfg: TrainJobConfig):
+    """The model spec whose ``dtype`` the encoder-cache key uses: the weights as the run holds them (bf16 in
+    a bf16 run, so its export, whose encoder went through bf16, keeps the key of the encoder it came from)."""
+    return cfg.model.model_copy(update={"dtype": "bfloat16"}) if cfg.optim.bf16 else cfg.model
+
+
 def with_encoder_cache(cfg: TrainJobConfig) -> TrainJobConfig:
     """``data.encoder_cache``: the frozen encoder's frames of the train (and val) shards computed where
     they are missing (a Ray Data step, one encoder actor per CPU of the cluster), and the run's data reading
@@ -424,9 +430,10 @@ def with_encoder_cache(cfg: TrainJobConfig) -> TrainJobConfig:
 
     actors = max(1, int(ray.cluster_resources().get("CPU", 1)))
     t0 = time.perf_counter()
-    update = {"data": prepare(cfg.data, cfg.model, actors)}
+    spec = key_spec(cfg)
+    update = {"data": prepare(cfg.data, spec, actors)}
     if cfg.val:
-        update["val"] = prepare(cfg.val.model_copy(update={"encoder_cache": True}), cfg.model, actors)
+        update["val"] = prepare(cfg.val.model_copy(update={"encoder_cache": True}), spec, actors)
     if update["data"].encoder_key:
         log.info(
             "encoder frames ready (key %s) in %.1f s", update["data"].encoder_key, time.perf_counter() - t0
