@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from medlm.config import ConfigError, Section, load_config, resolve_config_path
 from medlm.data.factory import MakeDataConfig
-from medlm.data.targets import SELF_ANSWER_SETS, write_self_answer_sets
+from medlm.data.targets import SELF_ANSWER_SETS, check_self_answer_set, write_self_answer_sets
 from medlm.train import TrainJobConfig
 
 KINDS = ("demo", "reproduce")
@@ -48,8 +48,7 @@ class Preset(Section):
     @classmethod
     def _known_sets(cls, rows: dict[str, int]) -> dict[str, int]:
         for name, n in rows.items():
-            if name not in SELF_ANSWER_SETS:
-                raise ValueError(f"{name!r} is not a self-answer set; choose from {sorted(SELF_ANSWER_SETS)}")
+            check_self_answer_set(name)
             if n < 1:
                 raise ValueError(f"self_answer_rows.{name} must be >= 1, got {n}")
         return rows

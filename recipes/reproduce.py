@@ -605,7 +605,7 @@ def speechct(r: Runner) -> dict:
         "notes": f"The ct_clip job (medlm.ct, configs/{p.ct_config}.yaml) with "
         f"{' '.join(p.ct) or 'its defaults'}; both students train "
         f"{' and '.join(sorted({str(t['steps']) for t in res.get('training', {}).values()}))} steps from the "
-        "same aligned start (the same data order; only the loss differs); "
+        "same aligned start (the same seed; only the loss differs); "
         "gap recovered = (F1 with KD - F1 without) / (F1 teacher - F1 without), meaningless when "
         "the gap is not positive; paper: 88%.",
     }

@@ -39,6 +39,13 @@ SELF_ANSWER_SETS = {
 DONE = "_self_answers.json"  # written last, beside the shards: the set is complete (and by which model)
 
 
+def check_self_answer_set(name: str) -> SelfAnswerSet:
+    """The registered self-answer set ``name``; a clear error for any other name."""
+    if name not in SELF_ANSWER_SETS:
+        raise ValueError(f"{name!r} is not a self-answer set; choose from {sorted(SELF_ANSWER_SETS)}")
+    return SELF_ANSWER_SETS[name]
+
+
 def write_self_answer_sets(
     model_dir: str, data_root: str, out_root: str, limits: dict[str, int | None]
 ) -> dict[str, str]:
@@ -49,9 +56,7 @@ def write_self_answer_sets(
     rewritten."""
     uris = {}
     for name, limit in limits.items():
-        if name not in SELF_ANSWER_SETS:
-            raise ValueError(f"{name!r} is not a self-answer set; choose from {sorted(SELF_ANSWER_SETS)}")
-        spec, uri = SELF_ANSWER_SETS[name], storage.join(out_root, name)
+        spec, uri = check_self_answer_set(name), storage.join(out_root, name)
         src, done = storage.join(data_root, spec.source), storage.join(uri, DONE)
         key = {
             "model": model_dir,
