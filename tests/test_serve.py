@@ -1123,3 +1123,148 @@ def test_the_screen_leads_emergencies_and_refuses_harmful_requests(server, triag
     samples = _poll_metrics(lambda m: _total(m, "ray_medlm_screened_turns_total", result="emergency") >= 2)
     results = {s.labels["result"] for s in samples if s.name == "ray_medlm_screened_turns_total"}
     assert results <= {"none", "emergency", "harmful"} and "harmful" in results
+
+
+# --- the Realtime API ---------------------------------------------------------------------------------------
+
+
+def _pcm24k(text: str) -> bytes:
+    """``text`` said by the Piper voice as the Realtime API's input audio (pcm16, 24 kHz)."""
+    from medlm import audio as audio_io
+    from medlm.models.tts import speak, voice_bank
+
+    (wave,) = speak([text], voice_bank(1, backend="piper")[0])
+    return audio_io.pcm16(audio_io.resample(wave, 16000, 24000))
+
+
+def _until(conn, last: str) -> list:
+    """Server events up to and including the first of type ``last`` (an ``error`` on the way fails)."""
+    events = []
+    while True:
+        event = conn.recv()
+        events.append(event)
+        assert event.type != "error" or last == "error", event
+        if event.type == last:
+            return events
+
+
+@pytest.mark.slow
+def test_realtime_spoken_and_text_turns_with_the_openai_client(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server, api_key=KEY, max_retries=0)
+    question = "What is asthma? Tell me about its causes and its treatment."
+    with client.realtime.connect(model="medlm") as conn:
+        session = conn.recv()
+        assert session.type == "session.created" and session.session.audio.output.voice == "joe"
+        conn.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["audio"],
+                "max_output_tokens": 24,
+                "audio": {"output": {"voice": "en-us"}},
+                "instructions": "You are a careful doctor.",
+            }
+        )
+        updated = _until(conn, "session.updated")[-1].session
+        assert updated.audio.output.voice == "en-us" and updated.instructions == "You are a careful doctor."
+
+        pcm = _pcm24k(question)
+        for i in range(0, len(pcm), 9600):  # 200 ms per message, as a microphone sends them
+            conn.input_audio_buffer.append(audio=base64.b64encode(pcm[i : i + 9600]).decode())
+        conn.input_audio_buffer.commit()
+        events = _until(conn, "conversation.item.created")
+        assert [e.type for e in events] == ["input_audio_buffer.committed", "conversation.item.created"]
+        assert events[1].item.id == events[0].item_id and events[1].item.role == "user"
+
+        conn.response.create()
+        events = _until(conn, "response.done")
+        types = [e.type for e in events]
+        assert types[0] == "response.created" and "response.output_text.delta" not in types
+        transcript = "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
+        audio = b"".join(base64.b64decode(e.delta) for e in events if e.type == "response.output_audio.delta")
+        done = events[-1].response
+        assert transcript.strip() and len(audio) % 2 == 0 and len(audio) / 2 / 24000 > 0.5
+        assert np.abs(np.frombuffer(audio, "<i2")).max() > 1000  # speech, not silence
+        assert done.status in ("completed", "incomplete") and 0 < done.usage.output_tokens <= 24
+        assert done.output[0].content[0].transcript == transcript
+        first_turn = done.usage.input_tokens
+
+        conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "And then?"}]}
+        )
+        assert _until(conn, "conversation.item.created")[-1].item.content[0].text == "And then?"
+        conn.response.create(response={"output_modalities": ["text"], "max_output_tokens": 6})
+        events = _until(conn, "response.done")
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        assert text and not any(e.type == "response.output_audio.delta" for e in events)
+        assert events[-1].response.usage.input_tokens > first_turn  # the history went with the turn
+
+        conn.response.create(response={"output_modalities": ["text"], "max_output_tokens": 64})
+        assert _until(conn, "response.created")
+        conn.response.cancel()
+        assert _until(conn, "response.done")[-1].response.status == "cancelled"
+
+
+def _socket(server: str, key: str | None = KEY, **kw):
+    from websockets.sync.client import connect
+
+    url = server.replace("http://", "ws://") + "/realtime?model=medlm"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return connect(url, additional_headers=headers, max_size=None, **kw)
+
+
+def _events(ws, n: int = 1) -> list[dict]:
+    return [json.loads(ws.recv(timeout=60)) for _ in range(n)]
+
+
+@pytest.mark.slow
+def test_realtime_refuses_garbage_oversize_and_strangers_and_stays_up(server):
+    from websockets.exceptions import ConnectionClosed
+
+    with _socket(server) as ws:
+        assert _events(ws)[0]["type"] == "session.created"
+        for bad, code in (
+            ("not json", "invalid_json"),
+            (json.dumps({"type": "no.such.event"}), "invalid_event"),
+            (json.dumps({"type": "input_audio_buffer.append", "audio": "***"}), "invalid_audio"),
+            (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
+            (json.dumps({"type": "response.cancel"}), "response_cancel_not_active"),
+            (
+                json.dumps({"type": "session.update", "session": {"audio": {"output": {"voice": "x"}}}}),
+                "invalid_voice",
+            ),
+        ):
+            ws.send(bad)
+            (event,) = _events(ws)
+            assert event["type"] == "error" and event["error"]["code"] == code, (bad, event)
+        six_seconds = base64.b64encode(b"\0\0" * 24000 * 6).decode()  # the fixture's turn limit is 5 s
+        ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": six_seconds}))
+        assert _events(ws)[0]["error"]["code"] == "audio_too_long"
+        ws.send(json.dumps({"type": "session.update", "session": {"instructions": "Be brief."}}))
+        assert _events(ws)[0]["type"] == "session.updated"  # the socket survived all of it
+        for _ in range(5):  # bad messages in a row: closed with a policy-violation code
+            ws.send("{")
+        assert all(e["type"] == "error" for e in _events(ws, 5))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+
+    with _socket(server) as ws:
+        _events(ws)
+        ws.send("x" * (1024 * 1024 + 1))
+        assert _events(ws)[0]["error"]["code"] == "message_too_large"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1009
+
+    for key in (None, "wrong"):
+        with _socket(server, key) as ws:
+            assert _events(ws)[0]["error"]["code"] == "invalid_api_key"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1008
+    # a browser's form: the key in a subprotocol (browsers cannot set headers on a WebSocket)
+    with _socket(server, None, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as ws:
+        assert _events(ws)[0]["type"] == "session.created" and ws.subprotocol == "realtime"
+    assert httpx.get(server.removesuffix("/v1") + "/healthz", timeout=30).status_code == 200

@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,13 +38,16 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartParser
+from starlette.websockets import WebSocket
 
 from medlm.audio import SAMPLING_RATE
 from medlm.serving.audio import decode_audio, decode_base64
 from medlm.serving.config import AppArgs, deployment_options
 from medlm.serving.defaults import default_ct_index_dir, default_model_dir
-from medlm.serving.errors import APIError
+from medlm.serving.errors import APIError, unwrap
 from medlm.serving.metrics import IngressMetrics
+from medlm.serving.realtime import RealtimeSession, api_key
+from medlm.serving.replies import Reply, complete_sentences
 from medlm.serving.schemas import (
     AudioOrText,
     ChatCompletion,
@@ -147,12 +149,6 @@ async def retried(call, attempts: int = 3):
             log.warning("a replica died under a request; retrying (%d/%d)", attempt + 2, attempts)
 
 
-def unwrap(exc: BaseException) -> BaseException:
-    """The APIError a deployment raised, from inside Ray's wrapper; else the exception itself."""
-    cause = exc.cause if isinstance(exc, RayTaskError) else exc
-    return cause if isinstance(cause, APIError) else exc
-
-
 # --- request parsing ---------------------------------------------------------------------------------------
 
 
@@ -235,17 +231,8 @@ ROUTES = {
     "/v1/understand",
     "/v1/ct/search",
     "/v1/ct/classify",
+    "/v1/realtime",
 }
-
-
-_SENTENCE_END = re.compile(r"(?<=[^\W\d_][.!?])\s+|(?<=[)\"'][.!?])\s+|\n+")
-
-
-def complete_sentences(text: str) -> tuple[list[str], str]:
-    """Complete sentences of ``text`` (ended by . ! ? after a letter, then a space; or a newline: a list
-    item's "1." is not a sentence) and the unfinished rest."""
-    pieces = _SENTENCE_END.split(text)
-    return [p.strip() for p in pieces[:-1] if p.strip()], pieces[-1]
 
 
 def encode_reply(wave: np.ndarray, fmt: str) -> str:
@@ -299,7 +286,10 @@ class Ingress:
         if request.url.path in PUBLIC_PATHS:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        self.check_key(token if scheme.lower() == "bearer" else None)
+
+    def check_key(self, token: str | None) -> None:
+        if not token or not token.strip():
             raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
         if not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), self.key_digest):
             raise APIError(401, "invalid API key", code="invalid_api_key")
@@ -416,6 +406,18 @@ class Ingress:
             out[m]["content"][p] = part
         return out, await self.screen(" ".join(turn_text), encoded)
 
+    async def encode_turn(self, wave: np.ndarray, cascade: bool = False) -> tuple[dict, str]:
+        """One spoken turn as the model reads it (adapter embeddings; for the cascade Whisper's transcript)
+        and the screen's label of it (read from the audio itself in both cases)."""
+        if cascade:
+            (part,), encoded = await asyncio.gather(
+                self.transcribe_parts([wave]), self.embed([wave] if self.screening else [])
+            )
+        else:
+            encoded = await self.embed([wave])
+            part = {"type": "audio_embeds", "embeds": encoded[0].tokens}
+        return part, await self.screen("", encoded)
+
     @property
     def screening(self) -> bool:
         return self.args.safety.triage_dir is not None
@@ -526,6 +528,36 @@ class Ingress:
         gap = np.zeros(int(0.15 * REPLY_RATE), dtype=np.float32)
         return np.concatenate([x for w in waves for x in (w, gap)][:-1]) if waves else np.zeros(0, np.float32)
 
+    async def start_reply(
+        self,
+        served: str,
+        messages: list[dict],
+        max_tokens: int,
+        screen: str,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        voice: str | None = None,
+    ) -> Reply:
+        """A streamed reply (:class:`~medlm.serving.replies.Reply`) once its first token has arrived: errors
+        before it still become a 4xx (and a dead replica a retry). What the screen's label makes the reply say
+        (:meth:`lead`) comes first; a ``harmful`` turn gets only that. ``voice``: each sentence spoken too."""
+
+        async def start():
+            if screen == "harmful":  # refused: nothing is generated
+                return None, None
+            stream = self.generation(served, messages, max_tokens, temperature, top_p).__aiter__()
+            try:
+                return stream, await stream.__anext__()
+            except StopAsyncIteration:
+                return stream, None
+
+        try:
+            chunks, first = await retried(start)
+        except Exception as e:
+            raise unwrap(e) from None
+        say = (lambda sentence: self.say(sentence, voice)) if voice else None
+        return Reply(chunks, first, self.lead(screen), say)
+
     async def stream_chat(
         self,
         req: ChatCompletionRequest,
@@ -535,26 +567,13 @@ class Ingress:
         max_tokens: int,
         screen: str = "unscreened",
     ) -> StreamingResponse:
-        """SSE chunks as the tokens arrive; with spoken replies each finished sentence goes to the Speaker at
-        once and its audio follows as a ``delta.audio`` chunk while the text goes on streaming. What the
-        screen's label makes the reply say (:meth:`lead`) is the first content chunk and the first audio;
-        a ``harmful`` turn gets only that."""
-        lead = self.lead(screen)
-
-        async def start():
-            if screen == "harmful":  # refused: nothing is generated
-                return None, None
-            stream = self.generation(served, messages, max_tokens, req.temperature, req.top_p).__aiter__()
-            try:
-                return stream, await stream.__anext__()
-            except StopAsyncIteration:
-                return stream, None
-
-        try:  # errors before the first token still become a 4xx response (and a dead replica a retry)
-            chunks, first = await retried(start)
-        except Exception as e:
-            raise unwrap(e) from None
-        cid, created = completion_id(), int(time.time())
+        """SSE chunks as the reply streams (:meth:`start_reply`); a spoken sentence's audio is a
+        ``delta.audio`` chunk."""
+        spoken = req.audio if req.spoken else None
+        reply = await self.start_reply(
+            served, messages, max_tokens, screen, req.temperature, req.top_p, spoken and spoken.voice
+        )
+        cid, created, reply_id = completion_id(), int(time.time()), audio_id()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
         def event(delta: Delta, finish: str | None = None, usage: Usage | None = None, choices: bool = True):
@@ -568,50 +587,18 @@ class Ingress:
                 )
             )
 
-        spoken = req.audio if req.spoken else None
-        reply_id = audio_id()
-        pending: list[tuple[str, asyncio.Task]] = []  # sentences at the Speaker, in order
-
-        def say(sentence: str) -> None:
-            pending.append((sentence, asyncio.create_task(self.say(sentence, spoken.voice))))
-
-        async def spoken_deltas(wait: bool) -> AsyncIterator[bytes]:
-            while pending and (wait or pending[0][1].done()):
-                sentence, task = pending.pop(0)
-                data = encode_reply(await task, spoken.format)
-                yield event(
-                    Delta(
-                        audio=ReplyAudio(
-                            id=reply_id, data=data, transcript=sentence, expires_at=int(time.time())
-                        )
-                    )
-                )
-
         async def events() -> AsyncIterator[bytes]:
             yield event(Delta(role="assistant", content=""))
-            chunk, usage, finish, unsaid = first, None, "stop", ""
-            if lead:
-                yield event(Delta(content=lead + ("\n\n" if chunk is not None else "")))
-                if spoken:
-                    for sentence in complete_sentences(lead)[0]:
-                        say(sentence)
             try:
-                while chunk is not None:
-                    if chunk.text:
-                        yield event(Delta(content=chunk.text))
-                        if spoken:
-                            sentences, unsaid = complete_sentences(unsaid + chunk.text)
-                            for sentence in sentences:
-                                say(sentence)
-                            async for e in spoken_deltas(wait=False):
-                                yield e
-                    finish, usage = chunk.finish_reason or finish, chunk.usage or usage
-                    chunk = await anext(chunks, None)
-                if spoken:
-                    if unsaid.strip():
-                        say(unsaid.strip())
-                    async for e in spoken_deltas(wait=True):
-                        yield e
+                async for piece in reply.pieces():
+                    if piece.audio is None:
+                        yield event(Delta(content=piece.text))
+                        continue
+                    data = encode_reply(piece.audio, spoken.format)
+                    audio = ReplyAudio(
+                        id=reply_id, data=data, transcript=piece.sentence, expires_at=int(time.time())
+                    )
+                    yield event(Delta(audio=audio))
             except Exception as e:  # the stream has started: report in-band, as OpenAI does
                 err = unwrap(e)
                 body = (
@@ -620,14 +607,11 @@ class Ingress:
                 yield sse(body.model_dump_json())
                 return
             finally:  # the client went away: stop synthesising and free the request's decode slot now
-                for _, task in pending:
-                    task.cancel()
-                if chunk is not None:
-                    chunks.cancel()
-            yield event(Delta(), finish=finish)
-            if include_usage and usage is not None:
-                yield event(Delta(), usage=usage, choices=False)
-            self.metrics.tokens(served, usage.completion_tokens if usage else 0)
+                reply.close()
+            yield event(Delta(), finish=reply.finish)
+            if include_usage and reply.usage is not None:
+                yield event(Delta(), usage=reply.usage, choices=False)
+            self.metrics.tokens(served, reply.usage.completion_tokens if reply.usage else 0)
             yield sse("[DONE]")
 
         return StreamingResponse(
@@ -694,6 +678,23 @@ class Ingress:
             usage=usage,
             choices=[Choice(message=ResponseMessage(content=text, audio=audio), finish_reason=finish)],
         )
+
+    @api.websocket("/v1/realtime")
+    async def realtime(self, ws: WebSocket, model: str | None = None) -> None:
+        """OpenAI's Realtime API (:mod:`medlm.serving.realtime`); the key as for HTTP, or in a browser's
+        ``openai-insecure-api-key.<key>`` subprotocol. A refused socket gets an ``error`` event, then close
+        1008."""
+        await ws.accept(subprotocol="realtime" if "realtime" in ws.scope.get("subprotocols", []) else None)
+        try:
+            self.check_key(api_key(ws))
+            model = await self.check_model(model)
+        except APIError as e:
+            self.metrics.request("/v1/realtime", e.status)
+            await ws.send_text(json.dumps({"type": "error", "error": e.body().error.model_dump()}))
+            await ws.close(code=1008, reason=e.message[:120])
+            return
+        self.metrics.request("/v1/realtime", 101)
+        await RealtimeSession(self, ws, model).run()
 
     @api.post("/v1/audio/transcriptions", response_model=None)
     async def transcriptions(self, request: Request) -> Transcription | PlainTextResponse:

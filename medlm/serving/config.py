@@ -24,6 +24,12 @@ class Limits(Section):
     max_text_chars: int = Field(default=32_000, ge=1)  # all text of a request together
     max_tokens: int = Field(default=512, ge=1)  # completion tokens a client may ask for
     default_max_tokens: int = Field(default=128, ge=1)  # when the client does not say
+    # the Realtime API (/v1/realtime): one message's size, a session's length, seconds without a client
+    # message, bad messages in a row before the server closes the socket (a turn's audio: max_audio_seconds)
+    realtime_max_message_bytes: int = Field(default=1024 * 1024, ge=1024)
+    realtime_max_session_seconds: float = Field(default=3600.0, gt=0)
+    realtime_idle_seconds: float = Field(default=300.0, gt=0)
+    realtime_max_bad_messages: int = Field(default=5, ge=1)
 
 
 class BatchOptions(Section):

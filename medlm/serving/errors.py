@@ -47,3 +47,11 @@ class APIError(Exception):
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
         return JSONResponse(self.body().model_dump(), status_code=self.status, headers=headers)
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """The APIError a deployment raised, from inside Ray's wrapper; else the exception itself."""
+    from ray.exceptions import RayTaskError
+
+    cause = exc.cause if isinstance(exc, RayTaskError) else exc
+    return cause if isinstance(cause, APIError) else exc
