@@ -34,6 +34,11 @@ PY
   exec .venv-latest/bin/python -m pytest -m "not slow" "$@"
 fi
 ./scripts/setup.sh
+if ! command -v chromium >/dev/null; then   # the consultation page's test drives Debian's chromium
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } ||
+    echo "chromium could not be installed: the browser test will skip" >&2
+fi
 . .venv/bin/activate
 ruff check . && ruff format --check . || { echo "ruff: run 'ruff check --fix . && ruff format .'" >&2; exit 1; }
 exec python -m pytest "$@"

@@ -1268,3 +1268,118 @@ def test_realtime_refuses_garbage_oversize_and_strangers_and_stays_up(server):
     with _socket(server, None, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as ws:
         assert _events(ws)[0]["type"] == "session.created" and ws.subprotocol == "realtime"
     assert httpx.get(server.removesuffix("/v1") + "/healthz", timeout=30).status_code == 200
+
+
+# --- the consultation page in a real browser ---------------------------------------------------------------
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "test-artifacts"
+
+
+@pytest.mark.slow
+def test_consultation_page_in_a_real_browser(server, tmp_path):
+    """Debian's chromium, headless, with a fake microphone that says a question: two spoken turns (the second
+    carries the first), replies as text and as audio, a typed turn stopped mid-reply, the errors in words."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the lock's test extra")
+    browser_path = shutil.which("chromium")
+    if browser_path is None:
+        pytest.skip("no chromium: ./scripts/test.sh installs Debian's chromium package (apt) where it can")
+    import soundfile as sf
+
+    from medlm.models.tts import speak, voice_bank
+
+    (wave,) = speak(
+        ["I have a cough and a fever. What should I do?"],
+        voice_bank(1, backend="piper")[0],
+    )
+    mic = tmp_path / "mic.wav"  # what the fake microphone plays each time the page opens it
+    sf.write(
+        mic,
+        np.concatenate([np.zeros(2000, np.float32), wave, np.zeros(4000, np.float32)]),
+        16000,
+        subtype="PCM_16",
+    )
+    hold_ms = int(1000 * (len(wave) + 4000) / 16000)  # the fixture's limit is 5 s a turn
+    assert hold_ms < 4500
+    base = server.removesuffix("/v1")
+    args = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={mic}%noloop",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    sent: list[dict] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=args, headless=True)
+        page = browser.new_page()
+        page.on(
+            "request",
+            lambda r: (
+                sent.append(json.loads(r.post_data)) if r.url.endswith("/v1/chat/completions") else None
+            ),
+        )
+        page.goto(base + "/")
+        assert "default-src 'self'" in page.evaluate(
+            "() => fetch('/').then(r => r.headers.get('content-security-policy'))"
+        )
+
+        page.fill("#key", "not-the-key")
+        page.click("#start")
+        page.wait_for_selector("#status.error")
+        assert "API key was not accepted" in page.inner_text("#status")
+        page.fill("#key", KEY)
+        page.click("#start")
+        page.wait_for_selector("#app:not([hidden])")
+        assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == [
+            "medlm",
+            ADAPTER,
+            "cascade",
+        ]
+        page.select_option("#voice", "en-us")
+
+        def spoken_turn(n: int) -> None:
+            page.hover("#talk")
+            page.mouse.down()
+            page.wait_for_timeout(hold_ms)
+            page.mouse.up()
+            page.wait_for_function("n => window.medlm.stats.replies >= n", arg=n, timeout=180_000)
+
+        spoken_turn(1)
+        spoken_turn(2)
+        stats = page.evaluate("window.medlm.stats")
+        assert stats["audioChunks"] >= 2 and stats["audioBytes"] > 24000 and stats["scheduledSeconds"] > 0.5
+        assert stats["playerState"] == "running"
+        turns = page.eval_on_selector_all(
+            "#history li", "ls => ls.map(l => [l.className, l.innerText, !!l.querySelector('audio')])"
+        )
+        assert [t[0] for t in turns] == ["user", "assistant"] * 2 and turns[0][2] and turns[2][2]
+        assert turns[1][1].split("\n", 1)[-1].strip(), "the reply's text is shown"
+        first, second = sent[0]["messages"], sent[1]["messages"]
+        assert len(first) == 1 and first[0]["content"][0]["type"] == "input_audio"
+        assert [m["role"] for m in second] == ["user", "assistant", "user"] and second[:1] == first
+        assert second[1]["content"] == page.evaluate("window.medlm.state.history[1].content")
+        clip = base64.b64decode(first[0]["content"][0]["input_audio"]["data"])
+        heard, rate = sf.read(__import__("io").BytesIO(clip))
+        assert rate == 16000 and np.abs(heard).max() > 0.05, "the page recorded the microphone's speech"
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "consultation-page.png"), full_page=True)
+
+        page.select_option("#voice", "")  # a long typed reply, stopped as soon as it starts
+        page.fill("#max-tokens", "64")
+        page.fill("#text", "Explain in detail every cause of chest pain, one by one.")
+        page.click("#send")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#history li')[5].innerText.length > 8", timeout=120_000
+        )
+        page.click("#stop")
+        page.wait_for_function("() => window.medlm.stats.stopped === 1", timeout=30_000)
+        assert "stopped" in page.get_attribute("#history li:last-child", "class")
+        assert not page.is_disabled("#talk")
+
+        page.click("#new")
+        assert page.eval_on_selector_all("#history li", "ls => ls.length") == 0
+        assert page.evaluate("window.medlm.state.history.length") == 0
+        browser.close()
+    assert httpx.get(base + "/healthz", timeout=30).status_code == 200

@@ -87,7 +87,23 @@ log = logging.getLogger("medlm.serving")
 
 M = TypeVar("M", bound=BaseModel)
 
-PUBLIC_PATHS = {"/healthz"}
+PUBLIC_PATHS = {
+    "/healthz",
+    "/",
+}  # and the page's files (/page/...): they hold nothing; the page asks for the key
+PAGE_FILES = {
+    "index.html": "text/html",
+    "page.js": "text/javascript",
+    "capture.js": "text/javascript",
+    "page.css": "text/css",
+}
+PAGE_HEADERS = {  # the page runs only its own code and talks only to this server
+    "Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 CASCADE = "cascade"  # the model id of the ASR -> LLM baseline
 # the safety screen's label of the turn: emergency | harmful | none | unscreened
 SCREEN_HEADER = "X-Medlm-Screen"
@@ -224,6 +240,7 @@ async def _guard(request: Request, call_next) -> Response:
 
 
 ROUTES = {
+    "/",
     "/healthz",
     "/v1/models",
     "/v1/chat/completions",
@@ -242,6 +259,13 @@ def encode_reply(wave: np.ndarray, fmt: str) -> str:
 
     raw = audio_io.pcm16(wave) if fmt == "pcm16" else audio_io.encode(wave, REPLY_RATE, "WAV", "PCM_16")
     return base64.b64encode(raw).decode()
+
+
+def page_file(name: str) -> Response:
+    from importlib.resources import files
+
+    body = (files("medlm.serving") / "page" / name).read_bytes()
+    return Response(body, media_type=PAGE_FILES[name], headers=PAGE_HEADERS)
 
 
 # --- the ingress deployment ------------------------------------------------------------------------------
@@ -283,7 +307,7 @@ class Ingress:
     def authenticate(self, request: Request) -> None:
         """Bearer API key check (constant-time, on the key's SHA-256); run by the middleware for
         every route."""
-        if request.url.path in PUBLIC_PATHS:
+        if request.url.path in PUBLIC_PATHS or request.url.path.startswith("/page/"):
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         self.check_key(token if scheme.lower() == "bearer" else None)
@@ -632,9 +656,20 @@ class Ingress:
             raise APIError(503, "a model deployment is not ready", code="not_ready") from None
         return {"status": "ok"}
 
+    @api.get("/", response_model=None)
+    async def page(self) -> Response:
+        """The consultation page (``medlm/serving/page``: plain HTML + JS over the chat API)."""
+        return page_file("index.html")
+
+    @api.get("/page/{name}", response_model=None)
+    async def page_asset(self, name: str) -> Response:
+        if name not in PAGE_FILES:
+            raise APIError(404, "not found", code="not_found")
+        return page_file(name)
+
     @api.get("/v1/models")
     async def list_models(self) -> ModelList:
-        asr = [ModelCard(id=self.args.asr_model)] if self.asr is not None else []
+        asr = [ModelCard(id=self.args.asr_model, kind="transcription")] if self.asr is not None else []
         voices = await self.voices() or None
         return ModelList(data=[ModelCard(id=m, voices=voices) for m in await self.model_ids()] + asr)
 

@@ -271,6 +271,9 @@ class ModelCard(BaseModel):
     created: int = 0
     owned_by: str = "medlm"
     voices: list[str] | None = Field(default=None, description="voices of spoken replies (chat models)")
+    kind: Literal["chat", "transcription"] = Field(
+        default="chat", description="chat: /v1/chat/completions; transcription: /v1/audio/transcriptions only"
+    )
 
 
 class ModelList(BaseModel):
