@@ -289,7 +289,12 @@ def server(stack, tmp_path_factory):
 
     port = free_port()
     limits = Limits(
-        max_body_bytes=1_000_000, max_audio_seconds=5, max_turns=8, max_tokens=64, default_max_tokens=8
+        max_body_bytes=1_000_000,
+        max_audio_seconds=5,
+        max_turns=8,
+        max_tokens=64,
+        default_max_tokens=8,
+        realtime_idle_seconds=8,
     )
     DEPLOYED.update(
         model_dir=str(local / "model"),
@@ -1153,6 +1158,7 @@ def test_realtime_spoken_and_text_turns_with_the_openai_client(server):
     import openai
 
     client = openai.OpenAI(base_url=server, api_key=KEY, max_retries=0)
+    cancelled = _cancelled()
     question = "What is asthma? Tell me about its causes and its treatment."
     with client.realtime.connect(model="medlm") as conn:
         session = conn.recv()
@@ -1204,6 +1210,20 @@ def test_realtime_spoken_and_text_turns_with_the_openai_client(server):
         assert _until(conn, "response.created")
         conn.response.cancel()
         assert _until(conn, "response.done")[-1].response.status == "cancelled"
+    assert _cancelled() == cancelled + 1, "the cancelled reply left the decode batch"
+
+
+def _cancelled() -> int:
+    """Generations the LLM replica has dropped because their client went away or cancelled, once settled."""
+    import time
+
+    from ray import serve
+
+    llm, seen = serve.get_deployment_handle("LLM", app_name="medlm"), None
+    while (now := llm.batch_stats.remote().result().get("finished_cancelled", 0)) != seen:
+        seen = now
+        time.sleep(1.0)
+    return now
 
 
 def _socket(server: str, key: str | None = KEY, **kw):
@@ -1264,6 +1284,38 @@ def test_realtime_refuses_garbage_oversize_and_strangers_and_stays_up(server):
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=30)
             assert closed.value.rcvd.code == 1008
+    with _socket(server) as ws:  # a client that drops its socket mid-reply frees the reply's decode slot
+        _events(ws)
+        cancelled = _cancelled()
+        ws.send(
+            json.dumps(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "Tell me about the heart."}],
+                    },
+                }
+            )
+        )
+        ws.send(
+            json.dumps(
+                {
+                    "type": "response.create",
+                    "response": {"output_modalities": ["text"], "max_output_tokens": 64},
+                }
+            )
+        )
+        while _events(ws)[0]["type"] != "response.output_text.delta":
+            pass
+    assert _cancelled() == cancelled + 1
+    with _socket(server) as ws:  # the fixture's idle timeout: 8 s without a message
+        _events(ws)
+        assert _events(ws)[0]["error"]["code"] == "idle_timeout"
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1000
     # a browser's form: the key in a subprotocol (browsers cannot set headers on a WebSocket)
     with _socket(server, None, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as ws:
         assert _events(ws)[0]["type"] == "session.created" and ws.subprotocol == "realtime"

@@ -574,6 +574,9 @@ class Ingress:
                 return stream, await stream.__anext__()
             except StopAsyncIteration:
                 return stream, None
+            except asyncio.CancelledError:  # the client left (or cancelled) before the first token
+                stream.cancel()
+                raise
 
         try:
             chunks, first = await retried(start)

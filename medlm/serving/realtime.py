@@ -206,11 +206,15 @@ class RealtimeSession:
     async def receive(self) -> str:
         """The next client message (text or UTF-8 bytes); closes the socket on an idle or session timeout and
         on an oversized message."""
-        left = self.deadline - time.monotonic()
-        timeout = min(self.limits.realtime_idle_seconds, left)
-        try:
-            message = await asyncio.wait_for(self.ws.receive(), timeout=max(timeout, 0.001))
-        except asyncio.TimeoutError:
+        receiving = asyncio.ensure_future(self.ws.receive())
+        while True:  # a socket is idle when neither side has anything going on (no client message, no reply)
+            left = self.deadline - time.monotonic()
+            timeout = min(self.limits.realtime_idle_seconds, left)
+            done, _ = await asyncio.wait([receiving], timeout=max(timeout, 0.001))
+            if done or self.response is None or timeout >= left:
+                break
+        if not done:
+            receiving.cancel()
             idle = timeout < left
             await self.error(
                 APIError(
@@ -220,6 +224,7 @@ class RealtimeSession:
                 )
             )
             await self.close(CLOSE_NORMAL, "idle timeout" if idle else "session time limit")
+        message = receiving.result()
         if message["type"] == "websocket.disconnect":
             raise Closed("client disconnected")
         data = message.get("text")
