@@ -5,6 +5,9 @@
     python bench/serve_load.py throughput   # c=16, answers of 16..256 tokens: static vs continuous batching
     python bench/serve_load.py chaos        # 1,000 requests at c=32 mixing text, audio in and audio out, one
                                             #   replica of each model deployment killed under load
+    python bench/serve_load.py realtime     # /v1/realtime: commit -> first text / first audio byte, a 6 s
+                                            #   spoken question, c=1 and c=8 sockets, end to end vs cascade,
+                                            #   and the chat API's streamed spoken reply to the same audio
     python bench/serve_load.py engine       # no Serve: the decode loop vs HF generate on one batch of 16,
                                             #   1 and 2 torch threads (what the LLM replica itself can do)
     python bench/serve_load.py all          # latency, throughput, chaos
@@ -181,6 +184,127 @@ def latency(model_dir: str, opts, key: str) -> list[dict]:
     return rows
 
 
+REALTIME_QUESTION = QUESTION + " Should I see a doctor?"  # about 6 s in the Piper voice
+
+
+async def realtime_one(url: str, key: str, model: str, pcm: bytes, max_tokens: int) -> dict:
+    """One push-to-talk turn over /v1/realtime: the question's audio appended (200 ms messages), then commit +
+    response.create; seconds from the commit to the turn's encoding (item created), the first transcript
+    delta, the first audio byte and response.done."""
+    from websockets.asyncio.client import connect
+
+    out = {"status": None, "error": None, "tokens": 0}
+    ws_url = url.replace("http://", "ws://") + f"/realtime?model={model}"
+    async with connect(ws_url, additional_headers={"Authorization": f"Bearer {key}"}, max_size=None) as ws:
+        await ws.recv()  # session.created
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "realtime",
+                        "output_modalities": ["audio"],
+                        "max_output_tokens": max_tokens,
+                        "audio": {"output": {"voice": "joe"}},
+                    },
+                }
+            )
+        )
+        for i in range(0, len(pcm), 9600):
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "input_audio_buffer.append",
+                        "audio": base64.b64encode(pcm[i : i + 9600]).decode(),
+                    }
+                )
+            )
+        t0 = time.perf_counter()
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        await ws.send(json.dumps({"type": "response.create"}))
+        marks = {
+            "conversation.item.created": "encoded",
+            "response.output_audio_transcript.delta": "ttft",
+            "response.output_audio.delta": "ttfa",
+            "response.done": "total",
+        }
+        while "total" not in out:
+            event = json.loads(await ws.recv())
+            name = marks.get(event["type"])
+            if name and name not in out:
+                out[name] = time.perf_counter() - t0
+            if event["type"] == "error":
+                out["error"] = event["error"]["code"]
+                break
+            if event["type"] == "response.done":
+                out["status"] = 200 if event["response"]["status"] in ("completed", "incomplete") else None
+                out["tokens"] = event["response"]["usage"]["output_tokens"]
+    return out
+
+
+def realtime(model_dir: str, opts, key: str) -> list[dict]:
+    """commit -> first text delta / first audio byte for a ~6 s spoken question, c=1 and c=8 sockets, end to
+    end vs cascade; beside it the chat API's streamed spoken reply to the same audio (the turn over SSE)."""
+    from ray import serve
+
+    from medlm import audio as audio_io
+    from medlm.models.tts import speak, voice_bank
+
+    (wave,) = speak([REALTIME_QUESTION], voice_bank(1, backend="piper")[0])
+    seconds = len(wave) / audio_io.SAMPLING_RATE
+    print(f"spoken question: {seconds:.1f} s of Piper speech", flush=True)
+    pcm = audio_io.pcm16(audio_io.resample(wave, audio_io.SAMPLING_RATE, 24000))
+    part = {
+        "type": "input_audio",
+        "input_audio": {
+            "data": base64.b64encode(audio_io.encode(wave, audio_io.SAMPLING_RATE, "WAV", "PCM_16")).decode(),
+            "format": "wav",
+        },
+    }
+    url = serve_app(model_dir, opts.port, key, asr_model="whisper-tiny.en")
+    rows = []
+
+    async def sockets(model: str, n: int, concurrency: int) -> tuple[list[dict], float]:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one():
+            async with gate:
+                return await realtime_one(url, key, model, pcm, opts.max_tokens)
+
+        await realtime_one(url, key, model, pcm, opts.max_tokens)  # warm-up, not counted
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(n)))
+        return results, time.perf_counter() - start
+
+    for concurrency, n in ((1, opts.latency_requests), (8, 16)):
+        for model in ("medlm", "cascade"):
+            results, wall = asyncio.run(sockets(model, n, concurrency))
+            ok = [r for r in results if r["status"] == 200]
+            row = {
+                "api": "realtime",
+                "concurrency": concurrency,
+                "model": model,
+                **summary(results, wall),
+                "encoded_p50_ms": pct([r.get("encoded") for r in ok], 0.5),
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            body = {
+                "model": model,
+                "max_tokens": opts.max_tokens,
+                "temperature": 0,
+                "messages": [{"role": "user", "content": [part]}],
+                "modalities": ["text", "audio"],
+                "audio": {"voice": "joe", "format": "pcm16"},
+            }
+            results, wall = asyncio.run(run_load(url, key, [body] * n, concurrency))
+            row = {"api": "chat (SSE)", "concurrency": concurrency, "model": model, **summary(results, wall)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    serve.shutdown()
+    return rows
+
+
 def throughput(model_dir: str, opts, key: str) -> list[dict]:
     from ray import serve
 
@@ -330,7 +454,7 @@ def engine(model_dir: str, opts, key: str) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["latency", "throughput", "chaos", "engine", "all"])
+    ap.add_argument("scenario", choices=["latency", "throughput", "chaos", "engine", "realtime", "all"])
     ap.add_argument("--max-tokens", type=int, default=64, help="answer length of the latency runs")
     ap.add_argument("--latency-requests", type=int, default=8, help="requests per mode at concurrency 1")
     ap.add_argument("--throughput-requests", type=int, default=48)
@@ -386,6 +510,20 @@ def main() -> None:
             "ttft_p99_ms",
             "total_p50_ms",
             "total_p99_ms",
+        ],
+        "realtime": [
+            "api",
+            "concurrency",
+            "model",
+            "n",
+            "ok",
+            "encoded_p50_ms",
+            "ttft_p50_ms",
+            "ttft_p99_ms",
+            "ttfa_p50_ms",
+            "ttfa_p99_ms",
+            "total_p50_ms",
+            "mean_tokens",
         ],
         "engine": ["threads", "rows", "new_tokens", "hf_generate_tokens_per_s", "engine_tokens_per_s"],
         "chaos": [
