@@ -565,15 +565,19 @@ def test_readme_api_block_runs(server, tmp_path, monkeypatch):
     from medlm.models.tts import speak, voice_bank
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    (block,) = re.findall(r"### Talking to the API.*?```python\n(.*?)```", readme, re.S)
+    section = readme.split("### Talking to the API", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2, "the chat API's block and the Realtime API's"
     (wave,) = speak(["What is asthma?"], voice_bank(1, backend="piper")[0])
     (tmp_path / "question.wav").write_bytes(encode_wav(wave, 16000))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MEDLM_URL", server)
     monkeypatch.setenv("MEDLM_API_KEY", KEY)
     scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
+    for block in blocks:  # in order, in one scope: the second uses the first's client
+        exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own documentation
     assert scope["pcm"] and (tmp_path / "answer.wav").stat().st_size > 1000
+    assert len(scope["said"]) > 24000 and scope["event"].response.status in ("completed", "incomplete")
 
 
 @pytest.mark.slow
