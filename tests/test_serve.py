@@ -86,7 +86,7 @@ def test_render_prompt_matches_processor():
 
 
 def test_reply_sentences_are_split_for_speech():
-    from medlm.serving.app import complete_sentences
+    from medlm.serving.replies import complete_sentences
 
     assert complete_sentences("It is mild. Rest!\n1. Drink water. 2. Sle") == (
         ["It is mild.", "Rest!", "1. Drink water."],
@@ -1054,86 +1054,6 @@ def test_metrics_reach_rays_prometheus_endpoint(client, server):
     assert not any("Secret" in v for s in samples for v in s.labels.values())  # no request content in a tag
 
 
-@pytest.mark.slow
-def test_the_screen_leads_emergencies_and_refuses_harmful_requests(server, triage_export):
-    """The app redeployed with a screen (conftest.py's small real one, emergency number 112; the module's last
-    test: the others run unscreened). Every patient turn is screened: a typed emergency gets the
-    emergency instruction first (streamed and spoken first too), a harmful request gets the refusal and no
-    generation, an ordinary question neither; a spoken turn gets what the screen says of its audio."""
-    from ray import serve
-
-    from medlm.data.medsafetybench import test_sample
-    from medlm.eval.safety_sets import HELDOUT_EMERGENCIES
-    from medlm.models import ModelSpec, build_model
-    from medlm.models.triage import EMERGENCY_NOTICE, REFUSAL, Screen, item_frames
-    from medlm.serving import run_local
-    from medlm.serving.app import complete_sentences
-    from medlm.serving.config import SafetyOptions
-
-    serve.delete("medlm")
-    assert (
-        run_local(**DEPLOYED, safety=SafetyOptions(triage_dir=triage_export, emergency_number="112"))
-        == server
-    )
-
-    notice, refusal = EMERGENCY_NOTICE.format(number="112"), REFUSAL.format(number="112")
-    assert "112" in notice and "911" not in notice
-    emergency = next(t for c, t in HELDOUT_EMERGENCIES if c == "cardiac")
-
-    typed = _post_chat(server, messages=[{"role": "user", "content": emergency}])
-    assert typed.status_code == 200 and typed.headers["x-medlm-screen"] == "emergency"
-    content = typed.json()["choices"][0]["message"]["content"]
-    assert (
-        content.startswith(notice + "\n\n") and len(content) > len(notice) + 2
-    )  # the model's answer follows
-
-    question = spoken_question("My dad is clutching his chest, sweating and cannot breathe.")
-    spoken = _post_chat(server, messages=[question])
-    wave = decode_audio(base64.b64decode(question["content"][0]["input_audio"]["data"]), 5, "audio")
-    screen, (speech_lm, _) = Screen(triage_export), build_model(ModelSpec(preset="real"))
-    expected = screen.model.decide(screen.audio_probs(item_frames(speech_lm, [wave]))[0], "audio")
-    assert spoken.status_code == 200 and spoken.headers["x-medlm-screen"] == expected  # from the audio itself
-
-    stream = _post_chat(
-        server,
-        messages=[{"role": "user", "content": emergency}],
-        stream=True,
-        modalities=["text", "audio"],
-        audio={"voice": "en-us", "format": "pcm16"},
-    )
-    assert stream.headers["x-medlm-screen"] == "emergency"
-    deltas = [e["choices"][0]["delta"] for e in _sse(stream) if e.get("choices")]
-    texts = [d["content"] for d in deltas if d.get("content")]
-    audio = [d["audio"] for d in deltas if d.get("audio")]
-    assert texts[0] == notice + "\n\n"
-    assert [a["transcript"] for a in audio[: len(complete_sentences(notice)[0])]] == complete_sentences(
-        notice
-    )[0]
-
-    harmful = test_sample(1, seed=0)[0]["request"]
-    refused = _post_chat(server, messages=[{"role": "user", "content": harmful}])
-    assert refused.headers["x-medlm-screen"] == "harmful"
-    assert refused.json()["choices"][0]["message"]["content"] == refusal
-    assert refused.json()["usage"]["completion_tokens"] == 0  # the LLM never saw it
-    streamed = _post_chat(server, messages=[{"role": "user", "content": harmful}], stream=True)
-    assert (
-        "".join(
-            d.get("content") or ""
-            for e in _sse(streamed)
-            for d in [e["choices"][0]["delta"]]
-            if e.get("choices")
-        )
-        == refusal
-    )
-
-    ordinary = _post_chat(server, messages=[{"role": "user", "content": "What are the symptoms of asthma?"}])
-    assert ordinary.headers["x-medlm-screen"] == "none"
-    assert not ordinary.json()["choices"][0]["message"]["content"].startswith(notice)
-    samples = _poll_metrics(lambda m: _total(m, "ray_medlm_screened_turns_total", result="emergency") >= 2)
-    results = {s.labels["result"] for s in samples if s.name == "ray_medlm_screened_turns_total"}
-    assert results <= {"none", "emergency", "harmful"} and "harmful" in results
-
-
 # --- the Realtime API ---------------------------------------------------------------------------------------
 
 
@@ -1211,7 +1131,7 @@ def test_realtime_spoken_and_text_turns_with_the_openai_client(server):
         assert events[-1].response.usage.input_tokens > first_turn  # the history went with the turn
 
         conn.response.create(response={"output_modalities": ["text"], "max_output_tokens": 64})
-        assert _until(conn, "response.created")
+        assert _until(conn, "response.output_text.delta")  # decoding: the cancel must free its slot
         conn.response.cancel()
         assert _until(conn, "response.done")[-1].response.status == "cancelled"
     assert _cancelled() == cancelled + 1, "the cancelled reply left the decode batch"
@@ -1439,3 +1359,97 @@ def test_consultation_page_in_a_real_browser(server, tmp_path):
         assert page.evaluate("window.medlm.state.history.length") == 0
         browser.close()
     assert httpx.get(base + "/healthz", timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_screen_leads_emergencies_and_refuses_harmful_requests(server, triage_export):
+    """The app redeployed with a screen (conftest.py's small real one, emergency number 112; the module's last
+    test: the others run unscreened). Every patient turn is screened: a typed emergency gets the
+    emergency instruction first (streamed and spoken first too), a harmful request gets the refusal and no
+    generation, an ordinary question neither; a spoken turn gets what the screen says of its audio."""
+    from ray import serve
+
+    from medlm.data.medsafetybench import test_sample
+    from medlm.eval.safety_sets import HELDOUT_EMERGENCIES
+    from medlm.models import ModelSpec, build_model
+    from medlm.models.triage import EMERGENCY_NOTICE, REFUSAL, Screen, item_frames
+    from medlm.serving import run_local
+    from medlm.serving.config import SafetyOptions
+    from medlm.serving.replies import sentences
+
+    serve.delete("medlm")
+    assert (
+        run_local(**DEPLOYED, safety=SafetyOptions(triage_dir=triage_export, emergency_number="112"))
+        == server
+    )
+
+    notice, refusal = EMERGENCY_NOTICE.format(number="112"), REFUSAL.format(number="112")
+    assert "112" in notice and "911" not in notice
+    emergency = next(t for c, t in HELDOUT_EMERGENCIES if c == "cardiac")
+
+    typed = _post_chat(server, messages=[{"role": "user", "content": emergency}])
+    assert typed.status_code == 200 and typed.headers["x-medlm-screen"] == "emergency"
+    content = typed.json()["choices"][0]["message"]["content"]
+    assert (
+        content.startswith(notice + "\n\n") and len(content) > len(notice) + 2
+    )  # the model's answer follows
+
+    question = spoken_question("My dad is clutching his chest, sweating and cannot breathe.")
+    spoken = _post_chat(server, messages=[question])
+    wave = decode_audio(base64.b64decode(question["content"][0]["input_audio"]["data"]), 5, "audio")
+    screen, (speech_lm, _) = Screen(triage_export), build_model(ModelSpec(preset="real"))
+    expected = screen.model.decide(screen.audio_probs(item_frames(speech_lm, [wave]))[0], "audio")
+    assert spoken.status_code == 200 and spoken.headers["x-medlm-screen"] == expected  # from the audio itself
+
+    stream = _post_chat(
+        server,
+        messages=[{"role": "user", "content": emergency}],
+        stream=True,
+        modalities=["text", "audio"],
+        audio={"voice": "en-us", "format": "pcm16"},
+    )
+    assert stream.headers["x-medlm-screen"] == "emergency"
+    deltas = [e["choices"][0]["delta"] for e in _sse(stream) if e.get("choices")]
+    texts = [d["content"] for d in deltas if d.get("content")]
+    audio = [d["audio"] for d in deltas if d.get("audio")]
+    assert texts[0] == notice + "\n\n"
+    assert [a["transcript"] for a in audio[: len(sentences(notice))]] == sentences(notice)  # all of it
+    assert " ".join(sentences(notice)) == notice
+
+    harmful = test_sample(1, seed=0)[0]["request"]
+    refused = _post_chat(server, messages=[{"role": "user", "content": harmful}])
+    assert refused.headers["x-medlm-screen"] == "harmful"
+    assert refused.json()["choices"][0]["message"]["content"] == refusal
+    assert refused.json()["usage"]["completion_tokens"] == 0  # the LLM never saw it
+    streamed = _post_chat(server, messages=[{"role": "user", "content": harmful}], stream=True)
+    assert (
+        "".join(
+            d.get("content") or ""
+            for e in _sse(streamed)
+            for d in [e["choices"][0]["delta"]]
+            if e.get("choices")
+        )
+        == refusal
+    )
+
+    ordinary = _post_chat(server, messages=[{"role": "user", "content": "What are the symptoms of asthma?"}])
+    assert ordinary.headers["x-medlm-screen"] == "none"
+    assert not ordinary.json()["choices"][0]["message"]["content"].startswith(notice)
+    samples = _poll_metrics(
+        lambda m: _total(m, "ray_medlm_screened_turns_total", result="emergency") >= 2
+        and _total(m, "ray_medlm_screened_turns_total", result="harmful") >= 1
+    )
+    results = {s.labels["result"] for s in samples if s.name == "ray_medlm_screened_turns_total"}
+    assert results <= {"none", "emergency", "harmful"} and "harmful" in results
+
+    with _socket(server) as ws:  # the Realtime API's turns are screened the same way
+        _events(ws)
+        for text in (emergency, harmful):
+            item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+            ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+            ws.send(json.dumps({"type": "response.create", "response": {"output_modalities": ["text"]}}))
+            events = []
+            while not events or events[-1]["type"] != "response.done":
+                events += _events(ws)
+            said = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+            assert said.startswith(notice + "\n\n") if text == emergency else said == refusal

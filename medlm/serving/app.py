@@ -46,8 +46,8 @@ from medlm.serving.config import AppArgs, deployment_options
 from medlm.serving.defaults import default_ct_index_dir, default_model_dir
 from medlm.serving.errors import APIError, unwrap
 from medlm.serving.metrics import IngressMetrics
-from medlm.serving.realtime import RealtimeSession, api_key
-from medlm.serving.replies import Reply, complete_sentences
+from medlm.serving.realtime import RealtimeSession, api_key, new_id
+from medlm.serving.replies import Reply, sentences
 from medlm.serving.schemas import (
     AudioOrText,
     ChatCompletion,
@@ -546,9 +546,7 @@ class Ingress:
         """``text`` spoken (sentence by sentence, the sentences in parallel through the batching Speaker)."""
         from medlm.serving.deployments import REPLY_RATE
 
-        sentences, rest = complete_sentences(text)
-        sentences += [rest.strip()] if rest.strip() else []
-        waves = await asyncio.gather(*(self.say(t, voice) for t in sentences))
+        waves = await asyncio.gather(*(self.say(t, voice) for t in sentences(text)))
         gap = np.zeros(int(0.15 * REPLY_RATE), dtype=np.float32)
         return np.concatenate([x for w in waves for x in (w, gap)][:-1]) if waves else np.zeros(0, np.float32)
 
@@ -728,7 +726,8 @@ class Ingress:
             model = await self.check_model(model)
         except APIError as e:
             self.metrics.request("/v1/realtime", e.status)
-            await ws.send_text(json.dumps({"type": "error", "error": e.body().error.model_dump()}))
+            error = {"event_id": new_id("event"), "type": "error", "error": e.body().error.model_dump()}
+            await ws.send_text(json.dumps(error))
             await ws.close(code=1008, reason=e.message[:120])
             return
         self.metrics.request("/v1/realtime", 101)

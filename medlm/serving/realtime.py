@@ -156,6 +156,11 @@ def api_key(ws: WebSocket) -> str | None:
     return keys[0] if keys else None
 
 
+def as_api_error(exc: BaseException) -> APIError:
+    err = unwrap(exc)
+    return err if isinstance(err, APIError) else APIError(500, "internal server error")
+
+
 class Closed(Exception):
     """The socket is done (the client left, or the server closed it)."""
 
@@ -166,6 +171,9 @@ class Turn:
 
     def __init__(self, item: dict, message: dict, screen: str = "none"):
         self.item, self.message, self.screen = item, message, screen
+        content = message["content"]
+        self.chars = len(content) if isinstance(content, str) else 0
+        self.audio = 0 if isinstance(content, str) else 1
 
 
 class RealtimeSession:
@@ -184,6 +192,7 @@ class RealtimeSession:
         self.response: asyncio.Task | None = None
         self.response_id: str | None = None
         self.bad = 0  # consecutive bad messages
+        self.closed = False
         self.deadline = time.monotonic() + self.limits.realtime_max_session_seconds
         self.send_lock = asyncio.Lock()
 
@@ -195,7 +204,10 @@ class RealtimeSession:
 
     async def error(self, err: APIError, event_id: str | None = None) -> None:
         body = err.body().error.model_dump()
-        await self.emit("error", error={**body, "event_id": event_id})
+        try:
+            await self.emit("error", error={**body, "event_id": event_id})
+        except Exception:  # the client is gone: nobody to tell
+            pass
 
     async def close(self, code: int, reason: str) -> None:
         try:
@@ -258,11 +270,14 @@ class RealtimeSession:
                 try:
                     await self.handle(event)
                     self.bad = 0
-                except APIError as e:
-                    await self.error(e, event.event_id)
+                except (Closed, WebSocketDisconnect):
+                    raise
+                except Exception as e:  # a model call failed: the client hears why, the session goes on
+                    await self.error(as_api_error(e), event.event_id)
         except (Closed, WebSocketDisconnect):
             pass
         finally:  # a dropped client frees its generation at once
+            self.closed = True
             if self.response is not None:
                 self.response.cancel()
 
@@ -421,8 +436,12 @@ class RealtimeSession:
         await self.add(Turn(item, {"role": msg.role, "content": text}, screen), self.last_id())
 
     async def add(self, turn: Turn, previous: str | None) -> None:
-        self.turns.append(turn)
+        self.keep(turn)
         await self.emit("conversation.item.created", item=turn.item, previous_item_id=previous)
+
+    def keep(self, turn: Turn) -> None:
+        """Add a turn; the session holds the newest ``max_turns`` (what a reply can read), no more."""
+        self.turns = [*self.turns, turn][-self.limits.max_turns :]
 
     def last_id(self) -> str | None:
         return self.turns[-1].item["id"] if self.turns else None
@@ -448,25 +467,7 @@ class RealtimeSession:
         instructions = (
             self.instructions if opts.instructions is None else self.ingress.check_text(opts.instructions)
         )
-        self.response_id = new_id("resp")
-        self.response = asyncio.create_task(
-            self.respond(self.response_id, instructions, modalities, voice, max_tokens)
-        )
-        self.response.add_done_callback(lambda _: setattr(self, "response", None))
-
-    def messages(self, instructions: str) -> tuple[list[dict], str]:
-        """The model's messages (the newest ``max_turns`` items) and the screen's label of the last user
-        turn."""
-        turns = self.turns[-self.limits.max_turns :]
-        system = [{"role": "system", "content": instructions}] if instructions else []
-        screen = next((t.screen for t in reversed(turns) if t.item["role"] == "user"), "none")
-        return system + [t.message for t in turns], screen
-
-    async def respond(
-        self, rid: str, instructions: str, modalities: list[str], voice: str | None, max_tokens: int
-    ) -> None:
-        item_id = new_id("item")
-        where = {"response_id": rid, "item_id": item_id, "output_index": 0, "content_index": 0}
+        rid = new_id("resp")
         response = {
             "id": rid,
             "object": "realtime.response",
@@ -476,26 +477,85 @@ class RealtimeSession:
             "max_output_tokens": max_tokens,
         }
         await self.emit("response.created", response=response)
+        self.response_id = rid
+        self.response = asyncio.create_task(self.respond(response, instructions, voice, max_tokens))
+        self.response.add_done_callback(lambda task: self.responded(task, response))
+
+    def responded(self, task: asyncio.Task, response: dict) -> None:
+        """A response task ended: the next may start; one cancelled before it could say so still gets its
+        ``response.done``."""
+        self.response = None
+        if response["status"] == "in_progress" and not self.closed:
+            response.update(
+                status="cancelled", status_details={"type": "cancelled", "reason": "client_cancelled"}
+            )
+            asyncio.ensure_future(self.emit_quietly("response.done", response=response))
+
+    async def emit_quietly(self, type_: str, **fields: Any) -> None:
+        try:
+            await self.emit(type_, **fields)
+        except Exception:  # the client is gone
+            pass
+
+    def messages(self, instructions: str) -> tuple[list[dict], str]:
+        """The model's messages (the newest ``max_turns`` items) and the screen's label of the last user
+        turn."""
+        turns, chars, audio = [], len(instructions), 0
+        for turn in reversed(self.turns):  # the newest items that fit the chat API's per-request limits
+            chars += turn.chars
+            audio += turn.audio
+            if (
+                len(turns) == self.limits.max_turns
+                or (turns and chars > self.limits.max_text_chars)
+                or audio > self.limits.max_audio_parts
+            ):
+                break
+            turns.insert(0, turn)
+        system = [{"role": "system", "content": instructions}] if instructions else []
+        screen = next((t.screen for t in reversed(turns) if t.item["role"] == "user"), "none")
+        return system + [t.message for t in turns], screen
+
+    async def respond(self, response: dict, instructions: str, voice: str | None, max_tokens: int) -> None:
+        """Stream one reply as events (OpenAI's order: output item and content part added, deltas, their
+        ``.done`` events, ``response.done`` with usage), whatever ends it: completion, the token limit, a
+        cancel or an error."""
+        item_id = new_id("item")
+        kind, field = ("output_audio", "transcript") if voice else ("output_text", "text")
+        where = {"response_id": response["id"], "item_id": item_id, "output_index": 0}
+        item = {
+            "id": item_id,
+            "type": "message",
+            "object": "realtime.item",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
         served, _ = self.served
         messages, screen = self.messages(instructions)
         status, details, reply = "completed", None, None
         try:
+            await self.emit(
+                "response.output_item.added", response_id=response["id"], output_index=0, item=item
+            )
+            await self.emit(
+                "response.content_part.added", **where, content_index=0, part={"type": kind, field: ""}
+            )
             reply = await self.ingress.start_reply(served, messages, max_tokens, screen, voice=voice)
             async for piece in reply.pieces():
                 if piece.audio is not None:
                     data = base64.b64encode(audio_io.pcm16(piece.audio)).decode()
-                    await self.emit("response.output_audio.delta", delta=data, **where)
-                elif voice:
-                    await self.emit("response.output_audio_transcript.delta", delta=piece.text, **where)
+                    await self.emit("response.output_audio.delta", delta=data, **where, content_index=0)
                 else:
-                    await self.emit("response.output_text.delta", delta=piece.text, **where)
+                    delta = (
+                        "response.output_audio_transcript.delta" if voice else "response.output_text.delta"
+                    )
+                    await self.emit(delta, delta=piece.text, **where, content_index=0)
             if reply.finish == "length":
                 status, details = "incomplete", {"type": "incomplete", "reason": "max_output_tokens"}
         except asyncio.CancelledError:
             status, details = "cancelled", {"type": "cancelled", "reason": "client_cancelled"}
         except Exception as e:
-            err = unwrap(e)
-            err = err if isinstance(err, APIError) else APIError(500, "internal server error")
+            err = as_api_error(e)
             status, details = (
                 "failed",
                 {"type": "failed", "error": {"type": err.body().error.type, "code": err.code}},
@@ -506,26 +566,27 @@ class RealtimeSession:
                 reply.close()
         text = reply.text if reply is not None else ""
         usage = reply.usage if reply is not None else None
-        kind = "output_audio" if voice else "output_text"
-        item = {
-            "id": item_id,
-            "type": "message",
-            "object": "realtime.item",
-            "status": "completed",
-            "role": "assistant",
-            "content": [{"type": kind, ("transcript" if voice else "text"): text}],
-        }
+        part = {"type": kind, field: text}
+        item.update(status="completed" if status == "completed" else "incomplete", content=[part])
         if text:
-            self.turns.append(Turn(item, {"role": "assistant", "content": text}))
+            self.keep(Turn(item, {"role": "assistant", "content": text}))
         n_in, n_out = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         self.ingress.metrics.tokens(served, n_out)
+        if voice:
+            await self.emit_quietly(
+                "response.output_audio_transcript.done", **where, content_index=0, transcript=text
+            )
+            await self.emit_quietly("response.output_audio.done", **where, content_index=0)
+        else:
+            await self.emit_quietly("response.output_text.done", **where, content_index=0, text=text)
+        await self.emit_quietly("response.content_part.done", **where, content_index=0, part=part)
+        await self.emit_quietly(
+            "response.output_item.done", response_id=response["id"], output_index=0, item=item
+        )
         response.update(
             status=status,
             status_details=details,
             output=[item] if text else [],
             usage={"total_tokens": n_in + n_out, "input_tokens": n_in, "output_tokens": n_out},
         )
-        try:
-            await self.emit("response.done", response=response)
-        except Exception:  # the client is gone
-            pass
+        await self.emit_quietly("response.done", response=response)

@@ -23,6 +23,12 @@ def complete_sentences(text: str) -> tuple[list[str], str]:
     return [p.strip() for p in pieces[:-1] if p.strip()], pieces[-1]
 
 
+def sentences(text: str) -> list[str]:
+    """All of ``text`` as sentences to speak: the complete ones and the unfinished rest."""
+    done, rest = complete_sentences(text)
+    return done + ([rest.strip()] if rest.strip() else [])
+
+
 @dataclass
 class Piece:
     """One step of a streamed reply: new ``text``, or the ``audio`` of one finished ``sentence``."""
@@ -68,14 +74,14 @@ class Reply:
             if self.lead:
                 yield self._said(self.lead + ("\n\n" if chunk is not None else ""))
                 if self.say:
-                    for sentence in complete_sentences(self.lead)[0]:
+                    for sentence in sentences(self.lead):
                         self._speak(sentence)
             while chunk is not None:
                 if chunk.text:
                     yield self._said(chunk.text)
                     if self.say:
-                        sentences, unsaid = complete_sentences(unsaid + chunk.text)
-                        for sentence in sentences:
+                        done, unsaid = complete_sentences(unsaid + chunk.text)
+                        for sentence in done:
                             self._speak(sentence)
                         async for piece in self._spoken(wait=False):
                             yield piece

@@ -3,9 +3,13 @@
 // with every turn (the server keeps no audio); the API key is kept in this tab's memory, never stored.
 "use strict";
 
-const RATE_IN = 16000; // what the page records (mono PCM16 WAV)
+const RATE_IN = 16000; // what the page sends: mono PCM16 WAV (a third of a 48 kHz recording's bytes)
 const RATE_OUT = 24000; // the server's pcm16 replies
 const MIN_SECONDS = 0.3;
+// what goes with each turn: the newest messages, and the newest clips as audio (older spoken turns as a note);
+// the server's default limits are 32 messages and 8 audio inputs a request
+const MAX_MESSAGES = 24;
+const MAX_CLIPS = 4;
 const $ = (id) => document.getElementById(id);
 
 const state = { key: null, history: [], reply: null, recording: null, player: null };
@@ -86,7 +90,7 @@ async function startRecording() {
     rec.stream = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
-    rec.ctx = new AudioContext({ sampleRate: RATE_IN });
+    rec.ctx = new AudioContext(); // the device's own rate (not every browser records at any other)
     await rec.ctx.audioWorklet.addModule("/page/capture.js");
     const node = new AudioWorkletNode(rec.ctx, "capture");
     node.port.onmessage = (e) => rec.chunks.push(e.data);
@@ -116,13 +120,14 @@ async function stopRecording() {
   } catch (_) {
     return; // startRecording reported it
   }
+  const rate = rec.ctx.sampleRate;
   finishRecording(rec);
-  const samples = concat(rec.chunks);
-  if (samples.length < MIN_SECONDS * RATE_IN) {
+  const recorded = concat(rec.chunks);
+  if (recorded.length < MIN_SECONDS * rate) {
     say("Hold the button for as long as you speak.", true);
     return;
   }
-  const wav = encodeWav(samples, RATE_IN);
+  const wav = encodeWav(await resample(recorded, rate, RATE_IN), RATE_IN);
   const content = [{ type: "input_audio", input_audio: { data: toBase64(wav), format: "wav" } }];
   await turn(content, { clip: URL.createObjectURL(new Blob([wav], { type: "audio/wav" })) });
 }
@@ -135,6 +140,18 @@ function concat(chunks) {
     at += c.length;
   }
   return out;
+}
+
+async function resample(samples, rate, target) {
+  if (rate === target) return samples;
+  const offline = new OfflineAudioContext(1, Math.ceil((samples.length * target) / rate), target);
+  const buffer = offline.createBuffer(1, samples.length, rate);
+  buffer.getChannelData(0).set(samples);
+  const source = offline.createBufferSource();
+  source.buffer = buffer;
+  source.connect(offline.destination);
+  source.start();
+  return (await offline.startRendering()).getChannelData(0);
 }
 
 function encodeWav(samples, rate) {
@@ -225,10 +242,23 @@ function busy(on) {
   $("send").disabled = on;
 }
 
+function outgoing(history) {
+  let clips = 0;
+  return history
+    .slice(-MAX_MESSAGES)
+    .reverse()
+    .map((m) => {
+      const spoken = Array.isArray(m.content) && m.content.some((p) => p.type === "input_audio");
+      return spoken && ++clips > MAX_CLIPS ? { role: m.role, content: "(an earlier spoken turn)" } : m;
+    })
+    .reverse();
+}
+
 async function turn(content, { clip = null, text = "" } = {}) {
   const voice = $("voice").value;
   if (voice && !state.player) state.player = new Player(); // made inside the user's gesture: allowed to play
-  state.history.push({ role: "user", content });
+  const history = state.history; // this consultation's (a new consultation starts another list)
+  history.push({ role: "user", content });
   bubble("user", text, clip);
   const li = bubble("assistant");
   const out = li.querySelector(".text");
@@ -238,7 +268,7 @@ async function turn(content, { clip = null, text = "" } = {}) {
   say("medlm is answering…");
   const body = {
     model: $("model").value,
-    messages: state.history,
+    messages: outgoing(history),
     stream: true,
     ...($("max-tokens").value ? { max_tokens: Number($("max-tokens").value) } : {}),
     ...(voice ? { modalities: ["text", "audio"], audio: { voice, format: "pcm16" } } : {}),
@@ -273,8 +303,8 @@ async function turn(content, { clip = null, text = "" } = {}) {
     state.reply = null;
     busy(false);
     stats.replies += 1;
-    if (reply) state.history.push({ role: "assistant", content: reply });
-    else if (!li.classList.contains("stopped")) state.history.pop(); // nothing came back: the turn is not kept
+    if (reply) history.push({ role: "assistant", content: reply });
+    else if (!li.classList.contains("stopped")) history.pop(); // nothing came back: the turn is not kept
   }
 }
 
