@@ -1436,8 +1436,10 @@ def test_the_screen_leads_emergencies_and_refuses_harmful_requests(server, triag
     assert ordinary.headers["x-medlm-screen"] == "none"
     assert not ordinary.json()["choices"][0]["message"]["content"].startswith(notice)
     samples = _poll_metrics(
-        lambda m: _total(m, "ray_medlm_screened_turns_total", result="emergency") >= 2
-        and _total(m, "ray_medlm_screened_turns_total", result="harmful") >= 1
+        lambda m: (
+            _total(m, "ray_medlm_screened_turns_total", result="emergency") >= 2
+            and _total(m, "ray_medlm_screened_turns_total", result="harmful") >= 1
+        )
     )
     results = {s.labels["result"] for s in samples if s.name == "ray_medlm_screened_turns_total"}
     assert results <= {"none", "emergency", "harmful"} and "harmful" in results
