@@ -23,7 +23,7 @@ import binascii
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -31,9 +31,6 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from medlm import audio as audio_io
 from medlm.serving.errors import APIError, unwrap
-
-if TYPE_CHECKING:
-    from medlm.serving.app import Ingress
 
 RATE = 24000  # audio/pcm in both directions (OpenAI's only pcm rate)
 KEY_PROTOCOL = "openai-insecure-api-key."  # the subprotocol a browser can send its key in
@@ -179,7 +176,9 @@ class Turn:
 class RealtimeSession:
     """One socket's session: its settings, its conversation, its input buffer and the response in flight."""
 
-    def __init__(self, ingress: "Ingress", ws: WebSocket, model: str):
+    def __init__(self, ingress: Any, ws: WebSocket, model: str):
+        """``ingress``: the app's ``Ingress`` replica (medlm.serving.app, which imports this module), whose
+        model calls, screen and limits the session uses."""
         self.ingress, self.ws, self.model = ingress, ws, model
         self.limits = ingress.limits
         self.id = new_id("sess")
