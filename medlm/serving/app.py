@@ -44,7 +44,7 @@ from medlm.audio import SAMPLING_RATE
 from medlm.serving.audio import decode_audio, decode_base64
 from medlm.serving.config import AppArgs, deployment_options
 from medlm.serving.defaults import default_ct_index_dir, default_model_dir
-from medlm.serving.errors import APIError, unwrap
+from medlm.serving.errors import APIError, as_api_error, unwrap
 from medlm.serving.metrics import IngressMetrics
 from medlm.serving.realtime import RealtimeSession, api_key, new_id
 from medlm.serving.replies import Reply, sentences
@@ -87,10 +87,9 @@ log = logging.getLogger("medlm.serving")
 
 M = TypeVar("M", bound=BaseModel)
 
-PUBLIC_PATHS = {
-    "/healthz",
-    "/",
-}  # and the page's files (/page/...): they hold nothing; the page asks for the key
+# no key needed: health, and the consultation page and its files (they hold nothing; the page asks for it)
+PUBLIC_PATHS = {"/healthz", "/"}
+PAGE_PREFIX = "/page/"
 PAGE_FILES = {
     "index.html": "text/html",
     "page.js": "text/javascript",
@@ -307,7 +306,7 @@ class Ingress:
     def authenticate(self, request: Request) -> None:
         """Bearer API key check (constant-time, on the key's SHA-256); run by the middleware for
         every route."""
-        if request.url.path in PUBLIC_PATHS or request.url.path.startswith("/page/"):
+        if request.url.path in PUBLIC_PATHS or request.url.path.startswith(PAGE_PREFIX):
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         self.check_key(token if scheme.lower() == "bearer" else None)
@@ -625,11 +624,7 @@ class Ingress:
                     )
                     yield event(Delta(audio=audio))
             except Exception as e:  # the stream has started: report in-band, as OpenAI does
-                err = unwrap(e)
-                body = (
-                    err.body() if isinstance(err, APIError) else APIError(500, "internal server error").body()
-                )
-                yield sse(body.model_dump_json())
+                yield sse(as_api_error(e).body().model_dump_json())
                 return
             finally:  # the client went away: stop synthesising and free the request's decode slot now
                 reply.close()

@@ -55,3 +55,9 @@ def unwrap(exc: BaseException) -> BaseException:
 
     cause = exc.cause if isinstance(exc, RayTaskError) else exc
     return cause if isinstance(cause, APIError) else exc
+
+
+def as_api_error(exc: BaseException) -> APIError:
+    """What a client is told of a failure: the deployment's APIError, else a 500 that says nothing more."""
+    err = unwrap(exc)
+    return err if isinstance(err, APIError) else APIError(500, "internal server error")

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from medlm import audio as audio_io
-from medlm.serving.errors import APIError, unwrap
+from medlm.serving.errors import APIError, as_api_error
 
 RATE = 24000  # audio/pcm in both directions (OpenAI's only pcm rate)
 KEY_PROTOCOL = "openai-insecure-api-key."  # the subprotocol a browser can send its key in
@@ -153,11 +153,6 @@ def api_key(ws: WebSocket) -> str | None:
     return keys[0] if keys else None
 
 
-def as_api_error(exc: BaseException) -> APIError:
-    err = unwrap(exc)
-    return err if isinstance(err, APIError) else APIError(500, "internal server error")
-
-
 class Closed(Exception):
     """The socket is done (the client left, or the server closed it)."""
 
@@ -202,11 +197,7 @@ class RealtimeSession:
             await self.ws.send_text(json.dumps({"event_id": new_id("event"), "type": type_, **fields}))
 
     async def error(self, err: APIError, event_id: str | None = None) -> None:
-        body = err.body().error.model_dump()
-        try:
-            await self.emit("error", error={**body, "event_id": event_id})
-        except Exception:  # the client is gone: nobody to tell
-            pass
+        await self.emit_quietly("error", error={**err.body().error.model_dump(), "event_id": event_id})
 
     async def close(self, code: int, reason: str) -> None:
         try:
